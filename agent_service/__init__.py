@@ -1,0 +1,1 @@
+"""The agent gRPC service: sessions, runs, the event log, model providers and tools."""

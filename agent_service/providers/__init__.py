@@ -1,0 +1,1 @@
+"""Model providers: `demo` (built in) and `openai` (any compatible endpoint)."""

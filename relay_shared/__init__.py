@@ -1,0 +1,1 @@
+"""Small pieces both processes (agent_service and ws_edge) share."""
