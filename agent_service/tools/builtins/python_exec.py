@@ -1,0 +1,326 @@
+"""The `python` tool: run a snippet in a separate, limited Python process.
+
+The snippet runs in `sys.executable -I -u` (isolated: no user site, no PYTHON*
+variables, unbuffered output) started in a new session, so it and anything it
+spawns form one process group. A small bootstrap inside the child sets the
+resource limits on itself before running the snippet: that keeps the limits
+out of a `preexec_fn`, which is unsafe in the threaded gRPC server.
+
+Limits and how a breach is reported (ToolError code `limit_exceeded`, the
+message naming the limit):
+- CPU time: RLIMIT_CPU; the kernel sends SIGXCPU (SIGKILL at the hard limit).
+- memory: RLIMIT_AS; the bootstrap turns an uncaught MemoryError into a
+  distinct exit status.
+- wall time: python_timeout_s, measured here.
+- output: stdout + stderr bytes; past python_output_bytes the group is killed.
+
+The working folder is a fresh empty temporary folder, removed afterwards, and
+the environment is built from scratch (PATH, LANG, HOME and TMPDIR pointing at
+that folder), so no secret of the service's environment reaches the snippet.
+Whatever way the call ends (result, limit, timeout, cancellation), the whole
+process group gets SIGKILL and the child is reaped before the call returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent_service.config import ServiceSettings
+from agent_service.tools.base import ToolContext, ToolError, ToolRegistry, ToolSpec
+
+SNIPPET_NAME = "snippet.py"
+EXIT_MEMORY = 86  # the bootstrap's exit status for an uncaught MemoryError
+READ_CHUNK_BYTES = 4_096
+EXIT_POLL_S = 0.05  # how often to look whether the child exited with its pipes still held
+SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+# Runs in the child before the snippet: limits first, then the snippet as __main__.
+# argv: snippet path, CPU seconds, address-space bytes, largest file bytes.
+BOOTSTRAP = f"""
+import resource, sys
+_path, _cpu, _mem, _fsize = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+resource.setrlimit(resource.RLIMIT_CPU, (_cpu, _cpu + 1))
+resource.setrlimit(resource.RLIMIT_AS, (_mem, _mem))
+resource.setrlimit(resource.RLIMIT_FSIZE, (_fsize, _fsize))
+resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+def _main():
+    import types
+    with open(_path, encoding="utf-8") as f:
+        source = f.read()
+    module = types.ModuleType("__main__")
+    module.__file__ = _path
+    sys.modules["__main__"] = module
+    sys.argv = [_path]
+    try:
+        exec(compile(source, _path, "exec"), module.__dict__)
+    except MemoryError:
+        import os
+        os.write(2, b"MemoryError: the snippet ran out of memory\\n")
+        os._exit({EXIT_MEMORY})
+    except SystemExit:
+        raise
+    except BaseException as exc:
+        import traceback
+        tb = exc.__traceback__.tb_next if exc.__traceback__ else None
+        traceback.print_exception(type(exc), exc, tb)
+        sys.exit(1)
+_main()
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class PythonLimits:
+    """The limits of one snippet run."""
+
+    cpu_s: int
+    memory_mb: int
+    wall_s: float
+    output_bytes: int
+    file_bytes: int = 16 * 1024 * 1024  # largest file the snippet may write in its folder
+
+    @classmethod
+    def from_settings(cls, settings: ServiceSettings) -> PythonLimits:
+        """The limits the service is configured with."""
+        return cls(
+            cpu_s=settings.python_cpu_s,
+            memory_mb=settings.python_memory_mb,
+            wall_s=settings.python_timeout_s,
+            output_bytes=settings.python_output_bytes,
+        )
+
+
+@dataclass
+class OutputCollector:
+    """Keeps a run's output in arrival order, up to a byte budget. Does no I/O.
+
+    feed() decodes a chunk of one stream (UTF-8, split characters carried over)
+    and returns the text to stream; once the total passes the budget, `overflowed`
+    is set and only the part within the budget is kept and returned.
+    """
+
+    limit_bytes: int
+    total_bytes: int = 0
+    overflowed: bool = False
+    pieces: list[str] = field(default_factory=list)
+    _decoders: dict[str, codecs.IncrementalDecoder] = field(default_factory=dict)
+
+    def feed(self, stream: str, data: bytes) -> str:
+        """Take one chunk; returns the text within the budget (may be empty)."""
+        room = self.limit_bytes - self.total_bytes
+        if len(data) > room:
+            self.overflowed = True
+            data = data[: max(room, 0)]
+        self.total_bytes += len(data)
+        text = self._decoder(stream).decode(data, final=self.overflowed)
+        if text:
+            self.pieces.append(text)
+        return text
+
+    def finish(self, stream: str) -> str:
+        """Flush a stream's decoder at end of file."""
+        text = self._decoder(stream).decode(b"", final=True)
+        if text:
+            self.pieces.append(text)
+        return text
+
+    def text(self) -> str:
+        """Everything kept so far."""
+        return "".join(self.pieces)
+
+    def _decoder(self, stream: str) -> codecs.IncrementalDecoder:
+        if stream not in self._decoders:
+            self._decoders[stream] = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        return self._decoders[stream]
+
+
+def describe_exit(returncode: int, limits: PythonLimits) -> ToolError | None:
+    """The limit a child's exit status shows it broke, or None for an ordinary exit."""
+    if returncode == -signal.SIGXCPU:
+        return ToolError(f"CPU time limit of {limits.cpu_s} s exceeded", "limit_exceeded")
+    if returncode == EXIT_MEMORY:
+        return ToolError(f"memory limit of {limits.memory_mb} MiB exceeded", "limit_exceeded")
+    if returncode == -signal.SIGXFSZ:
+        return ToolError(f"file size limit of {limits.file_bytes} bytes exceeded", "limit_exceeded")
+    return None
+
+
+def minimal_env(home: str) -> dict[str, str]:
+    """The child's whole environment: nothing is inherited from the service."""
+    return {"PATH": SAFE_PATH, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "HOME": home, "TMPDIR": home}
+
+
+def format_result(output: str, returncode: int) -> str:
+    """What the model reads: the output, then the exit status."""
+    if returncode < 0:
+        status = f"killed by signal {signal.Signals(-returncode).name}"
+    else:
+        status = f"exit status {returncode}"
+    body = output if output else "(no output)\n"
+    if not body.endswith("\n"):
+        body += "\n"
+    return f"{body}[{status}]"
+
+
+class PythonRunner:
+    """Runs snippets under fixed limits. One instance serves every call."""
+
+    def __init__(self, limits: PythonLimits, *, python: str = sys.executable) -> None:
+        self.limits = limits
+        self.python = python
+
+    async def run(self, code: str, ctx: ToolContext) -> str:
+        """Run one snippet to its end; output streams through ctx. Raises ToolError."""
+        workdir = _prepare_workdir(code)
+        proc: asyncio.subprocess.Process | None = None
+        try:
+            proc = await self._spawn(workdir)
+            return await self._supervise(proc, ctx)
+        finally:
+            if proc is not None:
+                await _kill_group_and_reap(proc)
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    async def _spawn(self, workdir: str) -> asyncio.subprocess.Process:
+        limits = self.limits
+        return await asyncio.create_subprocess_exec(
+            self.python,
+            "-I",
+            "-u",
+            "-c",
+            BOOTSTRAP,
+            SNIPPET_NAME,  # relative to its folder: tracebacks show "snippet.py"
+            str(limits.cpu_s),
+            str(limits.memory_mb * 1024 * 1024),
+            str(limits.file_bytes),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            cwd=workdir,
+            env=minimal_env(workdir),
+            start_new_session=True,  # its own process group, killed as a whole
+        )
+
+    async def _supervise(self, proc: asyncio.subprocess.Process, ctx: ToolContext) -> str:
+        collector = OutputCollector(self.limits.output_bytes)
+        assert proc.stdout is not None and proc.stderr is not None
+        helpers = [
+            asyncio.create_task(self._pump(proc, proc.stdout, "stdout", collector, ctx)),
+            asyncio.create_task(self._pump(proc, proc.stderr, "stderr", collector, ctx)),
+            asyncio.create_task(_kill_stragglers_after_exit(proc)),
+        ]
+        try:
+            async with asyncio.timeout(self.limits.wall_s):
+                # wait() returns once the child exited and its pipes closed.
+                returncode = await proc.wait()
+                await asyncio.gather(*helpers[:2])
+        except TimeoutError:
+            raise ToolError(
+                f"wall-time limit of {self.limits.wall_s:g} s exceeded", "limit_exceeded"
+            ) from None
+        finally:
+            for helper in helpers:
+                helper.cancel()
+        if collector.overflowed:
+            raise ToolError(
+                f"output limit of {self.limits.output_bytes} bytes exceeded; the process was "
+                f"stopped (the output up to the limit was streamed)",
+                "limit_exceeded",
+            )
+        breach = describe_exit(returncode, self.limits)
+        if breach is not None:
+            raise breach
+        return format_result(collector.text(), returncode)
+
+    @staticmethod
+    async def _pump(
+        proc: asyncio.subprocess.Process,
+        pipe: asyncio.StreamReader,
+        stream: str,
+        collector: OutputCollector,
+        ctx: ToolContext,
+    ) -> None:
+        while not collector.overflowed:
+            data = await pipe.read(READ_CHUNK_BYTES)
+            if not data:
+                ctx.output(collector.finish(stream), stream)
+                return
+            ctx.output(collector.feed(stream, data), stream)
+        _kill_group(proc.pid)  # over the output budget: stop producing at once
+
+
+async def _kill_stragglers_after_exit(proc: asyncio.subprocess.Process) -> None:
+    """Once the child exits, kill what it left behind: those would hold the pipes open."""
+    # asyncio tells of the exit only together with the pipes' closing, hence the polling.
+    while proc.returncode is None:  # noqa: ASYNC110
+        await asyncio.sleep(EXIT_POLL_S)
+    _kill_group(proc.pid)
+
+
+def _prepare_workdir(code: str) -> str:
+    """A new empty folder holding only the snippet."""
+    workdir = tempfile.mkdtemp(prefix="agent-relay-python-")
+    snippet = os.path.join(workdir, SNIPPET_NAME)
+    with open(snippet, "w", encoding="utf-8") as f:
+        f.write(code)
+    return workdir
+
+
+def _kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+async def _kill_group_and_reap(proc: asyncio.subprocess.Process) -> None:
+    """SIGKILL the child's whole group and wait until the child is reaped."""
+    _kill_group(proc.pid)
+    # Shielded so a second cancellation cannot leave a zombie behind.
+    waiter = asyncio.ensure_future(proc.wait())
+    try:
+        await asyncio.shield(waiter)
+    except asyncio.CancelledError:
+        await waiter
+        raise
+
+
+def spec(limits: PythonLimits) -> ToolSpec:
+    """The python tool's spec; its timeout is a backstop behind the wall-time limit."""
+    return ToolSpec(
+        name="python",
+        description=(
+            "Run a Python 3 program in a fresh, separate process and return what it printed "
+            "(stdout and stderr) and its exit status. Use print() to show results. Each call "
+            "starts from scratch in an empty temporary folder, with the standard library and "
+            f"no environment variables. Limits: {limits.cpu_s} s of CPU, "
+            f"{limits.memory_mb} MiB of memory, {limits.wall_s:g} s of wall time, "
+            f"{limits.output_bytes} bytes of output."
+        ),
+        parameters={
+            "type": "object",
+            "properties": {
+                "code": {"type": "string", "minLength": 1, "description": "The program to run"}
+            },
+            "required": ["code"],
+            "additionalProperties": False,
+        },
+        timeout_s=limits.wall_s + 10.0,
+    )
+
+
+def register(registry: ToolRegistry, settings: ServiceSettings) -> PythonRunner:
+    """Add the python tool to a registry, limited as the settings say."""
+    runner = PythonRunner(PythonLimits.from_settings(settings))
+
+    async def python(args: dict[str, Any], ctx: ToolContext) -> str:
+        return await runner.run(args["code"], ctx)
+
+    registry.register(spec(runner.limits), python)
+    return runner
