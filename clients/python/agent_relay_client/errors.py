@@ -1,0 +1,120 @@
+"""Everything this package raises, in one small tree.
+
+::
+
+    AgentRelayError                  base: catch this to catch everything below
+    ├── TransportError               the connection failed or dropped; a retry may work
+    │   └── ConnectionClosed         closed for good (close code says so, or close() was
+    │                                called): reconnecting will not help (.code, .reason)
+    ├── ProtocolError                the peer sent something this client cannot read
+    └── RequestError                 one command or RPC was refused; the connection stays
+        │                            (.code, .message, .retryable, .retry_after_ms)
+        ├── InvalidRequest           bad_frame, invalid_field, frame_too_large /
+        │                            INVALID_ARGUMENT, OUT_OF_RANGE
+        ├── Unauthenticated          unauthenticated / UNAUTHENTICATED: get a new token
+        ├── PermissionDenied         forbidden / PERMISSION_DENIED
+        ├── NotFound                 not_found, not_joined / NOT_FOUND
+        ├── Busy                     busy / FAILED_PRECONDITION, ABORTED (a run is active)
+        ├── RateLimited              rate_limited / RESOURCE_EXHAUSTED: wait retry_after_ms
+        └── Unavailable              upstream_unavailable, internal / UNAVAILABLE, INTERNAL,
+                                     DEADLINE_EXCEEDED, UNKNOWN...: retry later
+
+Both transports map to the same tree: `error_from_code()` takes an edge error
+code (docs/protocol.md), `grpc.error_from_rpc()` a gRPC status. `.code` always
+holds the edge's snake_case code, so callers branch on one vocabulary.
+"""
+
+from __future__ import annotations
+
+
+class AgentRelayError(Exception):
+    """Base of every error this package raises."""
+
+
+class TransportError(AgentRelayError):
+    """The connection could not be opened or dropped. Retrying may succeed."""
+
+
+class ConnectionClosed(TransportError):
+    """The connection is closed for good: by close(), or by a close code that says not to retry.
+
+    `code` is the WebSocket close code (1000 for a local close(), 0 when there was none).
+    """
+
+    def __init__(self, code: int, reason: str = "") -> None:
+        super().__init__(f"connection closed ({code}{': ' + reason if reason else ''})")
+        self.code = code
+        self.reason = reason
+
+
+class ProtocolError(AgentRelayError):
+    """The peer sent a frame or message this client cannot interpret."""
+
+
+class RequestError(AgentRelayError):
+    """A command or RPC was refused. The connection (and the stream) goes on."""
+
+    def __init__(
+        self,
+        code: str,
+        message: str = "",
+        *,
+        retryable: bool = False,
+        retry_after_ms: int = 0,
+    ) -> None:
+        super().__init__(f"{code}: {message}" if message else code)
+        self.code = code
+        self.message = message
+        self.retryable = retryable
+        self.retry_after_ms = retry_after_ms
+
+
+class InvalidRequest(RequestError):
+    """The request was malformed or a field was out of range; do not retry it unchanged."""
+
+
+class Unauthenticated(RequestError):
+    """No valid credentials, or they expired. Authenticate again."""
+
+
+class PermissionDenied(RequestError):
+    """The credentials do not allow this (for example, the token does not name the session)."""
+
+
+class NotFound(RequestError):
+    """No such session, run or tool call (or the session was not joined first)."""
+
+
+class Busy(RequestError):
+    """A run is active and the message's busy policy refused to queue behind it."""
+
+
+class RateLimited(RequestError):
+    """A budget is spent: wait `retry_after_ms` and retry."""
+
+
+class Unavailable(RequestError):
+    """The service did not answer, or failed inside. Retry later."""
+
+
+_BY_CODE: dict[str, type[RequestError]] = {
+    "bad_frame": InvalidRequest,
+    "invalid_field": InvalidRequest,
+    "frame_too_large": InvalidRequest,
+    "unauthenticated": Unauthenticated,
+    "forbidden": PermissionDenied,
+    "not_found": NotFound,
+    "not_joined": NotFound,
+    "busy": Busy,
+    "rate_limited": RateLimited,
+    "upstream_unavailable": Unavailable,
+    "internal": Unavailable,
+}
+
+
+def error_from_code(
+    code: str, message: str = "", *, retryable: bool = False, retry_after_ms: int = 0
+) -> RequestError:
+    """The exception for an edge error code (an `error` frame). Unknown codes give Unavailable."""
+    cls = _BY_CODE.get(code, Unavailable)
+    return cls(code, message, retryable=retryable, retry_after_ms=retry_after_ms)
