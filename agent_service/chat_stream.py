@@ -1,0 +1,191 @@
+"""One Chat stream: the commands it receives and the responses it owes.
+
+A ChatStream reads commands, carries each out through the Hub and queues its
+reply; `collect()` drains what the stream owes now (new events of every joined
+session after its cursor, and the queued replies) into one ChatResponse. The
+servicer sends that, waits for the Subscriber's wake-up, and collects again: so
+events that pile up while a send is in flight travel together in the next
+message, and an idle stream sends the first event at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+from google.rpc import code_pb2, status_pb2
+
+from agent_relay.v1 import agent_pb2 as pb
+from agent_service.errors import InvalidArgument, OutOfRangeError, ServiceError, ok_status, require
+from agent_service.eventlog import OutOfRange
+from agent_service.hub import Hub, Subscriber
+from agent_service.ids import is_valid_client_id
+from agent_service.runs import BusyPolicy
+
+log = logging.getLogger(__name__)
+
+MAX_EVENTS_PER_RESPONSE = 512
+MAX_BYTES_PER_RESPONSE = 2 * 1024 * 1024
+MAX_MESSAGE_CHARS = 100_000
+MAX_TRACE_ENTRIES = 8
+
+POLICIES = {
+    pb.BUSY_POLICY_UNSPECIFIED: None,
+    pb.BUSY_POLICY_QUEUE: BusyPolicy.QUEUE,
+    pb.BUSY_POLICY_REJECT: BusyPolicy.REJECT,
+    pb.BUSY_POLICY_INTERRUPT: BusyPolicy.INTERRUPT,
+}
+
+
+class ChatStream:
+    """The state of one Chat stream. See the module docstring for the calling rule."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self.subscriber = Subscriber()
+        self.replies: list[pb.CommandReply] = []
+        self.half_closed = False
+
+    async def read(self, requests: AsyncIterator[pb.ChatRequest]) -> None:
+        """Carry out commands until the client half-closes its side."""
+        try:
+            async for request in requests:
+                self.replies.append(await self.handle(request))
+                self.subscriber.notify()
+        finally:
+            self.half_closed = True
+            self.subscriber.notify()
+
+    async def handle(self, request: pb.ChatRequest) -> pb.CommandReply:
+        """One command's reply; a failure is an error reply, never an exception."""
+        reply = pb.CommandReply(request_id=request.request_id)
+        try:
+            self._fill(reply, await self._carry_out(request))
+            reply.status.CopyFrom(ok_status())
+        except ServiceError as exc:
+            reply.status.CopyFrom(exc.to_status())
+        except Exception as exc:
+            log.exception("chat command failed")
+            reply.status.CopyFrom(status_pb2.Status(code=code_pb2.INTERNAL, message=str(exc)))
+        return reply
+
+    @staticmethod
+    def _fill(reply: pb.CommandReply, result: object) -> None:
+        if isinstance(result, pb.Joined):
+            reply.joined.CopyFrom(result)
+        elif isinstance(result, pb.MessageAccepted):
+            reply.accepted.CopyFrom(result)
+        elif isinstance(result, pb.CancelResponse):
+            reply.cancelled.CopyFrom(result)
+        elif isinstance(result, pb.Left):
+            reply.left.CopyFrom(result)
+
+    async def _carry_out(self, request: pb.ChatRequest) -> object:
+        which = request.WhichOneof("command")
+        if which == "join":
+            return await self._join(request.join)
+        if which == "leave":
+            return self._leave(request.leave.session_id)
+        if which == "send":
+            return await self._send(request.send)
+        if which == "cancel_run":
+            command = request.cancel_run
+            require(bool(command.session_id), "cancel_run.session_id", "is required")
+            cancelled = await self.hub.cancel_run(command.session_id, command.run_id)
+            return pb.CancelResponse(cancelled=cancelled)
+        if which == "cancel_tool_call":
+            tool = request.cancel_tool_call
+            require(bool(tool.session_id), "cancel_tool_call.session_id", "is required")
+            require(bool(tool.call_id), "cancel_tool_call.call_id", "is required")
+            cancelled = await self.hub.cancel_tool_call(tool.session_id, tool.call_id)
+            return pb.CancelResponse(cancelled=cancelled)
+        raise InvalidArgument(
+            "command: one of join, leave, send, cancel_run, cancel_tool_call is required",
+            field="command",
+        )
+
+    async def _join(self, join: pb.JoinSession) -> pb.Joined:
+        require(bool(join.session_id), "join.session_id", "is required")
+        rt = await self.hub.session(join.session_id)
+        head = rt.log.head_seq
+        if join.live_only:
+            cursor = head
+        elif join.after_seq > head:
+            raise OutOfRangeError(
+                f"join.after_seq: {join.after_seq} is beyond the session's head {head}",
+                field="join.after_seq",
+            )
+        else:
+            cursor = join.after_seq
+        self.subscriber.cursors[rt.session_id] = cursor
+        rt.subscribers.add(self.subscriber)
+        return pb.Joined(session_id=rt.session_id, head_seq=head)
+
+    def _leave(self, session_id: str) -> pb.Left:
+        require(bool(session_id), "leave.session_id", "is required")
+        self.subscriber.cursors.pop(session_id, None)
+        rt = self.hub.loaded_session(session_id)
+        if rt is not None:
+            rt.subscribers.discard(self.subscriber)
+        return pb.Left(session_id=session_id)
+
+    async def _send(self, send: pb.SendMessage) -> pb.MessageAccepted:
+        require(bool(send.session_id), "send.session_id", "is required")
+        require(is_valid_client_id(send.message_id), "send.message_id",
+                "must be 1-128 characters of letters, digits and ._:-")
+        require(bool(send.text.strip()), "send.text", "must not be empty")
+        require(len(send.text) <= MAX_MESSAGE_CHARS, "send.text",
+                f"must be at most {MAX_MESSAGE_CHARS} characters")
+        require(send.busy_policy in POLICIES, "send.busy_policy", "unknown policy")
+        require(len(send.trace_context) <= MAX_TRACE_ENTRIES, "send.trace_context",
+                f"at most {MAX_TRACE_ENTRIES} entries")
+        return await self.hub.send_message(
+            send.session_id, send.message_id, send.text, POLICIES[send.busy_policy],
+            dict(send.trace_context),
+        )
+
+    def collect(self) -> pb.ChatResponse | None:
+        """What this stream owes now, as one response; None when nothing."""
+        response = pb.ChatResponse()
+        size = 0
+        for session_id, cursor in list(self.subscriber.cursors.items()):
+            rt = self.hub.loaded_session(session_id)
+            if rt is None or rt.log.head_seq <= cursor:
+                continue
+            room = MAX_EVENTS_PER_RESPONSE - len(response.events)
+            try:
+                replay = rt.log.read_after(cursor, limit=room)
+            except OutOfRange:
+                continue
+            if replay.gap is not None:
+                response.events.add(session_id=session_id, replay_gap=replay.gap)
+            for event in replay.events:
+                response.events.append(event)
+                size += event.ByteSize()
+            if replay.events:
+                self.subscriber.cursors[session_id] = replay.events[-1].seq
+            if len(response.events) >= MAX_EVENTS_PER_RESPONSE or size >= MAX_BYTES_PER_RESPONSE:
+                self.subscriber.notify()  # more is waiting: collect again right away
+                break
+        if self.replies:
+            response.replies.extend(self.replies)
+            self.replies.clear()
+        return response if response.events or response.replies else None
+
+    def done(self) -> bool:
+        """After a half-close: True once every joined session is idle and fully sent."""
+        if not self.half_closed or self.replies:
+            return False
+        for session_id, cursor in self.subscriber.cursors.items():
+            rt = self.hub.loaded_session(session_id)
+            if rt is not None and (rt.queue.busy or rt.log.head_seq > cursor):
+                return False
+        return True
+
+    def close(self) -> None:
+        """Stop following every session."""
+        for session_id in self.subscriber.cursors:
+            rt = self.hub.loaded_session(session_id)
+            if rt is not None:
+                rt.subscribers.discard(self.subscriber)
+        self.subscriber.cursors.clear()

@@ -1,0 +1,88 @@
+"""The agent service's errors, and the one place they become gRPC statuses.
+
+    ServiceError                      a request the service refuses (the caller's fault
+    |                                 or the session's state); never a server fault
+    +-- InvalidArgument               INVALID_ARGUMENT, with the offending field
+    +-- NotFound                      NOT_FOUND
+    +-- AlreadyExists                 ALREADY_EXISTS
+    +-- FailedPrecondition            FAILED_PRECONDITION (busy session, gone run)
+    +-- OutOfRangeError               OUT_OF_RANGE (resume beyond the head)
+    +-- Unavailable                   UNAVAILABLE (shutting down; retry elsewhere)
+
+Failures inside a run (model errors, tool failures) are not exceptions at this
+boundary: they are events in the stream (RunError, ToolFailed), so the stream
+survives them. `to_status()` builds the google.rpc.Status (with BadRequest or
+ErrorInfo details) that both unary aborts and Chat's CommandReply carry.
+"""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+ERROR_DOMAIN = "agent-relay"
+
+
+class ServiceError(Exception):
+    """A refused request. `reason` is a short UPPER_SNAKE machine-readable cause."""
+
+    code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+
+    def __init__(self, message: str, *, reason: str = "", field: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason or type(self).__name__.upper()
+        self.field = field
+
+    def to_status(self) -> status_pb2.Status:
+        """The rich status: code, message and one detail (BadRequest or ErrorInfo)."""
+        detail = any_pb2.Any()
+        if self.field:
+            detail.Pack(
+                error_details_pb2.BadRequest(
+                    field_violations=[
+                        error_details_pb2.BadRequest.FieldViolation(
+                            field=self.field, description=self.message
+                        )
+                    ]
+                )
+            )
+        else:
+            detail.Pack(error_details_pb2.ErrorInfo(reason=self.reason, domain=ERROR_DOMAIN))
+        return status_pb2.Status(code=self.code.value[0], message=self.message, details=[detail])
+
+
+class InvalidArgument(ServiceError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFound(ServiceError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class AlreadyExists(ServiceError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class FailedPrecondition(ServiceError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class OutOfRangeError(ServiceError):
+    code = grpc.StatusCode.OUT_OF_RANGE
+
+
+class Unavailable(ServiceError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+def ok_status() -> status_pb2.Status:
+    """The status of a command that succeeded."""
+    return status_pb2.Status(code=code_pb2.OK)
+
+
+def require(condition: bool, field: str, message: str) -> None:
+    """Raise InvalidArgument naming `field` unless condition holds."""
+    if not condition:
+        raise InvalidArgument(f"{field}: {message}", field=field)

@@ -1,0 +1,163 @@
+"""`demo`: a built-in scripted model. No network, no weights: it is a demo.
+
+It is deterministic: the same conversation gives the same reply. It streams one
+word at a time at `tokens_per_s` words per second (0: as fast as possible).
+
+What it does with the last user message:
+
+- Lines that ask for a tool make it call that tool (several lines: several calls,
+  run concurrently), then summarise the results in its next step:
+
+  | say (one request per line)             | it calls                                  |
+  | -------------------------------------- | ----------------------------------------- |
+  | `calc 2 * (3 + 4)` / `calculate ...`   | `calculator {"expression": "2 * (3 + 4)"}` |
+  | `python: print(6 * 7)` (rest of text)  | `python {"code": "print(6 * 7)"}`         |
+  | a fenced block: ```` ```python ... ``` ```` | `python {"code": ...}`               |
+  | `search for TODO` / `search TODO`      | `search_files {"query": "TODO"}`          |
+  | `read README.md` / `read file X`       | `read_file {"path": "README.md"}`         |
+  | `long task 10s` / `run a long task for 10 seconds` | `long_task {"seconds": 10}`    |
+  | `/tool NAME {"json": "args"}`          | any tool, with those arguments            |
+
+- `/fail` makes the step fail with a `model_error` (to see error handling).
+- Anything else gets a plain reply of `reply_words` words that starts by quoting
+  the message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+from collections.abc import AsyncIterator, Sequence
+
+from agent_service.providers.base import (
+    ChatMessage,
+    ModelError,
+    ModelEvent,
+    StepFinished,
+    TextDelta,
+    ToolCallRequested,
+    Usage,
+)
+from agent_service.tools.base import ToolSpec
+
+_WORDS = (
+    "streaming tokens arrive one by one through the relay so the reply appears as it is "
+    "written and every event carries a sequence number that lets a client resume exactly "
+    "where it stopped after a dropped connection without missing or repeating a word while "
+    "tools report progress and output that anyone watching the session can follow live"
+).split()
+
+_PATTERNS: tuple[tuple[re.Pattern[str], str, str], ...] = (
+    (re.compile(r"^\s*(?:calc|calculate|compute)\s+(.+?)\s*$", re.I), "calculator", "expression"),
+    (re.compile(r"^\s*search(?:\s+files)?(?:\s+for)?\s+(.+?)\s*$", re.I), "search_files", "query"),
+    (re.compile(r"^\s*read(?:\s+file)?\s+(\S+)\s*$", re.I), "read_file", "path"),
+)
+_LONG_TASK = re.compile(r"long[\s_-]*task\D{0,12}?(\d+(?:\.\d+)?)\s*(?:s\b|sec|second)", re.I)
+_PYTHON_LINE = re.compile(r"^\s*python:\s*", re.I | re.M)
+_PYTHON_BLOCK = re.compile(r"```(?:python|py)\s*\n(.*?)```", re.S | re.I)
+_TOOL_COMMAND = re.compile(r"^\s*/tool\s+(\w+)\s*(\{.*\})?\s*$", re.S)
+
+
+def requested_tools(text: str) -> list[tuple[str, dict[str, object]]]:
+    """The tool calls a user message asks for, in the order asked."""
+    command = _TOOL_COMMAND.match(text)
+    if command:
+        args = json.loads(command.group(2)) if command.group(2) else {}
+        return [(command.group(1), args)]
+    calls: list[tuple[str, dict[str, object]]] = []
+    block = _PYTHON_BLOCK.search(text)
+    if block:
+        calls.append(("python", {"code": block.group(1)}))
+        text = text[: block.start()] + text[block.end() :]
+    line = _PYTHON_LINE.search(text)
+    if line:
+        calls.append(("python", {"code": text[line.end() :]}))
+        text = text[: line.start()]
+    for raw in text.splitlines():
+        long_task = _LONG_TASK.search(raw)
+        if long_task:
+            calls.append(("long_task", {"seconds": float(long_task.group(1))}))
+            continue
+        for pattern, tool, arg in _PATTERNS:
+            match = pattern.match(raw)
+            if match:
+                calls.append((tool, {arg: match.group(1)}))
+                break
+    return calls
+
+
+class DemoModel:
+    """The scripted model. See the module docstring for what it understands."""
+
+    def __init__(self, *, tokens_per_s: float = 30.0, reply_words: int = 40) -> None:
+        self._delay_s = 1.0 / tokens_per_s if tokens_per_s > 0 else 0.0
+        self._reply_words = reply_words
+
+    @property
+    def name(self) -> str:
+        return "demo"
+
+    async def aclose(self) -> None:
+        return None
+
+    async def stream(
+        self, conversation: Sequence[ChatMessage], tools: Sequence[ToolSpec]
+    ) -> AsyncIterator[ModelEvent]:
+        input_tokens = sum(len(m.content.split()) for m in conversation)
+        last = conversation[-1] if conversation else ChatMessage(role="user")
+        if last.role == "tool":
+            words = _summary(conversation).split(" ")
+            async for delta in self._words(words):
+                yield delta
+            yield StepFinished("stop", Usage(input_tokens, len(words)))
+            return
+        if last.content.strip() == "/fail":
+            raise ModelError("model_error", "the demo model was asked to fail (/fail)")
+        known = {t.name for t in tools}
+        calls = [(name, args) for name, args in requested_tools(last.content) if name in known]
+        if calls:
+            # the step's text ends with a paragraph break: the next step's text follows it
+            words = f"Calling {', '.join(name for name, _ in calls)}.\n\n".split(" ")
+            async for delta in self._words(words):
+                yield delta
+            digest = hashlib.sha256(last.content.encode()).hexdigest()[:8]
+            for index, (name, args) in enumerate(calls):
+                yield ToolCallRequested(f"call_{digest}_{len(conversation)}_{index}", name,
+                                        json.dumps(args))
+            yield StepFinished("tool_calls", Usage(input_tokens, len(words)))
+            return
+        words = _plain_reply(last.content, self._reply_words)
+        async for delta in self._words(words):
+            yield delta
+        yield StepFinished("stop", Usage(input_tokens, len(words)))
+
+    async def _words(self, words: list[str]) -> AsyncIterator[TextDelta]:
+        for index, word in enumerate(words):
+            if self._delay_s:
+                await asyncio.sleep(self._delay_s)
+            else:
+                await asyncio.sleep(0)  # let the stream's readers in between words
+            yield TextDelta(word if index == len(words) - 1 else word + " ")
+
+
+def _plain_reply(text: str, length: int) -> list[str]:
+    quoted = " ".join(text.split())
+    if len(quoted) > 60:
+        quoted = quoted[:57] + "..."
+    start = int(hashlib.sha256(text.encode()).hexdigest(), 16) % len(_WORDS)
+    body = [_WORDS[(start + i) % len(_WORDS)] for i in range(max(0, length - 3))]
+    return ["You", "said:", f"“{quoted}”.", *body]
+
+
+def _summary(conversation: Sequence[ChatMessage]) -> str:
+    results: list[str] = []
+    for message in reversed(conversation):
+        if message.role != "tool":
+            break
+        result = " ".join(message.content.split())
+        if len(result) > 200:
+            result = result[:197] + "..."
+        results.append(f"{message.name or 'the tool'} returned: {result}")
+    return "Done. " + "; ".join(reversed(results)) + "."

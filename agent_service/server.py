@@ -1,0 +1,141 @@
+"""Build and run the gRPC server.
+
+`create_server(settings)` builds everything and binds the port (0: any free one)
+without starting to serve, so tests and embedders can pick the port; `serve()`
+runs it until SIGTERM or SIGINT and then shuts down gracefully.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from agent_relay.v1 import agent_pb2, agent_pb2_grpc
+from agent_service import agent
+from agent_service.config import ServiceSettings
+from agent_service.hub import Hub
+from agent_service.providers.base import ModelProvider
+from agent_service.providers.demo import DemoModel
+from agent_service.servicer import AgentServicer
+from agent_service.store import ConversationStore, open_store
+from agent_service.tools.builtins import build_registry
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+@dataclass
+class RunningService:
+    """A built server and what it needs at shutdown."""
+
+    server: grpc.aio.Server
+    port: int
+    hub: Hub
+    store: ConversationStore
+    health: health.aio.HealthServicer
+
+    async def stop(self, grace_s: float) -> None:
+        """Stop gracefully: not serving, runs finish or are interrupted, then close."""
+        await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.hub.shutdown(grace_s)
+        await self.server.stop(grace=1.0)
+        await self.hub.provider.aclose()
+        await self.store.close()
+
+
+def make_provider(settings: ServiceSettings) -> ModelProvider:
+    """The model provider the settings name."""
+    if settings.model == "openai":
+        from agent_service.providers.openai import OpenAIProvider
+
+        return OpenAIProvider.from_settings(settings)
+    return DemoModel(tokens_per_s=settings.demo_tokens_per_s,
+                     reply_words=settings.demo_reply_words)
+
+
+def _credentials(settings: ServiceSettings) -> grpc.ServerCredentials | None:
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    ca = settings.tls_client_ca_file.read_bytes() if settings.tls_client_ca_file else None
+    return grpc.ssl_server_credentials(
+        [(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())],
+        root_certificates=ca,
+        require_client_auth=ca is not None,
+    )
+
+
+async def create_server(settings: ServiceSettings) -> RunningService:
+    """Open the store (recovering interrupted runs), build the hub, bind the port."""
+    store = open_store(settings.store_url)
+    recovered = await store.open()
+    for run in recovered.interrupted_runs:
+        log.warning("run %s of session %s was in flight at the last stop: interrupted",
+                    run.run_id, run.session_id)
+    hub = Hub(settings, store, make_provider(settings), build_registry(settings))
+    agent.install(hub)
+    server = grpc.aio.server(options=[
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ])
+    agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(hub), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    credentials = _credentials(settings)
+    if credentials is None:
+        port = server.add_insecure_port(settings.listen)
+    else:
+        port = server.add_secure_port(settings.listen, credentials)
+    if port == 0:
+        raise OSError(f"could not listen on {settings.listen}")
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    return RunningService(server, port, hub, store, health_servicer)
+
+
+async def serve(settings: ServiceSettings) -> None:
+    """Serve until SIGTERM or SIGINT, then drain within settings.shutdown_grace_s."""
+    running = await create_server(settings)
+    await running.server.start()
+    host = settings.listen.rsplit(":", 1)[0]
+    print(f"agent_service listening on {host}:{running.port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    log.info("stopping: runs get %.1f s to finish", settings.shutdown_grace_s)
+    await running.stop(settings.shutdown_grace_s)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m agent_service` / `agent-relay serve`."""
+    from agent_service.config import load
+    from relay_shared.logs import configure_logging
+
+    settings = load(argv)
+    configure_logging(settings.log_level)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""The AgentService gRPC servicer: thin handlers over the Hub.
+
+Handlers translate between protobuf and the Hub and nothing else. Refused
+requests raise ServiceError, which `_unary` maps to a rich gRPC status once, at
+this boundary; on the Chat stream a refused command gets an error reply
+instead and the stream goes on (see chat_stream.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from grpc_status import rpc_status
+
+from agent_relay.v1 import agent_pb2 as pb
+from agent_relay.v1 import agent_pb2_grpc
+from agent_service.chat_stream import ChatStream
+from agent_service.errors import AlreadyExists, InvalidArgument, ServiceError, require
+from agent_service.hub import Hub
+from agent_service.ids import is_valid_client_id, new_id
+from agent_service.store import MessageRecord
+from agent_service.tools.executor import ToolCallRunner
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+ROLES = {"user": pb.ROLE_USER, "assistant": pb.ROLE_ASSISTANT, "tool": pb.ROLE_TOOL}
+STATUSES = {
+    "complete": pb.MESSAGE_STATUS_COMPLETE,
+    "streaming": pb.MESSAGE_STATUS_STREAMING,
+    "cancelled": pb.MESSAGE_STATUS_CANCELLED,
+    "failed": pb.MESSAGE_STATUS_FAILED,
+    "interrupted": pb.MESSAGE_STATUS_INTERRUPTED,
+}
+FINAL_TOOL_UPDATES = frozenset({"completed", "failed", "cancelled"})
+
+
+def _unary(
+    handler: Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[T]],
+) -> Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[T]]:
+    """Map a ServiceError to the RPC's status with rich details."""
+
+    @functools.wraps(handler)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
+        try:
+            return await handler(self, request, context)
+        except ServiceError as exc:
+            await context.abort_with_status(rpc_status.to_status(exc.to_status()))
+            raise  # unreachable: abort raises
+
+    return wrapper
+
+
+class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
+    """Serves agent_relay.v1.AgentService from a Hub."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    async def Chat(  # noqa: N802 - gRPC's method name
+        self, request_iterator: AsyncIterator[pb.ChatRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ChatResponse]:
+        stream = ChatStream(self.hub)
+        reader = asyncio.create_task(stream.read(request_iterator))
+        try:
+            while True:
+                stream.subscriber.wake.clear()  # before collect(): no wake-up is lost
+                response = stream.collect()
+                if response is not None:
+                    yield response
+                    continue
+                if reader.done() and (reader.exception() is not None or stream.done()):
+                    return
+                await stream.subscriber.wake.wait()
+        finally:
+            reader.cancel()
+            stream.close()
+
+    async def ExecuteTool(  # noqa: N802
+        self,
+        request_iterator: AsyncIterator[pb.ExecuteToolRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.ExecuteToolResponse]:
+        requests = aiter(request_iterator)
+        first = await anext(requests, None)
+        if first is None or first.WhichOneof("command") != "start":
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                "start: the first request must start a tool call")
+            return
+        start = first.start
+        call_id = start.call_id or new_id("call")
+        try:
+            require(bool(start.tool_name), "start.tool_name", "is required")
+            require(is_valid_client_id(call_id), "start.call_id",
+                    "must be 1-128 characters of letters, digits and ._:-")
+            if call_id in self.hub.direct_calls:
+                raise AlreadyExists(f"start.call_id: {call_id!r} is running", field="start.call_id")
+        except ServiceError as exc:
+            await context.abort_with_status(rpc_status.to_status(exc.to_status()))
+            return
+        events: asyncio.Queue[pb.ToolExecution] = asyncio.Queue()
+        runner = ToolCallRunner(self.hub.tools, call_id=call_id, tool_name=start.tool_name,
+                                arguments_json=start.arguments_json, emit=events.put_nowait)
+        self.hub.direct_calls[call_id] = runner
+        task = asyncio.create_task(runner.run(), name=f"tool {call_id}")
+        reader = asyncio.create_task(_read_tool_cancels(requests, runner))
+        try:
+            while True:
+                execution = await events.get()
+                yield pb.ExecuteToolResponse(execution=execution)
+                if execution.WhichOneof("update") in FINAL_TOOL_UPDATES:
+                    return
+        finally:
+            reader.cancel()
+            if not task.done():
+                runner.cancel("requested")  # the caller went away: nobody wants the result
+            self.hub.direct_calls.pop(call_id, None)
+
+    @_unary
+    async def Cancel(  # noqa: N802
+        self, request: pb.CancelRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CancelResponse:
+        target = request.WhichOneof("target")
+        require(target is not None, "target", "run_id or call_id is required")
+        if target == "run_id":
+            require(bool(request.session_id), "session_id", "is required")
+            cancelled = await self.hub.cancel_run(request.session_id, request.run_id)
+        else:
+            cancelled = await self.hub.cancel_tool_call(request.session_id, request.call_id)
+        return pb.CancelResponse(cancelled=cancelled)
+
+    @_unary
+    async def CreateSession(  # noqa: N802
+        self, request: pb.CreateSessionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Session:
+        require(len(request.user_id) <= 128, "user_id", "at most 128 characters")
+        require(len(request.title) <= 200, "title", "at most 200 characters")
+        rt = await self.hub.create_session(request.user_id, request.title)
+        return rt.to_proto()
+
+    @_unary
+    async def GetSession(  # noqa: N802
+        self, request: pb.GetSessionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Session:
+        require(bool(request.session_id), "session_id", "is required")
+        return (await self.hub.session(request.session_id)).to_proto()
+
+    @_unary
+    async def ListSessions(  # noqa: N802
+        self, request: pb.ListSessionsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListSessionsResponse:
+        limit = min(request.page_size or 50, 500)
+        before = _page_token(request.page_token) or None
+        records = await self.hub.store.list_sessions(request.user_id, limit + 1, before)
+        response = pb.ListSessionsResponse()
+        for record in records[:limit]:
+            rt = self.hub.loaded_session(record.session_id)
+            if rt is not None:
+                response.sessions.append(rt.to_proto())
+            else:
+                response.sessions.add(session_id=record.session_id, title=record.title,
+                                      user_id=record.user_id, created_unix_ms=record.created_ms,
+                                      head_seq=record.seq_reserved)
+        if len(records) > limit:
+            response.next_page_token = str(records[limit - 1].created_ms)
+        return response
+
+    @_unary
+    async def ListMessages(  # noqa: N802
+        self, request: pb.ListMessagesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListMessagesResponse:
+        require(bool(request.session_id), "session_id", "is required")
+        rt = await self.hub.session(request.session_id)
+        limit = min(request.page_size or 200, 1000)
+        offset = _page_token(request.page_token)
+        # The seq these messages reflect, and the live text of replies still
+        # streaming, are read together before the store: a client that resumes
+        # after as_of_seq gets exactly the deltas the text does not have yet.
+        as_of_seq = rt.log.head_seq
+        live = {run.streaming_message_id: (run.run_id, "".join(run.streaming_text))
+                for run in rt.runs.values() if run.streaming_message_id}
+        records = await self.hub.store.list_messages(rt.session_id, limit + 1, offset)
+        response = pb.ListMessagesResponse(as_of_seq=as_of_seq)
+        for record in records[:limit]:
+            response.messages.append(_message(record, live))
+        if len(records) > limit:
+            response.next_page_token = str(offset + limit)
+            return response
+        stored = {record.message_id for record in records}
+        for message_id, (run_id, text) in live.items():
+            if message_id not in stored:  # streaming, not flushed to the store yet
+                response.messages.add(message_id=message_id, role=pb.ROLE_ASSISTANT, text=text,
+                                      run_id=run_id, status=pb.MESSAGE_STATUS_STREAMING)
+        return response
+
+    async def ListTools(  # noqa: N802
+        self, request: pb.ListToolsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListToolsResponse:
+        return pb.ListToolsResponse(tools=[
+            pb.ToolSpec(name=s.name, description=s.description,
+                        parameters_json_schema=s.parameters_json, timeout_s=s.timeout_s)
+            for s in self.hub.tools.specs()
+        ])
+
+
+async def _read_tool_cancels(
+    requests: AsyncIterator[pb.ExecuteToolRequest], runner: ToolCallRunner
+) -> None:
+    """After the start: a cancel request cancels the call; anything else is ignored."""
+    async for request in requests:
+        if request.WhichOneof("command") == "cancel":
+            runner.cancel("requested")
+
+
+def _page_token(token: str) -> int:
+    if not token:
+        return 0
+    try:
+        value = int(token)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise InvalidArgument("page_token: not a token this service issued", field="page_token")
+    return value
+
+
+def _message(record: MessageRecord, live: dict[str, tuple[str, str]]) -> pb.Message:
+    text = record.text
+    if record.status == "streaming" and record.message_id in live:
+        text = live[record.message_id][1]
+    return pb.Message(
+        message_id=record.message_id,
+        role=ROLES.get(record.role, pb.ROLE_UNSPECIFIED),
+        text=text,
+        tool_calls=[pb.ToolCall(call_id=c.call_id, tool_name=c.tool_name,
+                                arguments_json=c.arguments_json) for c in record.tool_calls],
+        call_id=record.call_id,
+        run_id=record.run_id,
+        status=STATUSES.get(record.status, pb.MESSAGE_STATUS_UNSPECIFIED),
+        created_unix_ms=record.created_ms,
+    )
+
