@@ -1,0 +1,34 @@
+/** Settings of the reconnect backoff. */
+export interface BackoffOptions {
+  /** Ceiling of the first retry's delay, in milliseconds. */
+  baseMs: number;
+  /** No delay ceiling grows past this, in milliseconds. */
+  maxMs: number;
+}
+
+export const DEFAULT_BACKOFF: BackoffOptions = { baseMs: 500, maxMs: 30_000 };
+
+/**
+ * Full-jitter exponential backoff: a delay drawn uniformly from
+ * `[0, min(maxMs, baseMs * 2**attempt))`.
+ *
+ * `attempt` counts failed attempts since the last success, from 0. `random`
+ * returns a number in [0, 1) (injected so tests are deterministic). Full jitter
+ * spreads a crowd of clients that lost the same edge over the whole window, so
+ * they do not all come back at the same instant.
+ */
+export function backoff(
+  attempt: number,
+  options: BackoffOptions = DEFAULT_BACKOFF,
+  random: () => number = Math.random,
+): number {
+  const exponent = Math.max(0, Math.min(attempt, 30));
+  const ceiling = Math.min(options.maxMs, options.baseMs * 2 ** exponent);
+  return Math.floor(random() * ceiling);
+}
+
+/** The ceiling `backoff(attempt)` draws below: for showing and testing bounds. */
+export function backoffCeiling(attempt: number, options: BackoffOptions = DEFAULT_BACKOFF): number {
+  const exponent = Math.max(0, Math.min(attempt, 30));
+  return Math.min(options.maxMs, options.baseMs * 2 ** exponent);
+}
