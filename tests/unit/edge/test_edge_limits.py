@@ -1,0 +1,82 @@
+"""Token buckets, the run limit and abuse strikes, on an injected clock."""
+
+import random
+
+from ws_edge.backoff import backoff_s
+from ws_edge.limits import AbuseCounter, FrameBudget, FrameLimiter, RunLimiter, TokenBucket, admit
+
+
+def test_a_bucket_admits_its_burst_then_says_how_long_to_wait():
+    bucket = TokenBucket(rate_per_s=10, burst=3)
+    for _ in range(3):
+        assert bucket.wait_ms(1, now=0.0) == 0
+        bucket.spend(1, now=0.0)
+    assert bucket.wait_ms(1, now=0.0) == 100
+    assert bucket.wait_ms(1, now=0.05) == 50
+    assert bucket.wait_ms(1, now=0.1) == 0
+
+
+def test_a_bucket_never_holds_more_than_its_burst():
+    bucket = TokenBucket(rate_per_s=10, burst=2)
+    bucket.spend(2, now=0.0)
+    assert bucket.wait_ms(2, now=100.0) == 0
+    bucket.spend(2, now=100.0)
+    assert bucket.wait_ms(1, now=100.0) == 100
+
+
+def budget(frames=2.0, frame_burst=2.0, bytes_=100.0, bytes_burst=100.0) -> FrameBudget:
+    return FrameBudget(frames, frame_burst, bytes_, bytes_burst)
+
+
+def test_frames_and_bytes_are_both_limited():
+    limiter = FrameLimiter(budget(), now=0.0)
+    assert admit([limiter], 90, now=0.0) == 0
+    assert admit([limiter], 20, now=0.0) == 100  # bytes: 10 missing at 100 B/s
+    assert admit([limiter], 10, now=0.0) == 0
+    assert admit([limiter], 1, now=0.0) == 500  # frames: 2 per s
+
+
+def test_admit_spends_from_no_limiter_when_any_refuses():
+    connection = FrameLimiter(budget(frames=100, frame_burst=100), now=0.0)
+    user = FrameLimiter(budget(frames=1, frame_burst=1), now=0.0)
+    assert admit([connection, user], 1, now=0.0) == 0
+    for _ in range(5):
+        assert admit([connection, user], 1, now=0.0) > 0
+    other_connection_of_user = FrameLimiter(budget(frames=100, frame_burst=100), now=0.0)
+    assert admit([other_connection_of_user, user], 1, now=0.0) == 1000
+    assert connection.wait_ms(1, now=0.0) == 0  # still 99 frames left
+
+
+def test_runs_per_user_are_counted_until_their_completion():
+    runs = RunLimiter(max_runs=2, retry_after_ms=700)
+    runs.start("u", "r1", now=0.0)
+    runs.start("u", "r2", now=0.0)
+    runs.start("u", "r2", now=0.0)  # the same run twice (a retried message) counts once
+    assert runs.check("u", now=1.0) == 700
+    assert runs.check("v", now=1.0) == 0
+    runs.finish("r1")
+    assert runs.check("u", now=1.0) == 0
+
+
+def test_a_run_whose_completion_was_never_seen_stops_counting_after_max_age():
+    runs = RunLimiter(max_runs=1, max_age_s=60.0)
+    runs.start("u", "r1", now=0.0)
+    assert runs.check("u", now=59.0) > 0
+    assert runs.check("u", now=61.0) == 0
+    assert runs.active("u") == 0
+
+
+def test_abuse_closes_only_after_enough_strikes_within_the_window():
+    abuse = AbuseCounter(max_strikes=3, window_s=10.0)
+    assert not abuse.strike(0.0)
+    assert not abuse.strike(1.0)
+    assert not abuse.strike(12.0)  # the first two have aged out
+    assert not abuse.strike(13.0)
+    assert abuse.strike(14.0)
+
+
+def test_backoff_grows_with_full_jitter_up_to_the_cap():
+    rng = random.Random(7)
+    delays = [backoff_s(n, base_s=0.1, max_s=2.0, rng=rng) for n in range(12)]
+    assert all(0.0 <= d <= min(2.0, 0.1 * 2**n) for n, d in enumerate(delays))
+    assert max(delays[6:]) > 0.2  # later attempts may wait far longer than the first

@@ -1,0 +1,249 @@
+"""The room: membership, fan-out encoded once, resume, batching, grace, upstream loss."""
+
+import json
+
+from agent_relay.v1 import agent_pb2 as pb
+
+from ws_edge.errors import EdgeError, ErrorCode
+from ws_edge.room import (
+    AckJoin,
+    Deliver,
+    ExpireAt,
+    FlushAt,
+    Preferences,
+    RejectJoin,
+    Room,
+    RoomClosed,
+    RoomState,
+    RunFinished,
+    SubscribeUpstream,
+    UnsubscribeUpstream,
+)
+
+S = "s_1"
+STREAM = Preferences()
+FINALS = Preferences(deltas=False, tool_output=False)
+
+
+def make_room(**kw) -> Room:
+    options = {"batch_window_s": 0.005, "grace_s": 30.0, "buffer_events": 100} | kw
+    return Room(S, **options)
+
+
+def accepted(seq: int, run: str = "r_1") -> pb.SessionEvent:
+    return pb.SessionEvent(
+        session_id=S,
+        seq=seq,
+        run_id=run,
+        message_accepted=pb.MessageAccepted(message_id=f"m{seq}", text="hi"),
+    )
+
+
+def delta(seq: int, text: str, run: str = "r_1", step: int = 0) -> pb.SessionEvent:
+    return pb.SessionEvent(
+        session_id=S, seq=seq, run_id=run, response_delta=pb.ResponseDelta(text=text, step=step)
+    )
+
+
+def tool(seq: int, **update) -> pb.SessionEvent:
+    return pb.SessionEvent(
+        session_id=S,
+        seq=seq,
+        run_id="r_1",
+        tool_execution=pb.ToolExecution(call_id="c", tool_name="long_task", **update),
+    )
+
+
+def completed(seq: int, run: str = "r_1") -> pb.SessionEvent:
+    return pb.SessionEvent(
+        session_id=S,
+        seq=seq,
+        run_id=run,
+        run_completed=pb.RunCompleted(finish_reason=pb.FINISH_REASON_STOP, text="done"),
+    )
+
+
+def of(effects, kind):
+    return [e for e in effects if isinstance(e, kind)]
+
+
+def frames_for(effects, socket_id):
+    return [json.loads(e.data) for e in of(effects, Deliver) if socket_id in e.socket_ids]
+
+
+def live_room(*sockets: str, after_seq: int = 0, head: int = 0) -> Room:
+    room = make_room()
+    for sid in sockets:
+        room.join(sid, f"j-{sid}", after_seq, STREAM, now=0.0)
+    room.receive_joined(head, now=0.0)
+    return room
+
+
+def test_first_join_subscribes_upstream_and_is_acked_when_the_upstream_join_succeeds():
+    room = make_room()
+    effects = room.join("a", "j1", 5, STREAM, now=0.0)
+    assert of(effects, SubscribeUpstream) == [SubscribeUpstream(S, 5)]
+    assert not of(effects, AckJoin)
+    assert room.join("b", "j2", 5, STREAM, now=0.0) == [ExpireAt(None)]
+    acks = room.receive_joined(9, now=0.1)
+    assert acks == [AckJoin("a", "j1", 9), AckJoin("b", "j2", 9)]
+    assert room.state is RoomState.LIVE
+    assert room.join("c", "j3", 9, STREAM, now=0.2)[-1] == AckJoin("c", "j3", 9)
+
+
+def test_an_event_is_encoded_once_and_the_same_bytes_go_to_every_socket():
+    room = live_room("a", "b", "c")
+    effects = room.receive_events([accepted(1)], now=1.0)
+    (deliver,) = of(effects, Deliver)
+    assert set(deliver.socket_ids) == {"a", "b", "c"}
+    assert json.loads(deliver.data)["type"] == "chat:accepted"
+
+
+def test_duplicate_and_out_of_order_events_are_never_delivered_twice():
+    room = live_room("a")
+    room.receive_events([accepted(1)], now=1.0)
+    assert not of(room.receive_events([accepted(1)], now=1.1), Deliver)
+    effects = room.receive_events([accepted(3)], now=1.2)  # 2 went missing: resubscribe
+    assert not of(effects, Deliver)
+    assert of(effects, SubscribeUpstream) == [SubscribeUpstream(S, 1)]
+    room.receive_joined(3, now=1.3)
+    effects = room.receive_events([accepted(2), accepted(3)], now=1.4)
+    assert [f["seq"] for f in frames_for(effects, "a")] == [2, 3]
+
+
+def test_a_resuming_socket_gets_exactly_the_missed_events_from_the_buffer():
+    room = live_room("a")
+    room.receive_events([accepted(1), completed(2), accepted(3, "r_2")], now=1.0)
+    room.leave("a", now=1.0)
+    effects = room.join("a", "j2", 1, STREAM, now=2.0)
+    assert of(effects, AckJoin) == [AckJoin("a", "j2", 3)]
+    assert [f["seq"] for f in frames_for(effects, "a")] == [2, 3]
+    assert not of(effects, SubscribeUpstream)
+    later = room.receive_events([completed(4, "r_2")], now=3.0)
+    assert [f["seq"] for f in frames_for(later, "a")] == [4]
+
+
+def test_a_join_older_than_the_buffer_rewinds_upstream_and_others_skip_the_overlap():
+    room = make_room(buffer_events=2)
+    room.join("a", "j1", 0, STREAM, now=0.0)
+    room.receive_joined(0, now=0.0)
+    room.receive_events([accepted(1), completed(2), accepted(3, "r_2"), completed(4, "r_2")], 1.0)
+    effects = room.join("b", "j2", 0, STREAM, now=2.0)
+    assert of(effects, SubscribeUpstream) == [SubscribeUpstream(S, 0)]
+    assert room.state is RoomState.SUBSCRIBING
+    assert room.receive_joined(4, now=2.1) == [AckJoin("b", "j2", 4)]
+    replay = room.receive_events(
+        [accepted(1), completed(2), accepted(3, "r_2"), completed(4, "r_2"), accepted(5, "r_3")],
+        now=2.2,
+    )
+    assert [f["seq"] for f in frames_for(replay, "b")] == [1, 2, 3, 4, 5]
+    assert [f["seq"] for f in frames_for(replay, "a")] == [5]
+
+
+def test_deltas_within_the_window_share_one_frame_and_the_first_is_not_delayed():
+    room = live_room("a")
+    first = room.receive_events([accepted(1), delta(2, "Hel")], now=1.0)
+    assert [f.get("text") for f in frames_for(first, "a")] == ["hi", "Hel"]
+    held = room.receive_events([delta(3, "lo "), delta(4, "wor")], now=1.001)
+    assert not of(held, Deliver)
+    assert of(held, FlushAt) == [FlushAt(1.005)]
+    assert not of(room.receive_events([delta(5, "ld")], now=1.002), FlushAt)  # already scheduled
+    (frame,) = frames_for(room.receive_flush_due(now=1.005), "a")
+    assert (frame["from_seq"], frame["seq"], frame["text"]) == (3, 5, "lo world")
+
+
+def test_a_non_delta_event_flushes_pending_deltas_first_so_order_holds():
+    room = live_room("a")
+    room.receive_events([delta(1, "a")], now=1.0)
+    effects = room.receive_events([delta(2, "b"), delta(3, "c"), completed(4)], now=1.001)
+    frames = frames_for(effects, "a")
+    assert [(f["type"], f["seq"]) for f in frames] == [("chat:response", 3), ("chat:complete", 4)]
+    assert frames[0]["text"] == "bc" and frames[0]["from_seq"] == 2
+    assert of(effects, RunFinished) == [RunFinished("r_1")]
+
+
+def test_a_new_step_or_run_starts_a_new_delta_frame():
+    room = live_room("a")
+    effects = room.receive_events([delta(1, "a"), delta(2, "b", step=1)], now=1.0)
+    effects += room.receive_flush_due(now=1.1)
+    assert [(f["step"], f["text"]) for f in frames_for(effects, "a")] == [(0, "a"), (1, "b")]
+
+
+def test_selective_streaming_sends_finals_only_to_sockets_that_asked_for_them():
+    room = make_room()
+    room.join("all", "j1", 0, STREAM, now=0.0)
+    room.join("finals", "j2", 0, FINALS, now=0.0)
+    room.receive_joined(0, now=0.0)
+    events = [
+        delta(1, "x"),
+        tool(2, started=pb.ToolStarted(arguments_json="{}")),
+        tool(3, progress=pb.ToolProgress(fraction=0.5)),
+        tool(4, output=pb.ToolOutput(text="o")),
+        tool(5, completed=pb.ToolCompleted(result="r")),
+        completed(6),
+    ]
+    effects = room.receive_events(events, now=1.0)
+    assert [f["seq"] for f in frames_for(effects, "all")] == [1, 2, 3, 4, 5, 6]
+    assert [f["seq"] for f in frames_for(effects, "finals")] == [2, 5, 6]
+    assert room.after_seq_of("finals") == 6
+
+
+def test_the_room_lingers_for_the_grace_period_after_the_last_socket_leaves():
+    room = live_room("a", "b")
+    assert room.leave("a", now=1.0) == []
+    assert room.leave("b", now=2.0) == [ExpireAt(32.0)]
+    room.receive_events([accepted(1)], now=3.0)  # still following upstream
+    effects = room.join("a", "j", 0, STREAM, now=10.0)
+    assert effects[0] == ExpireAt(None)
+    assert [f["seq"] for f in frames_for(effects, "a")] == [1]
+    assert room.receive_expired(now=32.0) == []  # a socket came back
+    room.leave("a", now=40.0)
+    assert room.receive_expired(now=70.0) == [UnsubscribeUpstream(S), RoomClosed(S)]
+    assert room.state is RoomState.CLOSED
+
+
+def test_upstream_loss_tells_the_sockets_and_restoration_resumes_at_the_last_seq():
+    room = live_room("a")
+    room.receive_events([accepted(1), delta(2, "x")], now=1.0)
+    lost = room.receive_upstream_lost(now=2.0)
+    (error,) = [f for f in frames_for(lost, "a") if f["type"] == "error"]
+    assert error["code"] == "upstream_unavailable" and error["retryable"] is True
+    joined_meanwhile = room.join("b", "jb", 2, STREAM, now=2.5)
+    assert AckJoin("b", "jb", 2) in joined_meanwhile
+    assert room.receive_upstream_restored(now=3.0) == [SubscribeUpstream(S, 2)]
+    room.receive_joined(3, now=3.1)
+    effects = room.receive_events([delta(2, "x"), delta(3, "y")], now=3.2)
+    assert [(f["from_seq"], f["seq"]) for f in frames_for(effects, "a")] == [(3, 3)]
+
+
+def test_a_failed_upstream_join_refuses_the_waiting_sockets_and_closes_a_new_room():
+    room = make_room()
+    room.join("a", "j1", 0, STREAM, now=0.0)
+    effects = room.receive_join_failed(EdgeError(ErrorCode.NOT_FOUND, "no such session"), 0.1)
+    assert of(effects, RejectJoin)[0].socket_id == "a"
+    assert of(effects, RoomClosed) == [RoomClosed(S)]
+
+
+def test_a_replay_gap_is_told_to_each_socket_behind_it_with_its_own_after_seq():
+    room = make_room()
+    room.join("a", "j", 3, STREAM, now=0.0)
+    room.receive_joined(950, now=0.0)
+    gap = pb.SessionEvent(session_id=S, seq=0, replay_gap=pb.ReplayGap(after_seq=3, first_seq=900))
+    effects = room.receive_events([gap, accepted(900)], now=1.0)
+    frames = frames_for(effects, "a")
+    assert frames[0]["type"] == "chat:gap" and (frames[0]["after_seq"], frames[0]["first_seq"]) == (
+        3,
+        900,
+    )
+    assert frames[1]["seq"] == 900
+
+
+def test_a_socket_rejoining_mid_batch_gets_only_the_tail_of_the_batch():
+    room = live_room("a")
+    room.receive_events([delta(1, "a")], now=1.0)
+    room.receive_events([delta(2, "b"), delta(3, "c")], now=1.001)  # pending batch 2..3
+    room.leave("a", now=1.002)
+    effects = room.join("a", "j", 2, STREAM, now=1.003)  # it had processed seq 2
+    frames = frames_for(effects, "a")
+    assert [(f["from_seq"], f["seq"], f["text"]) for f in frames] == [(3, 3, "c")]
+    assert not frames_for(room.receive_flush_due(now=1.005), "a")

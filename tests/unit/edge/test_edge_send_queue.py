@@ -1,0 +1,64 @@
+"""The slow-consumer policy: deltas coalesced when behind, then 1013 past the bound."""
+
+import json
+
+from ws_edge.room import DeltaInfo
+from ws_edge.send_queue import SendQueue
+
+
+def delta(from_seq: int, seq: int, text: str, session: str = "s", run: str = "r") -> DeltaInfo:
+    return DeltaInfo(session, run, 0, from_seq, seq, 0, text)
+
+
+def push(queue: SendQueue, info: DeltaInfo) -> bool:
+    return queue.push(info.encode(), info)
+
+
+def drain(queue: SendQueue) -> list[dict]:
+    out = []
+    while (data := queue.pop()) is not None:
+        out.append(json.loads(data))
+    return out
+
+
+def test_a_keeping_up_socket_gets_every_frame_unchanged():
+    queue = SendQueue(max_bytes=10_000, max_frames=100, coalesce_after_frames=4)
+    for seq in range(1, 4):
+        assert push(queue, delta(seq, seq, f"t{seq}"))
+    assert [f["text"] for f in drain(queue)] == ["t1", "t2", "t3"]
+    assert queue.bytes == 0
+
+
+def test_a_lagging_socket_gets_its_deltas_coalesced_losing_nothing():
+    queue = SendQueue(max_bytes=10_000, max_frames=100, coalesce_after_frames=2)
+    for seq in range(1, 11):
+        assert push(queue, delta(seq, seq, str(seq % 10)))
+    frames = drain(queue)
+    assert len(frames) == 2
+    assert frames[-1]["from_seq"] == 2 and frames[-1]["seq"] == 10
+    assert "".join(f["text"] for f in frames) == "1234567890"
+    assert queue.coalesced == 8
+
+
+def test_deltas_are_not_merged_across_another_frame_of_their_session_or_another_run():
+    queue = SendQueue(max_bytes=10_000, max_frames=100, coalesce_after_frames=0)
+    push(queue, delta(1, 1, "a"))
+    queue.push(b'{"type":"chat:tool_execution","seq":2}', None, "s")
+    push(queue, delta(3, 3, "b"))
+    push(queue, delta(4, 4, "c", run="other"))
+    push(queue, delta(1, 1, "x", session="s2"))
+    push(queue, delta(2, 2, "y", session="s2"))
+    frames = drain(queue)
+    assert [f.get("text") for f in frames] == ["a", None, "b", "c", "xy"]
+
+
+def test_past_the_byte_bound_push_says_close():
+    queue = SendQueue(max_bytes=300, max_frames=100, coalesce_after_frames=1)
+    assert queue.push(b"x" * 200, None, "s")
+    assert not queue.push(b"y" * 200, None, "s")
+
+
+def test_past_the_frame_bound_push_says_close():
+    queue = SendQueue(max_bytes=10_000, max_frames=3, coalesce_after_frames=100)
+    assert all(queue.push(b"{}", None, "s") for _ in range(3))
+    assert not queue.push(b"{}", None, "s")

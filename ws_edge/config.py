@@ -1,0 +1,113 @@
+"""The edge's settings: one frozen object, built once at start-up from flags and AGENT_RELAY_*."""
+
+# ruff: noqa: RUF009 - `field()` builds the dataclass field with its help text; it is not a default.
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from relay_shared.settings import field, load_settings
+
+DELIVERY_MODES = ("stream", "final")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EdgeSettings:
+    """Everything the edge can be told. Flags (--batch-ms) and AGENT_RELAY_* variables set it."""
+
+    listen: str = field("127.0.0.1:8080", "host:port the edge listens on (port 0: any free port)")
+    upstream: str = field("127.0.0.1:50051", "host:port of the agent service's gRPC server")
+    upstream_channels: int = field(2, "gRPC channels to the agent service, one Chat stream each")
+    upstream_backoff_base_s: float = field(0.1, "first reconnect delay to the agent service")
+    upstream_backoff_max_s: float = field(2.0, "longest reconnect delay to the agent service")
+    command_timeout_s: float = field(10.0, "how long a command may wait for the agent's reply")
+    upstream_tls_ca_file: Path | None = field(None, "PEM CA bundle: use TLS to the agent service")
+    upstream_tls_cert_file: Path | None = field(None, "PEM client certificate for mutual TLS")
+    upstream_tls_key_file: Path | None = field(None, "PEM private key of upstream_tls_cert_file")
+    upstream_tls_server_name: str = field(
+        "", "TLS name to expect from the agent (default: its host)"
+    )
+    tls_cert_file: Path | None = field(None, "PEM certificate: serve https:// and wss:// when set")
+    tls_key_file: Path | None = field(None, "PEM private key for tls_cert_file")
+    jwt_secret: str = field("", "HS256 key for session tokens (empty: random per process)")
+    token_ttl_s: int = field(3600, "lifetime of the tokens the edge issues, in seconds")
+    allow_anonymous: bool = field(True, "POST /api/sessions without a token makes a new user")
+    allowed_origins: tuple[str, ...] = field(
+        (),
+        "Origins allowed at the WebSocket handshake, comma-separated (* = any); same-origin is "
+        "always allowed and a request with no Origin (not a browser) is allowed",
+    )
+    max_frame_bytes: int = field(65_536, "largest client frame accepted; larger ones get an error")
+    hard_max_frame_bytes: int = field(1_048_576, "larger client frames close the socket with 1009")
+    ping_interval_s: float = field(15.0, "WebSocket ping interval; also the app ping hint")
+    auth_timeout_s: float = field(10.0, "a socket that has not authenticated by then is closed")
+    idle_timeout_s: float = field(300.0, "a socket joined to nothing and silent this long closes")
+    batch_ms: float = field(5.0, "deltas of a run arriving within this window share one frame")
+    room_grace_s: float = field(30.0, "a room lingers this long after its last socket leaves")
+    room_buffer_events: int = field(2048, "recent events a room keeps to replay a resuming socket")
+    send_queue_max_bytes: int = field(1_048_576, "queued bytes per socket before it closes 1013")
+    send_queue_max_frames: int = field(2048, "queued frames per socket before it closes 1013")
+    send_queue_coalesce_frames: int = field(16, "queued frames past which deltas are coalesced")
+    conn_frames_per_s: float = field(20.0, "client frames per second per connection")
+    conn_frames_burst: float = field(60.0, "client frame burst per connection")
+    conn_bytes_per_s: float = field(65_536.0, "client bytes per second per connection")
+    conn_bytes_burst: float = field(262_144.0, "client byte burst per connection")
+    user_frames_per_s: float = field(50.0, "client frames per second per user, all connections")
+    user_frames_burst: float = field(150.0, "client frame burst per user")
+    user_bytes_per_s: float = field(262_144.0, "client bytes per second per user")
+    user_bytes_burst: float = field(1_048_576.0, "client byte burst per user")
+    max_runs_per_user: int = field(4, "runs a user may have going at once")
+    max_connections_per_user: int = field(16, "sockets one user may have open")
+    abuse_strikes: int = field(30, "rejected frames within abuse_window_s that close with 1008")
+    abuse_window_s: float = field(10.0, "window in which abuse strikes are counted")
+    compress: bool = field(True, "permessage-deflate when the client offers it")
+    static_dir: Path = field(Path("clients/web/dist"), "built web UI served at / when it exists")
+    shutdown_timeout_s: float = field(5.0, "on SIGTERM, how long sockets get to close")
+    log_level: str = field("INFO", "DEBUG, INFO, WARNING or ERROR")
+
+    def __post_init__(self) -> None:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together")
+        if (self.upstream_tls_cert_file is None) != (self.upstream_tls_key_file is None):
+            raise ValueError("upstream_tls_cert_file and upstream_tls_key_file go together")
+        if self.upstream_tls_cert_file is not None and self.upstream_tls_ca_file is None:
+            raise ValueError("upstream_tls_cert_file needs upstream_tls_ca_file")
+        if self.upstream_channels < 1:
+            raise ValueError("upstream_channels must be at least 1")
+        if not 0 < self.max_frame_bytes <= self.hard_max_frame_bytes:
+            raise ValueError("need 0 < max_frame_bytes <= hard_max_frame_bytes")
+        if self.batch_ms < 0:
+            raise ValueError("batch_ms must be 0 (no batching) or more")
+        for name in (
+            "room_buffer_events",
+            "send_queue_max_bytes",
+            "send_queue_max_frames",
+            "max_runs_per_user",
+            "max_connections_per_user",
+            "abuse_strikes",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if ":" not in self.listen or ":" not in self.upstream:
+            raise ValueError("listen and upstream are host:port")
+
+    @property
+    def listen_host(self) -> str:
+        return self.listen.rsplit(":", 1)[0]
+
+    @property
+    def listen_port(self) -> int:
+        return int(self.listen.rsplit(":", 1)[1])
+
+
+def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> EdgeSettings:
+    """Build the settings from flags and the environment (see EdgeSettings)."""
+    return load_settings(
+        EdgeSettings,
+        argv,
+        env,
+        prog="python -m ws_edge",
+        description="Run the WebSocket edge in front of the agent service.",
+    )

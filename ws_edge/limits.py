@@ -1,0 +1,141 @@
+"""Budgets: token buckets, the per-user run limit and the abuse counter. Pure; time is passed in.
+
+Each check either spends from its budgets and returns None, or spends nothing
+and returns how long to wait (in ms) before the same request would fit. The
+caller turns a wait into a `rate_limited` error whose `retry_after_ms` it is.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+
+@dataclass
+class TokenBucket:
+    """`rate_per_s` tokens a second, holding at most `burst`; starts full."""
+
+    rate_per_s: float
+    burst: float
+    tokens: float = field(default=-1.0)
+    updated_at: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.tokens < 0:
+            self.tokens = self.burst
+
+    def _refill(self, now: float) -> None:
+        if now > self.updated_at:
+            self.tokens = min(self.burst, self.tokens + (now - self.updated_at) * self.rate_per_s)
+        self.updated_at = max(self.updated_at, now)
+
+    def wait_ms(self, cost: float, now: float) -> int:
+        """0 if cost fits now, else the ms until it will (a cost over burst never fits: the
+        wait is then the time to refill the whole bucket)."""
+        self._refill(now)
+        if cost <= self.tokens:
+            return 0
+        missing = min(cost, self.burst) - self.tokens
+        if missing <= 0:
+            missing = self.burst - self.tokens
+        if self.rate_per_s <= 0:
+            return 60_000
+        return max(1, math.ceil(missing / self.rate_per_s * 1000))
+
+    def spend(self, cost: float, now: float) -> None:
+        self._refill(now)
+        self.tokens -= cost
+
+
+@dataclass(frozen=True)
+class FrameBudget:
+    """The rates one kind of owner (a connection, or a user) may use."""
+
+    frames_per_s: float
+    frames_burst: float
+    bytes_per_s: float
+    bytes_burst: float
+
+
+class FrameLimiter:
+    """Frames and bytes of one owner: both buckets must admit a frame, or neither is spent."""
+
+    def __init__(self, budget: FrameBudget, now: float) -> None:
+        self._frames = TokenBucket(budget.frames_per_s, budget.frames_burst, updated_at=now)
+        self._bytes = TokenBucket(budget.bytes_per_s, budget.bytes_burst, updated_at=now)
+
+    def wait_ms(self, size: int, now: float) -> int:
+        """0 if a frame of size bytes fits now, else the ms until it will. Spends nothing."""
+        return max(self._frames.wait_ms(1, now), self._bytes.wait_ms(size, now))
+
+    def spend(self, size: int, now: float) -> None:
+        self._frames.spend(1, now)
+        self._bytes.spend(size, now)
+
+
+def admit(limiters: list[FrameLimiter], size: int, now: float) -> int:
+    """Admit a frame against several limiters (the connection's and the user's): 0 and spend
+    from all, or the longest wait and spend from none."""
+    wait = max((lim.wait_ms(size, now) for lim in limiters), default=0)
+    if wait:
+        return wait
+    for lim in limiters:
+        lim.spend(size, now)
+    return 0
+
+
+class RunLimiter:
+    """Runs each user has going. A run counts from its acceptance until its completion is
+    seen, or until `max_age_s` passes (a completion the edge never saw must not leak)."""
+
+    def __init__(self, max_runs: int, *, max_age_s: float = 900.0, retry_after_ms: int = 1000):
+        self._max_runs = max_runs
+        self._max_age_s = max_age_s
+        self._retry_after_ms = retry_after_ms
+        self._runs: dict[str, dict[str, float]] = {}  # user -> run id -> started at
+        self._owner: dict[str, str] = {}  # run id -> user
+
+    def check(self, user_id: str, now: float) -> int:
+        """0 if the user may start another run, else the ms to wait."""
+        runs = self._runs.get(user_id)
+        if not runs:
+            return 0
+        for run_id, started in list(runs.items()):
+            if now - started > self._max_age_s:
+                self.finish(run_id)
+        return self._retry_after_ms if len(self._runs.get(user_id, ())) >= self._max_runs else 0
+
+    def start(self, user_id: str, run_id: str, now: float) -> None:
+        if not run_id or run_id in self._owner:
+            return
+        self._runs.setdefault(user_id, {})[run_id] = now
+        self._owner[run_id] = user_id
+
+    def finish(self, run_id: str) -> None:
+        user_id = self._owner.pop(run_id, None)
+        if user_id is None:
+            return
+        runs = self._runs.get(user_id, {})
+        runs.pop(run_id, None)
+        if not runs:
+            self._runs.pop(user_id, None)
+
+    def active(self, user_id: str) -> int:
+        return len(self._runs.get(user_id, ()))
+
+
+class AbuseCounter:
+    """Strikes (rejected frames) within a sliding window; past the limit the socket is closed."""
+
+    def __init__(self, max_strikes: int, window_s: float) -> None:
+        self._max = max_strikes
+        self._window_s = window_s
+        self._times: deque[float] = deque()
+
+    def strike(self, now: float) -> bool:
+        """Record one strike; True when the socket has now earned a 1008 close."""
+        self._times.append(now)
+        while self._times and now - self._times[0] > self._window_s:
+            self._times.popleft()
+        return len(self._times) >= self._max

@@ -1,0 +1,511 @@
+"""A room: the sockets on this node following one session. Pure: no I/O, no clock of its own.
+
+The room is fed what happened (`join`, `leave`, `receive_events`, `receive_joined`,
+`receive_flush_due`, `receive_upstream_lost`, ...) with the current time, and
+returns a list of effects for the I/O layer to carry out, in order:
+
+- `Deliver(socket_ids, data, delta)`: send the same bytes to each socket (encoded once);
+- `AckJoin` / `RejectJoin`: answer a socket's join frame;
+- `SubscribeUpstream(after_seq)` / `UnsubscribeUpstream`: (re)join or leave the
+  session on the upstream Chat stream;
+- `FlushAt(at)`: call `receive_flush_due` at that time (the delta batch window);
+- `ExpireAt(at)`: call `receive_expired` at that time (None: cancel); the grace period;
+- `RunFinished(run_id)`: a run ended (the per-user run limiter listens);
+- `RoomClosed`: forget the room.
+
+Delivery rules. The room accepts an upstream event only if its seq is the next
+one expected, so a replay overlapping live events, or events of an old
+subscription still in flight, are dropped rather than repeated. Each socket has
+an `after_seq`: the last seq it was sent or chose to skip; it is sent only
+events after that, so a resuming socket gets exactly the events it missed.
+A join whose `after_seq` is inside the room's buffer of recent events is
+replayed from the buffer; an older one rewinds the upstream subscription, and
+the other sockets skip what they already have.
+
+Deltas of one run and step are batched: the first after a quiet window goes out
+at once, later ones within `batch_window_s` of the last delta frame share one
+frame (`from_seq`..`seq`).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from dataclasses import dataclass, field
+
+from agent_relay.v1 import agent_pb2 as pb
+
+from ws_edge.errors import EdgeError, ErrorCode
+from ws_edge.events import FINAL_TOOL_STATUSES, delta_frame, encode_event, event_kind, tool_status
+from ws_edge.frames import encode, error_frame
+
+
+@dataclass(frozen=True)
+class Preferences:
+    """What a socket wants live: every delta or only completions; every tool update or finals."""
+
+    deltas: bool = True
+    tool_output: bool = True
+
+
+@dataclass(frozen=True)
+class DeltaInfo:
+    """What a delta frame says, so a send queue can merge adjacent ones."""
+
+    session_id: str
+    run_id: str
+    step: int
+    from_seq: int
+    seq: int
+    time_unix_ms: int
+    text: str
+
+    def merged(self, later: DeltaInfo) -> DeltaInfo:
+        return DeltaInfo(
+            self.session_id,
+            self.run_id,
+            self.step,
+            self.from_seq,
+            later.seq,
+            later.time_unix_ms,
+            self.text + later.text,
+        )
+
+    def can_merge(self, later: DeltaInfo) -> bool:
+        return (self.session_id, self.run_id, self.step) == (
+            later.session_id,
+            later.run_id,
+            later.step,
+        ) and later.from_seq == self.seq + 1
+
+    def encode(self) -> bytes:
+        return delta_frame(
+            session_id=self.session_id,
+            run_id=self.run_id,
+            from_seq=self.from_seq,
+            seq=self.seq,
+            time_unix_ms=self.time_unix_ms,
+            text=self.text,
+            step=self.step,
+        )
+
+
+@dataclass(frozen=True)
+class Deliver:
+    socket_ids: tuple[str, ...]
+    data: bytes
+    delta: DeltaInfo | None = None
+
+
+@dataclass(frozen=True)
+class AckJoin:
+    socket_id: str
+    ref: str | None
+    head_seq: int
+
+
+@dataclass(frozen=True)
+class RejectJoin:
+    socket_id: str
+    ref: str | None
+    error: EdgeError
+
+
+@dataclass(frozen=True)
+class SubscribeUpstream:
+    session_id: str
+    after_seq: int
+
+
+@dataclass(frozen=True)
+class UnsubscribeUpstream:
+    session_id: str
+
+
+@dataclass(frozen=True)
+class FlushAt:
+    at: float
+
+
+@dataclass(frozen=True)
+class ExpireAt:
+    at: float | None
+
+
+@dataclass(frozen=True)
+class RunFinished:
+    run_id: str
+
+
+@dataclass(frozen=True)
+class RoomClosed:
+    session_id: str
+
+
+Effect = (
+    Deliver
+    | AckJoin
+    | RejectJoin
+    | SubscribeUpstream
+    | UnsubscribeUpstream
+    | FlushAt
+    | ExpireAt
+    | RunFinished
+    | RoomClosed
+)
+
+
+class RoomState(enum.Enum):
+    NEW = "new"  # no upstream subscription yet
+    SUBSCRIBING = "subscribing"  # a join was sent upstream; its reply has not come
+    LIVE = "live"  # following the session upstream
+    UPSTREAM_LOST = "lost"  # the upstream stream broke; waiting for it to come back
+    CLOSED = "closed"
+
+
+@dataclass
+class _Subscriber:
+    after_seq: int
+    prefs: Preferences
+
+
+@dataclass
+class _Buffered:
+    event: pb.SessionEvent
+    data: bytes | None = None
+
+    def frame(self) -> bytes:
+        if self.data is None:
+            self.data = encode_event(self.event)
+        return self.data
+
+
+@dataclass
+class _Batch:
+    run_id: str
+    step: int
+    parts: list[tuple[int, str]] = field(default_factory=list)
+    time_unix_ms: int = 0
+
+
+class Room:
+    """Sockets joined to one session on this node. Does no I/O; see the module docstring."""
+
+    def __init__(
+        self, session_id: str, *, batch_window_s: float, grace_s: float, buffer_events: int
+    ) -> None:
+        self.session_id = session_id
+        self.state = RoomState.NEW
+        self._batch_window_s = batch_window_s
+        self._grace_s = grace_s
+        self._buffer: deque[_Buffered] = deque(maxlen=buffer_events)
+        self._subs: dict[str, _Subscriber] = {}
+        self._waiting: dict[str, str | None] = {}  # socket id -> join ref awaiting the reply
+        self._next_seq = 1
+        self._base_seq = 0  # the buffer holds (base_seq, next_seq)
+        self._head_seq = 0
+        self._batch: _Batch | None = None
+        self._last_flush_at = float("-inf")
+        self._flush_scheduled = False
+
+    # -- what the room knows -------------------------------------------------------------
+
+    @property
+    def socket_ids(self) -> tuple[str, ...]:
+        return tuple(self._subs)
+
+    @property
+    def last_seq(self) -> int:
+        """The last seq accepted from upstream (the resume point for a resubscription)."""
+        return self._next_seq - 1
+
+    def after_seq_of(self, socket_id: str) -> int:
+        return self._subs[socket_id].after_seq
+
+    # -- sockets ---------------------------------------------------------------------------
+
+    def join(
+        self, socket_id: str, ref: str | None, after_seq: int, prefs: Preferences, now: float
+    ) -> list[Effect]:
+        """A socket follows the session from after_seq on (a repeated join replaces the first)."""
+        if self.state is RoomState.CLOSED:
+            raise RuntimeError("join on a closed room")
+        self._subs.pop(socket_id, None)
+        effects: list[Effect] = [ExpireAt(None)]
+        if self.state is RoomState.NEW:
+            self.state = RoomState.SUBSCRIBING
+            self._next_seq = self._base_seq = self._head_seq = after_seq
+            self._next_seq += 1
+            effects.append(SubscribeUpstream(self.session_id, after_seq))
+        self._flush(now, effects)
+        last = self.last_seq
+        sub = _Subscriber(after_seq, prefs)
+        replay: list[Effect] = []
+        if after_seq < last and after_seq >= self._base_seq:
+            replay = self._replay(socket_id, sub, after_seq)
+            sub.after_seq = last
+        elif after_seq < last:
+            self._rewind(after_seq, effects)
+        self._subs[socket_id] = sub
+        if self.state is RoomState.LIVE:
+            effects.append(AckJoin(socket_id, ref, self._head_seq))
+        elif self.state is RoomState.UPSTREAM_LOST:
+            effects.append(AckJoin(socket_id, ref, self._head_seq))
+            effects.append(Deliver((socket_id,), self._lost_frame()))
+        else:
+            self._waiting[socket_id] = ref
+        effects.extend(replay)
+        return effects
+
+    def leave(self, socket_id: str, now: float) -> list[Effect]:
+        """A socket stops following; the last one out starts the grace period."""
+        if self._subs.pop(socket_id, None) is None:
+            return []
+        self._waiting.pop(socket_id, None)
+        if self._subs or self.state is RoomState.CLOSED:
+            return []
+        return [ExpireAt(now + self._grace_s)]
+
+    def receive_expired(self, now: float) -> list[Effect]:
+        """The grace period ended: close unless a socket came back."""
+        if self._subs or self.state is RoomState.CLOSED:
+            return []
+        subscribed = self.state in (RoomState.SUBSCRIBING, RoomState.LIVE)
+        self.state = RoomState.CLOSED
+        effects: list[Effect] = [UnsubscribeUpstream(self.session_id)] if subscribed else []
+        effects.append(RoomClosed(self.session_id))
+        return effects
+
+    # -- upstream --------------------------------------------------------------------------
+
+    def receive_joined(self, head_seq: int, now: float) -> list[Effect]:
+        """The upstream join succeeded: answer the joins that waited for it."""
+        if self.state is not RoomState.SUBSCRIBING:
+            return []
+        self.state = RoomState.LIVE
+        self._head_seq = max(self._head_seq, head_seq)
+        waiting, self._waiting = self._waiting, {}
+        return [AckJoin(sid, ref, self._head_seq) for sid, ref in waiting.items()]
+
+    def receive_join_failed(self, error: EdgeError, now: float) -> list[Effect]:
+        """The upstream join failed: refuse the waiting joins; a retryable failure waits for
+        the stream to come back, any other closes the room (its sockets are told)."""
+        if self.state is not RoomState.SUBSCRIBING:
+            return []
+        effects: list[Effect] = []
+        for sid, ref in self._waiting.items():
+            self._subs.pop(sid, None)
+            effects.append(RejectJoin(sid, ref, error))
+        self._waiting = {}
+        if error.retryable and self._subs:
+            self.state = RoomState.UPSTREAM_LOST
+            return effects
+        if self._subs:
+            effects.append(
+                Deliver(self.socket_ids, error_frame(error, None, session_id=self.session_id))
+            )
+        self._subs.clear()
+        self.state = RoomState.CLOSED
+        effects.append(RoomClosed(self.session_id))
+        return effects
+
+    def receive_upstream_lost(self, now: float) -> list[Effect]:
+        """The stream carrying this room broke: tell the sockets, wait for it to come back."""
+        if self.state in (RoomState.CLOSED, RoomState.NEW):
+            return []
+        effects: list[Effect] = []
+        self._flush(now, effects)
+        self.state = RoomState.UPSTREAM_LOST
+        error = _upstream_error()
+        for sid, ref in self._waiting.items():
+            self._subs.pop(sid, None)
+            effects.append(RejectJoin(sid, ref, error))
+        self._waiting = {}
+        if self._subs:
+            effects.append(Deliver(self.socket_ids, self._lost_frame()))
+        else:
+            self.state = RoomState.CLOSED
+            effects.append(RoomClosed(self.session_id))
+        return effects
+
+    def receive_upstream_restored(self, now: float) -> list[Effect]:
+        """The stream is back: resubscribe at the last seq the room accepted."""
+        if self.state is not RoomState.UPSTREAM_LOST:
+            return []
+        self.state = RoomState.SUBSCRIBING
+        return [SubscribeUpstream(self.session_id, self.last_seq)]
+
+    def receive_events(self, events: list[pb.SessionEvent], now: float) -> list[Effect]:
+        """Events of this session from upstream, in log order."""
+        effects: list[Effect] = []
+        if self.state is RoomState.CLOSED:
+            return effects
+        for event in events:
+            kind = event_kind(event)
+            if kind == "replay_gap":
+                self._gap(event, now, effects)
+                continue
+            if event.seq < self._next_seq:
+                continue  # already accepted: a replay overlapping what the room has
+            if event.seq > self._next_seq:
+                # Events went missing between the service and us: never skip ahead.
+                if self.state is not RoomState.SUBSCRIBING:
+                    self.state = RoomState.SUBSCRIBING
+                    effects.append(SubscribeUpstream(self.session_id, self.last_seq))
+                continue
+            self._accept(event, kind, now, effects)
+        if self._batch is not None:
+            if now - self._last_flush_at >= self._batch_window_s:
+                self._flush(now, effects)
+            elif not self._flush_scheduled:
+                self._flush_scheduled = True
+                effects.append(FlushAt(self._last_flush_at + self._batch_window_s))
+        return effects
+
+    def receive_flush_due(self, now: float) -> list[Effect]:
+        """The batch window of the pending deltas ended."""
+        self._flush_scheduled = False
+        effects: list[Effect] = []
+        self._flush(now, effects)
+        return effects
+
+    # -- inside ----------------------------------------------------------------------------
+
+    def _accept(
+        self, event: pb.SessionEvent, kind: str | None, now: float, effects: list[Effect]
+    ) -> None:
+        self._next_seq = event.seq + 1
+        self._head_seq = max(self._head_seq, event.seq)
+        buffered = _Buffered(event)
+        if len(self._buffer) == self._buffer.maxlen:
+            self._base_seq = self._buffer[0].event.seq
+        self._buffer.append(buffered)
+        if kind == "response_delta":
+            delta = event.response_delta
+            batch = self._batch
+            if batch is not None and (batch.run_id, batch.step) != (event.run_id, delta.step):
+                self._flush(now, effects)
+                batch = None
+            if batch is None:
+                batch = self._batch = _Batch(event.run_id, delta.step)
+            batch.parts.append((event.seq, delta.text))
+            batch.time_unix_ms = event.time_unix_ms
+            return
+        self._flush(now, effects)
+        targets = [sid for sid, sub in self._subs.items() if sub.after_seq < event.seq]
+        wanted = tuple(sid for sid in targets if _wants(self._subs[sid].prefs, event))
+        if wanted:
+            effects.append(Deliver(wanted, buffered.frame()))
+        for sid in targets:
+            self._subs[sid].after_seq = event.seq
+        if kind == "run_completed":
+            effects.append(RunFinished(event.run_id))
+
+    def _flush(self, now: float, effects: list[Effect]) -> None:
+        batch, self._batch = self._batch, None
+        if batch is None:
+            return
+        self._last_flush_at = now
+        last = batch.parts[-1][0]
+        whole: list[str] = []
+        for sid, sub in self._subs.items():
+            if sub.after_seq >= last:
+                continue
+            if sub.prefs.deltas:
+                if sub.after_seq < batch.parts[0][0]:
+                    whole.append(sid)
+                else:  # the socket has the head of this batch already (after a rewind)
+                    info = self._delta_info(batch, sub.after_seq)
+                    effects.append(Deliver((sid,), info.encode(), info))
+            sub.after_seq = last
+        if whole:
+            info = self._delta_info(batch, -1)
+            effects.append(Deliver(tuple(whole), info.encode(), info))
+
+    def _delta_info(self, batch: _Batch, after_seq: int) -> DeltaInfo:
+        parts = [(seq, text) for seq, text in batch.parts if seq > after_seq]
+        return DeltaInfo(
+            self.session_id,
+            batch.run_id,
+            batch.step,
+            parts[0][0],
+            parts[-1][0],
+            batch.time_unix_ms,
+            "".join(text for _, text in parts),
+        )
+
+    def _replay(self, socket_id: str, sub: _Subscriber, after_seq: int) -> list[Effect]:
+        """Frames of the buffered events after after_seq, for one socket, deltas batched."""
+        effects: list[Effect] = []
+        batch: _Batch | None = None
+
+        def flush_replay() -> None:
+            if batch is not None and sub.prefs.deltas:
+                info = self._delta_info(batch, -1)
+                effects.append(Deliver((socket_id,), info.encode(), info))
+
+        for item in self._buffer:
+            event = item.event
+            if event.seq <= after_seq:
+                continue
+            if event_kind(event) == "response_delta":
+                step = event.response_delta.step
+                if batch is None or (batch.run_id, batch.step) != (event.run_id, step):
+                    flush_replay()
+                    batch = _Batch(event.run_id, step)
+                batch.parts.append((event.seq, event.response_delta.text))
+                batch.time_unix_ms = event.time_unix_ms
+                continue
+            flush_replay()
+            batch = None
+            if _wants(sub.prefs, event):
+                effects.append(Deliver((socket_id,), item.frame()))
+        flush_replay()
+        return effects
+
+    def _rewind(self, after_seq: int, effects: list[Effect]) -> None:
+        """Resubscribe upstream from an older seq; sockets ahead of it skip the overlap."""
+        self._buffer.clear()
+        self._next_seq = after_seq + 1
+        self._base_seq = after_seq
+        if self.state in (RoomState.LIVE, RoomState.SUBSCRIBING):
+            self.state = RoomState.SUBSCRIBING
+            effects.append(SubscribeUpstream(self.session_id, after_seq))
+
+    def _gap(self, event: pb.SessionEvent, now: float, effects: list[Effect]) -> None:
+        first_seq = event.replay_gap.first_seq
+        self._flush(now, effects)
+        for sid, sub in self._subs.items():
+            if sub.after_seq < first_seq - 1:
+                frame = {
+                    "type": "chat:gap",
+                    "session_id": self.session_id,
+                    "run_id": "",
+                    "time_unix_ms": event.time_unix_ms,
+                    "after_seq": sub.after_seq,
+                    "first_seq": first_seq,
+                }
+                effects.append(Deliver((sid,), encode(frame)))
+                sub.after_seq = first_seq - 1
+        if first_seq > self._next_seq:
+            self._buffer.clear()
+            self._next_seq = first_seq
+            self._base_seq = first_seq - 1
+
+    def _lost_frame(self) -> bytes:
+        return error_frame(_upstream_error(), None, session_id=self.session_id)
+
+
+def _upstream_error() -> EdgeError:
+    return EdgeError(
+        ErrorCode.UPSTREAM_UNAVAILABLE,
+        "the agent service does not answer; the edge reconnects and resumes",
+        1000,
+    )
+
+
+def _wants(prefs: Preferences, event: pb.SessionEvent) -> bool:
+    if prefs.tool_output:
+        return True
+    status = tool_status(event)
+    return status is None or status in FINAL_TOOL_STATUSES

@@ -1,0 +1,77 @@
+"""One socket's bounded send queue and its slow-consumer policy. Pure: no I/O.
+
+Frames wait here while the socket's transport is busy. Past
+`coalesce_after_frames` queued frames the socket is falling behind: a new delta
+frame is merged into the last queued frame of its session when that one is a
+delta of the same run and step that it continues (the client sees fewer,
+longer `chat:response` frames and loses nothing). When the queue still holds
+more than `max_bytes` or `max_frames`, `push` returns False: the socket must be
+closed with 1013 and will resume by seq, so one slow consumer never holds back
+the room.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from ws_edge.room import DeltaInfo
+
+
+@dataclass
+class QueuedFrame:
+    data: bytes
+    session_id: str | None
+    delta: DeltaInfo | None
+
+
+class SendQueue:
+    """Bounded FIFO of frames for one socket; see the module docstring."""
+
+    def __init__(self, *, max_bytes: int, max_frames: int, coalesce_after_frames: int) -> None:
+        self._max_bytes = max_bytes
+        self._max_frames = max_frames
+        self._coalesce_after = coalesce_after_frames
+        self._frames: deque[QueuedFrame] = deque()
+        self._last_of_session: dict[str, QueuedFrame] = {}
+        self.bytes = 0
+        self.coalesced = 0  # frames merged into earlier ones, for metrics and tests
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def push(
+        self, data: bytes, delta: DeltaInfo | None = None, session_id: str | None = None
+    ) -> bool:
+        """Queue a frame. False: the queue is over its bound and the socket must close 1013."""
+        session = delta.session_id if delta is not None else session_id
+        if delta is not None and len(self._frames) >= self._coalesce_after:
+            last = self._last_of_session.get(delta.session_id)
+            if last is not None and last.delta is not None and last.delta.can_merge(delta):
+                merged = last.delta.merged(delta)
+                new_data = merged.encode()
+                self.bytes += len(new_data) - len(last.data)
+                last.data, last.delta = new_data, merged
+                self.coalesced += 1
+                return self.bytes <= self._max_bytes
+        item = QueuedFrame(data, session, delta)
+        self._frames.append(item)
+        if session is not None:
+            self._last_of_session[session] = item
+        self.bytes += len(data)
+        return self.bytes <= self._max_bytes and len(self._frames) <= self._max_frames
+
+    def pop(self) -> bytes | None:
+        """The next frame to write, or None when the queue is empty."""
+        if not self._frames:
+            return None
+        item = self._frames.popleft()
+        self.bytes -= len(item.data)
+        if item.session_id is not None and self._last_of_session.get(item.session_id) is item:
+            del self._last_of_session[item.session_id]
+        return item.data
+
+    def clear(self) -> None:
+        self._frames.clear()
+        self._last_of_session.clear()
+        self.bytes = 0
