@@ -157,8 +157,9 @@ class ChatStream:
                 replay = rt.log.read_after(cursor, limit=room)
             except OutOfRange:
                 continue
-            if replay.gap is not None:
+            if replay.gap is not None:  # said once: the cursor moves to the window's start
                 response.events.add(session_id=session_id, replay_gap=replay.gap)
+                self.subscriber.cursors[session_id] = replay.gap.first_seq - 1
             for event in replay.events:
                 response.events.append(event)
                 size += event.ByteSize()

@@ -262,7 +262,7 @@ async def _kill_stragglers_after_exit(proc: asyncio.subprocess.Process) -> None:
     # asyncio tells of the exit only together with the pipes' closing, hence the polling.
     while proc.returncode is None:  # noqa: ASYNC110
         await asyncio.sleep(EXIT_POLL_S)
-    pass
+    _kill_group(proc.pid)
 
 
 def _prepare_workdir(code: str) -> str:
@@ -281,7 +281,7 @@ def _kill_group(pgid: int) -> None:
 
 async def _kill_group_and_reap(proc: asyncio.subprocess.Process) -> None:
     """SIGKILL the child's whole group and wait until the child is reaped."""
-    proc.kill()
+    _kill_group(proc.pid)
     # Shielded so a second cancellation cannot leave a zombie behind.
     waiter = asyncio.ensure_future(proc.wait())
     try:

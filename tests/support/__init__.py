@@ -1,0 +1,1 @@
+"""Helpers that start the real processes for integration tests."""
