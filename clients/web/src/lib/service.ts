@@ -345,7 +345,7 @@ export class WebSocketService {
     this.setTimer("connect", this.connectTimeoutMs, () =>
       this.socketFailed(ClientCloseCode.CONNECT_TIMEOUT, "connection timed out"),
     );
-    if (this.expiresWithin(token, this.refreshMarginMs(token))) {
+    if (this.remainingMs(token) <= this.tokenRefreshMarginMs / 2) {
       // Authenticating with a token about to expire would fail mid-way: renew first.
       void this.refreshToken(sessionId, token).then((fresh) => {
         if (generation === this.generation) this.openSocket(generation, fresh ?? token);
@@ -731,20 +731,19 @@ export class WebSocketService {
 
   // ------------------------------------------------------------------ tokens
 
-  private refreshMarginMs(token: StoredToken): number {
-    const remaining = token.expiresAt * 1000 - this.clock.now();
-    return Math.min(this.tokenRefreshMarginMs, Math.max(0, remaining / 2));
-  }
-
-  private expiresWithin(token: StoredToken, ms: number): boolean {
-    return Number.isFinite(token.expiresAt) && token.expiresAt * 1000 - this.clock.now() <= ms;
+  /** Milliseconds until the token expires (Infinity when it does not say). */
+  private remainingMs(token: StoredToken): number {
+    return Number.isFinite(token.expiresAt) ? token.expiresAt * 1000 - this.clock.now() : Infinity;
   }
 
   private scheduleRefresh(sessionId: string, expiresAtS: number): void {
     const token = this.options.tokens.get(sessionId);
     if (!token) return;
     const current = { ...token, expiresAt: expiresAtS };
-    const delay = expiresAtS * 1000 - this.clock.now() - this.refreshMarginMs(current);
+    const remaining = this.remainingMs(current);
+    // Renew a margin before expiry, but never in the first half of a short-lived
+    // token's life: a token shorter than the margin must not be renewed in a loop.
+    const delay = Math.max(remaining - this.tokenRefreshMarginMs, remaining / 2);
     this.setTimer("refresh", Math.max(0, delay), () => {
       void this.refreshToken(sessionId, current).then((fresh) => {
         if (fresh) this.reauth(fresh);
