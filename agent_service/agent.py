@@ -47,8 +47,9 @@ def install(hub: Hub) -> None:
     """Make the hub start runs with this module's loop."""
 
     def start(rt: SessionRuntime, run: RunHandle) -> None:
-        run.task = asyncio.create_task(RunExecution(hub, rt, run).execute(),
-                                       name=f"run {run.run_id}")
+        run.task = asyncio.create_task(
+            RunExecution(hub, rt, run).execute(), name=f"run {run.run_id}"
+        )
 
     hub.set_run_starter(start)
 
@@ -81,7 +82,7 @@ class RunExecution:
 
     def emit(self, **kind: object) -> pb.SessionEvent:
         """Append an event of this run to the session's log."""
-        event = pb.SessionEvent(run_id=self.run.run_id, **kind)  # type: ignore[arg-type]
+        event = pb.SessionEvent(run_id=self.run.run_id, **kind)
         self.rt.append(event)
         return event
 
@@ -89,13 +90,22 @@ class RunExecution:
         """Run to the end; never raises (a fault becomes an `error` completion)."""
         reason, error = "stop", None
         try:
-            await self.hub.store.update_run(RunRecord(
-                self.run.run_id, self.rt.session_id, self.run.user_message_id, "running",
-                started_ms=self.started_ms))
-            self.emit(run_started=pb.RunStarted(
-                message_id=self.run.user_message_id,
-                assistant_message_id=self.first_message_id,
-                model=self.hub.provider.name))
+            await self.hub.store.update_run(
+                RunRecord(
+                    self.run.run_id,
+                    self.rt.session_id,
+                    self.run.user_message_id,
+                    "running",
+                    started_ms=self.started_ms,
+                )
+            )
+            self.emit(
+                run_started=pb.RunStarted(
+                    message_id=self.run.user_message_id,
+                    assistant_message_id=self.first_message_id,
+                    model=self.hub.provider.name,
+                )
+            )
             async with asyncio.timeout(self.settings.run_timeout_s):
                 reason = await self._loop()
         except asyncio.CancelledError:
@@ -103,17 +113,25 @@ class RunExecution:
             reason = self.run.cancel_reason or "cancelled"
         except TimeoutError:
             reason = "error"
-            error = pb.RunError(code="timeout", retryable=True, message=(
-                f"the run took longer than {self.settings.run_timeout_s:g} s"))
+            error = pb.RunError(
+                code="timeout",
+                retryable=True,
+                message=(f"the run took longer than {self.settings.run_timeout_s:g} s"),
+            )
         except ModelError as exc:
             reason = "error"
-            error = pb.RunError(code=exc.code, message=exc.message, retryable=exc.retryable,
-                                retry_after_ms=exc.retry_after_ms)
+            error = pb.RunError(
+                code=exc.code,
+                message=exc.message,
+                retryable=exc.retryable,
+                retry_after_ms=exc.retry_after_ms,
+            )
         except Exception as exc:
             log.exception("run %s failed", self.run.run_id)
             reason = "error"
-            error = pb.RunError(code="internal", message=f"{type(exc).__name__}: {exc}",
-                                retryable=True)
+            error = pb.RunError(
+                code="internal", message=f"{type(exc).__name__}: {exc}", retryable=True
+            )
         try:
             await self._finish(reason, error)
         finally:
@@ -130,8 +148,9 @@ class RunExecution:
             conversation.append(ChatMessage("assistant", "".join(step.text), tuple(calls)))
             outcomes = await self._run_tools(calls)
             for call, outcome in zip(calls, outcomes, strict=True):
-                conversation.append(ChatMessage("tool", outcome.result, call_id=call.call_id,
-                                                name=call.name))
+                conversation.append(
+                    ChatMessage("tool", outcome.result, call_id=call.call_id, name=call.name)
+                )
         return "max_steps"
 
     async def _model_step(
@@ -167,18 +186,31 @@ class RunExecution:
             await self._save_step(step, "streaming")
 
     async def _save_step(self, step: _Step, status: str) -> None:
-        await self.hub.store.upsert_message(MessageRecord(
-            self.rt.session_id, step.message_id, "assistant", "".join(step.text),
-            self.run.run_id, status, now_ms(),
-            tool_calls=tuple(StoredToolCall(c.call_id, c.name, c.arguments_json)
-                             for c in step.calls)))
+        await self.hub.store.upsert_message(
+            MessageRecord(
+                self.rt.session_id,
+                step.message_id,
+                "assistant",
+                "".join(step.text),
+                self.run.run_id,
+                status,
+                now_ms(),
+                tool_calls=tuple(
+                    StoredToolCall(c.call_id, c.name, c.arguments_json) for c in step.calls
+                ),
+            )
+        )
 
     async def _run_tools(self, calls: list[ToolCallRequested]) -> list[ToolOutcome]:
         """Run the step's tool calls concurrently; store each result for the model."""
         runners = [
-            ToolCallRunner(self.hub.tools, call_id=c.call_id, tool_name=c.name,
-                           arguments_json=c.arguments_json,
-                           emit=lambda ex: self.emit(tool_execution=ex))
+            ToolCallRunner(
+                self.hub.tools,
+                call_id=c.call_id,
+                tool_name=c.name,
+                arguments_json=c.arguments_json,
+                emit=lambda ex: self.emit(tool_execution=ex),
+            )
             for c in calls
         ]
         for runner in runners:
@@ -197,10 +229,18 @@ class RunExecution:
                 self.run.tools.pop(runner.call_id, None)
         outcomes = [t.result() for t in tasks]
         for call, outcome in zip(calls, outcomes, strict=True):
-            await self.hub.store.upsert_message(MessageRecord(
-                self.rt.session_id, call.call_id, "tool", outcome.result, self.run.run_id,
-                "complete" if outcome.status == "completed" else "failed", now_ms(),
-                call_id=call.call_id))
+            await self.hub.store.upsert_message(
+                MessageRecord(
+                    self.rt.session_id,
+                    call.call_id,
+                    "tool",
+                    outcome.result,
+                    self.run.run_id,
+                    "complete" if outcome.status == "completed" else "failed",
+                    now_ms(),
+                    call_id=call.call_id,
+                )
+            )
         return outcomes
 
     async def _context(self) -> list[ChatMessage]:
@@ -210,13 +250,16 @@ class RunExecution:
         conversation: list[ChatMessage] = []
         for m in records:
             if m.role == "assistant":
-                calls = tuple(ToolCallRequested(c.call_id, c.tool_name, c.arguments_json)
-                              for c in m.tool_calls)
+                calls = tuple(
+                    ToolCallRequested(c.call_id, c.tool_name, c.arguments_json)
+                    for c in m.tool_calls
+                )
                 names.update((c.call_id, c.name) for c in calls)
                 conversation.append(ChatMessage("assistant", m.text, calls))
             elif m.role == "tool":
-                conversation.append(ChatMessage("tool", m.text, call_id=m.call_id,
-                                                name=names.get(m.call_id, "")))
+                conversation.append(
+                    ChatMessage("tool", m.text, call_id=m.call_id, name=names.get(m.call_id, ""))
+                )
             else:
                 conversation.append(ChatMessage("user", m.text))
         return conversation
@@ -228,18 +271,30 @@ class RunExecution:
             self.texts.append("".join(step.text))
             await self._save_step(step, PARTIAL_STATUS.get(reason, "complete"))
         ended_ms = now_ms()
-        await self.hub.store.update_run(RunRecord(
-            self.run.run_id, self.rt.session_id, self.run.user_message_id, "ended",
-            finish_reason=reason, input_tokens=self.input_tokens,
-            output_tokens=self.output_tokens, started_ms=self.started_ms, ended_ms=ended_ms))
+        await self.hub.store.update_run(
+            RunRecord(
+                self.run.run_id,
+                self.rt.session_id,
+                self.run.user_message_id,
+                "ended",
+                finish_reason=reason,
+                input_tokens=self.input_tokens,
+                output_tokens=self.output_tokens,
+                started_ms=self.started_ms,
+                ended_ms=ended_ms,
+            )
+        )
         if error is not None:
             self.emit(run_error=error)
-        self.emit(run_completed=pb.RunCompleted(
-            finish_reason=FINISH[reason],
-            usage=pb.Usage(input_tokens=self.input_tokens, output_tokens=self.output_tokens),
-            assistant_message_id=self.first_message_id,
-            text="".join(self.texts),
-            duration_ms=round((time.perf_counter() - self.started) * 1000.0, 3)))
+        self.emit(
+            run_completed=pb.RunCompleted(
+                finish_reason=FINISH[reason],
+                usage=pb.Usage(input_tokens=self.input_tokens, output_tokens=self.output_tokens),
+                assistant_message_id=self.first_message_id,
+                text="".join(self.texts),
+                duration_ms=round((time.perf_counter() - self.started) * 1000.0, 3),
+            )
+        )
 
 
 def _uncancel() -> None:

@@ -131,16 +131,28 @@ class ChatStream:
 
     async def _send(self, send: pb.SendMessage) -> pb.MessageAccepted:
         require(bool(send.session_id), "send.session_id", "is required")
-        require(is_valid_client_id(send.message_id), "send.message_id",
-                "must be 1-128 characters of letters, digits and ._:-")
+        require(
+            is_valid_client_id(send.message_id),
+            "send.message_id",
+            "must be 1-128 characters of letters, digits and ._:-",
+        )
         require(bool(send.text.strip()), "send.text", "must not be empty")
-        require(len(send.text) <= MAX_MESSAGE_CHARS, "send.text",
-                f"must be at most {MAX_MESSAGE_CHARS} characters")
+        require(
+            len(send.text) <= MAX_MESSAGE_CHARS,
+            "send.text",
+            f"must be at most {MAX_MESSAGE_CHARS} characters",
+        )
         require(send.busy_policy in POLICIES, "send.busy_policy", "unknown policy")
-        require(len(send.trace_context) <= MAX_TRACE_ENTRIES, "send.trace_context",
-                f"at most {MAX_TRACE_ENTRIES} entries")
+        require(
+            len(send.trace_context) <= MAX_TRACE_ENTRIES,
+            "send.trace_context",
+            f"at most {MAX_TRACE_ENTRIES} entries",
+        )
         return await self.hub.send_message(
-            send.session_id, send.message_id, send.text, POLICIES[send.busy_policy],
+            send.session_id,
+            send.message_id,
+            send.text,
+            POLICIES[send.busy_policy],
             dict(send.trace_context),
         )
 

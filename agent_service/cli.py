@@ -38,15 +38,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return serve_main(rest)
     if command == "edge":
-        from ws_edge.__main__ import main as edge_main
+        from ws_edge.__main__ import main as edge_main  # type: ignore[import-not-found,unused-ignore]
 
-        return edge_main(rest)
+        return int(edge_main(rest))
     if command == "run":
         return run_all(rest)
     if command in {"chat", "tools", "history"}:
-        from agent_relay_client.cli import main as client_main
+        from agent_relay_client.cli import main as client_main  # type: ignore[import-not-found,unused-ignore]
 
-        return client_main([command, *rest])
+        return int(client_main([command, *rest]))
     print(f"agent-relay: unknown command {command!r}\n\n{USAGE.strip()}", file=sys.stderr)
     return 2
 
@@ -90,8 +90,11 @@ def run_all(argv: Sequence[str]) -> int:
             "ws_edge", [sys.executable, "-m", "ws_edge", "--upstream", address, *argv], env
         )
         children.append(edge)
-        print(f"\nagent-relay is running: open http://{edge_address}/ (Ctrl-C stops it)\n"
-              f"gRPC API on {address}; try: grpcurl -plaintext {address} list\n", flush=True)
+        print(
+            f"\nagent-relay is running: open http://{edge_address}/ (Ctrl-C stops it)\n"
+            f"gRPC API on {address}; try: grpcurl -plaintext {address} list\n",
+            flush=True,
+        )
         while all(child.poll() is None for child in children):
             time.sleep(0.2)
     except KeyboardInterrupt:

@@ -22,16 +22,22 @@ class ServiceSettings:
         "conversation store: sqlite:///PATH (relative to the working folder) or sqlite:///:memory:",
     )
     bus_url: str = field("memory://", "event log and fan-out: memory:// (in-process)")
-    retention_events: int = field(10_000, "events kept per session for replay; older ones give a gap")
+    retention_events: int = field(
+        10_000, "events kept per session for replay; older ones give a gap"
+    )
     busy_policy: str = field("queue", "a message during an active run: queue, reject or interrupt")
     model: str = field("demo", "model provider: demo (built in, no network) or openai")
-    demo_tokens_per_s: float = field(30.0, "demo model speed in words per second; 0 = as fast as possible")
+    demo_tokens_per_s: float = field(
+        30.0, "demo model speed in words per second; 0 = as fast as possible"
+    )
     demo_reply_words: int = field(40, "length of the demo model's plain replies, in words")
     openai_base_url: str = field("https://api.openai.com/v1", "OpenAI-compatible endpoint")
     openai_api_key: str = field("", "API key for the openai provider (or OPENAI_API_KEY)")
     openai_model: str = field("gpt-4o-mini", "model name for the openai provider")
     max_steps: int = field(8, "model steps (calls) per run before it ends with max_steps")
-    run_timeout_s: float = field(600.0, "a run still going after this long ends with a timeout error")
+    run_timeout_s: float = field(
+        600.0, "a run still going after this long ends with a timeout error"
+    )
     workspace_dir: Path = field(Path("."), "folder the search_files and read_file tools may read")
     python_cpu_s: int = field(10, "python tool: CPU seconds per call")
     python_memory_mb: int = field(256, "python tool: address-space limit per call, in MiB")
@@ -43,7 +49,9 @@ class ServiceSettings:
     shutdown_grace_s: float = field(5.0, "on SIGTERM, how long in-flight runs may take to finish")
     tls_cert_file: Path | None = field(None, "PEM certificate: serve TLS when set")
     tls_key_file: Path | None = field(None, "PEM private key for tls_cert_file")
-    tls_client_ca_file: Path | None = field(None, "PEM CA bundle: require client certificates (mTLS)")
+    tls_client_ca_file: Path | None = field(
+        None, "PEM CA bundle: require client certificates (mTLS)"
+    )
     log_level: str = field("INFO", "DEBUG, INFO, WARNING or ERROR")
 
     def __post_init__(self) -> None:
@@ -61,8 +69,14 @@ class ServiceSettings:
             raise ValueError("tls_cert_file and tls_key_file go together")
 
 
-def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> ServiceSettings:
+def load(
+    argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
+) -> ServiceSettings:
     """Build the settings from flags and the environment (see ServiceSettings)."""
     return load_settings(
-        ServiceSettings, argv, env, prog="agent-relay serve", description="Run the agent gRPC service."
+        ServiceSettings,
+        argv,
+        env,
+        prog="agent-relay serve",
+        description="Run the agent gRPC service.",
     )

@@ -82,8 +82,9 @@ class SessionRuntime:
 
     def __init__(self, record: SessionRecord, store: ConversationStore, capacity: int) -> None:
         self.record = record
-        self.log = SessionLog(record.session_id, capacity=capacity,
-                              first_seq=record.seq_reserved + 1)
+        self.log = SessionLog(
+            record.session_id, capacity=capacity, first_seq=record.seq_reserved + 1
+        )
         self.queue = RunQueue()
         self.runs: dict[str, RunHandle] = {}
         self.subscribers: set[Subscriber] = set()
@@ -246,10 +247,16 @@ class Hub:
             rt.runs[run.run_id] = run
             created = now_ms()
             await self.store.accept_user_message(
-                MessageRecord(session_id, message_id, "user", text, run.run_id, "complete",
-                              created),
-                RunRecord(run.run_id, session_id, message_id,
-                          "queued" if decision.queued else "running", started_ms=created),
+                MessageRecord(
+                    session_id, message_id, "user", text, run.run_id, "complete", created
+                ),
+                RunRecord(
+                    run.run_id,
+                    session_id,
+                    message_id,
+                    "queued" if decision.queued else "running",
+                    started_ms=created,
+                ),
             )
             if not rt.record.title:
                 rt.record = _with_title(rt.record, text)
@@ -280,8 +287,9 @@ class Hub:
             stored = await self.store.find_user_message(rt.session_id, message_id)
             if stored is None:
                 return None
-            cached = pb.MessageAccepted(message_id=message_id, text=stored.text,
-                                        run_id=stored.run_id, seq=stored.accept_seq)
+            cached = pb.MessageAccepted(
+                message_id=message_id, text=stored.text, run_id=stored.run_id, seq=stored.accept_seq
+            )
         duplicate = pb.MessageAccepted()
         duplicate.CopyFrom(cached)
         duplicate.duplicate = True
@@ -307,12 +315,23 @@ class Hub:
         """End a queued run that never started, with a completion saying why."""
         rt.queue.remove_waiting(run_id)
         run = rt.runs.pop(run_id, None)
-        finish = pb.FINISH_REASON_CANCELLED if reason == "cancelled" else pb.FINISH_REASON_INTERRUPTED
+        finish = (
+            pb.FINISH_REASON_CANCELLED if reason == "cancelled" else pb.FINISH_REASON_INTERRUPTED
+        )
         user_message_id = run.user_message_id if run else ""
-        await self.store.update_run(RunRecord(run_id, rt.session_id, user_message_id, "ended",
-                                              finish_reason=reason, ended_ms=now_ms()))
-        rt.append(pb.SessionEvent(run_id=run_id, run_completed=pb.RunCompleted(
-            finish_reason=finish)))
+        await self.store.update_run(
+            RunRecord(
+                run_id,
+                rt.session_id,
+                user_message_id,
+                "ended",
+                finish_reason=reason,
+                ended_ms=now_ms(),
+            )
+        )
+        rt.append(
+            pb.SessionEvent(run_id=run_id, run_completed=pb.RunCompleted(finish_reason=finish))
+        )
 
     async def cancel_run(self, session_id: str, run_id: str) -> bool:
         """Cancel a run (`run_id` empty: the active one). False when none is going."""
@@ -340,8 +359,9 @@ class Hub:
 
     def _check_accepting(self) -> None:
         if not self.accepting:
-            raise Unavailable("the service is shutting down; retry on another replica",
-                              reason="SHUTTING_DOWN")
+            raise Unavailable(
+                "the service is shutting down; retry on another replica", reason="SHUTTING_DOWN"
+            )
 
     async def shutdown(self, grace_s: float) -> None:
         """Stop accepting; let runs finish for grace_s; end the rest as interrupted."""
@@ -366,5 +386,6 @@ def _with_title(record: SessionRecord, text: str) -> SessionRecord:
     title = " ".join(text.split())
     if len(title) > 80:
         title = title[:77] + "..."
-    return SessionRecord(record.session_id, record.user_id, title, record.created_ms,
-                         record.seq_reserved)
+    return SessionRecord(
+        record.session_id, record.user_id, title, record.created_ms, record.seq_reserved
+    )

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 
-class BusyPolicy(str, Enum):
+class BusyPolicy(StrEnum):
     """What a message does when a run is active."""
 
     QUEUE = "queue"

@@ -13,6 +13,7 @@ import logging
 import signal
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -30,6 +31,7 @@ from agent_service.tools.builtins import build_registry
 
 log = logging.getLogger(__name__)
 
+HealthServicer: Any = health.aio.HealthServicer  # type: ignore[attr-defined]
 SERVICE_NAME = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
@@ -42,7 +44,7 @@ class RunningService:
     port: int
     hub: Hub
     store: ConversationStore
-    health: health.aio.HealthServicer
+    health: Any  # grpc_health's aio HealthServicer (untyped)
 
     async def stop(self, grace_s: float) -> None:
         """Stop gracefully: not serving, runs finish or are interrupted, then close."""
@@ -57,11 +59,11 @@ class RunningService:
 def make_provider(settings: ServiceSettings) -> ModelProvider:
     """The model provider the settings name."""
     if settings.model == "openai":
-        from agent_service.providers.openai import OpenAIProvider
+        from agent_service.providers.openai import OpenAIProvider  # type: ignore[import-not-found,unused-ignore]
 
-        return OpenAIProvider.from_settings(settings)
-    return DemoModel(tokens_per_s=settings.demo_tokens_per_s,
-                     reply_words=settings.demo_reply_words)
+        provider: ModelProvider = OpenAIProvider.from_settings(settings)
+        return provider
+    return DemoModel(tokens_per_s=settings.demo_tokens_per_s, reply_words=settings.demo_reply_words)
 
 
 def _credentials(settings: ServiceSettings) -> grpc.ServerCredentials | None:
@@ -80,20 +82,25 @@ async def create_server(settings: ServiceSettings) -> RunningService:
     store = open_store(settings.store_url)
     recovered = await store.open()
     for run in recovered.interrupted_runs:
-        log.warning("run %s of session %s was in flight at the last stop: interrupted",
-                    run.run_id, run.session_id)
+        log.warning(
+            "run %s of session %s was in flight at the last stop: interrupted",
+            run.run_id,
+            run.session_id,
+        )
     hub = Hub(settings, store, make_provider(settings), build_registry(settings))
     agent.install(hub)
-    server = grpc.aio.server(options=[
-        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.keepalive_time_ms", 30_000),
-        ("grpc.keepalive_timeout_ms", 10_000),
-        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
-        ("grpc.keepalive_permit_without_calls", 1),
-    ])
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+        ]
+    )
     agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(hub), server)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server

@@ -29,6 +29,7 @@ from agent_service.tools.executor import ToolCallRunner
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+Context = grpc.aio.ServicerContext[Any, Any]
 
 ROLES = {"user": pb.ROLE_USER, "assistant": pb.ROLE_ASSISTANT, "tool": pb.ROLE_TOOL}
 STATUSES = {
@@ -42,29 +43,29 @@ FINAL_TOOL_UPDATES = frozenset({"completed", "failed", "cancelled"})
 
 
 def _unary(
-    handler: Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[T]],
-) -> Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[T]]:
+    handler: Callable[[Any, Any, Context], Awaitable[T]],
+) -> Callable[[Any, Any, Context], Awaitable[T]]:
     """Map a ServiceError to the RPC's status with rich details."""
 
     @functools.wraps(handler)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
+    async def wrapper(self: Any, request: Any, context: Context) -> T:
         try:
             return await handler(self, request, context)
         except ServiceError as exc:
-            await context.abort_with_status(rpc_status.to_status(exc.to_status()))
+            await _abort(context, exc)
             raise  # unreachable: abort raises
 
     return wrapper
 
 
-class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
+class AgentServicer(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
     """Serves agent_relay.v1.AgentService from a Hub."""
 
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
 
-    async def Chat(  # noqa: N802 - gRPC's method name
-        self, request_iterator: AsyncIterator[pb.ChatRequest], context: grpc.aio.ServicerContext
+    async def Chat(
+        self, request_iterator: AsyncIterator[pb.ChatRequest], context: Context
     ) -> AsyncIterator[pb.ChatResponse]:
         stream = ChatStream(self.hub)
         reader = asyncio.create_task(stream.read(request_iterator))
@@ -82,31 +83,40 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             reader.cancel()
             stream.close()
 
-    async def ExecuteTool(  # noqa: N802
+    async def ExecuteTool(
         self,
         request_iterator: AsyncIterator[pb.ExecuteToolRequest],
-        context: grpc.aio.ServicerContext,
+        context: Context,
     ) -> AsyncIterator[pb.ExecuteToolResponse]:
         requests = aiter(request_iterator)
         first = await anext(requests, None)
         if first is None or first.WhichOneof("command") != "start":
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                "start: the first request must start a tool call")
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "start: the first request must start a tool call"
+            )
             return
         start = first.start
         call_id = start.call_id or new_id("call")
         try:
             require(bool(start.tool_name), "start.tool_name", "is required")
-            require(is_valid_client_id(call_id), "start.call_id",
-                    "must be 1-128 characters of letters, digits and ._:-")
+            require(
+                is_valid_client_id(call_id),
+                "start.call_id",
+                "must be 1-128 characters of letters, digits and ._:-",
+            )
             if call_id in self.hub.direct_calls:
                 raise AlreadyExists(f"start.call_id: {call_id!r} is running", field="start.call_id")
         except ServiceError as exc:
-            await context.abort_with_status(rpc_status.to_status(exc.to_status()))
+            await _abort(context, exc)
             return
         events: asyncio.Queue[pb.ToolExecution] = asyncio.Queue()
-        runner = ToolCallRunner(self.hub.tools, call_id=call_id, tool_name=start.tool_name,
-                                arguments_json=start.arguments_json, emit=events.put_nowait)
+        runner = ToolCallRunner(
+            self.hub.tools,
+            call_id=call_id,
+            tool_name=start.tool_name,
+            arguments_json=start.arguments_json,
+            emit=events.put_nowait,
+        )
         self.hub.direct_calls[call_id] = runner
         task = asyncio.create_task(runner.run(), name=f"tool {call_id}")
         reader = asyncio.create_task(_read_tool_cancels(requests, runner))
@@ -123,9 +133,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             self.hub.direct_calls.pop(call_id, None)
 
     @_unary
-    async def Cancel(  # noqa: N802
-        self, request: pb.CancelRequest, context: grpc.aio.ServicerContext
-    ) -> pb.CancelResponse:
+    async def Cancel(self, request: pb.CancelRequest, context: Context) -> pb.CancelResponse:
         target = request.WhichOneof("target")
         require(target is not None, "target", "run_id or call_id is required")
         if target == "run_id":
@@ -136,24 +144,20 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         return pb.CancelResponse(cancelled=cancelled)
 
     @_unary
-    async def CreateSession(  # noqa: N802
-        self, request: pb.CreateSessionRequest, context: grpc.aio.ServicerContext
-    ) -> pb.Session:
+    async def CreateSession(self, request: pb.CreateSessionRequest, context: Context) -> pb.Session:
         require(len(request.user_id) <= 128, "user_id", "at most 128 characters")
         require(len(request.title) <= 200, "title", "at most 200 characters")
         rt = await self.hub.create_session(request.user_id, request.title)
         return rt.to_proto()
 
     @_unary
-    async def GetSession(  # noqa: N802
-        self, request: pb.GetSessionRequest, context: grpc.aio.ServicerContext
-    ) -> pb.Session:
+    async def GetSession(self, request: pb.GetSessionRequest, context: Context) -> pb.Session:
         require(bool(request.session_id), "session_id", "is required")
         return (await self.hub.session(request.session_id)).to_proto()
 
     @_unary
-    async def ListSessions(  # noqa: N802
-        self, request: pb.ListSessionsRequest, context: grpc.aio.ServicerContext
+    async def ListSessions(
+        self, request: pb.ListSessionsRequest, context: Context
     ) -> pb.ListSessionsResponse:
         limit = min(request.page_size or 50, 500)
         before = _page_token(request.page_token) or None
@@ -164,16 +168,20 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             if rt is not None:
                 response.sessions.append(rt.to_proto())
             else:
-                response.sessions.add(session_id=record.session_id, title=record.title,
-                                      user_id=record.user_id, created_unix_ms=record.created_ms,
-                                      head_seq=record.seq_reserved)
+                response.sessions.add(
+                    session_id=record.session_id,
+                    title=record.title,
+                    user_id=record.user_id,
+                    created_unix_ms=record.created_ms,
+                    head_seq=record.seq_reserved,
+                )
         if len(records) > limit:
             response.next_page_token = str(records[limit - 1].created_ms)
         return response
 
     @_unary
-    async def ListMessages(  # noqa: N802
-        self, request: pb.ListMessagesRequest, context: grpc.aio.ServicerContext
+    async def ListMessages(
+        self, request: pb.ListMessagesRequest, context: Context
     ) -> pb.ListMessagesResponse:
         require(bool(request.session_id), "session_id", "is required")
         rt = await self.hub.session(request.session_id)
@@ -183,8 +191,11 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         # streaming, are read together before the store: a client that resumes
         # after as_of_seq gets exactly the deltas the text does not have yet.
         as_of_seq = rt.log.head_seq
-        live = {run.streaming_message_id: (run.run_id, "".join(run.streaming_text))
-                for run in rt.runs.values() if run.streaming_message_id}
+        live = {
+            run.streaming_message_id: (run.run_id, "".join(run.streaming_text))
+            for run in rt.runs.values()
+            if run.streaming_message_id
+        }
         records = await self.hub.store.list_messages(rt.session_id, limit + 1, offset)
         response = pb.ListMessagesResponse(as_of_seq=as_of_seq)
         for record in records[:limit]:
@@ -195,18 +206,35 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         stored = {record.message_id for record in records}
         for message_id, (run_id, text) in live.items():
             if message_id not in stored:  # streaming, not flushed to the store yet
-                response.messages.add(message_id=message_id, role=pb.ROLE_ASSISTANT, text=text,
-                                      run_id=run_id, status=pb.MESSAGE_STATUS_STREAMING)
+                response.messages.add(
+                    message_id=message_id,
+                    role=pb.ROLE_ASSISTANT,
+                    text=text,
+                    run_id=run_id,
+                    status=pb.MESSAGE_STATUS_STREAMING,
+                )
         return response
 
-    async def ListTools(  # noqa: N802
-        self, request: pb.ListToolsRequest, context: grpc.aio.ServicerContext
+    async def ListTools(
+        self, request: pb.ListToolsRequest, context: Context
     ) -> pb.ListToolsResponse:
-        return pb.ListToolsResponse(tools=[
-            pb.ToolSpec(name=s.name, description=s.description,
-                        parameters_json_schema=s.parameters_json, timeout_s=s.timeout_s)
-            for s in self.hub.tools.specs()
-        ])
+        return pb.ListToolsResponse(
+            tools=[
+                pb.ToolSpec(
+                    name=s.name,
+                    description=s.description,
+                    parameters_json_schema=s.parameters_json,
+                    timeout_s=s.timeout_s,
+                )
+                for s in self.hub.tools.specs()
+            ]
+        )
+
+
+async def _abort(context: Context, error: ServiceError) -> None:
+    """End the RPC with the error's rich status (google.rpc.Status in the trailers)."""
+    status = rpc_status.to_status(error.to_status())
+    await context.abort(status.code, status.details, status.trailing_metadata)
 
 
 async def _read_tool_cancels(
@@ -238,11 +266,12 @@ def _message(record: MessageRecord, live: dict[str, tuple[str, str]]) -> pb.Mess
         message_id=record.message_id,
         role=ROLES.get(record.role, pb.ROLE_UNSPECIFIED),
         text=text,
-        tool_calls=[pb.ToolCall(call_id=c.call_id, tool_name=c.tool_name,
-                                arguments_json=c.arguments_json) for c in record.tool_calls],
+        tool_calls=[
+            pb.ToolCall(call_id=c.call_id, tool_name=c.tool_name, arguments_json=c.arguments_json)
+            for c in record.tool_calls
+        ],
         call_id=record.call_id,
         run_id=record.run_id,
         status=STATUSES.get(record.status, pb.MESSAGE_STATUS_UNSPECIFIED),
         created_unix_ms=record.created_ms,
     )
-

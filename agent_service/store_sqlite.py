@@ -119,8 +119,13 @@ class SqliteStore:
         await self.db.execute(
             "INSERT INTO sessions (session_id, user_id, title, created_ms, seq_reserved) "
             "VALUES (?, ?, ?, ?, ?)",
-            (record.session_id, record.user_id, record.title, record.created_ms,
-             record.seq_reserved),
+            (
+                record.session_id,
+                record.user_id,
+                record.title,
+                record.created_ms,
+                record.seq_reserved,
+            ),
         )
         await self.db.commit()
 
@@ -197,16 +202,33 @@ class SqliteStore:
             )
         await self.db.execute(
             sql,
-            (m.session_id, m.message_id, m.role, m.text, m.run_id, m.status, m.created_ms,
-             calls, m.call_id, m.accept_seq),
+            (
+                m.session_id,
+                m.message_id,
+                m.role,
+                m.text,
+                m.run_id,
+                m.status,
+                m.created_ms,
+                calls,
+                m.call_id,
+                m.accept_seq,
+            ),
         )
 
     async def update_run(self, run: RunRecord) -> None:
         await self.db.execute(
             "UPDATE runs SET status = ?, finish_reason = ?, input_tokens = ?, output_tokens = ?, "
             "started_ms = ?, ended_ms = ? WHERE run_id = ?",
-            (run.status, run.finish_reason, run.input_tokens, run.output_tokens,
-             run.started_ms, run.ended_ms, run.run_id),
+            (
+                run.status,
+                run.finish_reason,
+                run.input_tokens,
+                run.output_tokens,
+                run.started_ms,
+                run.ended_ms,
+                run.run_id,
+            ),
         )
         await self.db.commit()
 

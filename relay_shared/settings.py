@@ -22,7 +22,7 @@ ENV_PREFIX = "AGENT_RELAY_"
 T = TypeVar("T")
 
 
-def field(default: Any, help: str, **kwargs: Any) -> Any:  # noqa: A002 - argparse's word
+def field(default: Any, help: str, **kwargs: Any) -> Any:
     """A settings field with its default and the help text shown by --help."""
     return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
 
@@ -59,8 +59,14 @@ def build_parser(cls: type[Any], prog: str, description: str) -> argparse.Argume
         flag = "--" + f.name.replace("_", "-")
         env = ENV_PREFIX + f.name.upper()
         help_text = f"{f.metadata.get('help', '')} [env {env}; default {f.default!r}]"
-        parser.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(),
-                            type=str, help=help_text.replace("%", "%%"))
+        parser.add_argument(
+            flag,
+            dest=f.name,
+            default=None,
+            metavar=f.name.upper(),
+            type=str,
+            help=help_text.replace("%", "%%"),
+        )
     return parser
 
 
@@ -78,7 +84,7 @@ def load_settings(
     given = vars(parser.parse_args(list(argv) if argv is not None else None))
     hints = typing.get_type_hints(cls)
     values: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         text = given.get(f.name)
         source = "--" + f.name.replace("_", "-")
         if text is None:

@@ -124,8 +124,9 @@ class DemoModel:
                 yield delta
             digest = hashlib.sha256(last.content.encode()).hexdigest()[:8]
             for index, (name, args) in enumerate(calls):
-                yield ToolCallRequested(f"call_{digest}_{len(conversation)}_{index}", name,
-                                        json.dumps(args))
+                yield ToolCallRequested(
+                    f"call_{digest}_{len(conversation)}_{index}", name, json.dumps(args)
+                )
             yield StepFinished("tool_calls", Usage(input_tokens, len(words)))
             return
         words = _plain_reply(last.content, self._reply_words)

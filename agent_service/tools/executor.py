@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from agent_relay.v1 import agent_pb2 as pb
 from agent_service.tools.base import ToolError, ToolRegistry
@@ -76,14 +76,14 @@ class ToolCallRunner:
         self.cancel_reason: str | None = None
         self._registry = registry
         self._emit = emit
-        self._task: asyncio.Task[ToolOutcome] | None = None
+        self._task: asyncio.Task[Any] | None = None
         self._finished = False
 
     def emit_update(self, **update: object) -> None:
         """Emit a ToolExecution with one `update` field set; nothing after the final one."""
         if self._finished:
             return
-        self._emit(pb.ToolExecution(call_id=self.call_id, tool_name=self.tool_name, **update))  # type: ignore[arg-type]
+        self._emit(pb.ToolExecution(call_id=self.call_id, tool_name=self.tool_name, **update))
 
     def cancel(self, reason: str = "requested") -> bool:
         """Ask the call to stop. False when it has already finished."""
@@ -96,7 +96,7 @@ class ToolCallRunner:
 
     async def run(self) -> ToolOutcome:
         """Run the call to its end. Must run in its own task."""
-        self._task = asyncio.current_task()  # type: ignore[assignment]
+        self._task = asyncio.current_task()
         started = time.perf_counter()
         self.emit_update(started=pb.ToolStarted(arguments_json=self.arguments_json))
         try:

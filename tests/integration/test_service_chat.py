@@ -141,10 +141,17 @@ async def test_queue_policy_runs_a_second_message_after_the_first(stub):
     second = (await chat.send(session, "m2", "second")).accepted
     assert not first.queued and second.queued
     await chat.wait_completed(session, second.run_id)
-    order = [(e.run_id, e.WhichOneof("kind")) for e in chat.events[session]
-             if e.HasField("run_started") or e.HasField("run_completed")]
-    assert order == [(first.run_id, "run_started"), (first.run_id, "run_completed"),
-                     (second.run_id, "run_started"), (second.run_id, "run_completed")]
+    order = [
+        (e.run_id, e.WhichOneof("kind"))
+        for e in chat.events[session]
+        if e.HasField("run_started") or e.HasField("run_completed")
+    ]
+    assert order == [
+        (first.run_id, "run_started"),
+        (first.run_id, "run_completed"),
+        (second.run_id, "run_started"),
+        (second.run_id, "run_completed"),
+    ]
     await chat.close()
 
 
@@ -168,8 +175,9 @@ async def test_interrupt_policy_cancels_the_active_run_and_runs_the_new_one(stub
     await chat.join(session)
     first = (await chat.send(session, "m1", "first")).accepted
     await chat.wait_for(session, lambda e: e.HasField("response_delta"))
-    second = (await chat.send(session, "m2", "second",
-                              busy_policy=pb.BUSY_POLICY_INTERRUPT)).accepted
+    second = (
+        await chat.send(session, "m2", "second", busy_policy=pb.BUSY_POLICY_INTERRUPT)
+    ).accepted
     done_first = await chat.wait_completed(session, first.run_id)
     done_second = await chat.wait_completed(session, second.run_id)
     assert done_first.run_completed.finish_reason == pb.FINISH_REASON_CANCELLED
@@ -208,8 +216,9 @@ async def test_a_half_closed_stream_ends_after_the_run_completes(stub):
 
     async def requests():
         yield pb.ChatRequest(request_id="j", join=pb.JoinSession(session_id=session))
-        yield pb.ChatRequest(request_id="s", send=pb.SendMessage(
-            session_id=session, message_id="m1", text="short"))
+        yield pb.ChatRequest(
+            request_id="s", send=pb.SendMessage(session_id=session, message_id="m1", text="short")
+        )
 
     responses = [r async for r in stub.Chat(requests())]
     events = [e for r in responses for e in r.events]

@@ -58,18 +58,40 @@ async def test_unknown_session_is_not_found(stub):
     [
         ({}, INVALID, "command"),
         ({"join": pb.JoinSession()}, INVALID, "join.session_id"),
-        ({"join": pb.JoinSession(session_id="s_nope")}, grpc.StatusCode.NOT_FOUND.value[0],
-         "s_nope"),
-        ({"send": pb.SendMessage(session_id="SESSION", message_id="m1", text="  ")}, INVALID,
-         "send.text"),
-        ({"send": pb.SendMessage(session_id="SESSION", message_id="bad id!", text="x")},
-         INVALID, "send.message_id"),
-        ({"send": pb.SendMessage(session_id="SESSION", message_id="m1", text="x" * 100_001)},
-         INVALID, "send.text"),
-        ({"send": pb.SendMessage(session_id="SESSION", message_id="m1", text="x",
-                                 busy_policy=99)}, INVALID, "send.busy_policy"),
-        ({"join": pb.JoinSession(session_id="SESSION", after_seq=10_000)},
-         grpc.StatusCode.OUT_OF_RANGE.value[0], "after_seq"),
+        (
+            {"join": pb.JoinSession(session_id="s_nope")},
+            grpc.StatusCode.NOT_FOUND.value[0],
+            "s_nope",
+        ),
+        (
+            {"send": pb.SendMessage(session_id="SESSION", message_id="m1", text="  ")},
+            INVALID,
+            "send.text",
+        ),
+        (
+            {"send": pb.SendMessage(session_id="SESSION", message_id="bad id!", text="x")},
+            INVALID,
+            "send.message_id",
+        ),
+        (
+            {"send": pb.SendMessage(session_id="SESSION", message_id="m1", text="x" * 100_001)},
+            INVALID,
+            "send.text",
+        ),
+        (
+            {
+                "send": pb.SendMessage(
+                    session_id="SESSION", message_id="m1", text="x", busy_policy=99
+                )
+            },
+            INVALID,
+            "send.busy_policy",
+        ),
+        (
+            {"join": pb.JoinSession(session_id="SESSION", after_seq=10_000)},
+            grpc.StatusCode.OUT_OF_RANGE.value[0],
+            "after_seq",
+        ),
         ({"cancel_tool_call": pb.CancelToolCall(session_id="SESSION")}, INVALID, "call_id"),
     ],
 )

@@ -18,8 +18,14 @@ from tests.support.chat import ChatClient, assembled_text
 from tests.support.service import start_agent_service
 from tests.support.timing import scaled
 
-SLOW = ("--demo-tokens-per-s", "40", "--demo-reply-words", "400",
-        "--partial-flush-interval-s", "0.1")
+SLOW = (
+    "--demo-tokens-per-s",
+    "40",
+    "--demo-reply-words",
+    "400",
+    "--partial-flush-interval-s",
+    "0.1",
+)
 
 
 async def test_kill_9_mid_run_then_restart_keeps_history_and_marks_the_run_interrupted(
@@ -64,7 +70,8 @@ async def test_kill_9_mid_run_then_restart_keeps_history_and_marks_the_run_inter
             assert events[0].HasField("replay_gap")
             assert events[0].replay_gap.after_seq == last_seq
             assert all(e.seq > last_seq for e in events[1:]), [  # seq never repeats
-                (e.seq, e.WhichOneof("kind")) for e in events]
+                (e.seq, e.WhichOneof("kind")) for e in events
+            ]
             await chat.close()
     finally:
         second.stop()
@@ -97,17 +104,30 @@ def test_grpcurl_lists_the_service_and_checks_health(tmp_path: Path):
         pytest.fail("grpcurl is not installed: it comes with the dev extras")
     service = start_agent_service(tmp_path)
     try:
-        listed = subprocess.run([grpcurl, "-plaintext", service.address, "list"],
-                                capture_output=True, text=True, timeout=scaled(30), check=True)
+        listed = subprocess.run(
+            [grpcurl, "-plaintext", service.address, "list"],
+            capture_output=True,
+            text=True,
+            timeout=scaled(30),
+            check=True,
+        )
         assert "agent_relay.v1.AgentService" in listed.stdout.split()
         assert "grpc.health.v1.Health" in listed.stdout.split()
         health = subprocess.run(
             [grpcurl, "-plaintext", service.address, "grpc.health.v1.Health/Check"],
-            capture_output=True, text=True, timeout=scaled(30), check=True)
+            capture_output=True,
+            text=True,
+            timeout=scaled(30),
+            check=True,
+        )
         assert json.loads(health.stdout)["status"] == "SERVING"
         tools = subprocess.run(
             [grpcurl, "-plaintext", service.address, "agent_relay.v1.AgentService/ListTools"],
-            capture_output=True, text=True, timeout=scaled(30), check=True)
+            capture_output=True,
+            text=True,
+            timeout=scaled(30),
+            check=True,
+        )
         names = {t["name"] for t in json.loads(tools.stdout)["tools"]}
         assert {"calculator", "python", "search_files", "read_file", "long_task"} <= names
     finally:

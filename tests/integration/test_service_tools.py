@@ -10,8 +10,11 @@ from tests.support.chat import ChatClient, assembled_text
 
 
 def tool_events(events, call_id=None):
-    return [e.tool_execution for e in events if e.HasField("tool_execution")
-            and (call_id is None or e.tool_execution.call_id == call_id)]
+    return [
+        e.tool_execution
+        for e in events
+        if e.HasField("tool_execution") and (call_id is None or e.tool_execution.call_id == call_id)
+    ]
 
 
 async def test_a_multi_step_run_with_concurrent_tool_calls(stub):
@@ -63,8 +66,10 @@ async def test_cancelling_one_tool_call_leaves_the_run_going(stub):
     chat = ChatClient(stub)
     await chat.join(session)
     run_id = (await chat.send(session, "m1", "long task 30s\ncalc 2 + 2")).accepted.run_id
-    started = await chat.wait_for(session, lambda e: e.HasField("tool_execution")
-                                  and e.tool_execution.tool_name == "long_task")
+    started = await chat.wait_for(
+        session,
+        lambda e: e.HasField("tool_execution") and e.tool_execution.tool_name == "long_task",
+    )
     call_id = started.tool_execution.call_id
     response = await stub.Cancel(pb.CancelRequest(session_id=session, call_id=call_id))
     assert response.cancelled
@@ -99,15 +104,21 @@ async def test_execute_tool_streams_progress_and_cancels_on_the_same_stream(stub
         while (item := await requests.get()) is not None:
             yield item
 
-    await requests.put(pb.ExecuteToolRequest(start=pb.StartTool(
-        tool_name="long_task", arguments_json=json.dumps({"seconds": 20, "steps": 40}))))
+    await requests.put(
+        pb.ExecuteToolRequest(
+            start=pb.StartTool(
+                tool_name="long_task", arguments_json=json.dumps({"seconds": 20, "steps": 40})
+            )
+        )
+    )
     updates = []
     async for response in stub.ExecuteTool(request_stream()):
         execution = response.execution
         updates.append(execution.WhichOneof("update"))
         if updates.count("progress") == 3:
-            await requests.put(pb.ExecuteToolRequest(cancel=pb.CancelToolCall(
-                call_id=execution.call_id)))
+            await requests.put(
+                pb.ExecuteToolRequest(cancel=pb.CancelToolCall(call_id=execution.call_id))
+            )
     await requests.put(None)
     assert updates[0] == "started"
     assert updates[-1] == "cancelled"
@@ -116,8 +127,9 @@ async def test_execute_tool_streams_progress_and_cancels_on_the_same_stream(stub
 
 async def test_execute_tool_with_bad_arguments_fails_naming_the_problem(stub):
     async def one():
-        yield pb.ExecuteToolRequest(start=pb.StartTool(
-            tool_name="calculator", arguments_json=json.dumps({"expr": "1"})))
+        yield pb.ExecuteToolRequest(
+            start=pb.StartTool(tool_name="calculator", arguments_json=json.dumps({"expr": "1"}))
+        )
 
     events = [r.execution async for r in stub.ExecuteTool(one())]
     assert [e.WhichOneof("update") for e in events] == ["started", "failed"]

@@ -53,15 +53,18 @@ class ChatClient:
     async def join(self, session_id: str, after_seq: int = 0) -> pb.CommandReply:
         return await self.command(join=pb.JoinSession(session_id=session_id, after_seq=after_seq))
 
-    async def send(self, session_id: str, message_id: str, text: str, **extra: object
-                   ) -> pb.CommandReply:
-        return await self.command(send=pb.SendMessage(
-            session_id=session_id, message_id=message_id, text=text, **extra))  # type: ignore[arg-type]
+    async def send(
+        self, session_id: str, message_id: str, text: str, **extra: object
+    ) -> pb.CommandReply:
+        return await self.command(
+            send=pb.SendMessage(session_id=session_id, message_id=message_id, text=text, **extra)
+        )  # type: ignore[arg-type]
 
     async def wait_for(
         self, session_id: str, predicate: Callable[[pb.SessionEvent], bool], timeout_s: float = 15
     ) -> pb.SessionEvent:
         """The first event of the session (seen so far or later) that satisfies predicate."""
+
         async def scan() -> pb.SessionEvent:
             while True:
                 for event in self.events[session_id]:
@@ -75,8 +78,9 @@ class ChatClient:
 
         return await asyncio.wait_for(scan(), scaled(timeout_s))
 
-    async def wait_completed(self, session_id: str, run_id: str = "", timeout_s: float = 15
-                             ) -> pb.SessionEvent:
+    async def wait_completed(
+        self, session_id: str, run_id: str = "", timeout_s: float = 15
+    ) -> pb.SessionEvent:
         return await self.wait_for(
             session_id,
             lambda e: e.HasField("run_completed") and (not run_id or e.run_id == run_id),
@@ -99,5 +103,6 @@ def kinds(events: list[pb.SessionEvent]) -> list[str]:
 
 def assembled_text(events: list[pb.SessionEvent], run_id: str) -> str:
     """The run's text as a client assembles it from deltas."""
-    return "".join(e.response_delta.text for e in events
-                   if e.run_id == run_id and e.HasField("response_delta"))
+    return "".join(
+        e.response_delta.text for e in events if e.run_id == run_id and e.HasField("response_delta")
+    )

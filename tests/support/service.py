@@ -51,7 +51,11 @@ def start_agent_service(
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     process = subprocess.Popen(
         [sys.executable, "-m", "agent_service", *args],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
     )
     output: list[str] = []
     found = threading.Event()
