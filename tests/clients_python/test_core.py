@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from agent_relay_client.backoff import BackoffPolicy, CloseAdvice, advise_close
 from agent_relay_client.connection import ConnectionMachine, GiveUp, Reconnect, State
 from agent_relay_client.conversation import SENDING, Conversation, HistoryMessage, Outcome

@@ -32,7 +32,14 @@ class AgentRelayError(Exception):
 
 
 class TransportError(AgentRelayError):
-    """The connection could not be opened or dropped. Retrying may succeed."""
+    """The connection could not be opened or dropped. Retrying may succeed.
+
+    `code` is the WebSocket close code when there was one (1006: dropped without one).
+    """
+
+    def __init__(self, message: str = "connection lost", *, code: int = 1006) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class ConnectionClosed(TransportError):
@@ -42,8 +49,7 @@ class ConnectionClosed(TransportError):
     """
 
     def __init__(self, code: int, reason: str = "") -> None:
-        super().__init__(f"connection closed ({code}{': ' + reason if reason else ''})")
-        self.code = code
+        super().__init__(f"connection closed ({code}{': ' + reason if reason else ''})", code=code)
         self.reason = reason
 
 

@@ -1,0 +1,688 @@
+"""A thin async client of the agent's gRPC service, for backend code.
+
+::
+
+    async with AgentClient("127.0.0.1:50051") as agent:
+        session = await agent.create_session(title="report")
+        run = agent.chat(session.session_id, "What is 6 * 7?")
+        async for event in run:
+            if isinstance(event, ResponseDelta):
+                print(event.text, end="", flush=True)
+        print(run.completed.finish_reason)
+
+Every RPC failure is raised as one of `agent_relay_client.errors`; results are
+dataclasses or the typed events of `agent_relay_client.events`. `chat()` runs
+over a `ResilientChat`: if the stream drops mid-reply it reopens it, resumes
+after the last seq it processed, and sends the message again under the same id
+if its acceptance was lost, so the reply arrives whole and exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from google.protobuf import message as _pb_message
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from agent_relay.v1 import agent_pb2 as pb
+from agent_relay.v1 import agent_pb2_grpc
+from agent_relay_client import errors
+from agent_relay_client.conversation import Conversation, HistoryMessage
+from agent_relay_client.events import (
+    MessageAccepted,
+    ReplayGap,
+    ResponseDelta,
+    RunCompleted,
+    RunError,
+    RunStarted,
+    SessionEvent,
+    ToolExecution,
+    Usage,
+)
+from agent_relay_client.outbox import OutboxEntry
+from agent_relay_client.resilient import (
+    Accepted,
+    EventApplied,
+    History,
+    MessageRejected,
+    MessageSent,
+    ResilientChat,
+    Update,
+)
+
+# ----- errors: gRPC status -> the package's tree ----------------------------------------------
+
+_BY_STATUS: dict[int, tuple[type[errors.RequestError], str]] = {
+    code_pb2.INVALID_ARGUMENT: (errors.InvalidRequest, "invalid_field"),
+    code_pb2.OUT_OF_RANGE: (errors.InvalidRequest, "out_of_range"),
+    code_pb2.ALREADY_EXISTS: (errors.InvalidRequest, "already_exists"),
+    code_pb2.UNAUTHENTICATED: (errors.Unauthenticated, "unauthenticated"),
+    code_pb2.PERMISSION_DENIED: (errors.PermissionDenied, "forbidden"),
+    code_pb2.NOT_FOUND: (errors.NotFound, "not_found"),
+    code_pb2.FAILED_PRECONDITION: (errors.Busy, "busy"),
+    code_pb2.ABORTED: (errors.Busy, "busy"),
+    code_pb2.RESOURCE_EXHAUSTED: (errors.RateLimited, "rate_limited"),
+    code_pb2.UNAVAILABLE: (errors.Unavailable, "upstream_unavailable"),
+}
+_EOF: object = grpc.aio.EOF  # type: ignore[attr-defined]  # missing from grpc-stubs
+_RETRYABLE = {code_pb2.UNAVAILABLE, code_pb2.RESOURCE_EXHAUSTED, code_pb2.ABORTED}
+
+
+def error_from_status(status: status_pb2.Status) -> errors.RequestError:
+    """The exception for a google.rpc.Status (a Chat command's error reply, or an RPC's)."""
+    cls, code = _BY_STATUS.get(status.code, (errors.Unavailable, "internal"))
+    retry_after_ms = 0
+    for detail in status.details:
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            info = error_details_pb2.RetryInfo()
+            detail.Unpack(info)
+            retry_after_ms = info.retry_delay.seconds * 1000 + info.retry_delay.nanos // 1_000_000
+    return cls(
+        code,
+        status.message,
+        retryable=status.code in _RETRYABLE or cls is errors.Unavailable,
+        retry_after_ms=retry_after_ms,
+    )
+
+
+def error_from_rpc(exc: grpc.aio.AioRpcError) -> errors.AgentRelayError:
+    """The exception for a failed RPC. A service that cannot be reached is a TransportError."""
+    code = exc.code()
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+        return errors.TransportError(f"{code.name}: {exc.details() or ''}".strip(": "))
+    status = None
+    with contextlib.suppress(ValueError, _pb_message.DecodeError):
+        status = rpc_status.from_call(exc)  # type: ignore[arg-type]  # an AioRpcError is a Call
+    if status is None:
+        status = status_pb2.Status(code=code.value[0], message=exc.details() or "")
+    return error_from_status(status)
+
+
+# ----- protobuf -> typed results ----------------------------------------------------------------
+
+
+def _enum_name(value: str, prefix: str) -> str:
+    return value.removeprefix(prefix).lower()
+
+
+def event_from_proto(ev: pb.SessionEvent) -> SessionEvent:
+    """The typed event for one protobuf SessionEvent. Raises ProtocolError for an empty one."""
+    head: dict[str, Any] = {
+        "session_id": ev.session_id,
+        "seq": ev.seq,
+        "run_id": ev.run_id,
+        "time_unix_ms": ev.time_unix_ms,
+    }
+    kind = ev.WhichOneof("kind")
+    if kind == "message_accepted":
+        m = ev.message_accepted
+        return MessageAccepted(**head, message_id=m.message_id, text=m.text, queued=m.queued)
+    if kind == "run_started":
+        r = ev.run_started
+        return RunStarted(
+            **head,
+            message_id=r.message_id,
+            assistant_message_id=r.assistant_message_id,
+            model=r.model,
+        )
+    if kind == "response_delta":
+        return ResponseDelta(**head, text=ev.response_delta.text, step=ev.response_delta.step)
+    if kind == "tool_execution":
+        return tool_event_from_proto(ev.tool_execution, head)
+    if kind == "run_error":
+        e = ev.run_error
+        return RunError(
+            **head,
+            code=e.code,
+            message=e.message,
+            retryable=e.retryable,
+            retry_after_ms=e.retry_after_ms,
+        )
+    if kind == "run_completed":
+        c = ev.run_completed
+        return RunCompleted(
+            **head,
+            finish_reason=_enum_name(pb.FinishReason.Name(c.finish_reason), "FINISH_REASON_"),
+            usage=Usage(input_tokens=c.usage.input_tokens, output_tokens=c.usage.output_tokens),
+            assistant_message_id=c.assistant_message_id,
+            text=c.text,
+            duration_ms=c.duration_ms,
+        )
+    if kind == "replay_gap":
+        g = ev.replay_gap
+        return ReplayGap(**head, after_seq=g.after_seq, first_seq=g.first_seq)
+    raise errors.ProtocolError(f"session event of unknown kind {kind!r}")
+
+
+def tool_event_from_proto(t: pb.ToolExecution, head: Mapping[str, Any]) -> ToolExecution:
+    """The typed ToolExecution for a protobuf one (`head`: session_id, seq, run_id, time)."""
+    base: dict[str, Any] = {**head, "call_id": t.call_id, "tool_name": t.tool_name}
+    update = t.WhichOneof("update")
+    if update == "started":
+        return ToolExecution(**base, status="started", arguments_json=t.started.arguments_json)
+    if update == "progress":
+        p = t.progress
+        return ToolExecution(**base, status="progress", fraction=p.fraction, note=p.note)
+    if update == "output":
+        o = t.output
+        return ToolExecution(**base, status="output", text=o.text, stream=o.stream)
+    if update == "completed":
+        c = t.completed
+        return ToolExecution(**base, status="completed", result=c.result, duration_ms=c.duration_ms)
+    if update == "failed":
+        f = t.failed
+        return ToolExecution(
+            **base, status="failed", code=f.code, message=f.message, duration_ms=f.duration_ms
+        )
+    if update == "cancelled":
+        return ToolExecution(**base, status="cancelled", reason=t.cancelled.reason)
+    raise errors.ProtocolError(f"tool execution of unknown kind {update!r}")
+
+
+def history_message_from_proto(m: pb.Message) -> HistoryMessage:
+    """The transport-neutral form of one durable message."""
+    return HistoryMessage(
+        message_id=m.message_id,
+        role=_enum_name(pb.Role.Name(m.role), "ROLE_"),
+        text=m.text,
+        status=_enum_name(pb.MessageStatus.Name(m.status), "MESSAGE_STATUS_"),
+        run_id=m.run_id,
+        call_id=m.call_id,
+        tool_calls=tuple((c.call_id, c.tool_name, c.arguments_json) for c in m.tool_calls),
+        created_unix_ms=m.created_unix_ms,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    """A session's summary."""
+
+    session_id: str
+    title: str
+    user_id: str
+    created_unix_ms: int
+    head_seq: int
+    running: bool
+    active_run_id: str
+
+    @classmethod
+    def from_proto(cls, s: pb.Session) -> SessionInfo:
+        """From the protobuf Session."""
+        return cls(
+            session_id=s.session_id,
+            title=s.title,
+            user_id=s.user_id,
+            created_unix_ms=s.created_unix_ms,
+            head_seq=s.head_seq,
+            running=s.run_state == pb.RUN_STATE_RUNNING,
+            active_run_id=s.active_run_id,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ToolInfo:
+    """A tool the agent can call."""
+
+    name: str
+    description: str
+    parameters: dict[str, Any]  # JSON Schema of the arguments
+    timeout_s: float
+
+
+@dataclass(slots=True)
+class ToolResult:
+    """How a directly executed tool call ended."""
+
+    call_id: str
+    tool_name: str
+    status: str  # completed, failed or cancelled
+    result: str = ""
+    output: str = ""  # every output event's text, concatenated
+    error_code: str = ""
+    error_message: str = ""
+    duration_ms: float = 0.0
+    events: list[ToolExecution] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when the call completed."""
+        return self.status == "completed"
+
+
+_BUSY = {
+    "": pb.BUSY_POLICY_UNSPECIFIED,
+    "queue": pb.BUSY_POLICY_QUEUE,
+    "reject": pb.BUSY_POLICY_REJECT,
+    "interrupt": pb.BUSY_POLICY_INTERRUPT,
+}
+
+
+# ----- the Chat stream as a Link ----------------------------------------------------------------
+
+
+class ChatStream:
+    """One open Chat stream: commands with awaited replies, and the events of joined sessions.
+
+    Implements `resilient.Link`. Events wait in a bounded queue (`max_buffered_events`):
+    a consumer that stops reading slows the stream (gRPC flow control) rather than
+    growing memory.
+    """
+
+    def __init__(
+        self,
+        stub: agent_pb2_grpc.AgentServiceStub,
+        *,
+        metadata: Sequence[tuple[str, str]] = (),
+        max_buffered_events: int = 4096,
+    ) -> None:
+        self._call = stub.Chat(metadata=tuple(metadata))
+        self._ids = itertools.count(1)
+        self._pending: dict[str, asyncio.Future[pb.CommandReply]] = {}
+        self._events: asyncio.Queue[SessionEvent | errors.AgentRelayError] = asyncio.Queue(
+            max_buffered_events
+        )
+        self._failure: errors.AgentRelayError | None = None
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        failure: errors.AgentRelayError
+        try:
+            while True:
+                response = await self._call.read()
+                if response is _EOF:
+                    failure = errors.TransportError("the service ended the chat stream")
+                    break
+                for ev in response.events:
+                    try:
+                        await self._events.put(event_from_proto(ev))
+                    except errors.ProtocolError as exc:
+                        await self._events.put(exc)
+                for reply in response.replies:
+                    future = self._pending.pop(reply.request_id, None)
+                    if future is not None and not future.done():
+                        future.set_result(reply)
+        except grpc.aio.AioRpcError as exc:
+            failure = error_from_rpc(exc)
+            if not isinstance(failure, errors.TransportError):
+                failure = errors.TransportError(str(failure))
+        except asyncio.CancelledError:
+            failure = errors.TransportError("chat stream closed")
+        self._failure = failure
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(failure)
+        self._pending.clear()
+        with contextlib.suppress(asyncio.QueueFull):
+            self._events.put_nowait(failure)
+
+    async def _command(self, request: pb.ChatRequest) -> pb.CommandReply:
+        if self._failure is not None:
+            raise self._failure
+        request.request_id = str(next(self._ids))
+        future: asyncio.Future[pb.CommandReply] = asyncio.get_running_loop().create_future()
+        self._pending[request.request_id] = future
+        try:
+            await self._call.write(request)
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
+            self._pending.pop(request.request_id, None)
+            raise errors.TransportError(f"chat stream write failed: {exc}") from exc
+        reply = await future
+        if reply.status.code != code_pb2.OK:
+            raise error_from_status(reply.status)
+        return reply
+
+    async def join(self, session_id: str, after_seq: int, *, live_only: bool = False) -> int:
+        """Follow a session after `after_seq` (or from its head); returns the head seq."""
+        join = pb.JoinSession(session_id=session_id, after_seq=after_seq, live_only=live_only)
+        reply = await self._command(pb.ChatRequest(join=join))
+        return int(reply.joined.head_seq)
+
+    async def leave(self, session_id: str) -> None:
+        """Stop following a session."""
+        await self._command(pb.ChatRequest(leave=pb.LeaveSession(session_id=session_id)))
+
+    async def send(self, entry: OutboxEntry) -> Accepted:
+        """Send a user message; returns its acceptance."""
+        send = pb.SendMessage(
+            session_id=entry.session_id,
+            message_id=entry.message_id,
+            text=entry.text,
+            busy_policy=_BUSY.get(entry.busy_policy, pb.BUSY_POLICY_UNSPECIFIED),
+            trace_context=entry.trace_context,
+        )
+        a = (await self._command(pb.ChatRequest(send=send))).accepted
+        return Accepted(a.message_id, a.seq, a.run_id, a.queued, a.duplicate)
+
+    async def cancel_run(self, session_id: str, run_id: str) -> bool:
+        """Cancel a run ("": the active run)."""
+        command = pb.CancelRun(session_id=session_id, run_id=run_id)
+        return bool((await self._command(pb.ChatRequest(cancel_run=command))).cancelled.cancelled)
+
+    async def cancel_tool_call(self, session_id: str, call_id: str) -> bool:
+        """Cancel one tool call."""
+        command = pb.CancelToolCall(session_id=session_id, call_id=call_id)
+        reply = await self._command(pb.ChatRequest(cancel_tool_call=command))
+        return bool(reply.cancelled.cancelled)
+
+    async def next_event(self) -> SessionEvent:
+        """The next event; raises TransportError once the stream is over."""
+        item = await self._events.get()
+        if isinstance(item, errors.AgentRelayError):
+            if isinstance(item, errors.TransportError):
+                self._events.put_nowait(item)  # keep raising it for later callers
+            raise item
+        return item
+
+    async def close(self) -> None:
+        """Close the stream (idempotent)."""
+        self._call.cancel()
+        self._reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._reader
+
+
+# ----- the client ------------------------------------------------------------------------------
+
+
+class AgentClient:
+    """An async client of AgentService. Use as `async with AgentClient(target) as agent:`.
+
+    `target` is `host:port`. `metadata` goes with every call. `timeout_s` bounds every
+    unary RPC (streams are unbounded: a run may take long).
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        metadata: Sequence[tuple[str, str]] = (),
+        timeout_s: float = 30.0,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
+        self.target = target
+        self.metadata = tuple(metadata)
+        self.timeout_s = timeout_s
+        if credentials is None:
+            self._channel = grpc.aio.insecure_channel(target)
+        else:
+            self._channel = grpc.aio.secure_channel(target, credentials)
+        self.stub = agent_pb2_grpc.AgentServiceStub(self._channel)
+
+    async def __aenter__(self) -> AgentClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the channel."""
+        await self._channel.close(None)
+
+    async def _unary(self, method: Any, request: Any) -> Any:
+        try:
+            return await method(request, timeout=self.timeout_s, metadata=self.metadata)
+        except grpc.aio.AioRpcError as exc:
+            raise error_from_rpc(exc) from exc
+
+    # sessions and history
+
+    async def create_session(self, *, title: str = "", user_id: str = "") -> SessionInfo:
+        """Create an empty session."""
+        request = pb.CreateSessionRequest(title=title, user_id=user_id)
+        return SessionInfo.from_proto(await self._unary(self.stub.CreateSession, request))
+
+    async def get_session(self, session_id: str) -> SessionInfo:
+        """One session's summary (NotFound when there is none)."""
+        request = pb.GetSessionRequest(session_id=session_id)
+        return SessionInfo.from_proto(await self._unary(self.stub.GetSession, request))
+
+    async def list_sessions(self, *, user_id: str = "", limit: int = 50) -> list[SessionInfo]:
+        """Sessions, newest first, at most `limit`."""
+        sessions: list[SessionInfo] = []
+        token = ""
+        while len(sessions) < limit:
+            request = pb.ListSessionsRequest(
+                user_id=user_id, page_size=min(limit - len(sessions), 500), page_token=token
+            )
+            page = await self._unary(self.stub.ListSessions, request)
+            sessions += [SessionInfo.from_proto(s) for s in page.sessions]
+            token = page.next_page_token
+            if not token:
+                break
+        return sessions
+
+    async def history(self, session_id: str) -> History:
+        """A session's whole durable conversation, oldest first, and the seq it reflects."""
+        messages: list[HistoryMessage] = []
+        token, as_of_seq = "", 0
+        while True:
+            request = pb.ListMessagesRequest(
+                session_id=session_id, page_size=1000, page_token=token
+            )
+            page = await self._unary(self.stub.ListMessages, request)
+            messages += [history_message_from_proto(m) for m in page.messages]
+            as_of_seq = page.as_of_seq
+            token = page.next_page_token
+            if not token:
+                return History(messages, as_of_seq)
+
+    async def list_tools(self) -> list[ToolInfo]:
+        """The tools the agent can call, by name."""
+        response = await self._unary(self.stub.ListTools, pb.ListToolsRequest())
+        return [
+            ToolInfo(
+                name=t.name,
+                description=t.description,
+                parameters=json.loads(t.parameters_json_schema or "{}"),
+                timeout_s=t.timeout_s,
+            )
+            for t in response.tools
+        ]
+
+    # cancel
+
+    async def cancel_run(self, session_id: str, run_id: str = "") -> bool:
+        """Cancel a run ("": the session's active run). True when it was running."""
+        request = pb.CancelRequest(session_id=session_id, run_id=run_id)
+        return bool((await self._unary(self.stub.Cancel, request)).cancelled)
+
+    async def cancel_tool_call(self, session_id: str, call_id: str) -> bool:
+        """Cancel one tool call by id. True when it was running."""
+        request = pb.CancelRequest(session_id=session_id, call_id=call_id)
+        return bool((await self._unary(self.stub.Cancel, request)).cancelled)
+
+    # streams
+
+    async def open_chat_stream(self) -> ChatStream:
+        """One raw Chat stream (several sessions, no reconnection): the low-level door."""
+        return ChatStream(self.stub, metadata=self.metadata)
+
+    def resilient_chat(self, **kwargs: Any) -> ResilientChat:
+        """A Chat connection that reconnects and resumes on its own (see `resilient`)."""
+        return ResilientChat(self.open_chat_stream, self.history, **kwargs)
+
+    def chat(
+        self,
+        session_id: str,
+        text: str,
+        *,
+        message_id: str = "",
+        busy_policy: str = "",
+        trace_context: dict[str, str] | None = None,
+    ) -> ChatRun:
+        """Send a user message and iterate its run's events until the run completes."""
+        return ChatRun(self, session_id, text, message_id, busy_policy, trace_context or {})
+
+    def execute_tool(
+        self, tool_name: str, arguments: Mapping[str, Any] | str, *, call_id: str = ""
+    ) -> ToolRun:
+        """Run one tool directly; iterate its events, `cancel()` it, or `await .result()`."""
+        args = arguments if isinstance(arguments, str) else json.dumps(dict(arguments))
+        return ToolRun(self, tool_name, args, call_id or f"call_{uuid.uuid4().hex[:16]}")
+
+
+class ChatRun:
+    """One user message and the run it starts. Iterate it for the run's events (each once,
+    in order); afterwards `text` is the assistant's reply and `completed` the last event."""
+
+    def __init__(
+        self,
+        client: AgentClient,
+        session_id: str,
+        text: str,
+        message_id: str,
+        busy_policy: str,
+        trace_context: dict[str, str],
+    ) -> None:
+        self._client = client
+        self.session_id = session_id
+        self.message_id = message_id or str(uuid.uuid4())
+        self._text = text
+        self._busy_policy = busy_policy
+        self._trace_context = trace_context
+        self.run_id = ""
+        self.accepted: Accepted | None = None
+        self.completed: RunCompleted | None = None
+        self.conversation: Conversation | None = None
+        self._chat: ResilientChat | None = None
+
+    @property
+    def text(self) -> str:
+        """The assistant text assembled so far."""
+        if self.conversation is None or not self.run_id:
+            return ""
+        item = self.conversation.assistant_for_run(self.run_id)
+        return item.text if item is not None else ""
+
+    async def __aiter__(self) -> AsyncIterator[SessionEvent]:
+        info = await self._client.get_session(self.session_id)
+        chat = self._chat = self._client.resilient_chat(max_attempts=8)
+        queue: asyncio.Queue[Update | None] = asyncio.Queue()
+        chat.add_listener(queue)
+        # Start after the head: only this message's run matters, not the session's past.
+        chat.core.receive_history(self.session_id, [], info.head_seq)
+        self.conversation = chat.conversation(self.session_id)
+        try:
+            await chat.start()
+            await chat.send(
+                self.session_id,
+                self._text,
+                message_id=self.message_id,
+                busy_policy=self._busy_policy,
+                trace_context=self._trace_context,
+            )
+            while (update := await queue.get()) is not None:
+                for event in self._events_of_this_run(update, chat):
+                    yield event
+                    if isinstance(event, RunCompleted):
+                        self.completed = event
+                        return
+            assert chat.closed_by is not None
+            raise errors.ConnectionClosed(chat.closed_by.code, chat.closed_by.reason)
+        finally:
+            await chat.close()
+            self._chat = None
+
+    def _events_of_this_run(self, update: Update, chat: ResilientChat) -> list[SessionEvent]:
+        if isinstance(update, MessageRejected) and update.message_id == self.message_id:
+            raise update.error
+        if isinstance(update, MessageSent) and update.accepted.message_id == self.message_id:
+            self.accepted = update.accepted
+            self.run_id = update.accepted.run_id
+            conv = chat.conversation(self.session_id)
+            if update.accepted.duplicate and update.accepted.seq <= conv.last_seq:
+                # Accepted before this client looked: replay the run from its acceptance.
+                chat.rewind(self.session_id, update.accepted.seq - 1)
+            return []
+        if not isinstance(update, EventApplied) or update.event.session_id != self.session_id:
+            return []
+        event = update.event
+        if isinstance(event, MessageAccepted) and event.message_id == self.message_id:
+            self.run_id = event.run_id
+            return [event]
+        return [event] if self.run_id and event.run_id == self.run_id else []
+
+    async def wait(self) -> RunCompleted:
+        """Consume the run to its end; returns its completion."""
+        async for _ in self:
+            pass
+        assert self.completed is not None
+        return self.completed
+
+    async def cancel(self) -> bool:
+        """Cancel this run (once its id is known). True when it was running."""
+        if not self.run_id:
+            return False
+        return await self._client.cancel_run(self.session_id, self.run_id)
+
+
+class ToolRun:
+    """A tool call started with ExecuteTool. Iterate it for its events; `result()` for the end."""
+
+    def __init__(self, client: AgentClient, tool_name: str, arguments_json: str, call_id: str):
+        self._client = client
+        self.tool_name = tool_name
+        self.call_id = call_id
+        self._arguments_json = arguments_json
+        self._requests: asyncio.Queue[pb.ExecuteToolRequest | None] = asyncio.Queue()
+        self.outcome: ToolResult | None = None
+
+    async def _request_stream(self) -> AsyncIterator[pb.ExecuteToolRequest]:
+        start = pb.StartTool(
+            tool_name=self.tool_name, arguments_json=self._arguments_json, call_id=self.call_id
+        )
+        yield pb.ExecuteToolRequest(start=start)
+        while (request := await self._requests.get()) is not None:
+            yield request
+
+    async def __aiter__(self) -> AsyncIterator[ToolExecution]:
+        if self.outcome is not None:
+            raise RuntimeError("a ToolRun can be iterated once")
+        result = ToolResult(self.call_id, self.tool_name, status="started")
+        call = self._client.stub.ExecuteTool(self._request_stream(), metadata=self._client.metadata)
+        try:
+            async for response in call:
+                event = tool_event_from_proto(response.execution, {"session_id": ""})
+                result.events.append(event)
+                self.call_id = event.call_id or self.call_id
+                _fold(result, event)
+                yield event
+        except grpc.aio.AioRpcError as exc:
+            raise error_from_rpc(exc) from exc
+        finally:
+            self._requests.put_nowait(None)
+            call.cancel()
+        self.outcome = result
+
+    async def cancel(self) -> None:
+        """Ask the service to cancel the call; its `cancelled` event ends the stream."""
+        command = pb.CancelToolCall(call_id=self.call_id)
+        self._requests.put_nowait(pb.ExecuteToolRequest(cancel=command))
+
+    async def result(self) -> ToolResult:
+        """Run the call to its end (if not iterated yet) and return how it ended."""
+        if self.outcome is None:
+            async for _ in self:
+                pass
+        assert self.outcome is not None
+        return self.outcome
+
+
+def _fold(result: ToolResult, event: ToolExecution) -> None:
+    result.status = event.status
+    if event.status == "output":
+        result.output += event.text
+    elif event.status == "completed":
+        result.result, result.duration_ms = event.result, event.duration_ms
+    elif event.status == "failed":
+        result.error_code, result.error_message = event.code, event.message
+        result.duration_ms = event.duration_ms
