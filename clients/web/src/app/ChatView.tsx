@@ -1,0 +1,145 @@
+import { useCallback, useEffect, useLayoutEffect, useRef, useState } from "react";
+import { useAgentChat, useWebSocket } from "../lib/react";
+import type { ServiceError, WebSocketService } from "../lib/service";
+import { Composer } from "./Composer";
+import { ConnectionBadge } from "./ConnectionBadge";
+import { MessageView } from "./MessageView";
+
+/** How close to the bottom (px) still counts as "at the bottom": following new text. */
+const FOLLOW_SLACK_PX = 48;
+
+/** One conversation: its messages, the composer and the connection badge. */
+export function ChatView({
+  service,
+  sessionId,
+  title,
+  onFirstMessage,
+  header,
+}: {
+  service: WebSocketService;
+  sessionId: string;
+  title: string;
+  onFirstMessage: (text: string) => void;
+  header: React.ReactNode;
+}) {
+  const { connection } = useWebSocket(service, sessionId);
+  const [notice, setNotice] = useState<string | undefined>();
+  const onError = useCallback((error: ServiceError) => {
+    // Connection churn is shown by the badge; the rest deserves a line of its own.
+    if (error.code !== "connection_lost" && error.code !== "closed") setNotice(error.message);
+  }, []);
+  const chat = useAgentChat(service, { onError });
+
+  const logRef = useRef<HTMLDivElement>(null);
+  const inputRef = useRef<HTMLTextAreaElement>(null);
+  const following = useRef(true);
+  const [unseen, setUnseen] = useState(false);
+
+  const scrollToBottom = useCallback(() => {
+    const log = logRef.current;
+    if (log) log.scrollTop = log.scrollHeight;
+    following.current = true;
+    setUnseen(false);
+  }, []);
+
+  const onScroll = (): void => {
+    const log = logRef.current;
+    if (!log) return;
+    following.current = log.scrollHeight - log.scrollTop - log.clientHeight <= FOLLOW_SLACK_PX;
+    if (following.current) setUnseen(false);
+  };
+
+  // Follow new text while the reader is at the bottom; otherwise offer a button.
+  useLayoutEffect(() => {
+    if (following.current) {
+      const log = logRef.current;
+      if (log) log.scrollTop = log.scrollHeight;
+    } else {
+      setUnseen(true);
+    }
+  }, [chat.messages, chat.tools]);
+
+  useEffect(() => {
+    setNotice(undefined);
+    following.current = true;
+    setUnseen(false);
+    inputRef.current?.focus();
+  }, [sessionId]);
+
+  const send = (text: string): void => {
+    if (chat.messages.length === 0) onFirstMessage(text);
+    following.current = true;
+    setNotice(undefined);
+    chat.send(text).catch((error: ServiceError) => {
+      if (error.code !== "disconnected") setNotice(`Not sent: ${error.message}`);
+    });
+  };
+  const stop = (): void => {
+    chat.stop().catch((error: ServiceError) => setNotice(`Could not stop: ${error.message}`));
+  };
+  const cancelTool = useCallback(
+    (callId: string) => {
+      chat.cancelTool(callId).catch((error: ServiceError) => setNotice(`Could not cancel: ${error.message}`));
+    },
+    [chat.cancelTool],
+  );
+  const retry = useCallback(
+    (messageId: string) => {
+      chat.retry(messageId).catch((error: ServiceError) => setNotice(`Not sent: ${error.message}`));
+    },
+    [chat.retry],
+  );
+  const retryNow = (): void => {
+    if (connection.state === "disconnected") service.connect(sessionId);
+    else service.reconnectNow();
+  };
+
+  const lastMessage = chat.messages[chat.messages.length - 1];
+  const waitingForReply = chat.activeRunId !== undefined && lastMessage?.role === "user";
+
+  return (
+    <main className="chat" aria-label={title || "Conversation"}>
+      <header className="chat-head">
+        {header}
+        <h1 className="chat-title">{title || "New conversation"}</h1>
+        <ConnectionBadge connection={connection} onRetryNow={retryNow} />
+      </header>
+      <div className="log" ref={logRef} onScroll={onScroll} role="log" aria-label="Messages" aria-live="polite" tabIndex={0}>
+        {chat.messages.length === 0 && (
+          <p className="empty">
+            Ask anything. Try “run a long task for 10 seconds”, “calc 2 * (3 + 4)” or
+            “python: print(6 * 7)”. The default model is a scripted demo.
+          </p>
+        )}
+        {chat.messages.map((message) => (
+          <MessageView
+            key={`${message.role}:${message.id}`}
+            message={message}
+            tools={chat.tools}
+            onRetry={retry}
+            onCancelTool={cancelTool}
+          />
+        ))}
+        {waitingForReply && (
+          <p className="waiting" data-testid="typing-indicator">
+            The assistant is thinking…
+          </p>
+        )}
+      </div>
+      {unseen && (
+        <button type="button" className="new-messages" onClick={scrollToBottom}>
+          New messages ↓
+        </button>
+      )}
+      {notice && (
+        <p className="notice" role="alert">
+          {notice}{" "}
+          <button type="button" className="link-button" onClick={() => setNotice(undefined)} aria-label="Dismiss">
+            ×
+          </button>
+        </p>
+      )}
+      <Composer ref={inputRef} onSend={send} onStop={stop} running={chat.activeRunId !== undefined} disabled={false} />
+    </main>
+  );
+}

@@ -1,0 +1,59 @@
+import { useEffect, useState } from "react";
+import type { ConnectionInfo } from "../lib/service";
+
+/** Re-render every `ms` while `active`, for countdowns. */
+function useNow(active: boolean, ms = 250): number {
+  const [now, setNow] = useState(() => Date.now());
+  useEffect(() => {
+    if (!active) return;
+    const timer = setInterval(() => setNow(Date.now()), ms);
+    return () => clearInterval(timer);
+  }, [active, ms]);
+  return now;
+}
+
+function describe(connection: ConnectionInfo, now: number): string {
+  switch (connection.state) {
+    case "idle":
+      return "Not connected";
+    case "connecting":
+      return connection.attempt > 0 ? `Reconnecting (attempt ${connection.attempt + 1})…` : "Connecting…";
+    case "connected":
+      return "Connected";
+    case "reconnecting":
+      if (!connection.online) return "Offline: waiting for the network";
+      if (connection.retryAt !== undefined) {
+        const seconds = Math.max(0, Math.ceil((connection.retryAt - now) / 1000));
+        return `Reconnecting in ${seconds}s`;
+      }
+      return "Reconnecting…";
+    case "disconnected":
+      return connection.reason ? `Disconnected: ${connection.reason}` : "Disconnected";
+  }
+}
+
+/** The connection state in words, with the reconnect countdown and a way to retry now. */
+export function ConnectionBadge({
+  connection,
+  onRetryNow,
+}: {
+  connection: ConnectionInfo;
+  onRetryNow: () => void;
+}) {
+  const counting = connection.state === "reconnecting" && connection.retryAt !== undefined;
+  const now = useNow(counting);
+  const canRetry = (connection.state === "reconnecting" && connection.online) || connection.state === "disconnected";
+  return (
+    <div className="badge" data-state={connection.state} data-testid="connection-badge">
+      <span className="badge-dot" aria-hidden="true" />
+      <span role="status" aria-live="polite" className="badge-text">
+        {describe(connection, now)}
+      </span>
+      {canRetry && (
+        <button type="button" className="link-button" onClick={onRetryNow}>
+          {connection.state === "disconnected" ? "Reconnect" : "Retry now"}
+        </button>
+      )}
+    </div>
+  );
+}

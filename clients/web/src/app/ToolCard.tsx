@@ -1,0 +1,89 @@
+import { memo } from "react";
+import type { ToolExecution } from "../lib/conversation";
+
+const RUNNING = new Set(["started", "progress", "output"]);
+
+const STATUS_TEXT: Record<string, string> = {
+  started: "running",
+  progress: "running",
+  output: "running",
+  completed: "completed",
+  failed: "failed",
+  cancelled: "cancelled",
+};
+
+function prettyArguments(json: string | undefined): string {
+  if (!json) return "{}";
+  try {
+    return JSON.stringify(JSON.parse(json), null, 2);
+  } catch {
+    return json;
+  }
+}
+
+/** One tool execution: name, arguments, progress, live output, status and a cancel button. */
+export const ToolCard = memo(function ToolCard({
+  tool,
+  onCancel,
+}: {
+  tool: ToolExecution;
+  onCancel: (callId: string) => void;
+}) {
+  const running = RUNNING.has(tool.status);
+  const percent = Math.round((tool.fraction ?? 0) * 100);
+  const status = STATUS_TEXT[tool.status] ?? tool.status;
+  return (
+    <section className="tool-card" data-status={tool.status} data-testid="tool-card" aria-label={`Tool ${tool.toolName}, ${status}`}>
+      <header className="tool-head">
+        <span className="tool-name">{tool.toolName || "tool"}</span>
+        <span className="tool-status" data-testid="tool-status">
+          {status}
+          {tool.durationMs !== undefined && !running ? ` in ${(tool.durationMs / 1000).toFixed(1)}s` : ""}
+        </span>
+        {running && (
+          <button type="button" className="small-button" onClick={() => onCancel(tool.callId)} aria-label={`Cancel ${tool.toolName}`}>
+            Cancel
+          </button>
+        )}
+      </header>
+      <details className="tool-args">
+        <summary>Arguments</summary>
+        <pre>{prettyArguments(tool.argumentsJson)}</pre>
+      </details>
+      {(tool.fraction !== undefined || running) && (
+        <div className="progress-row">
+          <div
+            className="progress"
+            role="progressbar"
+            aria-label={`${tool.toolName} progress`}
+            aria-valuemin={0}
+            aria-valuemax={100}
+            aria-valuenow={percent}
+            aria-valuetext={tool.note ? `${percent}%: ${tool.note}` : `${percent}%`}
+          >
+            <div className="progress-fill" style={{ width: `${percent}%` }} />
+          </div>
+          <span className="progress-note">{tool.note ? `${percent}% · ${tool.note}` : `${percent}%`}</span>
+        </div>
+      )}
+      {tool.output && (
+        <pre className="tool-output" aria-label={`${tool.toolName} output`}>
+          {tool.output}
+        </pre>
+      )}
+      {tool.status === "completed" && tool.result !== undefined && (
+        <details className="tool-result">
+          <summary>Result</summary>
+          <pre>{tool.result}</pre>
+        </details>
+      )}
+      {tool.status === "failed" && (
+        <p className="tool-error" role="alert">
+          {tool.errorCode ? `${tool.errorCode}: ` : ""}
+          {tool.errorMessage}
+        </p>
+      )}
+      {tool.status === "cancelled" && tool.reason && <p className="tool-note">Cancelled ({tool.reason.replace("_", " ")})</p>}
+    </section>
+  );
+});
