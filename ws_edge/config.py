@@ -1,7 +1,5 @@
 """The edge's settings: one frozen object, built once at start-up from flags and AGENT_RELAY_*."""
 
-# ruff: noqa: RUF009 - `field()` builds the dataclass field with its help text; it is not a default.
-
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent_relay.v1 import agent_pb2 as pb
 from google.protobuf.descriptor import EnumDescriptor, FieldDescriptor
 from google.protobuf.message import Message
 
+from agent_relay.v1 import agent_pb2 as pb
 from ws_edge.frames import encode
 
 # The frame `type` of each SessionEvent.kind case.

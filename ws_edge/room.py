@@ -34,7 +34,6 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from agent_relay.v1 import agent_pb2 as pb
-
 from ws_edge.errors import EdgeError, ErrorCode
 from ws_edge.events import FINAL_TOOL_STATUSES, delta_frame, encode_event, event_kind, tool_status
 from ws_edge.frames import encode, error_frame

@@ -1,0 +1,7 @@
+"""`python -m ws_edge`: run the WebSocket edge until SIGTERM or SIGINT, then drain."""
+
+import sys
+
+from ws_edge.server import main
+
+sys.exit(main())

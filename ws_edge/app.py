@@ -1,0 +1,338 @@
+"""The aiohttp application: /ws, the HTTP API, health, metrics and the web UI's files.
+
+`create_app(settings=...)` builds the app; its cleanup context starts the hub
+(and with it the upstream streams) and, on shutdown, closes every socket with
+1012 so clients reconnect to another node (or this one, restarted) and resume.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import msgspec
+from aiohttp import WSMsgType, hdrs, web
+
+from agent_relay.v1 import agent_pb2 as pb
+from ws_edge.auth import Claims, TokenAuthority, TokenError
+from ws_edge.config import EdgeSettings
+from ws_edge.connection import Connection
+from ws_edge.errors import CloseCode, EdgeError, ErrorCode
+from ws_edge.events import message_to_dict
+from ws_edge.frames import PROTOCOL, SUPPORTED_PROTOCOLS, welcome_frame
+from ws_edge.hub import Hub
+from ws_edge.upstream import unary
+
+log = logging.getLogger(__name__)
+
+SETTINGS = web.AppKey("settings", EdgeSettings)
+AUTHORITY = web.AppKey("authority", TokenAuthority)
+HUB = web.AppKey("hub", Hub)
+
+_HTTP_STATUS = {
+    ErrorCode.BAD_FRAME: 400,
+    ErrorCode.INVALID_FIELD: 400,
+    ErrorCode.FRAME_TOO_LARGE: 413,
+    ErrorCode.UNAUTHENTICATED: 401,
+    ErrorCode.FORBIDDEN: 403,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.NOT_JOINED: 409,
+    ErrorCode.BUSY: 409,
+    ErrorCode.RATE_LIMITED: 429,
+    ErrorCode.UPSTREAM_UNAVAILABLE: 503,
+    ErrorCode.INTERNAL: 500,
+}
+
+
+class CreateSessionBody(msgspec.Struct, forbid_unknown_fields=False):
+    title: str = ""
+
+
+class RefreshBody(msgspec.Struct):
+    token: str
+
+
+def create_app(*, settings: EdgeSettings) -> web.Application:
+    """The edge's application. Nothing starts until the app runs (cleanup_ctx)."""
+    app = web.Application(client_max_size=64 * 1024)
+    app[SETTINGS] = settings
+    secret = settings.jwt_secret
+    if not secret:
+        log.warning("no jwt_secret set: using a random one; tokens die with this process")
+        secret = TokenAuthority.random_secret()
+    app[AUTHORITY] = TokenAuthority(secret, settings.token_ttl_s)
+    app.cleanup_ctx.append(_hub_context)
+    app.on_shutdown.append(_drain)
+    app.router.add_get("/ws", websocket_handler)
+    app.router.add_post("/api/sessions", create_session)
+    app.router.add_post("/api/token", refresh_token)
+    app.router.add_get("/api/sessions/{session_id}/messages", list_messages)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    static = settings.static_dir
+    if static.is_dir() and (static / "index.html").is_file():
+        index = static / "index.html"
+
+        async def serve_index(request: web.Request) -> web.FileResponse:
+            return web.FileResponse(index)
+
+        app.router.add_get("/", serve_index)
+        app.router.add_static("/", static)
+    return app
+
+
+async def _hub_context(app: web.Application) -> AsyncIterator[None]:
+    hub = Hub(app[SETTINGS])
+    app[HUB] = hub
+    hub.start()
+    sweeper = asyncio.create_task(_sweep(hub))
+    yield
+    sweeper.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await sweeper
+    await hub.stop()
+
+
+async def _sweep(hub: Hub) -> None:
+    """Auth and idle timeouts: one task for all sockets, not a timer per socket."""
+    settings = hub.settings
+    period = max(0.05, min(1.0, settings.auth_timeout_s / 4, settings.idle_timeout_s / 4))
+    while True:
+        await asyncio.sleep(period)
+        now = hub.clock()
+        for conn in list(hub.connections.values()):
+            conn.check_timers(now)
+
+
+async def _drain(app: web.Application) -> None:
+    """SIGTERM: the site stopped accepting already; close every socket with 1012."""
+    hub = app[HUB]
+    hub.draining = True
+    conns = list(hub.connections.values())
+    for conn in conns:
+        conn.close(CloseCode.SERVICE_RESTART, "edge restarting: reconnect and resume")
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(hub.all_closed.wait(), app[SETTINGS].shutdown_timeout_s)
+
+
+# -- the WebSocket endpoint ------------------------------------------------------------------
+
+
+def origin_allowed(request: web.Request, allowed: tuple[str, ...]) -> bool:
+    """No Origin (not a browser), the edge's own origin, or one on the allow-list."""
+    origin = request.headers.get(hdrs.ORIGIN)
+    if origin is None:
+        return True
+    if "*" in allowed or origin in allowed:
+        return True
+    parts = urlsplit(origin)
+    return (
+        bool(parts.netloc) and parts.netloc == request.host and (parts.scheme in ("http", "https"))
+    )
+
+
+async def websocket_handler(request: web.Request) -> web.StreamResponse:
+    settings = request.app[SETTINGS]
+    hub = request.app[HUB]
+    if hub.draining:
+        raise web.HTTPServiceUnavailable(text="edge draining")
+    if not origin_allowed(request, settings.allowed_origins):
+        raise web.HTTPForbidden(text=f"origin {request.headers.get(hdrs.ORIGIN)!r} not allowed")
+    offered = [p.strip() for p in request.headers.get(hdrs.SEC_WEBSOCKET_PROTOCOL, "").split(",")]
+    if not any(p in SUPPORTED_PROTOCOLS for p in offered):
+        raise web.HTTPBadRequest(
+            text=f"offer a WebSocket subprotocol this edge speaks: {', '.join(SUPPORTED_PROTOCOLS)}"
+        )
+    ws = web.WebSocketResponse(
+        protocols=SUPPORTED_PROTOCOLS,
+        heartbeat=settings.ping_interval_s,
+        compress=settings.compress,
+        max_msg_size=settings.hard_max_frame_bytes,
+    )
+    await ws.prepare(request)
+    conn = Connection(ws, hub, request.app[AUTHORITY], transport=request.transport)
+    hub.add_connection(conn)
+    conn.send(
+        welcome_frame(
+            heartbeat_ms=int(settings.ping_interval_s * 1000),
+            auth_timeout_ms=int(settings.auth_timeout_s * 1000),
+            max_frame_bytes=settings.max_frame_bytes,
+            batch_ms=settings.batch_ms,
+        )
+    )
+    try:
+        async for msg in ws:  # ends when either side closes (conn.close feeds the end in)
+            if msg.type is WSMsgType.TEXT:
+                conn.receive_text(msg.data)
+            elif msg.type is WSMsgType.BINARY:
+                conn.receive_binary()
+    finally:
+        hub.remove_connection(conn)
+        conn.detach()
+    return ws
+
+
+# -- the HTTP API ----------------------------------------------------------------------------
+
+
+def _error_response(error: EdgeError) -> web.Response:
+    body: dict[str, Any] = {
+        "code": str(error.code),
+        "message": error.message,
+        "retryable": error.retryable,
+    }
+    headers = {}
+    if error.retry_after_ms is not None:
+        body["retry_after_ms"] = error.retry_after_ms
+        headers["Retry-After"] = str(max(1, round(error.retry_after_ms / 1000)))
+    return web.json_response(body, status=_HTTP_STATUS.get(error.code, 500), headers=headers)
+
+
+def _bearer(request: web.Request) -> Claims | None:
+    """The request's token claims; None without a token; EdgeError for a bad one."""
+    header = request.headers.get(hdrs.AUTHORIZATION, "")
+    if not header:
+        return None
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise EdgeError(ErrorCode.UNAUTHENTICATED, "Authorization must be 'Bearer <token>'")
+    try:
+        return request.app[AUTHORITY].verify(token.strip(), time.time())
+    except TokenError as exc:
+        raise EdgeError(ErrorCode.UNAUTHENTICATED, str(exc)) from None
+
+
+async def _body(request: web.Request, cls: type[Any]) -> Any:
+    raw = await request.read()
+    try:
+        return msgspec.json.decode(raw or b"{}", type=cls)
+    except msgspec.ValidationError as exc:
+        raise EdgeError(ErrorCode.INVALID_FIELD, str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise EdgeError(ErrorCode.BAD_FRAME, f"body is not JSON: {exc}") from None
+
+
+async def create_session(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    try:
+        claims = _bearer(request)
+        body = await _body(request, CreateSessionBody)
+        if len(body.title) > 200:
+            raise EdgeError(ErrorCode.INVALID_FIELD, "title: at most 200 characters")
+        if claims is None and not settings.allow_anonymous:
+            raise EdgeError(ErrorCode.UNAUTHENTICATED, "a token is required")
+        user_id = claims.user_id if claims is not None else f"u_{secrets.token_hex(8)}"
+        stub = request.app[HUB].upstream.any_stub()
+        session = await unary(
+            stub.CreateSession(
+                pb.CreateSessionRequest(user_id=user_id, title=body.title),
+                timeout=settings.command_timeout_s,
+            )
+        )
+    except EdgeError as error:
+        return _error_response(error)
+    sessions = [*(sorted(claims.sessions) if claims else []), session.session_id]
+    token, expires_at = request.app[AUTHORITY].issue(user_id, sessions, time.time())
+    return web.json_response(
+        {
+            "session_id": session.session_id,
+            "user_id": user_id,
+            "token": token,
+            "expires_at": expires_at,
+        },
+        status=201,
+    )
+
+
+async def refresh_token(request: web.Request) -> web.Response:
+    authority = request.app[AUTHORITY]
+    try:
+        body = await _body(request, RefreshBody)
+        claims = authority.verify(body.token, time.time())
+    except EdgeError as error:
+        return _error_response(error)
+    except TokenError as exc:
+        return _error_response(EdgeError(ErrorCode.UNAUTHENTICATED, str(exc)))
+    token, expires_at = authority.issue(claims.user_id, sorted(claims.sessions), time.time())
+    return web.json_response({"token": token, "expires_at": expires_at, "user_id": claims.user_id})
+
+
+async def list_messages(request: web.Request) -> web.Response:
+    session_id = request.match_info["session_id"]
+    settings = request.app[SETTINGS]
+    try:
+        claims = _bearer(request)
+        if claims is None:
+            raise EdgeError(ErrorCode.UNAUTHENTICATED, "Authorization: Bearer <token> required")
+        if not claims.may_join(session_id):
+            raise EdgeError(ErrorCode.FORBIDDEN, f"the token does not name {session_id!r}")
+        try:
+            page_size = int(request.query.get("page_size", "0"))
+        except ValueError:
+            raise EdgeError(ErrorCode.INVALID_FIELD, "page_size must be an integer") from None
+        stub = request.app[HUB].upstream.any_stub()
+        reply = await unary(
+            stub.ListMessages(
+                pb.ListMessagesRequest(
+                    session_id=session_id,
+                    page_size=max(0, page_size),
+                    page_token=request.query.get("page_token", ""),
+                ),
+                timeout=settings.command_timeout_s,
+            )
+        )
+    except EdgeError as error:
+        return _error_response(error)
+    return web.json_response(
+        {
+            "messages": [message_to_dict(m) for m in reply.messages],
+            "as_of_seq": reply.as_of_seq,
+            "next_page_token": reply.next_page_token,
+        }
+    )
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    if hub.draining:
+        return web.json_response({"status": "draining"}, status=503)
+    if await hub.upstream.ready(timeout_s=1.0):
+        return web.json_response({"status": "ready"})
+    return web.json_response({"status": "agent service unavailable"}, status=503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text; the observability work replaces this with OpenTelemetry's exporter."""
+    hub = request.app[HUB]
+    up = sum(1 for slot in hub.upstream.slots if slot.up)
+    lines = [
+        "# HELP agent_relay_edge_connections Open WebSocket connections.",
+        "# TYPE agent_relay_edge_connections gauge",
+        f"agent_relay_edge_connections {len(hub.connections)}",
+        "# HELP agent_relay_edge_rooms Live rooms (sessions followed by this edge).",
+        "# TYPE agent_relay_edge_rooms gauge",
+        f"agent_relay_edge_rooms {len(hub.rooms)}",
+        "# HELP agent_relay_edge_upstream_streams_up Upstream Chat streams open.",
+        "# TYPE agent_relay_edge_upstream_streams_up gauge",
+        f"agent_relay_edge_upstream_streams_up {up}",
+        "# HELP agent_relay_edge_send_queue_frames Frames waiting in all send queues.",
+        "# TYPE agent_relay_edge_send_queue_frames gauge",
+        f"agent_relay_edge_send_queue_frames {sum(len(c.queue) for c in hub.connections.values())}",
+    ]
+    return web.Response(
+        text="\n".join(lines) + "\n",
+        content_type="text/plain",
+        charset="utf-8",
+        headers={"X-Protocol": PROTOCOL},
+    )

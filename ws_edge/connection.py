@@ -1,0 +1,347 @@
+"""One WebSocket: its frames in, through validation, limits and auth, to the hub; frames out
+through its bounded send queue.
+
+Calling rule: `receive_text` is called by the socket's read loop for every text
+frame, in order; `send` is called by the hub (never awaits: it queues, and a
+writer task exists only while the queue is non-empty, so an idle socket owns no
+task of its own); `close` may be called from anywhere, once or many times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from agent_relay.v1 import agent_pb2 as pb
+from ws_edge.auth import Claims, TokenAuthority, TokenError
+from ws_edge.errors import CloseCode, EdgeError, ErrorCode
+from ws_edge.frames import (
+    Auth,
+    ChatCancel,
+    ChatMessage,
+    ClientFrame,
+    Join,
+    Leave,
+    Ping,
+    ToolCancel,
+    ack_frame,
+    decode_client_frame,
+    error_frame,
+    frame_ref,
+    frame_size,
+    pong_frame,
+)
+from ws_edge.hub import Hub
+from ws_edge.limits import AbuseCounter, FrameBudget, FrameLimiter, admit
+from ws_edge.room import DeltaInfo, Preferences
+from ws_edge.send_queue import SendQueue
+
+log = logging.getLogger(__name__)
+
+_socket_ids = itertools.count(1)
+
+BUSY_POLICIES = {
+    None: pb.BUSY_POLICY_UNSPECIFIED,
+    "queue": pb.BUSY_POLICY_QUEUE,
+    "reject": pb.BUSY_POLICY_REJECT,
+    "interrupt": pb.BUSY_POLICY_INTERRUPT,
+}
+
+
+class Connection:
+    """The edge's side of one socket; see the module docstring for the calling rule."""
+
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        hub: Hub,
+        authority: TokenAuthority,
+        *,
+        transport: asyncio.BaseTransport | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        settings = hub.settings
+        self.socket_id = f"w{next(_socket_ids)}"
+        self.ws = ws
+        self._transport = transport
+        self.hub = hub
+        self._authority = authority
+        self._wall = wall_clock
+        self.opened_at = self.last_frame_at = hub.clock()
+        self.claims: Claims | None = None
+        self.joined: dict[str, Preferences] = {}
+        self._limiter = FrameLimiter(
+            FrameBudget(
+                settings.conn_frames_per_s,
+                settings.conn_frames_burst,
+                settings.conn_bytes_per_s,
+                settings.conn_bytes_burst,
+            ),
+            self.opened_at,
+        )
+        self._user_limiter: FrameLimiter | None = None
+        self._abuse = AbuseCounter(settings.abuse_strikes, settings.abuse_window_s)
+        self.queue = SendQueue(
+            max_bytes=settings.send_queue_max_bytes,
+            max_frames=settings.send_queue_max_frames,
+            coalesce_after_frames=settings.send_queue_coalesce_frames,
+        )
+        self._writer: asyncio.Task[None] | None = None
+        self.closing = False
+        self.close_code: int | None = None
+
+    @property
+    def user_id(self) -> str | None:
+        return self.claims.user_id if self.claims is not None else None
+
+    # -- out -------------------------------------------------------------------------------
+
+    def send(
+        self, data: bytes, delta: DeltaInfo | None = None, session_id: str | None = None
+    ) -> None:
+        """Queue one frame. A queue past its bound closes the socket with 1013."""
+        if self.closing:
+            return
+        if not self.queue.push(data, delta, session_id):
+            self.close(
+                CloseCode.TRY_AGAIN_LATER,
+                "send queue full: reconnect later and resume from your last seq",
+            )
+            return
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(self._write())
+
+    async def _write(self) -> None:
+        try:
+            while not self.closing and (data := self.queue.pop()) is not None:
+                await self.ws.send_frame(data, WSMsgType.TEXT)
+        except (ConnectionError, RuntimeError) as exc:
+            log.debug("socket %s: write failed: %s", self.socket_id, exc)
+            self.close(CloseCode.GOING_AWAY, "write failed")
+        finally:
+            self._writer = None
+
+    def reply_error(self, ref: str | None, error: EdgeError, **extra: Any) -> None:
+        self.send(error_frame(error, ref, **extra))
+
+    def join_acked(self, session_id: str, ref: str | None, head_seq: int) -> None:
+        self.send(ack_frame(ref, session_id=session_id, head_seq=head_seq), None, session_id)
+
+    def close(self, code: CloseCode, reason: str) -> None:
+        """Close the socket with code (once); queued frames are dropped."""
+        if self.closing:
+            return
+        self.closing = True
+        self.close_code = int(code)
+        self.queue.clear()
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.cancel()
+        self.hub.spawn(self._close(code, reason))
+
+    def detach(self) -> None:
+        """The socket is gone: send nothing more."""
+        self.closing = True
+        self.queue.clear()
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.cancel()
+
+    async def _close(self, code: CloseCode, reason: str) -> None:
+        message = reason.encode()[:123]
+        try:
+            await asyncio.wait_for(
+                self.ws.close(code=int(code), message=message, drain=False), timeout=5.0
+            )
+        except (TimeoutError, ConnectionError, RuntimeError):
+            if isinstance(self._transport, asyncio.Transport):
+                self._transport.abort()  # the peer does not read: drop it
+
+    # -- in --------------------------------------------------------------------------------
+
+    def receive_text(self, data: str) -> None:
+        """One text frame from the client."""
+        now = self.hub.clock()
+        self.last_frame_at = now
+        size = frame_size(data)
+        limiters = (
+            [self._limiter] if self._user_limiter is None else [self._limiter, self._user_limiter]
+        )
+        wait_ms = admit(limiters, size, now)
+        if wait_ms:
+            self._refuse(
+                frame_ref(data),
+                EdgeError(ErrorCode.RATE_LIMITED, "too many frames or bytes", wait_ms),
+                now,
+            )
+            return
+        try:
+            frame = decode_client_frame(data, max_bytes=self.hub.settings.max_frame_bytes)
+        except EdgeError as error:
+            self._refuse(frame_ref(data), error, now)
+            return
+        try:
+            self._dispatch(frame, now)
+        except EdgeError as error:
+            self._refuse(frame.id, error, now)
+
+    def receive_binary(self) -> None:
+        self._refuse(
+            None,
+            EdgeError(ErrorCode.BAD_FRAME, "binary frames are not accepted; send JSON text frames"),
+            self.hub.clock(),
+        )
+
+    def _refuse(self, ref: str | None, error: EdgeError, now: float) -> None:
+        self.reply_error(ref, error)
+        if self._abuse.strike(now):
+            self.close(CloseCode.POLICY_VIOLATION, "too many rejected frames")
+
+    def _dispatch(self, frame: ClientFrame, now: float) -> None:
+        if isinstance(frame, Ping):
+            self.send(pong_frame(frame.id, frame.ts))
+            return
+        if isinstance(frame, Auth):
+            self._auth(frame)
+            return
+        claims = self._require_auth()
+        if isinstance(frame, Join):
+            if not claims.may_join(frame.session_id):
+                raise EdgeError(
+                    ErrorCode.FORBIDDEN, f"the token does not name session {frame.session_id!r}"
+                )
+            prefs = Preferences(
+                deltas=frame.deltas == "stream", tool_output=frame.tool_output == "stream"
+            )
+            self.hub.join(self, frame.session_id, frame.id, frame.after_seq, prefs)
+        elif isinstance(frame, Leave):
+            if frame.session_id not in self.joined:
+                raise EdgeError(ErrorCode.NOT_JOINED, f"session {frame.session_id!r} not joined")
+            self.hub.leave(self, frame.session_id)
+            self.send(ack_frame(frame.id, session_id=frame.session_id))
+        elif isinstance(frame, ChatMessage):
+            self._require_joined(frame.session_id)
+            wait_ms = self.hub.runs.check(claims.user_id, now)
+            if wait_ms:
+                raise EdgeError(
+                    ErrorCode.RATE_LIMITED,
+                    f"at most {self.hub.settings.max_runs_per_user} runs at once",
+                    wait_ms,
+                )
+            self.hub.spawn(self._send_message(claims.user_id, frame))
+        elif isinstance(frame, ChatCancel):
+            self._require_joined(frame.session_id)
+            request = pb.ChatRequest(
+                cancel_run=pb.CancelRun(session_id=frame.session_id, run_id=frame.run_id)
+            )
+            self.hub.spawn(self._cancel(frame.id, frame.session_id, request))
+        elif isinstance(frame, ToolCancel):
+            self._require_joined(frame.session_id)
+            request = pb.ChatRequest(
+                cancel_tool_call=pb.CancelToolCall(
+                    session_id=frame.session_id, call_id=frame.call_id
+                )
+            )
+            self.hub.spawn(self._cancel(frame.id, frame.session_id, request))
+
+    def _require_auth(self) -> Claims:
+        claims = self.claims
+        if claims is None:
+            raise EdgeError(ErrorCode.UNAUTHENTICATED, "send an auth frame first")
+        if claims.expires_at <= self._wall():
+            raise EdgeError(
+                ErrorCode.UNAUTHENTICATED, "the token has expired; send auth with a fresh one"
+            )
+        return claims
+
+    def _require_joined(self, session_id: str) -> None:
+        if session_id not in self.joined:
+            raise EdgeError(ErrorCode.NOT_JOINED, f"join session {session_id!r} first")
+
+    def _auth(self, frame: Auth) -> None:
+        try:
+            claims = self._authority.verify(frame.token, self._wall())
+        except TokenError as exc:
+            self.reply_error(frame.id, EdgeError(ErrorCode.UNAUTHENTICATED, str(exc)))
+            if self.claims is None:
+                self.close(CloseCode.TOKEN_INVALID, str(exc))
+            return
+        if self.claims is not None and claims.user_id != self.claims.user_id:
+            raise EdgeError(ErrorCode.FORBIDDEN, "a refreshed token must name the same user")
+        if self.claims is None:
+            if (
+                self.hub.user_connection_count(claims.user_id)
+                >= self.hub.settings.max_connections_per_user
+            ):
+                self.reply_error(
+                    frame.id,
+                    EdgeError(ErrorCode.RATE_LIMITED, "too many connections for this user"),
+                )
+                self.close(CloseCode.TOO_MANY_CONNECTIONS, "too many connections for this user")
+                return
+            self._user_limiter = self.hub.register_user(self, claims.user_id)
+        self.claims = claims
+        for session_id in list(self.joined):
+            if not claims.may_join(session_id):  # a narrower token: leave what it drops
+                self.hub.leave(self, session_id)
+        self.send(ack_frame(frame.id, user_id=claims.user_id, expires_at=claims.expires_at))
+
+    async def _send_message(self, user_id: str, frame: ChatMessage) -> None:
+        trace = {
+            k: v
+            for k, v in (("traceparent", frame.traceparent), ("tracestate", frame.tracestate))
+            if v
+        }
+        request = pb.ChatRequest(
+            send=pb.SendMessage(
+                session_id=frame.session_id,
+                message_id=frame.message_id,
+                text=frame.text,
+                busy_policy=BUSY_POLICIES[frame.busy_policy],
+                trace_context=trace,
+            )
+        )
+        try:
+            reply = await self.hub.command(frame.session_id, request)
+        except EdgeError as error:
+            self.reply_error(frame.id, error)
+            return
+        accepted = reply.accepted
+        if not accepted.duplicate:
+            self.hub.runs.start(user_id, accepted.run_id, self.hub.clock())
+        self.send(
+            ack_frame(
+                frame.id,
+                session_id=frame.session_id,
+                message_id=accepted.message_id,
+                seq=accepted.seq,
+                run_id=accepted.run_id,
+                queued=accepted.queued,
+                duplicate=accepted.duplicate,
+            )
+        )
+
+    async def _cancel(self, ref: str | None, session_id: str, request: pb.ChatRequest) -> None:
+        try:
+            reply = await self.hub.command(session_id, request)
+        except EdgeError as error:
+            self.reply_error(ref, error)
+            return
+        self.send(ack_frame(ref, session_id=session_id, cancelled=reply.cancelled.cancelled))
+
+    # -- timers (checked by the app's sweeper) ------------------------------------------------
+
+    def check_timers(self, now: float) -> None:
+        settings = self.hub.settings
+        if self.closing:
+            return
+        if self.claims is None and now - self.opened_at > settings.auth_timeout_s:
+            self.close(CloseCode.AUTH_TIMEOUT, "no auth frame in time")
+        elif not self.joined and now - self.last_frame_at > settings.idle_timeout_s:
+            self.close(CloseCode.IDLE_TIMEOUT, "idle: no session joined and no frames")

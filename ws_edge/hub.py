@@ -1,0 +1,294 @@
+"""The edge's live state: rooms, sockets and users, wired to the upstream pool.
+
+The hub owns no protocol decisions: it feeds the Rooms what happened (socket
+joins, upstream events, timers, stream loss) and carries out the effects they
+return: deliver frames to sockets' send queues, answer joins, (re)subscribe
+upstream, arm timers. All of it runs on the event loop's thread; nothing here
+blocks, and fan-out never awaits a socket, so a slow socket cannot slow a room.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
+
+from agent_relay.v1 import agent_pb2 as pb
+from ws_edge.config import EdgeSettings
+from ws_edge.errors import EdgeError
+from ws_edge.limits import FrameBudget, FrameLimiter, RunLimiter
+from ws_edge.room import (
+    AckJoin,
+    Deliver,
+    Effect,
+    ExpireAt,
+    FlushAt,
+    Preferences,
+    RejectJoin,
+    Room,
+    RoomClosed,
+    RunFinished,
+    SubscribeUpstream,
+    UnsubscribeUpstream,
+)
+from ws_edge.upstream import UpstreamPool, UpstreamSlot
+
+if TYPE_CHECKING:
+    from ws_edge.connection import Connection
+
+log = logging.getLogger(__name__)
+
+
+class _RoomTimers:
+    __slots__ = ("expire", "flush")
+
+    def __init__(self) -> None:
+        self.flush: asyncio.TimerHandle | None = None
+        self.expire: asyncio.TimerHandle | None = None
+
+
+class Hub:
+    """Rooms, connections and per-user budgets of one edge process."""
+
+    def __init__(self, settings: EdgeSettings, *, clock: Callable[[], float] | None = None):
+        self.settings = settings
+        self._loop = asyncio.get_running_loop()
+        self.clock = clock or self._loop.time
+        self.rooms: dict[str, Room] = {}
+        self._timers: dict[str, _RoomTimers] = {}
+        self.connections: dict[str, Connection] = {}
+        self._members: dict[str, set[str]] = defaultdict(set)  # session id -> socket ids
+        self._user_conns: dict[str, set[str]] = defaultdict(set)
+        self._user_limiters: dict[str, FrameLimiter] = {}
+        self.runs = RunLimiter(settings.max_runs_per_user)
+        self.user_budget = FrameBudget(
+            settings.user_frames_per_s,
+            settings.user_frames_burst,
+            settings.user_bytes_per_s,
+            settings.user_bytes_burst,
+        )
+        self.upstream = UpstreamPool(
+            settings, on_up=self._slot_up, on_down=self._slot_down, on_response=self._slot_response
+        )
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.draining = False
+        self.all_closed = asyncio.Event()  # set while no socket is open
+        self.all_closed.set()
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.upstream.start()
+
+    async def stop(self) -> None:
+        for timers in self._timers.values():
+            for handle in (timers.flush, timers.expire):
+                if handle is not None:
+                    handle.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.upstream.stop()
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run coro in the background, keeping a reference until it ends."""
+        task = self._loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed", exc_info=task.exception())
+
+    # -- connections and users -------------------------------------------------------------
+
+    def add_connection(self, conn: Connection) -> None:
+        self.connections[conn.socket_id] = conn
+        self.all_closed.clear()
+
+    def remove_connection(self, conn: Connection) -> None:
+        self.connections.pop(conn.socket_id, None)
+        if not self.connections:
+            self.all_closed.set()
+        for session_id in list(conn.joined):
+            self.leave(conn, session_id)
+        if conn.user_id is not None:
+            users = self._user_conns.get(conn.user_id)
+            if users is not None:
+                users.discard(conn.socket_id)
+                if not users:
+                    del self._user_conns[conn.user_id]
+                    self._user_limiters.pop(conn.user_id, None)
+
+    def user_connection_count(self, user_id: str) -> int:
+        return len(self._user_conns.get(user_id, ()))
+
+    def register_user(self, conn: Connection, user_id: str) -> FrameLimiter:
+        """Count the socket against its user; returns the user's shared frame limiter."""
+        self._user_conns[user_id].add(conn.socket_id)
+        limiter = self._user_limiters.get(user_id)
+        if limiter is None:
+            limiter = self._user_limiters[user_id] = FrameLimiter(self.user_budget, self.clock())
+        return limiter
+
+    # -- rooms -----------------------------------------------------------------------------
+
+    def join(
+        self, conn: Connection, session_id: str, ref: str | None, after_seq: int, prefs: Preferences
+    ) -> None:
+        room = self.rooms.get(session_id)
+        if room is None:
+            room = self.rooms[session_id] = Room(
+                session_id,
+                batch_window_s=self.settings.batch_ms / 1000.0,
+                grace_s=self.settings.room_grace_s,
+                buffer_events=self.settings.room_buffer_events,
+            )
+            self._timers[session_id] = _RoomTimers()
+        conn.joined[session_id] = prefs
+        self._members[session_id].add(conn.socket_id)
+        self._apply(room, room.join(conn.socket_id, ref, after_seq, prefs, self.clock()))
+
+    def leave(self, conn: Connection, session_id: str) -> None:
+        conn.joined.pop(session_id, None)
+        members = self._members.get(session_id)
+        if members is not None:
+            members.discard(conn.socket_id)
+        room = self.rooms.get(session_id)
+        if room is not None:
+            self._apply(room, room.leave(conn.socket_id, self.clock()))
+
+    def _apply(self, room: Room, effects: list[Effect]) -> None:
+        """Carry out a room's effects, in order."""
+        for effect in effects:
+            if isinstance(effect, Deliver):
+                for socket_id in effect.socket_ids:
+                    conn = self.connections.get(socket_id)
+                    if conn is not None:
+                        conn.send(effect.data, effect.delta, room.session_id)
+            elif isinstance(effect, AckJoin):
+                conn = self.connections.get(effect.socket_id)
+                if conn is not None:
+                    conn.join_acked(room.session_id, effect.ref, effect.head_seq)
+            elif isinstance(effect, RejectJoin):
+                self._drop_member(room.session_id, effect.socket_id)
+                conn = self.connections.get(effect.socket_id)
+                if conn is not None:
+                    conn.reply_error(effect.ref, effect.error, session_id=room.session_id)
+            elif isinstance(effect, SubscribeUpstream):
+                self.spawn(self._subscribe(room, effect.after_seq))
+            elif isinstance(effect, UnsubscribeUpstream):
+                self.spawn(self._unsubscribe(effect.session_id))
+            elif isinstance(effect, FlushAt):
+                self._arm_flush(room, effect.at)
+            elif isinstance(effect, ExpireAt):
+                self._arm_expiry(room, effect.at)
+            elif isinstance(effect, RunFinished):
+                self.runs.finish(effect.run_id)
+            elif isinstance(effect, RoomClosed):
+                self._close_room(room)
+
+    def _drop_member(self, session_id: str, socket_id: str) -> None:
+        members = self._members.get(session_id)
+        if members is not None:
+            members.discard(socket_id)
+        conn = self.connections.get(socket_id)
+        if conn is not None:
+            conn.joined.pop(session_id, None)
+
+    def _close_room(self, room: Room) -> None:
+        session_id = room.session_id
+        if self.rooms.get(session_id) is room:
+            del self.rooms[session_id]
+        timers = self._timers.pop(session_id, None)
+        if timers is not None:
+            for handle in (timers.flush, timers.expire):
+                if handle is not None:
+                    handle.cancel()
+        for socket_id in self._members.pop(session_id, set()):
+            conn = self.connections.get(socket_id)
+            if conn is not None:
+                conn.joined.pop(session_id, None)
+
+    def _arm_flush(self, room: Room, at: float) -> None:
+        timers = self._timers[room.session_id]
+        if timers.flush is not None:
+            timers.flush.cancel()
+
+        def fire() -> None:
+            timers.flush = None
+            if self.rooms.get(room.session_id) is room:
+                self._apply(room, room.receive_flush_due(self.clock()))
+
+        timers.flush = self._loop.call_at(at, fire)
+
+    def _arm_expiry(self, room: Room, at: float | None) -> None:
+        timers = self._timers[room.session_id]
+        if timers.expire is not None:
+            timers.expire.cancel()
+            timers.expire = None
+        if at is None:
+            return
+
+        def fire() -> None:
+            timers.expire = None
+            if self.rooms.get(room.session_id) is room:
+                self._apply(room, room.receive_expired(self.clock()))
+
+        timers.expire = self._loop.call_at(at, fire)
+
+    # -- upstream --------------------------------------------------------------------------
+
+    async def _subscribe(self, room: Room, after_seq: int) -> None:
+        slot = self.upstream.slot_for(room.session_id)
+        request = pb.ChatRequest(
+            join=pb.JoinSession(session_id=room.session_id, after_seq=after_seq)
+        )
+        try:
+            reply = await slot.command(request)
+        except EdgeError as error:
+            if self.rooms.get(room.session_id) is room:
+                self._apply(room, room.receive_join_failed(error, self.clock()))
+            return
+        if self.rooms.get(room.session_id) is room:
+            self._apply(room, room.receive_joined(reply.joined.head_seq, self.clock()))
+
+    async def _unsubscribe(self, session_id: str) -> None:
+        if session_id in self.rooms:
+            return  # a new room for the session exists already: it needs the subscription
+        slot = self.upstream.slot_for(session_id)
+        try:
+            await slot.command(pb.ChatRequest(leave=pb.LeaveSession(session_id=session_id)))
+        except EdgeError:
+            pass  # the stream is gone, and the subscription with it
+
+    def _rooms_of(self, slot: UpstreamSlot) -> list[Room]:
+        return [room for sid, room in self.rooms.items() if self.upstream.slot_for(sid) is slot]
+
+    def _slot_up(self, slot: UpstreamSlot) -> None:
+        for room in self._rooms_of(slot):
+            self._apply(room, room.receive_upstream_restored(self.clock()))
+
+    def _slot_down(self, slot: UpstreamSlot) -> None:
+        for room in self._rooms_of(slot):
+            self._apply(room, room.receive_upstream_lost(self.clock()))
+
+    def _slot_response(self, slot: UpstreamSlot, response: pb.ChatResponse) -> None:
+        now = self.clock()
+        by_session: dict[str, list[pb.SessionEvent]] = {}
+        for event in response.events:
+            by_session.setdefault(event.session_id, []).append(event)
+        for session_id, events in by_session.items():
+            room = self.rooms.get(session_id)
+            if room is not None:
+                self._apply(room, room.receive_events(events, now))
+
+    async def command(self, session_id: str, request: pb.ChatRequest) -> pb.CommandReply:
+        """Send a command on the session's upstream stream; raises EdgeError."""
+        return await self.upstream.slot_for(session_id).command(request)
+
+    def members(self, session_id: str) -> set[str]:
+        return self._members.get(session_id, set())

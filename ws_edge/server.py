@@ -1,0 +1,63 @@
+"""Run the edge: bind (port 0 picks a free port), announce the address, drain on SIGTERM.
+
+The first stdout line is `ws_edge listening on http://HOST:PORT` (https with
+TLS), so a parent process or a test knows where to connect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import ssl
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from ws_edge.app import create_app
+from ws_edge.config import EdgeSettings, load
+
+
+def server_ssl_context(settings: EdgeSettings) -> ssl.SSLContext | None:
+    """TLS for https:// and wss:// when a certificate and key are configured."""
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
+    return context
+
+
+async def serve(settings: EdgeSettings) -> None:
+    """Serve until SIGTERM/SIGINT; then stop accepting, close sockets with 1012, exit."""
+    app = create_app(settings=settings)
+    runner = web.AppRunner(
+        app, handle_signals=False, access_log=None, shutdown_timeout=settings.shutdown_timeout_s
+    )
+    await runner.setup()
+    context = server_ssl_context(settings)
+    site = web.TCPSite(
+        runner, settings.listen_host, settings.listen_port, ssl_context=context, backlog=1024
+    )
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    scheme = "https" if context is not None else "http"
+    print(f"ws_edge listening on {scheme}://{host}:{port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        logging.getLogger(__name__).info("draining")
+        await runner.cleanup()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    settings = load(argv)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    asyncio.run(serve(settings))
+    return 0
