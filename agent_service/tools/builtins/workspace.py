@@ -44,7 +44,12 @@ class Workspace:
         return path == self.root or path.is_relative_to(self.root)
 
     def relative(self, path: Path) -> str:
-        """path as shown to the model: relative to the root, with forward slashes."""
+        """path as shown to the model: relative to the root, with forward slashes.
+
+        A path outside is shown by its name alone: messages never reveal what lies outside.
+        """
+        if not self.contains(path):
+            return path.name
         return path.relative_to(self.root).as_posix() or "."
 
     def open_inside(self, path: Path) -> int:
@@ -53,6 +58,8 @@ class Workspace:
         Returns a raw file descriptor the caller closes. Raises ToolError when the
         file is missing, not a regular file, or turns out to be outside.
         """
+        if not self.contains(path):
+            raise ToolError(f"{path.name!r} leads outside the workspace", "forbidden")
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -67,7 +74,10 @@ class Workspace:
             real = Path(os.readlink(f"/proc/self/fd/{fd}"))
             if not self.contains(real):
                 raise ToolError(f"{self.relative(path)!r} leads outside the workspace", "forbidden")
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISDIR(mode):
+                raise ToolError(f"{self.relative(path)!r} is a folder", "invalid_arguments")
+            if not stat.S_ISREG(mode):
                 raise ToolError(
                     f"{self.relative(path)!r} is not a regular file", "invalid_arguments"
                 )

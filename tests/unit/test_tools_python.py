@@ -1,0 +1,180 @@
+"""The python tool, run through ToolCallRunner: output streaming, isolation, every limit,
+and that cancellation and limits leave no process behind."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from tool_test_support import cancel_soon, exists, reaped, registry_for, run_tool, scaled, wait_gone
+
+from agent_service.tools.builtins.python_exec import OutputCollector
+
+PIDS = re.compile(r"pid=(\d+)")
+
+
+def pids_in(text: str) -> list[int]:
+    return [int(p) for p in PIDS.findall(text)]
+
+
+async def test_output_streams_while_the_program_runs(tmp_path: Path) -> None:
+    # The program waits for a file the test creates only after it saw "ready" as an
+    # output event: if output were not streamed live, the call would hit its wall limit.
+    go = tmp_path / "go"
+    code = (
+        "import os, sys, time\n"
+        "print('ready')\n"
+        "print('to stderr', file=sys.stderr)\n"
+        f"while not os.path.exists({str(go)!r}):\n"
+        "    time.sleep(0.01)\n"
+        "print('done')\n"
+    )
+
+    def on_event(event, runner) -> None:
+        if event.WhichOneof("update") == "output" and "ready" in event.output.text:
+            go.touch()
+
+    registry = registry_for(tmp_path, python_timeout_s=scaled(20))
+    call = await run_tool(registry, "python", {"code": code}, on_event=on_event)
+
+    call.assert_shape("completed")
+    assert call.output("stdout") == "ready\ndone\n"
+    assert call.output("stderr") == "to stderr\n"
+    result = call.final.completed.result
+    assert "ready" in result and "done" in result and "to stderr" in result
+    assert result.endswith("[exit status 0]")
+
+
+async def test_nonzero_exit_and_traceback_are_the_result(tmp_path: Path) -> None:
+    registry = registry_for(tmp_path)
+    call = await run_tool(registry, "python", {"code": "print('a')\nraise SystemExit(3)"})
+    call.assert_shape("completed")
+    assert call.final.completed.result == "a\n[exit status 3]"
+
+    call = await run_tool(registry, "python", {"code": "def f():\n    1 / 0\nf()"})
+    call.assert_shape("completed")
+    result = call.final.completed.result
+    assert 'File "<snippet>", line 2, in f' in result
+    assert "ZeroDivisionError: division by zero" in result
+    assert result.endswith("[exit status 1]")
+
+
+async def test_no_inherited_environment_and_an_empty_folder_removed_afterwards(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AGENT_RELAY_TEST_SECRET", "hunter2")
+    code = (
+        "import os\n"
+        "print(sorted(os.environ))\n"
+        "print('secret' if 'hunter2' in repr(os.environ) else 'clean')\n"
+        "print(os.listdir('.'))\n"
+        "print('cwd=' + os.getcwd())\n"
+        "print('home', os.environ['HOME'] == os.getcwd())\n"
+    )
+    call = await run_tool(registry_for(tmp_path), "python", {"code": code})
+    call.assert_shape("completed")
+    lines = call.output("stdout").splitlines()
+    assert lines[0] == "['HOME', 'LANG', 'LC_ALL', 'PATH', 'TMPDIR']"
+    assert lines[1] == "clean"
+    assert lines[2] == "[]"
+    workdir = Path(lines[3].removeprefix("cwd="))
+    assert lines[4] == "home True"
+    assert not exists(workdir)
+
+
+async def test_cpu_limit(tmp_path: Path) -> None:
+    registry = registry_for(tmp_path, python_cpu_s=1, python_timeout_s=scaled(30))
+    call = await run_tool(registry, "python", {"code": "while True:\n    pass"})
+    call.assert_shape("failed")
+    assert call.final.failed.code == "limit_exceeded"
+    assert call.final.failed.message == "CPU time limit of 1 s exceeded"
+
+
+async def test_memory_limit(tmp_path: Path) -> None:
+    registry = registry_for(tmp_path, python_memory_mb=128)
+    code = "hoard = []\nwhile True:\n    hoard.append(bytearray(4 * 1024 * 1024))"
+    call = await run_tool(registry, "python", {"code": code})
+    call.assert_shape("failed")
+    assert call.final.failed.code == "limit_exceeded"
+    assert call.final.failed.message == "memory limit of 128 MiB exceeded"
+    assert "MemoryError" in call.output("stderr")
+
+
+async def test_a_program_may_handle_its_own_memory_error(tmp_path: Path) -> None:
+    registry = registry_for(tmp_path, python_memory_mb=128)
+    code = "try:\n    bytearray(512 * 1024 * 1024)\nexcept MemoryError:\n    print('too big')"
+    call = await run_tool(registry, "python", {"code": code})
+    call.assert_shape("completed")
+    assert call.final.completed.result == "too big\n[exit status 0]"
+
+
+async def test_wall_time_limit_kills_the_process(tmp_path: Path) -> None:
+    registry = registry_for(tmp_path, python_timeout_s=1.0)
+    code = "import os, time\nprint(f'pid={os.getpid()}')\ntime.sleep(60)"
+    call = await run_tool(registry, "python", {"code": code})
+    call.assert_shape("failed")
+    assert call.final.failed.code == "limit_exceeded"
+    assert call.final.failed.message == "wall-time limit of 1 s exceeded"
+    [pid] = pids_in(call.output())
+    assert reaped(pid), "the child must be killed and reaped"
+
+
+async def test_output_limit_stops_a_chatty_program(tmp_path: Path) -> None:
+    registry = registry_for(tmp_path, python_output_bytes=1_000, python_timeout_s=scaled(30))
+    code = "import os\nprint(f'pid={os.getpid()}')\nwhile True:\n    print('spam ' * 20)"
+    call = await run_tool(registry, "python", {"code": code})
+    call.assert_shape("failed")
+    assert call.final.failed.code == "limit_exceeded"
+    assert call.final.failed.message.startswith("output limit of 1000 bytes exceeded")
+    streamed = call.output()
+    assert len(streamed.encode()) == 1_000
+    [pid] = pids_in(streamed)
+    assert reaped(pid)
+
+
+async def test_cancellation_kills_the_process_and_its_children(tmp_path: Path) -> None:
+    code = (
+        "import os, subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        "print(f'pid={os.getpid()} pid={child.pid}', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+
+    def on_event(event, runner) -> None:
+        if len(pids_in(event.output.text)) == 2:
+            cancel_soon(runner)
+
+    registry = registry_for(tmp_path, python_timeout_s=scaled(30))
+    call = await run_tool(registry, "python", {"code": code}, on_event=on_event)
+
+    call.assert_shape("cancelled")
+    assert call.final.cancelled.reason == "requested"
+    assert call.outcome.status == "cancelled"
+    leader, grandchild = pids_in(call.output())
+    assert reaped(leader), "the child must be killed and reaped"
+    assert await wait_gone(grandchild), "the whole process group must be killed"
+
+
+async def test_processes_left_behind_by_a_finished_program_are_killed(tmp_path: Path) -> None:
+    code = (
+        "import subprocess, sys\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        "print(f'pid={child.pid}')\n"
+    )
+    call = await run_tool(registry_for(tmp_path), "python", {"code": code})
+    call.assert_shape("completed")
+    [grandchild] = pids_in(call.output())
+    assert await wait_gone(grandchild)
+
+
+def test_output_collector_keeps_split_characters_and_the_budget() -> None:
+    collector = OutputCollector(limit_bytes=8)
+    snowman = "☃".encode()  # three bytes
+    assert collector.feed("stdout", b"ab" + snowman[:1]) == "ab"
+    assert collector.feed("stdout", snowman[1:]) == "☃"
+    assert not collector.overflowed
+    assert collector.feed("stderr", b"xyz!") == "xyz"
+    assert collector.overflowed
+    assert collector.total_bytes == 8
+    assert collector.text() == "ab☃xyz"
