@@ -112,6 +112,7 @@ class Connection:
             self.close(
                 CloseCode.TRY_AGAIN_LATER,
                 "send queue full: reconnect later and resume from your last seq",
+                flush=False,
             )
             return
         if self._writer is None:
@@ -119,11 +120,11 @@ class Connection:
 
     async def _write(self) -> None:
         try:
-            while not self.closing and (data := self.queue.pop()) is not None:
+            while (data := self.queue.pop()) is not None:
                 await self.ws.send_frame(data, WSMsgType.TEXT)
         except (ConnectionError, RuntimeError) as exc:
             log.debug("socket %s: write failed: %s", self.socket_id, exc)
-            self.close(CloseCode.GOING_AWAY, "write failed")
+            self.close(CloseCode.GOING_AWAY, "write failed", flush=False)
         finally:
             self._writer = None
 
@@ -133,17 +134,22 @@ class Connection:
     def join_acked(self, session_id: str, ref: str | None, head_seq: int) -> None:
         self.send(ack_frame(ref, session_id=session_id, head_seq=head_seq), None, session_id)
 
-    def close(self, code: CloseCode, reason: str) -> None:
-        """Close the socket with code (once); queued frames are dropped."""
+    def close(self, code: CloseCode, reason: str, *, flush: bool = True) -> None:
+        """Close the socket with code (the first call wins). With flush, frames already
+        queued (the error that explains the close) go out first; without, they are dropped
+        (a slow consumer resumes by seq instead)."""
         if self.closing:
             return
         self.closing = True
         self.close_code = int(code)
-        self.queue.clear()
-        writer, self._writer = self._writer, None
-        if writer is not None:
-            writer.cancel()
-        self.hub.spawn(self._close(code, reason))
+        writer = self._writer
+        if not flush:
+            self.queue.clear()
+            self._writer = None
+            if writer is not None:
+                writer.cancel()
+                writer = None
+        self.hub.spawn(self._close(code, reason, writer))
 
     def detach(self) -> None:
         """The socket is gone: send nothing more."""
@@ -153,9 +159,11 @@ class Connection:
         if writer is not None:
             writer.cancel()
 
-    async def _close(self, code: CloseCode, reason: str) -> None:
+    async def _close(self, code: CloseCode, reason: str, writer: asyncio.Task[None] | None) -> None:
         message = reason.encode()[:123]
         try:
+            if writer is not None:
+                await asyncio.wait_for(asyncio.shield(writer), timeout=2.0)
             await asyncio.wait_for(
                 self.ws.close(code=int(code), message=message, drain=False), timeout=5.0
             )

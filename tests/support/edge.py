@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import jwt
+import websockets
 
 from tests.support.timing import scaled
 
@@ -115,3 +120,122 @@ def make_token(
         key,
         algorithm=algorithm,
     )
+
+
+class EdgeClient:
+    """A `websockets` client speaking agent-relay.v1, for tests. Frames are kept in order."""
+
+    def __init__(self, ws: object) -> None:
+        self.ws = ws
+        self.frames: list[dict] = []
+        self._ids = iter(range(1, 1_000_000))
+        self.welcome: dict = {}
+
+    @classmethod
+    async def connect(
+        cls, url: str, *, token: str | None = None, origin: str | None = None, **kwargs: object
+    ) -> EdgeClient:
+        ws = await websockets.connect(
+            url, subprotocols=["agent-relay.v1"], origin=origin, open_timeout=scaled(10), **kwargs
+        )
+        client = cls(ws)
+        client.welcome = await client.recv()
+        if token is not None:
+            ack = await client.request({"type": "auth", "token": token})
+            assert ack["type"] == "ack", ack
+        return client
+
+    async def recv(self, timeout_s: float = 10.0) -> dict:
+        frame = json.loads(await asyncio.wait_for(self.ws.recv(), scaled(timeout_s)))
+        self.frames.append(frame)
+        return frame
+
+    async def send(self, frame: dict) -> None:
+        await self.ws.send(json.dumps(frame))
+
+    async def request(self, frame: dict, timeout_s: float = 10.0) -> dict:
+        """Send a frame with a fresh id; return its reply (ack or error), keeping other frames."""
+        frame_id = f"t{next(self._ids)}"
+        await self.send({**frame, "id": frame_id})
+        return await self.until(lambda f: f.get("ref") == frame_id, timeout_s)
+
+    async def until(self, predicate, timeout_s: float = 10.0) -> dict:
+        """Receive until a frame matches predicate; frames already received count too."""
+        for frame in self.frames:
+            if predicate(frame) and not frame.get("_seen"):
+                frame["_seen"] = True
+                return frame
+        deadline = time.monotonic() + scaled(timeout_s)
+        while True:
+            frame = await self.recv(max(0.01, deadline - time.monotonic()))
+            if predicate(frame):
+                frame["_seen"] = True
+                return frame
+
+    async def join(self, session_id: str, after_seq: int = 0, **prefs: str) -> dict:
+        return await self.request(
+            {"type": "join", "session_id": session_id, "after_seq": after_seq, **prefs}
+        )
+
+    async def say(
+        self, session_id: str, text: str, message_id: str | None = None, **extra: object
+    ) -> dict:
+        return await self.request(
+            {
+                "type": "chat:message",
+                "session_id": session_id,
+                "message_id": message_id or uuid.uuid4().hex,
+                "text": text,
+                **extra,
+            }
+        )
+
+    async def until_complete(
+        self, session_id: str, run_id: str | None = None, timeout_s: float = 20.0
+    ) -> dict:
+        return await self.until(
+            lambda f: (
+                f.get("type") == "chat:complete"
+                and f.get("session_id") == session_id
+                and (run_id is None or f.get("run_id") == run_id)
+            ),
+            timeout_s,
+        )
+
+    def events(self, session_id: str) -> list[dict]:
+        return [
+            f
+            for f in self.frames
+            if f.get("session_id") == session_id
+            and "seq" in f
+            and f.get("type", "").startswith("chat:")
+        ]
+
+    def seqs(self, session_id: str) -> list[int]:
+        """Every seq covered by the session's event frames (a batch covers from_seq..seq)."""
+        out: list[int] = []
+        for f in self.events(session_id):
+            out.extend(range(f.get("from_seq", f["seq"]), f["seq"] + 1))
+        return out
+
+    def last_seq(self, session_id: str) -> int:
+        seqs = self.seqs(session_id)
+        return seqs[-1] if seqs else 0
+
+    async def close(self) -> None:
+        await self.ws.close()
+
+
+def create_session(edge: EdgeProcess, token: str | None = None, title: str = "") -> dict:
+    """POST /api/sessions; returns the JSON reply (session_id, token, user_id, expires_at)."""
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(
+        edge.url + "/api/sessions",
+        method="POST",
+        headers=headers,
+        data=json.dumps({"title": title}).encode(),
+    )
+    with urllib.request.urlopen(request, timeout=scaled(10)) as reply:
+        return json.loads(reply.read())
