@@ -246,6 +246,8 @@ class Hub:
                 )
             rt.runs[run.run_id] = run
             created = now_ms()
+            if not rt.record.title:
+                rt.record = _with_title(rt.record, text)
             await self.store.accept_user_message(
                 MessageRecord(
                     session_id, message_id, "user", text, run.run_id, "complete", created
@@ -257,10 +259,8 @@ class Hub:
                     "queued" if decision.queued else "running",
                     started_ms=created,
                 ),
+                title=rt.record.title,
             )
-            if not rt.record.title:
-                rt.record = _with_title(rt.record, text)
-                await self.store.set_title(session_id, rt.record.title)
             accepted = pb.MessageAccepted(
                 message_id=message_id, text=text, run_id=run.run_id, queued=decision.queued
             )
@@ -270,7 +270,7 @@ class Hub:
             accepted.CopyFrom(event.message_accepted)
             accepted.seq = event.seq
             rt.remember(accepted)
-            await self.store.set_accept_seq(session_id, message_id, event.seq)
+            await self.store.note_accept_seq(session_id, message_id, event.seq)
         for dropped in decision.dropped:
             await self._end_unstarted(rt, dropped, "cancelled")
         if decision.cancel_active:

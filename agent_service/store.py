@@ -99,24 +99,23 @@ class ConversationStore(Protocol):
         """Sessions newest first, optionally only one user's, created before before_ms."""
         ...
 
-    async def set_title(self, session_id: str, title: str) -> None:
-        """Set a session's title."""
-        ...
-
     async def reserve_seq(self, session_id: str, upto: int) -> None:
         """Record that seq numbers up to `upto` may be handed out."""
         ...
 
-    async def accept_user_message(self, message: MessageRecord, run: RunRecord) -> None:
-        """Store a user message and the run it starts, atomically."""
+    async def accept_user_message(
+        self, message: MessageRecord, run: RunRecord, *, title: str
+    ) -> None:
+        """Store a user message and the run it starts, and set the session's title, atomically."""
         ...
 
     async def find_user_message(self, session_id: str, message_id: str) -> MessageRecord | None:
         """A user message by its client id, or None."""
         ...
 
-    async def set_accept_seq(self, session_id: str, message_id: str, seq: int) -> None:
-        """Record the seq of a user message's acceptance event."""
+    async def note_accept_seq(self, session_id: str, message_id: str, seq: int) -> None:
+        """Record the seq of a user message's acceptance event. It is made durable with the
+        store's next write (it costs no commit of its own); until then it reads as 0."""
         ...
 
     async def upsert_message(self, message: MessageRecord) -> None:

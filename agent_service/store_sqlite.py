@@ -145,12 +145,6 @@ class SqliteStore:
         async with self.db.execute(query, (user_id, user_id, before, limit)) as cur:
             return [_session(row) for row in await cur.fetchall()]
 
-    async def set_title(self, session_id: str, title: str) -> None:
-        await self.db.execute(
-            "UPDATE sessions SET title = ? WHERE session_id = ?", (title, session_id)
-        )
-        await self.db.commit()
-
     async def reserve_seq(self, session_id: str, upto: int) -> None:
         await self.db.execute(
             "UPDATE sessions SET seq_reserved = MAX(seq_reserved, ?) WHERE session_id = ?",
@@ -158,7 +152,13 @@ class SqliteStore:
         )
         await self.db.commit()
 
-    async def accept_user_message(self, message: MessageRecord, run: RunRecord) -> None:
+    async def accept_user_message(
+        self, message: MessageRecord, run: RunRecord, *, title: str
+    ) -> None:
+        await self.db.execute(
+            "UPDATE sessions SET title = ? WHERE session_id = ? AND title != ?",
+            (title, message.session_id, title),
+        )
         await self.db.execute(
             "INSERT INTO runs (run_id, session_id, user_message_id, status, started_ms) "
             "VALUES (?, ?, ?, ?, ?)",
@@ -175,12 +175,11 @@ class SqliteStore:
             row = await cur.fetchone()
         return _message(row) if row else None
 
-    async def set_accept_seq(self, session_id: str, message_id: str, seq: int) -> None:
+    async def note_accept_seq(self, session_id: str, message_id: str, seq: int) -> None:
         await self.db.execute(
             "UPDATE messages SET accept_seq = ? WHERE session_id = ? AND message_id = ?",
             (seq, session_id, message_id),
         )
-        await self.db.commit()
 
     async def upsert_message(self, message: MessageRecord) -> None:
         await self._insert_message(message, upsert=True)

@@ -1,0 +1,135 @@
+"""The ConversationStore contract, run against every implementation."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from agent_service.store import (
+    ConversationStore,
+    MessageRecord,
+    RunRecord,
+    SessionRecord,
+    StoredToolCall,
+    open_store,
+)
+
+
+@pytest.fixture(params=["sqlite-file", "sqlite-memory"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ConversationStore]:
+    url = {
+        "sqlite-file": f"sqlite:///{tmp_path}/store.sqlite3",
+        "sqlite-memory": "sqlite:///:memory:",
+    }[request.param]
+    store = open_store(url)
+    await store.open()
+    yield store
+    await store.close()
+
+
+def user(session: str, message_id: str, run_id: str, text: str = "hi") -> MessageRecord:
+    return MessageRecord(session, message_id, "user", text, run_id, "complete", 1)
+
+
+async def test_sessions_round_trip_and_list_newest_first(store: ConversationStore) -> None:
+    for index in range(3):
+        await store.create_session(
+            SessionRecord(f"s{index}", "u1" if index else "u2", "", 100 + index, 0)
+        )
+    assert (await store.get_session("s1")) == SessionRecord("s1", "u1", "", 101, 0)
+    assert await store.get_session("nope") is None
+    assert [s.session_id for s in await store.list_sessions("", 10, None)] == ["s2", "s1", "s0"]
+    assert [s.session_id for s in await store.list_sessions("u1", 10, None)] == ["s2", "s1"]
+    assert [s.session_id for s in await store.list_sessions("", 10, 102)] == ["s1", "s0"]
+
+
+async def test_seq_reservations_only_grow(store: ConversationStore) -> None:
+    await store.create_session(SessionRecord("s", "u", "", 1, 0))
+    await store.reserve_seq("s", 10_000)
+    await store.reserve_seq("s", 500)
+    assert (await store.get_session("s")).seq_reserved == 10_000  # type: ignore[union-attr]
+
+
+async def test_history_groups_each_run_after_its_user_message(store: ConversationStore) -> None:
+    await store.create_session(SessionRecord("s", "u", "", 1, 0))
+    await store.accept_user_message(
+        user("s", "m1", "r1"), RunRecord("r1", "s", "m1", "running"), title="hi"
+    )
+    # m2 arrives (queued) while r1 is still writing its reply
+    await store.accept_user_message(
+        user("s", "m2", "r2"), RunRecord("r2", "s", "m2", "queued"), title="hi"
+    )
+    call = StoredToolCall("c1", "calculator", '{"expression": "1+1"}')
+    await store.upsert_message(
+        MessageRecord("s", "r1.0", "assistant", "Calling", "r1", "complete", 2, tool_calls=(call,))
+    )
+    await store.upsert_message(
+        MessageRecord("s", "c1", "tool", "2", "r1", "complete", 3, call_id="c1")
+    )
+    await store.upsert_message(
+        MessageRecord("s", "r1.1", "assistant", "It is 2", "r1", "complete", 4)
+    )
+    history = [m.message_id for m in await store.list_messages("s", 100, 0)]
+    assert history == ["m1", "r1.0", "c1", "r1.1", "m2"]
+    assert [m.message_id for m in await store.list_messages("s", 2, 2)] == ["c1", "r1.1"]
+    context = [m.message_id for m in await store.context_for_run("s", "r1")]
+    assert context == ["m1", "r1.0", "c1", "r1.1"]
+    tool_calls = (await store.list_messages("s", 100, 0))[1].tool_calls
+    assert tool_calls == (call,)
+    assert (await store.get_session("s")).title == "hi"  # type: ignore[union-attr]
+
+
+async def test_user_messages_are_found_by_client_id(store: ConversationStore) -> None:
+    await store.create_session(SessionRecord("s", "u", "", 1, 0))
+    await store.accept_user_message(
+        user("s", "m1", "r1", "hello"), RunRecord("r1", "s", "m1", "running"), title="hello"
+    )
+    await store.note_accept_seq("s", "m1", 7)
+    await store.update_run(RunRecord("r1", "s", "m1", "ended", finish_reason="stop"))
+    found = await store.find_user_message("s", "m1")
+    assert found is not None and (found.text, found.run_id, found.accept_seq) == ("hello", "r1", 7)
+    assert await store.find_user_message("s", "m2") is None
+
+
+async def test_upsert_replaces_text_and_status(store: ConversationStore) -> None:
+    await store.create_session(SessionRecord("s", "u", "", 1, 0))
+    await store.accept_user_message(
+        user("s", "m1", "r1"), RunRecord("r1", "s", "m1", "running"), title=""
+    )
+    for text, status in (("par", "streaming"), ("partial", "streaming"), ("partial!", "complete")):
+        await store.upsert_message(MessageRecord("s", "r1.0", "assistant", text, "r1", status, 2))
+    last = (await store.list_messages("s", 10, 0))[-1]
+    assert (last.text, last.status) == ("partial!", "complete")
+
+
+async def test_reopening_marks_runs_in_flight_interrupted(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/store.sqlite3"
+    first = open_store(url)
+    await first.open()
+    await first.create_session(SessionRecord("s", "u", "", 1, 0))
+    await first.accept_user_message(
+        user("s", "m1", "r1"), RunRecord("r1", "s", "m1", "running"), title=""
+    )
+    await first.accept_user_message(
+        user("s", "m2", "r2"), RunRecord("r2", "s", "m2", "queued"), title=""
+    )
+    await first.upsert_message(
+        MessageRecord("s", "r1.0", "assistant", "half a", "r1", "streaming", 2)
+    )
+    await first.close()
+    second = open_store(url)
+    recovered = await second.open()
+    assert [r.run_id for r in recovered.interrupted_runs] == ["r1", "r2"]
+    partial = [m for m in await second.list_messages("s", 10, 0) if m.role == "assistant"]
+    assert [(m.text, m.status) for m in partial] == [("half a", "interrupted")]
+    await second.close()
+    third = open_store(url)
+    assert (await third.open()).interrupted_runs == []  # recovery happens once
+    await third.close()
+
+
+def test_an_unknown_store_url_is_refused() -> None:
+    with pytest.raises(ValueError, match="unsupported store URL"):
+        open_store("mysql://nope")
