@@ -90,8 +90,9 @@ def run_all(argv: Sequence[str]) -> int:
             "ws_edge", [sys.executable, "-m", "ws_edge", "--upstream", address, *argv], env
         )
         children.append(edge)
+        url = edge_address if "://" in edge_address else f"http://{edge_address}"
         print(
-            f"\nagent-relay is running: open http://{edge_address}/ (Ctrl-C stops it)\n"
+            f"\nagent-relay is running: open {url.rstrip('/')}/ (Ctrl-C stops it)\n"
             f"gRPC API on {address}; try: grpcurl -plaintext {address} list\n",
             flush=True,
         )
