@@ -1,0 +1,124 @@
+"""Browser end-to-end fixtures: the real agent service and edge, and Debian's Chromium.
+
+The edge serves the built web UI (clients/web/dist) at `/`, as in production.
+Each test gets its own edge (some restart it) and a fresh browser context (its
+own localStorage, so its own anonymous user and conversation).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_playwright
+
+from tests.support.edge import EdgeProcess, start_edge
+from tests.support.service import ServiceProcess, start_agent_service
+from tests.support.timing import scaled
+
+REPO = Path(__file__).resolve().parents[2]
+WEB = REPO / "clients" / "web"
+DIST = WEB / "dist"
+SCREENSHOTS = REPO / "docs" / "screenshots"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+
+# About 12 words a second and 48-word replies: a reply streams for ~4 s, long
+# enough to stop, reload or restart the edge in the middle of it.
+SERVICE_ARGS = ("--demo-tokens-per-s", "12", "--demo-reply-words", "48")
+# Drain quickly on SIGTERM so restarts stay short.
+EDGE_ARGS = ("--static-dir", str(DIST), "--shutdown-timeout-s", "1")
+
+
+def _build_web() -> None:
+    """Build the UI if no build exists (`make test` builds it first; this covers bare pytest)."""
+    if (DIST / "index.html").exists():
+        return
+    npm = shutil.which("npm")
+    if npm is None:
+        pytest.fail("npm is needed to build clients/web (or run `make web` first)")
+    if not (WEB / "node_modules").exists():
+        subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=WEB, check=True)
+    subprocess.run([npm, "run", "build:app"], cwd=WEB, check=True)
+
+
+@pytest.fixture(scope="session")
+def web_dist() -> Path:
+    _build_web()
+    return DIST
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    proc = start_agent_service(tmp_path_factory.mktemp("e2e-service"), *SERVICE_ARGS)
+    yield proc
+    proc.stop()
+
+
+class Edge:
+    """The edge under test, restartable on the same port (the page keeps its URL)."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.proc: EdgeProcess | None = start_edge(upstream, *EDGE_ARGS)
+        self.url = self.proc.url
+        self.port = self.proc.port
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop()
+            self.proc = None
+
+    def start(self) -> None:
+        assert self.proc is None, "already running"
+        self.proc = start_edge(self.upstream, *EDGE_ARGS, listen=f"127.0.0.1:{self.port}")
+
+
+@pytest.fixture
+def edge(service: ServiceProcess, web_dist: Path) -> Iterator[Edge]:
+    e = Edge(service.address)
+    yield e
+    e.stop()
+
+
+@pytest.fixture(scope="session")
+def playwright() -> Iterator[Playwright]:
+    with sync_playwright() as p:
+        yield p
+
+
+@pytest.fixture(scope="session")
+def browser(playwright: Playwright) -> Iterator[Browser]:
+    b = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    yield b
+    b.close()
+
+
+@pytest.fixture
+def context(browser: Browser) -> Iterator[BrowserContext]:
+    ctx = browser.new_context(viewport={"width": 1100, "height": 760})
+    ctx.set_default_timeout(scaled(15_000))
+    yield ctx
+    ctx.close()
+
+
+@pytest.fixture
+def page(context: BrowserContext) -> Page:
+    return context.new_page()
+
+
+def screenshot(page: Page, name: str) -> None:
+    """Save a screenshot of a main state under docs/screenshots/."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / name))

@@ -1,0 +1,201 @@
+"""The chat UI in Chromium against the real agent service and edge.
+
+What a user sees: a reply streaming in, a tool's progress bar moving and its
+cancel, a stopped run, and a conversation that survives an edge restart, a page
+reload and a message sent while the edge is down, with no text lost or doubled.
+"""
+
+from __future__ import annotations
+
+import re
+
+from playwright.sync_api import Locator, Page, expect
+
+from tests.e2e.conftest import Edge, screenshot
+from tests.support.timing import scaled
+
+WAIT_MS = scaled(30_000)
+
+
+def open_chat(page: Page, edge: Edge) -> None:
+    page.goto(edge.url + "/")
+    expect(page.get_by_test_id("connection-badge")).to_contain_text("Connected", timeout=WAIT_MS)
+
+
+def send(page: Page, text: str) -> None:
+    box = page.get_by_label("Message", exact=True)
+    box.fill(text)
+    box.press("Enter")
+    expect(box).to_have_value("")
+
+
+def last_assistant(page: Page) -> Locator:
+    return page.get_by_test_id("assistant-message").last
+
+
+def wait_streaming_text(page: Page, min_chars: int = 1) -> None:
+    """Wait until the last assistant message is streaming and shows at least min_chars."""
+    page.wait_for_function(
+        """(min) => {
+            const all = document.querySelectorAll('[data-testid=assistant-message]');
+            const m = all[all.length - 1];
+            return m && m.dataset.state === 'streaming' && m.innerText.trim().length >= min;
+        }""",
+        arg=min_chars,
+        timeout=WAIT_MS,
+    )
+
+
+def assistant_text(page: Page) -> str:
+    texts = last_assistant(page).get_by_test_id("assistant-text").all_inner_texts()
+    return normalise(" ".join(texts))
+
+
+def normalise(text: str) -> str:
+    """Whitespace folded and Markdown emphasis marks dropped (the UI renders them)."""
+    return re.sub(r"\s+", " ", text.replace("**", "")).strip()
+
+
+def history(page: Page) -> dict:
+    """GET /api/sessions/{id}/messages with the page's own token: the server's record."""
+    return page.evaluate(
+        """async () => {
+            const sid = location.hash.replace(/^#\\/?s\\//, '');
+            const { token } = JSON.parse(localStorage.getItem('agent-relay:token:' + sid));
+            const r = await fetch('/api/sessions/' + sid + '/messages',
+                                  { headers: { authorization: 'Bearer ' + token } });
+            return await r.json();
+        }"""
+    )
+
+
+def role_of(message: dict) -> str:
+    return str(message.get("role", "")).lower().replace("role_", "")
+
+
+def stored_assistant_text(page: Page) -> str:
+    messages = [m for m in history(page)["messages"] if role_of(m) == "assistant"]
+    return normalise(messages[-1].get("text", "")) if messages else ""
+
+
+def test_reply_streams_in_with_typing_indicator(page: Page, edge: Edge) -> None:
+    open_chat(page, edge)
+    send(page, "Hello relay, how are **you**?")
+    user = page.get_by_test_id("user-message").last
+    expect(user.get_by_test_id("message-state")).to_have_text("Sent")
+    wait_streaming_text(page, 5)
+    first = len(assistant_text(page))
+    expect(last_assistant(page).get_by_test_id("typing-indicator")).to_be_visible()
+    screenshot(page, "streaming.png")
+    # Still streaming, and more text than before: it arrives piece by piece.
+    page.wait_for_function(
+        """(n) => {
+            const all = document.querySelectorAll('[data-testid=assistant-message]');
+            const m = all[all.length - 1];
+            return m.dataset.state === 'streaming' && m.innerText.trim().length > n + 5;
+        }""",
+        arg=first,
+        timeout=WAIT_MS,
+    )
+    expect(last_assistant(page)).to_have_attribute("data-state", "complete", timeout=WAIT_MS)
+    expect(last_assistant(page).get_by_test_id("typing-indicator")).to_have_count(0)
+    assert assistant_text(page) == stored_assistant_text(page)
+    # The quoted **you** is rendered as Markdown, not shown as asterisks.
+    expect(last_assistant(page).locator("strong")).to_have_text("you")
+    # The sidebar names the conversation after its first message.
+    expect(page.get_by_role("navigation", name="Conversations")).to_contain_text("Hello relay")
+    screenshot(page, "complete.png")
+    page.set_viewport_size({"width": 390, "height": 760})
+    expect(page.get_by_role("button", name="Send")).to_be_visible()
+    screenshot(page, "phone.png")
+
+
+def test_tool_progress_moves_then_cancel(page: Page, edge: Edge) -> None:
+    open_chat(page, edge)
+    send(page, "run a long task for 20 seconds")
+    card = page.get_by_test_id("tool-card").last
+    expect(card).to_contain_text("long_task", timeout=WAIT_MS)
+    bar = card.get_by_role("progressbar")
+    page.wait_for_function(
+        """() => Number(document.querySelector('[role=progressbar]')?.getAttribute('aria-valuenow')) > 0""",
+        timeout=WAIT_MS,
+    )
+    before = int(bar.get_attribute("aria-valuenow") or "0")
+    page.wait_for_function(
+        """(n) => Number(document.querySelector('[role=progressbar]').getAttribute('aria-valuenow')) > n""",
+        arg=before,
+        timeout=WAIT_MS,
+    )
+    expect(card.get_by_test_id("tool-status")).to_have_text("running")
+    card.get_by_text("Arguments").click()
+    expect(card).to_contain_text('"seconds": 20')
+    screenshot(page, "tool-progress.png")
+    card.get_by_role("button", name="Cancel long_task").click()
+    expect(card.get_by_test_id("tool-status")).to_have_text(re.compile("^cancelled"), timeout=WAIT_MS)
+    expect(card.get_by_role("button", name="Cancel long_task")).to_have_count(0)
+    # The run goes on without the tool and ends normally.
+    expect(last_assistant(page)).to_have_attribute("data-state", "complete", timeout=WAIT_MS)
+    progress = int(bar.get_attribute("aria-valuenow") or "0")
+    assert 0 < progress < 100, f"cancelled mid-way, progress {progress}"
+    screenshot(page, "tool-cancelled.png")
+
+
+def test_stop_button_cancels_the_run(page: Page, edge: Edge) -> None:
+    open_chat(page, edge)
+    send(page, "Tell me about the relay")
+    wait_streaming_text(page, 10)
+    stop = page.get_by_role("button", name="Stop")
+    expect(stop).to_be_visible()
+    stop.click()
+    expect(last_assistant(page)).to_have_attribute("data-state", "cancelled", timeout=WAIT_MS)
+    expect(last_assistant(page)).to_contain_text("Stopped")
+    expect(stop).to_have_count(0)
+    screenshot(page, "stopped.png")
+    assert assistant_text(page) == stored_assistant_text(page)
+
+
+def test_edge_restart_mid_stream_resumes_without_duplicates(page: Page, edge: Edge) -> None:
+    open_chat(page, edge)
+    send(page, "Keep talking while the edge restarts")
+    wait_streaming_text(page, 10)
+    edge.stop()
+    badge = page.get_by_test_id("connection-badge")
+    expect(badge).to_contain_text(re.compile("Reconnecting|Connecting"), timeout=WAIT_MS)
+    screenshot(page, "reconnecting.png")
+    edge.start()
+    expect(badge).to_contain_text("Connected", timeout=WAIT_MS)
+    expect(last_assistant(page)).to_have_attribute("data-state", "complete", timeout=WAIT_MS)
+    shown = assistant_text(page)
+    assert shown == stored_assistant_text(page), "the UI text differs from the server's record"
+    assert page.get_by_test_id("assistant-message").count() == 1
+    assert page.get_by_test_id("user-message").count() == 1
+
+
+def test_reload_mid_run_keeps_the_conversation_and_the_run(page: Page, edge: Edge) -> None:
+    open_chat(page, edge)
+    send(page, "Survive a reload please")
+    wait_streaming_text(page, 10)
+    page.reload()
+    expect(page.get_by_test_id("user-message")).to_have_count(1, timeout=WAIT_MS)
+    expect(page.get_by_test_id("user-message")).to_contain_text("Survive a reload please")
+    expect(last_assistant(page)).to_have_attribute("data-state", "complete", timeout=WAIT_MS)
+    assert assistant_text(page) == stored_assistant_text(page)
+    assert page.get_by_test_id("assistant-message").count() == 1
+
+
+def test_message_sent_while_edge_is_down_is_delivered_once(page: Page, edge: Edge) -> None:
+    open_chat(page, edge)
+    edge.stop()
+    badge = page.get_by_test_id("connection-badge")
+    expect(badge).to_contain_text(re.compile("Reconnecting|Connecting"), timeout=WAIT_MS)
+    send(page, "Sent while the edge was down")
+    user = page.get_by_test_id("user-message").last
+    expect(user).to_have_attribute("data-state", "queued")
+    expect(user.get_by_test_id("message-state")).to_contain_text("Queued")
+    screenshot(page, "queued-while-down.png")
+    edge.start()
+    expect(user).to_have_attribute("data-state", "sent", timeout=WAIT_MS)
+    expect(last_assistant(page)).to_have_attribute("data-state", "complete", timeout=WAIT_MS)
+    users = [m for m in history(page)["messages"] if role_of(m) == "user"]
+    assert [m["text"] for m in users] == ["Sent while the edge was down"]
+    assert page.get_by_test_id("user-message").count() == 1
