@@ -291,6 +291,8 @@ class ResilientChat:
     async def updates(self) -> AsyncIterator[Update]:
         """Every update from now on, until `close()`."""
         queue: asyncio.Queue[Update | None] = asyncio.Queue()
+        if self._stopped.is_set():
+            return
         self._listeners.append(queue)
         try:
             while (update := await queue.get()) is not None:
