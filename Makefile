@@ -5,11 +5,12 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 WEB    := clients/web
 
-.PHONY: help install proto run test test-py lint bench clean
+.PHONY: help install proto run test test-py lint bench clean web test-web
 
 help:
 	@echo "make run    set up and start the whole system (agent service + edge + web UI)"
 	@echo "make test   set up and run every test suite"
+	@echo "make web    build the web UI (npm ci + vite) when its sources changed"
 	@echo "make proto  regenerate gen/python from proto/"
 	@echo "make lint   ruff + mypy --strict"
 	@echo "make bench  the benchmarks in bench/"
@@ -22,13 +23,32 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The web UI (clients/web): `npm ci` when the lock file changes, a Vite build
+# when its sources change. The edge serves $(WEB)/dist at `/`.
+WEB_SRC   := $(shell find $(WEB)/src -type f 2>/dev/null) $(wildcard $(WEB)/index.html $(WEB)/vite.config.ts $(WEB)/tsconfig*.json)
+WEB_DEPS  := $(WEB)/node_modules/.ci-stamp
+WEB_BUILD := $(WEB)/.build-stamp
+
+$(WEB_DEPS): $(WEB)/package.json $(WEB)/package-lock.json
+	cd $(WEB) && npm ci --no-audit --no-fund
+	touch $@
+
+$(WEB_BUILD): $(WEB_DEPS) $(WEB_SRC)
+	cd $(WEB) && npm run build
+	touch $@
+
+web: $(WEB_BUILD)
+
+test-web: $(WEB_DEPS)
+	cd $(WEB) && npx vitest run
+
 proto: $(STAMP)
 	$(BIN)/python proto/generate.py
 
-run: $(STAMP)
+run: $(STAMP) $(WEB_BUILD)
 	$(BIN)/agent-relay run
 
-test: $(STAMP)
+test: $(STAMP) $(WEB_BUILD) test-web
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: $(STAMP)
