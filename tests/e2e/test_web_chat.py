@@ -110,28 +110,29 @@ def test_reply_streams_in_with_typing_indicator(page: Page, edge: Edge) -> None:
     screenshot(page, "phone.png")
 
 
+PROGRESS_ABOVE = """(n) => {
+    const bar = document.querySelector('[role=progressbar]');
+    return bar !== null && Number(bar.getAttribute('aria-valuenow')) > n;
+}"""
+
+
 def test_tool_progress_moves_then_cancel(page: Page, edge: Edge) -> None:
     open_chat(page, edge)
     send(page, "run a long task for 20 seconds")
     card = page.get_by_test_id("tool-card").last
     expect(card).to_contain_text("long_task", timeout=WAIT_MS)
     bar = card.get_by_role("progressbar")
-    page.wait_for_function(
-        """() => Number(document.querySelector('[role=progressbar]')?.getAttribute('aria-valuenow')) > 0""",
-        timeout=WAIT_MS,
-    )
+    page.wait_for_function(PROGRESS_ABOVE, arg=0, timeout=WAIT_MS)
     before = int(bar.get_attribute("aria-valuenow") or "0")
-    page.wait_for_function(
-        """(n) => Number(document.querySelector('[role=progressbar]').getAttribute('aria-valuenow')) > n""",
-        arg=before,
-        timeout=WAIT_MS,
-    )
+    page.wait_for_function(PROGRESS_ABOVE, arg=before, timeout=WAIT_MS)
     expect(card.get_by_test_id("tool-status")).to_have_text("running")
     card.get_by_text("Arguments").click()
     expect(card).to_contain_text('"seconds": 20')
     screenshot(page, "tool-progress.png")
     card.get_by_role("button", name="Cancel long_task").click()
-    expect(card.get_by_test_id("tool-status")).to_have_text(re.compile("^cancelled"), timeout=WAIT_MS)
+    expect(card.get_by_test_id("tool-status")).to_have_text(
+        re.compile("^cancelled"), timeout=WAIT_MS
+    )
     expect(card.get_by_role("button", name="Cancel long_task")).to_have_count(0)
     # The run goes on without the tool and ends normally.
     expect(last_assistant(page)).to_have_attribute("data-state", "complete", timeout=WAIT_MS)
