@@ -1,7 +1,14 @@
-import { memo } from "react";
+import { Suspense, lazy, memo } from "react";
 import type { ChatMessage, ToolExecution } from "../lib/conversation";
-import { Markdown } from "./Markdown";
 import { ToolCard } from "./ToolCard";
+
+// The Markdown renderer is the largest part of the app: load it after the first
+// paint, showing the plain text until it is there.
+const Markdown = lazy(() => import("./Markdown").then((m) => ({ default: m.Markdown })));
+
+function PlainText({ text }: { text: string }) {
+  return <p className="plain">{text}</p>;
+}
 
 const USER_STATE_TEXT: Record<string, string> = {
   queued: "Queued: will be sent when connected",
@@ -64,7 +71,9 @@ export const MessageView = memo(function MessageView({
         {message.parts.map((part, index) =>
           part.kind === "text" ? (
             <div className="markdown" key={index} data-testid="assistant-text">
-              <Markdown text={part.text} />
+              <Suspense fallback={<PlainText text={part.text} />}>
+                <Markdown text={part.text} />
+              </Suspense>
             </div>
           ) : tools[part.callId] ? (
             <ToolCard key={part.callId} tool={tools[part.callId] as ToolExecution} onCancel={onCancelTool} />
