@@ -39,7 +39,8 @@ from agent_service.tools.base import ToolContext, ToolError, ToolRegistry, ToolS
 
 SNIPPET_NAME = "snippet.py"
 EXIT_MEMORY = 86  # the bootstrap's exit status for an uncaught MemoryError
-READ_CHUNK_BYTES = 4_096
+READ_CHUNK_BYTES = 65_536
+OUTPUT_COALESCE_S = 0.02  # while output flows, at most one output event per stream per 20 ms
 EXIT_POLL_S = 0.05  # how often to look whether the child exited with its pipes still held
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 
@@ -248,12 +249,20 @@ class PythonRunner:
         collector: OutputCollector,
         ctx: ToolContext,
     ) -> None:
+        loop = asyncio.get_running_loop()
+        last_output = -OUTPUT_COALESCE_S
         while not collector.overflowed:
             data = await pipe.read(READ_CHUNK_BYTES)
             if not data:
                 ctx.output(collector.finish(stream), stream)
                 return
             ctx.output(collector.feed(stream, data), stream)
+            now = loop.time()
+            if now - last_output < OUTPUT_COALESCE_S:
+                # Output is flowing: let it gather in the pipe, so a chatty program gives
+                # one event per interval rather than one per line (each event has a cost).
+                await asyncio.sleep(OUTPUT_COALESCE_S)
+            last_output = now
         _kill_group(proc.pid)  # over the output budget: stop producing at once
 
 
