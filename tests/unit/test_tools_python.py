@@ -178,3 +178,17 @@ def test_output_collector_keeps_split_characters_and_the_budget() -> None:
     assert collector.overflowed
     assert collector.total_bytes == 8
     assert collector.text() == "ab☃xyz"
+
+
+async def test_a_chatty_program_gives_few_output_events(tmp_path: Path) -> None:
+    code = (
+        "import time\n"
+        "for i in range(3000):\n"
+        "    print(i)\n"
+        "    if i % 10 == 0:\n"
+        "        time.sleep(0.0002)\n"
+    )
+    call = await run_tool(registry_for(tmp_path), "python", {"code": code})
+    call.assert_shape("completed")
+    assert call.output("stdout") == "".join(f"{i}\n" for i in range(3000))
+    assert call.kinds.count("output") < 100  # coalesced, not one event per line
