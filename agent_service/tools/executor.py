@@ -106,7 +106,20 @@ class ToolCallRunner:
         except asyncio.CancelledError:
             outcome = self._finish_cancelled(started)
         self._finished = True
+        if self.cancel_reason is not None and outcome.status != "cancelled":
+            await self._settle_late_cancel()
         return outcome
+
+    async def _settle_late_cancel(self) -> None:
+        """Absorb a cancel() that came after the tool's last await (for example from an
+        emit callback): its request is still pending on this task, and would otherwise
+        end the task cancelled although the final event said `completed` or `failed`."""
+        try:
+            await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            pass
+        if self._task is not None:
+            self._task.uncancel()
 
     async def _invoke(self, started: float) -> ToolOutcome:
         tool = self._registry.get(self.tool_name)

@@ -64,3 +64,22 @@ async def test_a_tool_of_ones_own_beside_the_builtins(tmp_path: Path) -> None:
         "invalid_arguments",
         "nothing to shout",
     )
+
+
+async def test_a_cancel_after_the_last_await_keeps_the_outcome_of_the_final_event(
+    tmp_path: Path,
+) -> None:
+    registry = registry_for(tmp_path)
+
+    @registry.tool(name="quick", description="Returns at once.", parameters={"type": "object"})
+    async def quick(args: dict[str, Any], ctx: ToolContext) -> str:
+        ctx.output("working")  # the consumer cancels here, synchronously
+        return "done"
+
+    def on_event(event, runner) -> None:
+        if event.WhichOneof("update") == "output":
+            runner.cancel("requested")
+
+    call = await run_tool(registry, "quick", {}, on_event=on_event)
+    assert call.kinds == ["started", "output", "completed"]
+    assert call.outcome.status == "completed"
