@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 from agent_relay.v1 import agent_pb2 as pb
 from agent_service.hub import Hub, RunHandle, SessionRuntime
@@ -29,6 +30,7 @@ from agent_service.providers.base import (
 )
 from agent_service.store import MessageRecord, RunRecord, StoredToolCall
 from agent_service.tools.executor import ToolCallRunner, ToolOutcome
+from relay_shared.agent_telemetry import AgentTelemetry
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +45,13 @@ FINISH = {
 PARTIAL_STATUS = {"cancelled": "cancelled", "error": "failed", "interrupted": "interrupted"}
 
 
-def install(hub: Hub) -> None:
-    """Make the hub start runs with this module's loop."""
+def install(hub: Hub, telemetry: AgentTelemetry | None = None) -> None:
+    """Make the hub start runs with this module's loop (traced with `telemetry`)."""
+    telemetry = telemetry or AgentTelemetry(None)
 
     def start(rt: SessionRuntime, run: RunHandle) -> None:
         run.task = asyncio.create_task(
-            RunExecution(hub, rt, run).execute(), name=f"run {run.run_id}"
+            RunExecution(hub, rt, run, telemetry).execute(), name=f"run {run.run_id}"
         )
 
     hub.set_run_starter(start)
@@ -67,8 +70,15 @@ class _Step:
 class RunExecution:
     """Carries out one run. `execute()` is the body of the run's task."""
 
-    def __init__(self, hub: Hub, rt: SessionRuntime, run: RunHandle) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        rt: SessionRuntime,
+        run: RunHandle,
+        telemetry: AgentTelemetry | None = None,
+    ) -> None:
         self.hub = hub
+        self.telemetry = telemetry or AgentTelemetry(None)
         self.rt = rt
         self.run = run
         self.settings = hub.settings
@@ -87,6 +97,17 @@ class RunExecution:
         return event
 
     async def execute(self) -> None:
+        """Run to the end inside the run's span, a child of the message's trace context."""
+        with self.telemetry.run(
+            self.run.trace_context,
+            run_id=self.run.run_id,
+            session_id=self.rt.session_id,
+            message_id=self.run.user_message_id,
+        ) as run_trace:
+            reason, error = await self._execute()
+            run_trace.ended(reason, error.code if error else "", error.message if error else "")
+
+    async def _execute(self) -> tuple[str, pb.RunError | None]:
         """Run to the end; never raises (a fault becomes an `error` completion)."""
         reason, error = "stop", None
         try:
@@ -136,6 +157,7 @@ class RunExecution:
             await self._finish(reason, error)
         finally:
             await self.hub.run_ended(self.rt, self.run)
+        return reason, error
 
     async def _loop(self) -> str:
         conversation = await self._context()
@@ -160,19 +182,26 @@ class RunExecution:
         step = _Step(f"{self.run.run_id}.{index}", [], [], time.monotonic())
         self.step = step
         self.run.streaming_message_id, self.run.streaming_text = step.message_id, step.text
-        stream = self.hub.provider.stream(conversation, specs)  # type: ignore[arg-type]
-        async with contextlib.aclosing(stream):  # type: ignore[type-var]
-            async for item in stream:
-                if isinstance(item, TextDelta):
-                    if item.text:
-                        step.text.append(item.text)
-                        self.emit(response_delta=pb.ResponseDelta(text=item.text, step=index))
-                        await self._maybe_flush(step)
-                elif isinstance(item, ToolCallRequested):
-                    step.calls.append(item)
-                elif isinstance(item, StepFinished):
-                    self.input_tokens += item.usage.input_tokens
-                    self.output_tokens += item.usage.output_tokens
+        provider = self.hub.provider
+        stream = provider.stream(conversation, specs)  # type: ignore[arg-type]
+        model = str(getattr(provider, "model", "") or provider.name)
+        with self.telemetry.model_call(provider=provider.name, model=model, step=index) as call:
+            async with contextlib.aclosing(stream):  # type: ignore[type-var]
+                async for item in stream:
+                    if isinstance(item, TextDelta):
+                        if item.text:
+                            call.saw_output()
+                            step.text.append(item.text)
+                            self.emit(response_delta=pb.ResponseDelta(text=item.text, step=index))
+                            await self._maybe_flush(step)
+                    elif isinstance(item, ToolCallRequested):
+                        call.saw_output()
+                        step.calls.append(item)
+                    elif isinstance(item, StepFinished):
+                        usage = item.usage
+                        call.finished(item.reason, usage.input_tokens, usage.output_tokens)
+                        self.input_tokens += usage.input_tokens
+                        self.output_tokens += usage.output_tokens
         self.step = None  # from here on, an early end must not add its text twice
         self.texts.append("".join(step.text))
         await self._save_step(step, "complete")
@@ -215,7 +244,13 @@ class RunExecution:
         ]
         for runner in runners:
             self.run.tools[runner.call_id] = runner
-        tasks = [asyncio.create_task(r.run(), name=f"tool {r.call_id}") for r in runners]
+        tasks = [
+            asyncio.create_task(
+                self.telemetry.tool_call(tool_name=r.tool_name, call_id=r.call_id, run=r.run()),
+                name=f"tool {r.call_id}",
+            )
+            for r in runners
+        ]
         try:
             await asyncio.wait(tasks)
         except asyncio.CancelledError:
@@ -227,7 +262,7 @@ class RunExecution:
         finally:
             for runner in runners:
                 self.run.tools.pop(runner.call_id, None)
-        outcomes = [t.result() for t in tasks]
+        outcomes = [cast(ToolOutcome, t.result()) for t in tasks]
         for call, outcome in zip(calls, outcomes, strict=True):
             await self.hub.store.upsert_message(
                 MessageRecord(

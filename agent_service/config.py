@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from relay_shared.settings import field, load_settings
+from relay_shared.telemetry import parse_listen
 
 BUSY_POLICIES = ("queue", "reject", "interrupt")
 MODEL_PROVIDERS = ("demo", "openai")
@@ -53,6 +54,9 @@ class ServiceSettings:
         None, "PEM CA bundle: require client certificates (mTLS)"
     )
     log_level: str = field("INFO", "DEBUG, INFO, WARNING or ERROR")
+    metrics_listen: str = field(
+        "127.0.0.1:9464", "host:port of the Prometheus /metrics endpoint (port 0: any; empty: off)"
+    )
 
     def __post_init__(self) -> None:
         if self.busy_policy not in BUSY_POLICIES:
@@ -65,6 +69,7 @@ class ServiceSettings:
             raise ValueError("max_steps must be at least 1")
         if self.demo_tokens_per_s < 0:
             raise ValueError("demo_tokens_per_s must be 0 (as fast as possible) or more")
+        parse_listen(self.metrics_listen)  # raises ValueError for a malformed address
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("tls_cert_file and tls_key_file go together")
 

@@ -28,6 +28,9 @@ from agent_service.providers.demo import DemoModel
 from agent_service.servicer import AgentServicer
 from agent_service.store import ConversationStore, open_store
 from agent_service.tools.builtins import build_registry
+from relay_shared.agent_telemetry import AgentTelemetry
+from relay_shared.grpc_telemetry import server_interceptors
+from relay_shared.telemetry import Telemetry, parse_listen, setup_telemetry
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +80,13 @@ def _credentials(settings: ServiceSettings) -> grpc.ServerCredentials | None:
     )
 
 
-async def create_server(settings: ServiceSettings) -> RunningService:
-    """Open the store (recovering interrupted runs), build the hub, bind the port."""
+async def create_server(
+    settings: ServiceSettings, telemetry: Telemetry | None = None
+) -> RunningService:
+    """Open the store (recovering interrupted runs), build the hub, bind the port.
+
+    With `telemetry`, calls get rpc.* spans and metrics and runs their spans and
+    metrics (see relay_shared.grpc_telemetry and agent_telemetry)."""
     store = open_store(settings.store_url)
     recovered = await store.open()
     for run in recovered.interrupted_runs:
@@ -88,8 +96,10 @@ async def create_server(settings: ServiceSettings) -> RunningService:
             run.session_id,
         )
     hub = Hub(settings, store, make_provider(settings), build_registry(settings))
-    agent.install(hub)
+    agent_telemetry = AgentTelemetry(telemetry)
+    agent.install(hub, agent_telemetry)
     server = grpc.aio.server(
+        interceptors=server_interceptors(telemetry) if telemetry is not None else None,
         options=[
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -97,9 +107,9 @@ async def create_server(settings: ServiceSettings) -> RunningService:
             ("grpc.keepalive_timeout_ms", 10_000),
             ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
             ("grpc.keepalive_permit_without_calls", 1),
-        ]
+        ],
     )
-    agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(hub), server)
+    agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(hub, agent_telemetry), server)
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -117,12 +127,23 @@ async def create_server(settings: ServiceSettings) -> RunningService:
     return RunningService(server, port, hub, store, health_servicer)
 
 
-async def serve(settings: ServiceSettings) -> None:
-    """Serve until SIGTERM or SIGINT, then drain within settings.shutdown_grace_s."""
-    running = await create_server(settings)
+async def serve(settings: ServiceSettings, telemetry: Telemetry | None = None) -> None:
+    """Serve until SIGTERM or SIGINT, then drain within settings.shutdown_grace_s.
+
+    Prints `agent_service listening on HOST:PORT` first, then (when metrics are
+    on) `agent_service metrics on HOST:PORT`: parents read the first line."""
+    running = await create_server(settings, telemetry)
     await running.server.start()
     host = settings.listen.rsplit(":", 1)[0]
     print(f"agent_service listening on {host}:{running.port}", flush=True)
+    metrics_at = parse_listen(settings.metrics_listen)
+    if telemetry is not None and metrics_at is not None:
+        try:
+            metrics_host, metrics_port = telemetry.serve_metrics(*metrics_at)
+        except OSError as exc:  # a busy metrics port must not take the agent down
+            log.error("no /metrics: cannot listen on %s: %s", settings.metrics_listen, exc)
+        else:
+            print(f"agent_service metrics on {metrics_host}:{metrics_port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -139,8 +160,12 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = load(argv)
     configure_logging(settings.log_level)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(settings))
+    telemetry = setup_telemetry("agent_service")
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(serve(settings, telemetry))
+    finally:
+        telemetry.shutdown()  # flushes the spans still waiting for export
     return 0
 
 

@@ -25,6 +25,7 @@ from agent_service.hub import Hub
 from agent_service.ids import is_valid_client_id, new_id
 from agent_service.store import MessageRecord
 from agent_service.tools.executor import ToolCallRunner
+from relay_shared.agent_telemetry import AgentTelemetry
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +62,9 @@ def _unary(
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
     """Serves agent_relay.v1.AgentService from a Hub."""
 
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: Hub, telemetry: AgentTelemetry | None = None) -> None:
         self.hub = hub
+        self.telemetry = telemetry or AgentTelemetry(None)
 
     async def Chat(
         self, request_iterator: AsyncIterator[pb.ChatRequest], context: Context
@@ -118,7 +120,10 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
             emit=events.put_nowait,
         )
         self.hub.direct_calls[call_id] = runner
-        task = asyncio.create_task(runner.run(), name=f"tool {call_id}")
+        traced = self.telemetry.tool_call(
+            tool_name=start.tool_name, call_id=call_id, run=runner.run()
+        )
+        task = asyncio.create_task(traced, name=f"tool {call_id}")
         reader = asyncio.create_task(_read_tool_cancels(requests, runner))
         try:
             while True:

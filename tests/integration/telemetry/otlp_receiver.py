@@ -1,0 +1,163 @@
+"""A real OTLP receiver for tests: the collector's trace service over gRPC, and OTLP/HTTP.
+
+Both keep every span they receive, flattened with its service name, so a test
+can wait for the spans of one trace and check their parent chain.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent import futures
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+
+from tests.support.timing import scaled
+
+
+@dataclass(frozen=True)
+class ReceivedSpan:
+    """One received span, with ids as lowercase hex (as in `traceparent`)."""
+
+    service: str
+    name: str
+    trace_id: str
+    span_id: str
+    parent_span_id: str
+    kind: int
+    status_code: int
+    attributes: dict[str, Any]
+
+
+def _value(v: AnyValue) -> Any:
+    which = v.WhichOneof("value")
+    if which == "array_value":
+        return tuple(_value(x) for x in v.array_value.values)
+    return getattr(v, which) if which else None
+
+
+@dataclass
+class SpanStore:
+    """Spans received so far, by any transport."""
+
+    spans: list[ReceivedSpan] = field(default_factory=list)
+    requests: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, request: trace_service_pb2.ExportTraceServiceRequest) -> None:
+        received = []
+        for resource_spans in request.resource_spans:
+            attrs = {a.key: _value(a.value) for a in resource_spans.resource.attributes}
+            service = str(attrs.get("service.name", ""))
+            for scope_spans in resource_spans.scope_spans:
+                for s in scope_spans.spans:
+                    received.append(
+                        ReceivedSpan(
+                            service=service,
+                            name=s.name,
+                            trace_id=s.trace_id.hex(),
+                            span_id=s.span_id.hex(),
+                            parent_span_id=s.parent_span_id.hex(),
+                            kind=s.kind,
+                            status_code=s.status.code,
+                            attributes={a.key: _value(a.value) for a in s.attributes},
+                        )
+                    )
+        with self._lock:
+            self.spans.extend(received)
+            self.requests += 1
+
+    def trace(self, trace_id: str) -> list[ReceivedSpan]:
+        with self._lock:
+            return [s for s in self.spans if s.trace_id == trace_id]
+
+    def wait_for(
+        self, predicate: Callable[[list[ReceivedSpan]], bool], timeout_s: float = 15
+    ) -> list[ReceivedSpan]:
+        """Poll until predicate(all spans) holds; returns the spans. Raises AssertionError."""
+        deadline = time.monotonic() + scaled(timeout_s)
+        while True:
+            with self._lock:
+                snapshot = list(self.spans)
+            if predicate(snapshot):
+                return snapshot
+            if time.monotonic() > deadline:
+                names = [(s.service, s.name) for s in snapshot]
+                raise AssertionError(f"spans never matched; received: {names}")
+            time.sleep(0.05)
+
+
+class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):
+    def __init__(self, store: SpanStore) -> None:
+        self.store = store
+
+    def Export(self, request: Any, context: Any) -> trace_service_pb2.ExportTraceServiceResponse:
+        self.store.add(request)
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+
+class OtlpGrpcReceiver:
+    """The OTLP trace service on 127.0.0.1 at a free port. `endpoint` is for OTEL_* vars."""
+
+    def __init__(self, store: SpanStore | None = None) -> None:
+        self.store = store or SpanStore()
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(
+            _TraceService(self.store), self.server
+        )
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.server.stop(grace=None)
+
+
+class OtlpHttpReceiver:
+    """OTLP/HTTP (protobuf) on 127.0.0.1 at a free port: POST /v1/traces."""
+
+    def __init__(self, store: SpanStore | None = None) -> None:
+        self.store = store or SpanStore()
+        store_ = self.store
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                if self.path != "/v1/traces":
+                    self.send_response(404)
+                    self.end_headers()
+                    return
+                request = trace_service_pb2.ExportTraceServiceRequest()
+                request.ParseFromString(body)
+                store_.add(request)
+                reply = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
