@@ -1,0 +1,186 @@
+"""The WebSocket edge's spans and metrics.
+
+Spans: one per `chat:message` frame (`EdgeTelemetry.message()`), a child of the
+frame's `traceparent` when it has one (else the root of a new trace). Its
+context goes on to the agent in `SendMessage.trace_context`, where the run's
+span hangs below it. There is no span for a connection or a room: they live
+for hours. With tracing off, the frame's own `traceparent`/`tracestate` pass
+through untouched, so the agent's logs still name the client's trace.
+
+Metrics cost the hot path two integer additions per frame: the counters are
+plain ints read by OpenTelemetry's observable instruments only when /metrics
+is scraped (or a metric exporter collects). Shown in Prometheus format as:
+
+- `agent_relay_edge_frames_total{direction="received"|"sent"}`
+- `agent_relay_edge_traffic_bytes_total{direction=...}`
+- `agent_relay_edge_rate_limited_total{limit="frames"|"runs"|"connections"}`
+- gauges registered with `gauge()`: connections, rooms, send-queue depth, ...
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+from opentelemetry import propagate, trace
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from relay_shared.telemetry import Telemetry
+
+SCOPE = "agent_relay.edge"
+# edge error codes that are faults of the edge or the agent (span status ERROR);
+# the rest (bad input, limits, auth) are the client's and leave the status unset
+FAULT_CODES = frozenset({"internal", "upstream_unavailable"})
+
+
+@dataclass
+class MessageTrace:
+    """One chat:message frame's span. `trace_context` goes into SendMessage.trace_context."""
+
+    trace_context: dict[str, str]
+    span: trace.Span | None = None
+
+    def accepted(self, run_id: str, duplicate: bool) -> None:
+        """The agent accepted the message: the run it started (or the first one's, if a retry)."""
+        if self.span is not None:
+            self.span.set_attribute("agent_relay.run.id", run_id)
+            self.span.set_attribute("agent_relay.message.duplicate", duplicate)
+
+    def refused(self, code: str, message: str = "") -> None:
+        """The message was refused with edge error `code`; only faults mark the span."""
+        if self.span is None:
+            return
+        self.span.set_attribute("error.type", code)
+        if code in FAULT_CODES:
+            self.span.set_status(Status(StatusCode.ERROR, message or code))
+
+
+@dataclass
+class _Counts:
+    frames_in: int = 0
+    bytes_in: int = 0
+    frames_out: int = 0
+    bytes_out: int = 0
+    rate_limited: dict[str, int] = field(default_factory=dict)
+
+
+class EdgeTelemetry:
+    """The edge's tracer and instruments; see the module docstring.
+
+    Calling rule: the counting methods are synchronous and cheap, for the socket
+    read and write loops; `gauge()` is called once per gauge at start-up.
+    """
+
+    def __init__(self, telemetry: Telemetry) -> None:
+        self.telemetry = telemetry
+        self.tracing = telemetry.tracing
+        self.tracer = telemetry.tracer(SCOPE)
+        self.counts = _Counts()
+        self._meter = telemetry.meter(SCOPE)
+        self._meter.create_observable_counter(
+            "agent_relay.edge.frames",
+            callbacks=[self._observe_frames],
+            unit="{frame}",
+            description="WebSocket frames, by direction (received, sent).",
+        )
+        self._meter.create_observable_counter(
+            "agent_relay.edge.traffic",
+            callbacks=[self._observe_bytes],
+            unit="By",
+            description="WebSocket payload bytes, by direction (received, sent).",
+        )
+        self._meter.create_observable_counter(
+            "agent_relay.edge.rate_limited",
+            callbacks=[self._observe_rate_limited],
+            unit="{frame}",
+            description="Frames refused by a limit, by limit (frames, runs, connections).",
+        )
+
+    # -- counting (hot path) --------------------------------------------------------------
+
+    def received(self, size: int) -> None:
+        """A client frame of `size` bytes arrived (before any check)."""
+        counts = self.counts
+        counts.frames_in += 1
+        counts.bytes_in += size
+
+    def sent(self, size: int) -> None:
+        """A frame of `size` bytes was written to a socket."""
+        counts = self.counts
+        counts.frames_out += 1
+        counts.bytes_out += size
+
+    def rate_limited(self, limit: str) -> None:
+        """A frame was refused by `limit` (frames, runs, connections)."""
+        by_limit = self.counts.rate_limited
+        by_limit[limit] = by_limit.get(limit, 0) + 1
+
+    def gauge(
+        self, name: str, description: str, read: Callable[[], float], unit: str = "1"
+    ) -> None:
+        """Report `read()` as gauge `name` whenever metrics are collected."""
+
+        def observe(options: CallbackOptions) -> Iterable[Observation]:
+            return [Observation(read())]
+
+        self._meter.create_observable_gauge(
+            name, callbacks=[observe], unit=unit, description=description
+        )
+
+    def _observe_frames(self, options: CallbackOptions) -> Iterable[Observation]:
+        c = self.counts
+        return [
+            Observation(c.frames_in, {"direction": "received"}),
+            Observation(c.frames_out, {"direction": "sent"}),
+        ]
+
+    def _observe_bytes(self, options: CallbackOptions) -> Iterable[Observation]:
+        c = self.counts
+        return [
+            Observation(c.bytes_in, {"direction": "received"}),
+            Observation(c.bytes_out, {"direction": "sent"}),
+        ]
+
+    def _observe_rate_limited(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(n, {"limit": k}) for k, n in list(self.counts.rate_limited.items())]
+
+    # -- spans ----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def message(
+        self,
+        traceparent: str | None,
+        tracestate: str | None,
+        *,
+        session_id: str,
+        message_id: str,
+    ) -> Iterator[MessageTrace]:
+        """The span of one chat:message frame, current inside the `with`.
+
+        Yields the MessageTrace whose `trace_context` (W3C `traceparent`, and
+        `tracestate` when there is one) the SendMessage must carry.
+        """
+        carrier = {"traceparent": traceparent} if traceparent else {}
+        if tracestate and traceparent:
+            carrier["tracestate"] = tracestate
+        if not self.tracing:
+            yield MessageTrace(carrier)
+            return
+        parent = propagate.extract(carrier) if carrier else None
+        with self.tracer.start_as_current_span(
+            "chat:message",
+            context=parent,
+            kind=SpanKind.SERVER,
+            attributes={
+                "network.protocol.name": "websocket",
+                "agent_relay.session.id": session_id,
+                "agent_relay.message.id": message_id,
+            },
+            record_exception=True,
+            set_status_on_exception=True,
+        ) as span:
+            outgoing: dict[str, str] = {}
+            propagate.inject(outgoing)
+            yield MessageTrace(outgoing, span)
