@@ -200,3 +200,57 @@ def test_message_sent_while_edge_is_down_is_delivered_once(page: Page, edge: Edg
     users = [m for m in history(page)["messages"] if role_of(m) == "user"]
     assert [m["text"] for m in users] == ["Sent while the edge was down"]
     assert page.get_by_test_id("user-message").count() == 1
+
+
+DISTANCE_FROM_BOTTOM = """() => {
+    const log = document.querySelector('[role=log]');
+    return log.scrollHeight - log.scrollTop - log.clientHeight;
+}"""
+
+
+def test_scroll_follows_new_text_unless_the_reader_scrolled_up(page: Page, edge: Edge) -> None:
+    page.set_viewport_size({"width": 390, "height": 480})
+    open_chat(page, edge)
+    send(page, "First, fill the screen with a long message. " * 4)
+    expect(last_assistant(page)).to_have_attribute("data-state", "complete", timeout=WAIT_MS)
+    assert page.evaluate(
+        "() => { const l = document.querySelector('[role=log]'); "
+        "return l.scrollHeight > l.clientHeight; }"
+    ), "the conversation should overflow the log for this test"
+    # Following: while the reply streams, the view stays at the bottom.
+    send(page, "Now stream while I watch")
+    wait_streaming_text(page, 20)
+    assert page.evaluate(DISTANCE_FROM_BOTTOM) <= 48
+    # Scrolled up: the view stays put and offers a button instead.
+    page.evaluate("() => { document.querySelector('[role=log]').scrollTop = 0; }")
+    new_messages = page.get_by_role("button", name=re.compile("New messages"))
+    expect(new_messages).to_be_visible(timeout=WAIT_MS)
+    assert page.evaluate("() => document.querySelector('[role=log]').scrollTop") == 0
+    screenshot(page, "new-messages.png")
+    new_messages.click()
+    expect(new_messages).to_have_count(0)
+    assert page.evaluate(DISTANCE_FROM_BOTTOM) <= 48
+
+
+def test_tool_output_and_code_blocks(page: Page, edge: Edge) -> None:
+    open_chat(page, edge)
+    box = page.get_by_label("Message", exact=True)
+    # Shift+Enter breaks lines inside the box; Enter sends the whole message.
+    box.type("Run this:")
+    box.press("Shift+Enter")
+    box.type("```python")
+    box.press("Shift+Enter")
+    box.type("for i in range(3): print('line', i)")
+    box.press("Shift+Enter")
+    box.type("```")
+    expect(box).to_have_value("Run this:\n```python\nfor i in range(3): print('line', i)\n```")
+    box.press("Enter")
+    card = page.get_by_test_id("tool-card").last
+    expect(card).to_contain_text("python", timeout=WAIT_MS)
+    expect(card.get_by_label("python output")).to_have_text(
+        "line 0\nline 1\nline 2\n", timeout=WAIT_MS
+    )
+    expect(card.get_by_test_id("tool-status")).to_have_text(re.compile("^completed"))
+    expect(last_assistant(page)).to_have_attribute("data-state", "complete", timeout=WAIT_MS)
+    expect(page.get_by_test_id("user-message").last).to_contain_text("```python")
+    screenshot(page, "tool-output.png")

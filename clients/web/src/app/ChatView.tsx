@@ -104,33 +104,35 @@ export function ChatView({
         <h1 className="chat-title">{title || "New conversation"}</h1>
         <ConnectionBadge connection={connection} onRetryNow={retryNow} />
       </header>
-      <div className="log" ref={logRef} onScroll={onScroll} role="log" aria-label="Messages" aria-live="polite" tabIndex={0}>
-        {chat.messages.length === 0 && (
-          <p className="empty">
-            Ask anything. Try “run a long task for 10 seconds”, “calc 2 * (3 + 4)” or
-            “python: print(6 * 7)”. The default model is a scripted demo.
-          </p>
-        )}
-        {chat.messages.map((message) => (
-          <MessageView
-            key={`${message.role}:${message.id}`}
-            message={message}
-            tools={chat.tools}
-            onRetry={retry}
-            onCancelTool={cancelTool}
-          />
-        ))}
-        {waitingForReply && (
-          <p className="waiting" data-testid="typing-indicator">
-            The assistant is thinking…
-          </p>
+      <div className="log-wrap">
+        <div className="log" ref={logRef} onScroll={onScroll} role="log" aria-label="Messages" aria-live="polite" tabIndex={0}>
+          {chat.messages.length === 0 && (
+            <p className="empty">
+              Ask anything. Try “run a long task for 10 seconds”, “calc 2 * (3 + 4)” or
+              “python: print(6 * 7)”. The default model is a scripted demo.
+            </p>
+          )}
+          {chat.messages.map((message) => (
+            <MessageView
+              key={`${message.role}:${message.id}`}
+              message={message}
+              tools={chat.tools}
+              onRetry={retry}
+              onCancelTool={cancelTool}
+            />
+          ))}
+          {waitingForReply && (
+            <p className="waiting" data-testid="typing-indicator">
+              The assistant is thinking…
+            </p>
+          )}
+        </div>
+        {unseen && (
+          <button type="button" className="new-messages" onClick={scrollToBottom}>
+            New messages ↓
+          </button>
         )}
       </div>
-      {unseen && (
-        <button type="button" className="new-messages" onClick={scrollToBottom}>
-          New messages ↓
-        </button>
-      )}
       {notice && (
         <p className="notice" role="alert">
           {notice}{" "}

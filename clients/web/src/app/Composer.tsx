@@ -34,7 +34,7 @@ export const Composer = forwardRef<
         ref={ref}
         value={text}
         rows={1}
-        placeholder="Message the agent (Enter to send, Shift+Enter for a new line)"
+        placeholder="Message the agent…"
         onChange={(e) => setText(e.target.value)}
         onKeyDown={onKeyDown}
         aria-describedby="composer-hint"
