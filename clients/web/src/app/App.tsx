@@ -1,4 +1,4 @@
-import { useCallback, useEffect, useState } from "react";
+import { useCallback, useEffect, useRef, useState } from "react";
 import type { SessionDirectory, SessionSummary } from "../lib/sessions";
 import type { WebSocketService } from "../lib/service";
 import { ChatView } from "./ChatView";
@@ -40,10 +40,13 @@ export function App({ service, directory }: { service: WebSocketService; directo
     }
   }, [directory, open]);
 
-  // A first visit starts a conversation at once.
+  // A first visit starts a conversation at once (once: StrictMode runs effects twice).
+  const autoStarted = useRef(false);
   useEffect(() => {
-    if (!current && !creating && !error) void create();
-  }, [current, creating, error, create]);
+    if (current || autoStarted.current) return;
+    autoStarted.current = true;
+    void create();
+  }, [current, create]);
 
   useEffect(() => {
     if (current) window.history.replaceState(null, "", `#/s/${current}`);

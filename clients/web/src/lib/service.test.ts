@@ -184,6 +184,35 @@ describe("connection states", () => {
     service.disconnect();
   });
 
+  it("connecting -> disconnected when the edge refuses the token", () => {
+    const { service, last, sockets, states } = setup();
+    const errors: string[] = [];
+    service.onError((e) => errors.push(e.code));
+    service.connect(SID);
+    last().accept();
+    last().push({ type: "error", ref: last().lastOf("auth").id, code: "unauthenticated", message: "token expired" });
+    expect(states).toEqual(["connecting", "disconnected"]);
+    expect(errors).toEqual(["unauthenticated", "token"]);
+    expect(last().closedWith?.code).toBe(1000);
+    vi.advanceTimersByTime(60_000);
+    expect(sockets).toHaveLength(1);
+  });
+
+  it("connecting -> disconnected when the join is forbidden, -> reconnecting when it may succeed later", () => {
+    const { service, last, states } = setup();
+    service.connect(SID);
+    last().accept();
+    last().push({ type: "ack", ref: last().lastOf("auth").id });
+    last().push({ type: "error", ref: last().lastOf("join").id, code: "upstream_unavailable", retryable: true });
+    expect(states).toEqual(["connecting", "reconnecting"]);
+    vi.advanceTimersByTime(1000);
+    last().accept();
+    last().push({ type: "ack", ref: last().lastOf("auth").id });
+    last().push({ type: "error", ref: last().lastOf("join").id, code: "forbidden", message: "not your session" });
+    expect(states).toEqual(["connecting", "reconnecting", "connecting", "disconnected"]);
+    expect(service.getSnapshot().connection.reason).toBe("not your session");
+  });
+
   it("ignores a late close from a socket it already replaced", () => {
     const { service, last, sockets } = setup();
     service.connect(SID);
