@@ -161,3 +161,19 @@ class OtlpHttpReceiver:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def main() -> None:
+    """Run a gRPC receiver until stdin closes; print `otlp receiver on ENDPOINT`, and at
+    the end `spans received N`. For benchmarks that want the receiver's CPU elsewhere."""
+    import sys
+
+    receiver = OtlpGrpcReceiver()
+    print(f"otlp receiver on {receiver.endpoint}", flush=True)
+    sys.stdin.read()
+    receiver.stop()
+    print(f"spans received {len(receiver.store.spans)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""What tracing costs the edge per frame: off (nothing exported) beside on (exporting).
+
+Part 1, in process, the edge's own telemetry work per frame, beside a baseline
+loop that does none of it, all in the same run:
+
+- a `chat:message` frame: count it in, open its span (child of the frame's
+  `traceparent`), put the context into a SendMessage's trace_context, count the
+  ack out;
+- a delta frame going out: count it.
+
+"on" exports every span with OTLP over gRPC (BatchSpanProcessor, the default
+settings) to a real receiver in another process; the CPU time of the export
+thread is counted (process CPU time, all threads).
+
+Part 2, end to end (when --e2e): the real agent service and edge processes,
+once with tracing off and once exporting, the same client sending chat:message
+frames and waiting for each run to complete; prints the edge process's CPU time
+per chat:message frame (from /proc) and the round trip to the ack.
+
+    .venv/bin/python bench/telemetry_bench.py [--frames 20000] [--e2e] [--messages 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from opentelemetry.sdk.trace import TracerProvider
+
+from agent_relay.v1 import agent_pb2 as pb
+from bench.common import table
+from relay_shared.edge_telemetry import EdgeTelemetry
+from relay_shared.telemetry import setup_telemetry
+
+REPO = Path(__file__).resolve().parents[1]
+OTEL_VARS = ("OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_PROTOCOL")
+
+
+def start_receiver() -> tuple[subprocess.Popen[str], str]:
+    """A real OTLP gRPC receiver in its own process."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.integration.telemetry.otlp_receiver"],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    if not line.startswith("otlp receiver on "):
+        raise RuntimeError(f"receiver did not start: {line!r}")
+    return process, line.rsplit(" ", 1)[1].strip()
+
+
+def stop_receiver(process: subprocess.Popen[str]) -> int:
+    """Stop the receiver; the number of spans it got."""
+    out, _ = process.communicate("", timeout=30)
+    return int(out.rsplit(" ", 1)[1]) if "spans received" in out else -1
+
+
+def message_frame(edge: EdgeTelemetry | None, traceparent: str, raw_size: int) -> pb.SendMessage:
+    """The telemetry work the edge does for one chat:message frame (or none, with None)."""
+    if edge is None:
+        trace_context = {"traceparent": traceparent}
+        send = pb.SendMessage(
+            session_id="s1", message_id="m1", text="hi", trace_context=trace_context
+        )
+        return send
+    edge.received(raw_size)
+    with edge.message(traceparent, None, session_id="s1", message_id="m1") as message:
+        send = pb.SendMessage(
+            session_id="s1", message_id="m1", text="hi", trace_context=message.trace_context
+        )
+        message.accepted("r1", False)
+    edge.sent(64)
+    return send
+
+
+def cpu_us_per_call(
+    work: Callable[[], object], n: int, then: Callable[[], object] = lambda: None
+) -> float:
+    """Process CPU time (all threads) per call, in microseconds, best of 3 rounds;
+    `then()` (an export flush) runs inside the timed part after the n calls."""
+    best = float("inf")
+    for _ in range(3):
+        started = time.process_time()
+        for _ in range(n):
+            work()
+        then()
+        best = min(best, (time.process_time() - started) / n * 1e6)
+    return best
+
+
+def part_one(frames: int) -> None:
+    traceparent = f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
+    for name in OTEL_VARS:
+        os.environ.pop(name, None)
+    off = EdgeTelemetry(setup_telemetry("bench-edge", install_global=False))
+    unexported_telemetry = setup_telemetry("bench-edge", install_global=False)
+    unexported_telemetry.tracer_provider = TracerProvider()  # spans made, sent nowhere
+    unexported = EdgeTelemetry(unexported_telemetry)
+    receiver, endpoint = start_receiver()
+    os.environ.update(
+        OTEL_TRACES_EXPORTER="otlp",
+        OTEL_EXPORTER_OTLP_PROTOCOL="grpc",
+        OTEL_EXPORTER_OTLP_ENDPOINT=endpoint,
+        OTEL_BSP_MAX_QUEUE_SIZE=str(frames + 1),  # a burst this size must not drop spans
+    )
+    on_telemetry = setup_telemetry("bench-edge", install_global=False)
+    on = EdgeTelemetry(on_telemetry)
+    flush = on_telemetry.tracer_provider.force_flush  # type: ignore[union-attr]
+    rows = []
+    try:
+        base = cpu_us_per_call(lambda: message_frame(None, traceparent, 200), frames)
+        cost_off = cpu_us_per_call(lambda: message_frame(off, traceparent, 200), frames)
+        cost_made = cpu_us_per_call(lambda: message_frame(unexported, traceparent, 200), frames)
+        cost_on = cpu_us_per_call(lambda: message_frame(on, traceparent, 200), frames, flush)
+        delta_base = cpu_us_per_call(lambda: None, frames * 5)
+        delta_off = cpu_us_per_call(lambda: off.sent(120), frames * 5)
+        delta_on = cpu_us_per_call(lambda: on.sent(120), frames * 5)
+    finally:
+        on_telemetry.shutdown()
+        spans = stop_receiver(receiver)
+    rows.append(("chat:message, baseline (no telemetry)", f"{base:.2f}", "-"))
+    rows.append(("chat:message, tracing off", f"{cost_off:.2f}", f"+{cost_off - base:.2f}"))
+    rows.append(
+        ("chat:message, spans made, not exported", f"{cost_made:.2f}", f"+{cost_made - base:.2f}")
+    )
+    rows.append(("chat:message, tracing on, exporting", f"{cost_on:.2f}", f"+{cost_on - base:.2f}"))
+    rows.append(("delta frame out, baseline", f"{delta_base:.3f}", "-"))
+    rows.append(
+        ("delta frame out, tracing off", f"{delta_off:.3f}", f"+{delta_off - delta_base:.3f}")
+    )
+    rows.append(("delta frame out, tracing on", f"{delta_on:.3f}", f"+{delta_on - delta_base:.3f}"))
+    table(
+        f"Edge telemetry work per frame, in process ({frames} frames x 3 rounds, best round; "
+        f"the receiver got {spans} spans)",
+        ("frame", "CPU us per frame", "over baseline"),
+        rows,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--frames", type=int, default=20_000)
+    parser.add_argument("--e2e", action="store_true", help="also run the two real processes")
+    parser.add_argument("--messages", type=int, default=300)
+    args = parser.parse_args()
+    part_one(max(100, min(args.frames, 200_000)))
+
+
+if __name__ == "__main__":
+    main()
