@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import socket
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -155,8 +156,14 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         heartbeat=settings.ping_interval_s,
         compress=settings.compress,
         max_msg_size=settings.hard_max_frame_bytes,
+        writer_limit=settings.socket_write_buffer_bytes,
     )
     await ws.prepare(request)
+    raw_socket = request.transport.get_extra_info("socket") if request.transport else None
+    if raw_socket is not None and settings.socket_send_buffer_bytes > 0:
+        raw_socket.setsockopt(
+            socket.SOL_SOCKET, socket.SO_SNDBUF, settings.socket_send_buffer_bytes
+        )
     conn = Connection(ws, hub, request.app[AUTHORITY], transport=request.transport)
     hub.add_connection(conn)
     conn.send(

@@ -47,6 +47,12 @@ class EdgeSettings:
     room_buffer_events: int = field(2048, "recent events a room keeps to replay a resuming socket")
     send_queue_max_bytes: int = field(1_048_576, "queued bytes per socket before it closes 1013")
     send_queue_max_frames: int = field(2048, "queued frames per socket before it closes 1013")
+    socket_write_buffer_bytes: int = field(
+        65_536, "bytes buffered in a socket's transport before the edge waits for the peer"
+    )
+    socket_send_buffer_bytes: int = field(
+        0, "kernel send buffer per socket (SO_SNDBUF); 0 leaves it to the OS"
+    )
     send_queue_coalesce_frames: int = field(16, "queued frames past which deltas are coalesced")
     conn_frames_per_s: float = field(20.0, "client frames per second per connection")
     conn_frames_burst: float = field(60.0, "client frame burst per connection")

@@ -109,6 +109,12 @@ class Connection:
         if self.closing:
             return
         if not self.queue.push(data, delta, session_id):
+            log.warning(
+                "socket %s: send queue over its bound (%d frames, %d bytes): closing 1013",
+                self.socket_id,
+                len(self.queue),
+                self.queue.bytes,
+            )
             self.close(
                 CloseCode.TRY_AGAIN_LATER,
                 "send queue full: reconnect later and resume from your last seq",

@@ -4,9 +4,10 @@ Frames wait here while the socket's transport is busy. Past
 `coalesce_after_frames` queued frames the socket is falling behind: a new delta
 frame is merged into the last queued frame of its session when that one is a
 delta of the same run and step that it continues (the client sees fewer,
-longer `chat:response` frames and loses nothing). When the queue still holds
-more than `max_bytes` or `max_frames`, `push` returns False: the socket must be
-closed with 1013 and will resume by seq, so one slow consumer never holds back
+longer `chat:response` frames and loses nothing). When the queue already held
+more than `max_bytes` before a push (so one large frame, such as a long
+`chat:complete`, always fits), or holds more than `max_frames`, `push` returns
+False: the socket must be closed with 1013 and will resume by seq, so one slow consumer never holds back
 the room.
 """
 
@@ -50,16 +51,18 @@ class SendQueue:
             if last is not None and last.delta is not None and last.delta.can_merge(delta):
                 merged = last.delta.merged(delta)
                 new_data = merged.encode()
+                before = self.bytes
                 self.bytes += len(new_data) - len(last.data)
                 last.data, last.delta = new_data, merged
                 self.coalesced += 1
-                return self.bytes <= self._max_bytes
+                return before <= self._max_bytes
         item = QueuedFrame(data, session, delta)
         self._frames.append(item)
         if session is not None:
             self._last_of_session[session] = item
+        before = self.bytes
         self.bytes += len(data)
-        return self.bytes <= self._max_bytes and len(self._frames) <= self._max_frames
+        return before <= self._max_bytes and len(self._frames) <= self._max_frames
 
     def pop(self) -> bytes | None:
         """The next frame to write, or None when the queue is empty."""

@@ -22,8 +22,11 @@ async def closed_with(client: EdgeClient) -> int:
     ("kind", "token", "reason"),
     [
         ("expired", lambda s: make_token("u_x", [s], expires_in_s=-5), "expired"),
-        ("forged", lambda s: make_token("u_x", [s], secret="not-the-edge-secret-" * 3),
-         "signature"),
+        (
+            "forged",
+            lambda s: make_token("u_x", [s], secret="not-the-edge-secret-" * 3),
+            "signature",
+        ),
         ("alg none", lambda s: make_token("u_x", [s], algorithm="none"), "'none'"),
         ("garbage", lambda s: "not.a.token", "token"),
     ],
@@ -77,8 +80,9 @@ async def test_a_refreshed_token_is_taken_in_band_without_dropping_the_socket(ed
 
 async def test_a_foreign_origin_is_refused_at_the_handshake(edge):
     with pytest.raises(InvalidStatus) as info:
-        await websockets.connect(edge.ws_url, subprotocols=["agent-relay.v1"],
-                                 origin="https://evil.example")
+        await websockets.connect(
+            edge.ws_url, subprotocols=["agent-relay.v1"], origin="https://evil.example"
+        )
     assert info.value.response.status_code == 403
     same_origin = await EdgeClient.connect(edge.ws_url, origin=edge.url)
     await same_origin.close()
@@ -91,8 +95,9 @@ async def test_an_allowed_origin_is_accepted(agent):
         assert client.welcome["type"] == "welcome"
         await client.close()
         with pytest.raises(InvalidStatus):
-            await websockets.connect(edge.ws_url, subprotocols=["agent-relay.v1"],
-                                     origin="http://localhost:5174")
+            await websockets.connect(
+                edge.ws_url, subprotocols=["agent-relay.v1"], origin="http://localhost:5174"
+            )
     finally:
         edge.stop()
 

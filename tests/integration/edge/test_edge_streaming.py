@@ -16,8 +16,9 @@ def http(edge: EdgeProcess, path: str, *, token: str | None = None, body: dict |
     if token:
         headers["Authorization"] = f"Bearer {token}"
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(edge.url + path, data=data, headers=headers,
-                                     method="POST" if body is not None else "GET")
+    request = urllib.request.Request(
+        edge.url + path, data=data, headers=headers, method="POST" if body is not None else "GET"
+    )
     try:
         with urllib.request.urlopen(request, timeout=scaled(10)) as reply:
             return reply.status, reply.read()
@@ -35,8 +36,13 @@ async def test_a_message_streams_its_reply_with_gap_free_seqs(edge):
     assert client.welcome["protocol"] == "agent-relay.v1"
     assert client.ws.subprotocol == "agent-relay.v1"
     joined = await client.join(session["session_id"])
-    assert joined == {"type": "ack", "ref": joined["ref"], "session_id": session["session_id"],
-                      "head_seq": 0, "_seen": True}
+    assert joined == {
+        "type": "ack",
+        "ref": joined["ref"],
+        "session_id": session["session_id"],
+        "head_seq": 0,
+        "_seen": True,
+    }
     ack = await client.say(session["session_id"], "hello edge", message_id="m-1")
     assert ack["type"] == "ack" and ack["message_id"] == "m-1" and ack["duplicate"] is False
     done = await client.until_complete(session["session_id"], ack["run_id"])
@@ -59,8 +65,9 @@ async def test_a_retried_message_id_is_acked_as_a_duplicate_and_starts_no_second
     assert again["duplicate"] is True and again["run_id"] == first["run_id"]
     await client.until_complete(session["session_id"])
     await asyncio.sleep(0.3)
-    runs = {f["run_id"] for f in client.events(session["session_id"])
-            if f["type"] == "chat:run_started"}
+    runs = {
+        f["run_id"] for f in client.events(session["session_id"]) if f["type"] == "chat:run_started"
+    }
     assert runs == {first["run_id"]}
     await client.close()
 
@@ -91,8 +98,11 @@ async def test_selective_streaming_sends_completed_messages_only_when_asked(edge
     final_types = {f["type"] for f in finals.events(session["session_id"])}
     assert "chat:response" not in final_types and "42" in done["text"]
     assert "chat:response" in {f["type"] for f in everything.events(session["session_id"])}
-    statuses = [f["status"] for f in finals.events(session["session_id"])
-                if f["type"] == "chat:tool_execution"]
+    statuses = [
+        f["status"]
+        for f in finals.events(session["session_id"])
+        if f["type"] == "chat:tool_execution"
+    ]
     assert statuses and set(statuses) <= {"started", "completed", "failed", "cancelled"}
     await finals.close()
     await everything.close()
@@ -105,8 +115,9 @@ async def test_history_token_refresh_and_health_over_http(edge):
     ack = await client.say(session["session_id"], "remember this")
     done = await client.until_complete(session["session_id"], ack["run_id"])
     await client.close()
-    status, body = http(edge, f"/api/sessions/{session['session_id']}/messages",
-                        token=session["token"])
+    status, body = http(
+        edge, f"/api/sessions/{session['session_id']}/messages", token=session["token"]
+    )
     history = json.loads(body)
     assert status == 200 and history["as_of_seq"] >= done["seq"]
     assert [m["role"] for m in history["messages"]] == ["user", "assistant"]
@@ -117,8 +128,7 @@ async def test_history_token_refresh_and_health_over_http(edge):
     assert status == 401
     second = create_session(edge, token=session["token"])  # same user, both sessions
     assert second["user_id"] == session["user_id"]
-    status, _ = http(edge, f"/api/sessions/{session['session_id']}/messages",
-                     token=second["token"])
+    status, _ = http(edge, f"/api/sessions/{session['session_id']}/messages", token=second["token"])
     assert status == 200
     assert http(edge, "/healthz")[0] == 200
     assert http(edge, "/readyz")[0] == 200

@@ -55,7 +55,15 @@ def test_deltas_are_not_merged_across_another_frame_of_their_session_or_another_
 def test_past_the_byte_bound_push_says_close():
     queue = SendQueue(max_bytes=300, max_frames=100, coalesce_after_frames=1)
     assert queue.push(b"x" * 200, None, "s")
-    assert not queue.push(b"y" * 200, None, "s")
+    assert queue.push(b"y" * 200, None, "s")
+    assert not queue.push(b"z", None, "s")
+
+
+def test_one_frame_larger_than_the_bound_still_fits_an_empty_queue():
+    queue = SendQueue(max_bytes=100, max_frames=100, coalesce_after_frames=1)
+    assert queue.push(b"c" * 5000, None, "s")
+    assert queue.pop() == b"c" * 5000
+    assert queue.push(b"d", None, "s")
 
 
 def test_past_the_frame_bound_push_says_close():

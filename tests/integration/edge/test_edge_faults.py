@@ -1,0 +1,206 @@
+"""Faults: a dropped socket, a slow consumer, the agent service killed, the edge restarted."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.request
+from pathlib import Path
+
+import pytest
+from websockets.exceptions import ConnectionClosed
+
+from tests.support.edge import EdgeClient, create_session, start_edge
+from tests.support.service import start_agent_service
+from tests.support.timing import scaled
+
+# About 2 s per reply, so a fault can land mid-run.
+SLOW = (
+    "--demo-tokens-per-s",
+    "100",
+    "--demo-reply-words",
+    "200",
+    "--partial-flush-interval-s",
+    "0.1",
+)
+
+
+def assembled(frames: list[dict], run_id: str) -> str:
+    return "".join(
+        f["text"] for f in frames if f["type"] == "chat:response" and f["run_id"] == run_id
+    )
+
+
+async def close_code(client: EdgeClient, timeout_s: float = 20.0) -> int:
+    with pytest.raises(ConnectionClosed) as info:
+        for _ in range(100_000):
+            await client.recv(timeout_s)
+    assert info.value.rcvd is not None, "no close frame"
+    return info.value.rcvd.code
+
+
+@pytest.fixture(scope="module")
+def slow_agent(tmp_path_factory):
+    proc = start_agent_service(tmp_path_factory.mktemp("slow"), *SLOW)
+    yield proc
+    proc.stop()
+
+
+async def test_resume_after_a_dropped_socket_is_gap_free_and_duplicate_free(slow_agent):
+    edge = start_edge(slow_agent.address)
+    try:
+        session = create_session(edge)
+        sid = session["session_id"]
+        first = await EdgeClient.connect(edge.ws_url, token=session["token"])
+        await first.join(sid)
+        run_id = (await first.say(sid, "tell me a long story"))["run_id"]
+        await first.until(lambda f: f["type"] == "chat:response" and f["seq"] >= 15)
+        first.ws.transport.abort()  # the TCP connection drops; no close frame
+        await asyncio.sleep(0.3)  # the run goes on meanwhile
+        resumed = await EdgeClient.connect(edge.ws_url, token=session["token"])
+        await resumed.join(sid, after_seq=first.last_seq(sid))
+        done = await resumed.until_complete(sid, run_id)
+        seqs = first.seqs(sid) + resumed.seqs(sid)
+        assert seqs == list(range(1, done["seq"] + 1))
+        text = assembled(first.events(sid), run_id) + assembled(resumed.events(sid), run_id)
+        assert text == done["text"]
+        await resumed.close()
+    finally:
+        edge.stop()
+
+
+async def test_a_slow_consumer_is_closed_1013_without_slowing_the_others(tmp_path: Path):
+    # A long reply as fast as the demo model goes (about 800 KB of frames), and a socket
+    # that stops reading: its kernel buffers fill, then its send queue, then it is closed.
+    agent = start_agent_service(
+        tmp_path,
+        "--demo-tokens-per-s",
+        "0",
+        "--demo-reply-words",
+        "60000",
+        "--retention-events",
+        "100000",
+    )
+    edge = start_edge(
+        agent.address,
+        "--send-queue-max-bytes",
+        "65536",
+        "--socket-send-buffer-bytes",
+        "65536",
+        "--socket-write-buffer-bytes",
+        "16384",
+    )
+    try:
+        session = create_session(edge)
+        sid = session["session_id"]
+        # No permessage-deflate: the demo's repetitive text would shrink to nothing.
+        slow = await EdgeClient.connect(edge.ws_url, token=session["token"], compression=None)
+        fast = await EdgeClient.connect(edge.ws_url, token=session["token"], compression=None)
+        await slow.join(sid)
+        await fast.join(sid)
+        slow.ws.transport.pause_reading()  # the slow consumer stops reading
+        run_id = (await fast.say(sid, "a very long answer"))["run_id"]
+        done = await fast.until_complete(sid, run_id, timeout_s=60)
+        assert assembled(fast.events(sid), run_id) == done["text"]
+        slow.ws.transport.resume_reading()
+        assert await close_code(slow) == 1013
+        resumed = await EdgeClient.connect(edge.ws_url, token=session["token"])
+        await resumed.join(sid, after_seq=slow.last_seq(sid))
+        await resumed.until_complete(sid, run_id, timeout_s=60)
+        assert slow.seqs(sid) + resumed.seqs(sid) == list(range(1, done["seq"] + 1))
+        assert (
+            assembled(slow.events(sid), run_id) + assembled(resumed.events(sid), run_id)
+            == (done["text"])
+        )
+        await fast.close()
+        await resumed.close()
+    finally:
+        edge.stop()
+        agent.stop()
+
+
+async def test_agent_killed_mid_run_then_restarted_the_socket_is_told_and_goes_on(tmp_path: Path):
+    agent = start_agent_service(tmp_path, *SLOW)
+    port = agent.address.rsplit(":", 1)[1]
+    edge = start_edge(agent.address, "--upstream-backoff-max-s", "0.3")
+    restarted = None
+    try:
+        session = create_session(edge)
+        sid = session["session_id"]
+        client = await EdgeClient.connect(edge.ws_url, token=session["token"])
+        await client.join(sid)
+        run_id = (await client.say(sid, "a long story"))["run_id"]
+        await client.until(lambda f: f["type"] == "chat:response" and f["seq"] >= 10)
+        await asyncio.sleep(0.3)  # past a partial flush, so the reply so far is stored
+        agent.kill()
+        error = await client.until(lambda f: f["type"] == "error")
+        assert error["code"] == "upstream_unavailable" and error["retryable"] is True
+        assert error["session_id"] == sid
+        refused = await client.say(sid, "while it is down")
+        assert refused["code"] == "upstream_unavailable" and refused["retryable"] is True
+        restarted = start_agent_service(
+            tmp_path, *SLOW, store_path=agent.store_path, listen=f"127.0.0.1:{port}"
+        )
+        # The edge resubscribes on its own; the socket was never closed.
+        ack = await asyncio.wait_for(_retry_say(client, sid, "after the restart"), scaled(20))
+        done = await client.until_complete(sid, ack["run_id"], timeout_s=30)
+        assert done["finish_reason"] == "stop"
+        seqs = client.seqs(sid)
+        assert seqs == sorted(set(seqs)), "a seq repeated or went back"
+        request = urllib.request.Request(
+            f"{edge.url}/api/sessions/{sid}/messages",
+            headers={"Authorization": f"Bearer {session['token']}"},
+        )
+        history = json.loads(await asyncio.to_thread(_read, request))
+        statuses = {
+            m["run_id"]: m["status"] for m in history["messages"] if m["role"] == "assistant"
+        }
+        assert statuses.get(run_id) == "interrupted", history
+        assert statuses.get(ack["run_id"]) == "complete", history
+        await client.close()
+    finally:
+        edge.stop()
+        if restarted is not None:
+            restarted.stop()
+
+
+def _read(request: urllib.request.Request) -> bytes:
+    with urllib.request.urlopen(request, timeout=scaled(10)) as reply:
+        return reply.read()
+
+
+async def _retry_say(client: EdgeClient, sid: str, text: str) -> dict:
+    message_id = "after-restart"
+    while True:
+        reply = await client.say(sid, text, message_id=message_id)
+        if reply["type"] == "ack":
+            return reply
+        assert reply["code"] == "upstream_unavailable", reply
+        await asyncio.sleep(0.2)
+
+
+async def test_edge_restarted_mid_run_clients_get_1012_and_resume_on_the_new_one(slow_agent):
+    edge = start_edge(slow_agent.address)
+    port = edge.port
+    try:
+        session = create_session(edge)
+        sid = session["session_id"]
+        client = await EdgeClient.connect(edge.ws_url, token=session["token"])
+        await client.join(sid)
+        run_id = (await client.say(sid, "a long story for the restart"))["run_id"]
+        await client.until(lambda f: f["type"] == "chat:response" and f["seq"] >= 10)
+        edge.process.send_signal(__import__("signal").SIGTERM)
+        assert await close_code(client) == 1012
+        assert edge.process.wait(timeout=scaled(15)) == 0
+        edge = start_edge(slow_agent.address, listen=f"127.0.0.1:{port}")
+        resumed = await EdgeClient.connect(edge.ws_url, token=session["token"])
+        await resumed.join(sid, after_seq=client.last_seq(sid))
+        done = await resumed.until_complete(sid, run_id)
+        assert client.seqs(sid) + resumed.seqs(sid) == list(range(1, done["seq"] + 1))
+        assert (
+            assembled(client.events(sid), run_id) + assembled(resumed.events(sid), run_id)
+            == (done["text"])
+        )
+        await resumed.close()
+    finally:
+        edge.stop()
