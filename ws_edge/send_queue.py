@@ -7,8 +7,8 @@ delta of the same run and step that it continues (the client sees fewer,
 longer `chat:response` frames and loses nothing). When the queue already held
 more than `max_bytes` before a push (so one large frame, such as a long
 `chat:complete`, always fits), or holds more than `max_frames`, `push` returns
-False: the socket must be closed with 1013 and will resume by seq, so one slow consumer never holds back
-the room.
+False: the socket must be closed with 1013 and will resume by seq, so one slow
+consumer never holds back the room.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 import json
 
 import pytest
-from agent_relay.v1 import agent_pb2 as pb
 
+from agent_relay.v1 import agent_pb2 as pb
 from ws_edge.events import FRAME_TYPES, encode_event, event_to_dict, message_to_dict
 
 

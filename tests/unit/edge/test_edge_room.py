@@ -3,7 +3,6 @@
 import json
 
 from agent_relay.v1 import agent_pb2 as pb
-
 from ws_edge.errors import EdgeError, ErrorCode
 from ws_edge.room import (
     AckJoin,
