@@ -3,6 +3,7 @@ and that cancellation and limits leave no process behind."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 
@@ -192,3 +193,19 @@ async def test_a_chatty_program_gives_few_output_events(tmp_path: Path) -> None:
     call.assert_shape("completed")
     assert call.output("stdout") == "".join(f"{i}\n" for i in range(3000))
     assert call.kinds.count("output") < 100  # coalesced, not one event per line
+
+
+async def test_cancelling_a_program_in_full_flow_ends_it(tmp_path: Path) -> None:
+    # Output floods the pipes while the call is cancelled: the end must not wait on them.
+    code = "import os\nprint(f'pid={os.getpid()}')\nwhile True:\n    print('x' * 1000)"
+
+    def on_event(event, runner) -> None:
+        if event.WhichOneof("update") == "output" and pids_in(event.output.text):
+            # Long enough for the unread output to fill the pipes and pause their reading.
+            asyncio.get_running_loop().call_later(0.3, runner.cancel, "requested")
+
+    registry = registry_for(tmp_path, python_output_bytes=50_000_000, python_timeout_s=scaled(30))
+    call = await run_tool(registry, "python", {"code": code}, on_event=on_event, timeout_s=10)
+    call.assert_shape("cancelled")
+    [pid] = pids_in(call.output())
+    assert reaped(pid)

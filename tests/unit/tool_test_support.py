@@ -80,8 +80,12 @@ async def run_tool(
     runner = ToolCallRunner(
         registry, call_id="call-1", tool_name=name, arguments_json=arguments, emit=emit
     )
-    outcome = await asyncio.wait_for(asyncio.create_task(runner.run()), scaled(timeout_s))
-    return Call(outcome, events)
+    task = asyncio.create_task(runner.run())
+    done, _ = await asyncio.wait({task}, timeout=scaled(timeout_s))
+    if not done:
+        task.cancel()
+        raise AssertionError(f"the {name} call did not end within {scaled(timeout_s):g} s")
+    return Call(task.result(), events)
 
 
 def cancel_soon(runner: ToolCallRunner) -> None:

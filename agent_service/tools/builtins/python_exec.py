@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -37,11 +38,14 @@ from typing import Any
 from agent_service.config import ServiceSettings
 from agent_service.tools.base import ToolContext, ToolError, ToolRegistry, ToolSpec
 
+log = logging.getLogger(__name__)
+
 SNIPPET_NAME = "snippet.py"
 EXIT_MEMORY = 86  # the bootstrap's exit status for an uncaught MemoryError
 READ_CHUNK_BYTES = 65_536
 OUTPUT_COALESCE_S = 0.02  # while output flows, at most one output event per stream per 20 ms
 EXIT_POLL_S = 0.05  # how often to look whether the child exited with its pipes still held
+DRAIN_TIMEOUT_S = 5.0  # after the kill, how long the pipes may take to close
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 # Runs in the child before the snippet: limits first, then the snippet as __main__.
@@ -264,6 +268,10 @@ class PythonRunner:
                 await asyncio.sleep(OUTPUT_COALESCE_S)
             last_output = now
         _kill_group(proc.pid)  # over the output budget: stop producing at once
+        # Drain what is left unread: a full reader pauses the pipe, and then asyncio would
+        # never see it close, nor report the exit.
+        while await pipe.read(READ_CHUNK_BYTES):
+            pass
 
 
 async def _kill_stragglers_after_exit(proc: asyncio.subprocess.Process) -> None:
@@ -291,13 +299,37 @@ def _kill_group(pgid: int) -> None:
 async def _kill_group_and_reap(proc: asyncio.subprocess.Process) -> None:
     """SIGKILL the child's whole group and wait until the child is reaped."""
     _kill_group(proc.pid)
-    # Shielded so a second cancellation cannot leave a zombie behind.
-    waiter = asyncio.ensure_future(proc.wait())
+    # Shielded so a second cancellation cannot leave the child unreaped.
+    ending = asyncio.ensure_future(_drain_and_reap(proc))
     try:
-        await asyncio.shield(waiter)
+        await asyncio.shield(ending)
     except asyncio.CancelledError:
-        await waiter
+        await ending
         raise
+
+
+async def _drain_and_reap(proc: asyncio.subprocess.Process) -> None:
+    # asyncio reports the exit only once both pipes have closed, and a reader whose
+    # buffer is full stops reading them: drain what is left so the close is seen.
+    drains = [asyncio.ensure_future(_drain(pipe)) for pipe in (proc.stdout, proc.stderr)]
+    try:
+        async with asyncio.timeout(DRAIN_TIMEOUT_S):
+            await asyncio.gather(*drains)
+            await proc.wait()
+        return
+    except TimeoutError:
+        # A process outside the group (it called setsid) still holds a pipe. The child
+        # itself is reaped by asyncio's child watcher regardless: wait for that.
+        log.warning("python tool: pid %d's pipes are held open by an escaped process", proc.pid)
+    for drain in drains:
+        drain.cancel()
+    while proc.returncode is None:  # noqa: ASYNC110 - see _kill_stragglers_after_exit
+        await asyncio.sleep(EXIT_POLL_S)
+
+
+async def _drain(pipe: asyncio.StreamReader | None) -> None:
+    while pipe is not None and await pipe.read(READ_CHUNK_BYTES):
+        pass
 
 
 def spec(limits: PythonLimits) -> ToolSpec:
