@@ -226,7 +226,9 @@ class EdgeClient:
         await self.ws.close()
 
 
-def create_session(edge: EdgeProcess, token: str | None = None, title: str = "") -> dict:
+def create_session(
+    edge: EdgeProcess, token: str | None = None, title: str = "", context: object = None
+) -> dict:
     """POST /api/sessions; returns the JSON reply (session_id, token, user_id, expires_at)."""
     headers = {"Content-Type": "application/json"}
     if token:
@@ -237,5 +239,5 @@ def create_session(edge: EdgeProcess, token: str | None = None, title: str = "")
         headers=headers,
         data=json.dumps({"title": title}).encode(),
     )
-    with urllib.request.urlopen(request, timeout=scaled(10)) as reply:
+    with urllib.request.urlopen(request, timeout=scaled(10), context=context) as reply:
         return json.loads(reply.read())
