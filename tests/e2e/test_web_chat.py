@@ -254,3 +254,23 @@ def test_tool_output_and_code_blocks(page: Page, edge: Edge) -> None:
     expect(last_assistant(page)).to_have_attribute("data-state", "complete", timeout=WAIT_MS)
     expect(page.get_by_test_id("user-message").last).to_contain_text("```python")
     screenshot(page, "tool-output.png")
+
+
+def test_failed_reply_and_refused_message_show_why(page: Page, edge: Edge) -> None:
+    open_chat(page, edge)
+    send(page, "/fail")
+    reply = last_assistant(page)
+    expect(reply).to_have_attribute("data-state", "failed", timeout=WAIT_MS)
+    expect(reply.get_by_role("alert")).not_to_be_empty()
+    # Larger than the edge's max_frame_bytes: refused before it is sent, with a retry.
+    send(page, "x" * 70_000)
+    user = page.get_by_test_id("user-message").last
+    expect(user).to_have_attribute("data-state", "failed", timeout=WAIT_MS)
+    expect(user.get_by_test_id("message-state")).to_contain_text("too long")
+    retry = user.get_by_role("button", name="Retry")
+    expect(retry).to_be_visible()
+    screenshot(page, "failed.png")
+    retry.click()
+    expect(user).to_have_attribute("data-state", "failed")
+    users = [m for m in history(page)["messages"] if role_of(m) == "user"]
+    assert [m["text"] for m in users] == ["/fail"]

@@ -59,6 +59,7 @@ export const MessageView = memo(function MessageView({
     );
   }
   const streaming = message.state === "streaming";
+  const empty = !streaming && message.parts.length === 0;
   return (
     <article
       className="message assistant"
@@ -80,6 +81,9 @@ export const MessageView = memo(function MessageView({
           ) : null,
         )}
         {streaming && <TypingIndicator />}
+        {empty && (
+          <p className="plain muted">{message.state === "cancelled" ? "Stopped before any text." : "No reply."}</p>
+        )}
       </div>
       {message.state === "cancelled" && <div className="meta">Stopped</div>}
       {message.state === "failed" && (

@@ -374,6 +374,20 @@ describe("outbox", () => {
     await expect(retried).resolves.toMatchObject({ messageId: "m_1" });
   });
 
+  it("fails a message larger than the edge's max_frame_bytes without sending it", async () => {
+    const { service, last } = setup();
+    service.connect(SID);
+    last().accept({ max_frame_bytes: 1000 });
+    last().push({ type: "ack", ref: last().lastOf("auth").id });
+    last().push({ type: "ack", ref: last().lastOf("join").id });
+    const sent = service.sendMessage("é".repeat(600)); // 1200 bytes of UTF-8
+    await expect(sent).rejects.toMatchObject({ code: "frame_too_large" });
+    expect(last().framesOf("chat:message")).toHaveLength(0);
+    expect(service.getSnapshot().conversation?.messages[0]?.state).toBe("failed");
+    void service.sendMessage("short").catch(() => undefined);
+    expect(last().framesOf("chat:message")).toHaveLength(1);
+  });
+
   it("keeps a retryable refusal in the outbox and sends it again after retry_after_ms", () => {
     const { service, last } = setup();
     service.connect(SID);

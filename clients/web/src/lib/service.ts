@@ -168,6 +168,8 @@ export class WebSocketService {
   private frameCounter = 0;
   private joined = false;
   private heartbeatMs: number | undefined;
+  /** The edge's `max_frame_bytes` from `welcome`: larger frames would be refused. */
+  private maxFrameBytes: number | undefined;
   private retryAfterMs = 0;
   private readonly pending = new Map<string, Pending>();
   /** Message ids sent on the current socket and not yet acked. */
@@ -465,6 +467,9 @@ export class WebSocketService {
     switch (frame.type) {
       case "welcome":
         if (typeof frame.heartbeat_ms === "number" && frame.heartbeat_ms > 0) this.heartbeatMs = frame.heartbeat_ms;
+        if (typeof frame.max_frame_bytes === "number" && frame.max_frame_bytes > 0) {
+          this.maxFrameBytes = frame.max_frame_bytes;
+        }
         return;
       case "ack":
         return this.receiveAck(frame);
@@ -639,13 +644,28 @@ export class WebSocketService {
 
   private sendChat(entry: OutboxEntry): void {
     this.inFlight.add(entry.messageId);
+    const frameId = this.track({ kind: "message", messageId: entry.messageId });
     const frame: ClientFrame = {
-      type: "chat:message", id: this.track({ kind: "message", messageId: entry.messageId }),
+      type: "chat:message", id: frameId,
       session_id: entry.sessionId, message_id: entry.messageId, text: entry.text,
       ...(entry.busyPolicy ? { busy_policy: entry.busyPolicy } : {}),
       ...(this.options.traceMessages === false ? {} : { traceparent: this.traceparent() }),
     };
-    this.sendFrame(frame);
+    const data = JSON.stringify(frame);
+    const bytes = new TextEncoder().encode(data).length;
+    if (this.maxFrameBytes !== undefined && bytes > this.maxFrameBytes) {
+      // The edge would refuse it (or close the socket past its hard limit): fail it
+      // here, with a reason the user can act on, instead of sending it at all.
+      this.pending.delete(frameId);
+      const error = new ServiceError(
+        ErrorCode.FRAME_TOO_LARGE,
+        `the message is too long (${bytes} bytes; the limit is ${this.maxFrameBytes})`,
+      );
+      this.emitError(error);
+      this.messageRefused(entry.messageId, error);
+      return;
+    }
+    this.transport?.send(data);
     if (this.conversation) {
       this.setConversation(setMessageState(this.conversation, entry.messageId, "sending"));
       this.emitMessageById(entry.messageId);
