@@ -4,7 +4,9 @@ and that cancellation and limits leave no process behind."""
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import signal
 from pathlib import Path
 
 import pytest
@@ -209,3 +211,21 @@ async def test_cancelling_a_program_in_full_flow_ends_it(tmp_path: Path) -> None
     call.assert_shape("cancelled")
     [pid] = pids_in(call.output())
     assert reaped(pid)
+
+
+async def test_a_process_that_escapes_the_group_does_not_hold_the_call(tmp_path: Path) -> None:
+    # A daemon started in a session of its own keeps the output pipe open after the
+    # program exits; the call still ends soon after the exit, saying why output stopped.
+    code = (
+        "import subprocess, sys\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'],\n"
+        "                         start_new_session=True)\n"
+        "print(f'pid={child.pid}', flush=True)\n"
+    )
+    registry = registry_for(tmp_path, python_timeout_s=scaled(30))
+    call = await run_tool(registry, "python", {"code": code}, timeout_s=10)
+    [escaped] = pids_in(call.output())
+    os.kill(escaped, signal.SIGKILL)  # the tool cannot reach it: clean up here
+    call.assert_shape("completed")
+    assert "holds the output open" in call.final.completed.result
+    assert call.final.completed.result.endswith("[exit status 0]")

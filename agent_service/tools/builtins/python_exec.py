@@ -44,8 +44,9 @@ SNIPPET_NAME = "snippet.py"
 EXIT_MEMORY = 86  # the bootstrap's exit status for an uncaught MemoryError
 READ_CHUNK_BYTES = 65_536
 OUTPUT_COALESCE_S = 0.02  # while output flows, at most one output event per stream per 20 ms
-EXIT_POLL_S = 0.05  # how often to look whether the child exited with its pipes still held
-DRAIN_TIMEOUT_S = 5.0  # after the kill, how long the pipes may take to close
+EXIT_POLL_S = 0.02  # how often to look whether the child exited with its pipes still held
+PIPE_GRACE_S = 1.0  # after the child's exit, how long its pipes may take to close
+DRAIN_GRACE_S = 0.25  # after the final kill, how long draining the pipes may take
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 # Runs in the child before the snippet: limits first, then the snippet as __main__.
@@ -217,33 +218,35 @@ class PythonRunner:
     async def _supervise(self, proc: asyncio.subprocess.Process, ctx: ToolContext) -> str:
         collector = OutputCollector(self.limits.output_bytes)
         assert proc.stdout is not None and proc.stderr is not None
-        helpers = [
-            asyncio.create_task(self._pump(proc, proc.stdout, "stdout", collector, ctx)),
-            asyncio.create_task(self._pump(proc, proc.stderr, "stderr", collector, ctx)),
-            asyncio.create_task(_kill_stragglers_after_exit(proc)),
-        ]
+        pumps = asyncio.gather(
+            self._pump(proc, proc.stdout, "stdout", collector, ctx),
+            self._pump(proc, proc.stderr, "stderr", collector, ctx),
+        )
+        note = ""
         try:
             async with asyncio.timeout(self.limits.wall_s):
-                # wait() returns once the child exited and its pipes closed.
-                returncode = await proc.wait()
-                await asyncio.gather(*helpers[:2])
+                await _child_exit(proc)
+                _kill_group(proc.pid)  # what it left behind would hold the pipes open
+                done, _ = await asyncio.wait({pumps}, timeout=PIPE_GRACE_S)
+                if not done:
+                    note = "[stopped reading: a process that left the group holds the output open]"
         except TimeoutError:
             raise ToolError(
                 f"wall-time limit of {self.limits.wall_s:g} s exceeded", "limit_exceeded"
             ) from None
         finally:
-            for helper in helpers:
-                helper.cancel()
+            pumps.cancel()
         if collector.overflowed:
             raise ToolError(
                 f"output limit of {self.limits.output_bytes} bytes exceeded; the process was "
                 f"stopped (the output up to the limit was streamed)",
                 "limit_exceeded",
             )
-        breach = describe_exit(returncode, self.limits)
+        assert proc.returncode is not None
+        breach = describe_exit(proc.returncode, self.limits)
         if breach is not None:
             raise breach
-        return format_result(collector.text(), returncode)
+        return format_result(collector.text() + note, proc.returncode)
 
     @staticmethod
     async def _pump(
@@ -274,12 +277,16 @@ class PythonRunner:
             pass
 
 
-async def _kill_stragglers_after_exit(proc: asyncio.subprocess.Process) -> None:
-    """Once the child exits, kill what it left behind: those would hold the pipes open."""
-    # asyncio tells of the exit only together with the pipes' closing, hence the polling.
-    while proc.returncode is None:  # noqa: ASYNC110
-        await asyncio.sleep(EXIT_POLL_S)
-    _kill_group(proc.pid)
+async def _child_exit(proc: asyncio.subprocess.Process) -> None:
+    """Return once the child has exited and been reaped (its group may live on)."""
+    # wait() also waits for the pipes to close, which processes the child left behind
+    # can delay, so the exit itself (returncode, set once reaped) is polled beside it.
+    waiter = asyncio.ensure_future(proc.wait())
+    try:
+        while proc.returncode is None and not waiter.done():
+            await asyncio.wait({waiter}, timeout=EXIT_POLL_S)
+    finally:
+        waiter.cancel()
 
 
 def _prepare_workdir(code: str) -> str:
@@ -309,22 +316,19 @@ async def _kill_group_and_reap(proc: asyncio.subprocess.Process) -> None:
 
 
 async def _drain_and_reap(proc: asyncio.subprocess.Process) -> None:
-    # asyncio reports the exit only once both pipes have closed, and a reader whose
-    # buffer is full stops reading them: drain what is left so the close is seen.
-    drains = [asyncio.ensure_future(_drain(pipe)) for pipe in (proc.stdout, proc.stderr)]
-    try:
-        async with asyncio.timeout(DRAIN_TIMEOUT_S):
-            await asyncio.gather(*drains)
-            await proc.wait()
-        return
-    except TimeoutError:
-        # A process outside the group (it called setsid) still holds a pipe. The child
-        # itself is reaped by asyncio's child watcher regardless: wait for that.
+    await _child_exit(proc)
+    # A reader whose buffer is full stops reading its pipe, and asyncio reports the end
+    # only once both pipes close: drain what is left, unless an escaped process holds them.
+    drains = asyncio.gather(_drain(proc.stdout), _drain(proc.stderr))
+    done, _ = await asyncio.wait({drains}, timeout=DRAIN_GRACE_S)
+    if not done:
+        drains.cancel()
         log.warning("python tool: pid %d's pipes are held open by an escaped process", proc.pid)
-    for drain in drains:
-        drain.cancel()
-    while proc.returncode is None:  # noqa: ASYNC110 - see _kill_stragglers_after_exit
-        await asyncio.sleep(EXIT_POLL_S)
+        # Close our ends, or they stay open (and read) as long as that process lives.
+        # asyncio has no public close for a Process; its transport's close() is the way.
+        transport = getattr(proc, "_transport", None)
+        if transport is not None:
+            transport.close()
 
 
 async def _drain(pipe: asyncio.StreamReader | None) -> None:
