@@ -246,7 +246,10 @@ class PythonRunner:
         breach = describe_exit(proc.returncode, self.limits)
         if breach is not None:
             raise breach
-        return format_result(collector.text() + note, proc.returncode)
+        output = collector.text()
+        if note:
+            output += ("\n" if output and not output.endswith("\n") else "") + note
+        return format_result(output, proc.returncode)
 
     @staticmethod
     async def _pump(
