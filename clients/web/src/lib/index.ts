@@ -26,6 +26,7 @@ export {
   type ToolExecution,
 } from "./conversation";
 export { Outbox, type OutboxEntry } from "./outbox";
+export { afterClose, tokenRefreshDelayMs, type AfterClose } from "./reconnect";
 export type * from "./protocol";
 export { SessionDirectory, type SessionSummary, type StoredToken, type TokenStore } from "./sessions";
 export {

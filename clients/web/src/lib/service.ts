@@ -21,7 +21,7 @@
 import type { RelayApi } from "./api";
 import { DEFAULT_BACKOFF, type BackoffOptions, backoff } from "./backoff";
 import { type Clock, type NetworkMonitor, browserNetwork, systemClock } from "./clock";
-import { ClientCloseCode, ClientErrorCode, ErrorCode, closeAction, isRetryableError } from "./codes";
+import { ClientCloseCode, ClientErrorCode, ErrorCode, isRetryableError } from "./codes";
 import {
   type ChatMessage,
   type Conversation,
@@ -33,6 +33,7 @@ import {
   setMessageState,
 } from "./conversation";
 import { Outbox, type OutboxEntry } from "./outbox";
+import { afterClose, tokenRefreshDelayMs } from "./reconnect";
 import {
   type AckFrame,
   type BusyPolicy,
@@ -408,26 +409,25 @@ export class WebSocketService {
 
   private socketClosed(code: number, reason: string): void {
     this.socketGone();
-    const action = closeAction(code);
-    if (action === "stop") {
-      this.stop(new ServiceError(ClientErrorCode.CLOSED, `the edge closed the connection (${code}: ${reason})`), code);
-      return;
-    }
-    if (!this.network.isOnline()) {
-      this.setConnection({ state: "reconnecting", retryAt: undefined, closeCode: code, reason: "offline" });
-      return;
-    }
-    const drawn =
-      action === "soon"
-        ? Math.floor(this.random() * this.restartJitterMs)
-        : backoff(this.connection.attempt, this.backoffOptions, this.random);
-    const delay = Math.max(drawn, this.retryAfterMs);
-    this.retryAfterMs = 0;
-    this.setTimer("retry", delay, () => this.open());
-    this.setConnection({
-      state: "reconnecting", attempt: this.connection.attempt + 1, retryAt: this.clock.now() + delay,
-      closeCode: code, reason,
+    const next = afterClose({
+      code, attempt: this.connection.attempt, online: this.network.isOnline(), retryAfterMs: this.retryAfterMs,
+      backoff: this.backoffOptions, restartJitterMs: this.restartJitterMs, random: this.random,
     });
+    this.retryAfterMs = 0;
+    switch (next.kind) {
+      case "stop":
+        this.stop(new ServiceError(ClientErrorCode.CLOSED, `the edge closed the connection (${code}: ${reason})`), code);
+        return;
+      case "wait_for_network":
+        this.setConnection({ state: "reconnecting", retryAt: undefined, closeCode: code, reason: "offline" });
+        return;
+      case "retry":
+        this.setTimer("retry", next.delayMs, () => this.open());
+        this.setConnection({
+          state: "reconnecting", attempt: this.connection.attempt + 1, retryAt: this.clock.now() + next.delayMs,
+          closeCode: code, reason,
+        });
+    }
   }
 
   private stop(error: ServiceError, closeCode?: number): void {
@@ -760,11 +760,9 @@ export class WebSocketService {
     const token = this.options.tokens.get(sessionId);
     if (!token) return;
     const current = { ...token, expiresAt: expiresAtS };
-    const remaining = this.remainingMs(current);
-    // Renew a margin before expiry, but never in the first half of a short-lived
-    // token's life: a token shorter than the margin must not be renewed in a loop.
-    const delay = Math.max(remaining - this.tokenRefreshMarginMs, remaining / 2);
-    this.setTimer("refresh", Math.max(0, delay), () => {
+    const delay = tokenRefreshDelayMs(this.remainingMs(current), this.tokenRefreshMarginMs);
+    if (!Number.isFinite(delay)) return;
+    this.setTimer("refresh", delay, () => {
       void this.refreshToken(sessionId, current).then((fresh) => {
         if (fresh) this.reauth(fresh);
         else this.setTimer("refresh", 5_000, () => this.scheduleRefresh(sessionId, expiresAtS));
