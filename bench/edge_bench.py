@@ -1,0 +1,380 @@
+"""What the WebSocket edge adds over talking to the agent's gRPC Chat stream directly.
+
+Starts the agent service (demo model at full speed), the edge in front of it, and
+a bare aiohttp WebSocket echo server, all as separate processes on 127.0.0.1,
+and measures in the same run:
+
+1. Round trip of a user message until its `chat:accepted` event comes back:
+   through the edge (WebSocket, `websockets` client) and directly on a gRPC Chat
+   stream, interleaved one for one; plus a raw WebSocket echo round trip. The
+   target (PERFORMANCE.md) is edge p50 <= 1.1 x (raw WebSocket p50 + direct p50).
+2. One long reply streamed as fast as the demo model goes: frames per second and
+   deltas per second one socket receives through the edge, beside the events per
+   second a direct gRPC Chat stream receives for the same reply length.
+
+Bounded: a few seconds per phase.
+
+    .venv/bin/python bench/edge_bench.py [--round-trips 300] [--words 20000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import grpc
+import websockets
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from agent_relay.v1 import agent_pb2 as pb
+from agent_relay.v1 import agent_pb2_grpc
+from bench.common import percentile, summary_ms, table
+
+REPO = Path(__file__).resolve().parents[1]
+SECRET = "edge-bench-secret-0123456789abcdef-0123456789abcdef"
+UNLIMITED = (
+    "--conn-frames-per-s",
+    "1e9",
+    "--conn-frames-burst",
+    "1e9",
+    "--conn-bytes-per-s",
+    "1e12",
+    "--conn-bytes-burst",
+    "1e12",
+    "--user-frames-per-s",
+    "1e9",
+    "--user-frames-burst",
+    "1e9",
+    "--user-bytes-per-s",
+    "1e12",
+    "--user-bytes-burst",
+    "1e12",
+    "--max-runs-per-user",
+    "1000000",
+    "--abuse-strikes",
+    "1000000",
+    "--send-queue-max-bytes",
+    "1000000000",
+)
+
+ECHO_SERVER = """
+import sys
+from aiohttp import web, WSMsgType
+
+async def ws(request):
+    sock = web.WebSocketResponse(compress=False)
+    await sock.prepare(request)
+    async for msg in sock:
+        if msg.type is WSMsgType.TEXT:
+            await sock.send_str(msg.data)
+    return sock
+
+async def main():
+    app = web.Application()
+    app.router.add_get("/ws", ws)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    print("echo listening on", runner.addresses[0][1], flush=True)
+    import asyncio
+    await asyncio.Event().wait()
+
+import asyncio
+asyncio.run(main())
+"""
+
+
+def start(argv: list[str], marker: str) -> tuple[subprocess.Popen[str], str]:
+    process = subprocess.Popen(
+        argv, cwd=REPO, stdout=subprocess.PIPE, text=True, stderr=subprocess.DEVNULL
+    )
+    assert process.stdout is not None
+    for line in process.stdout:
+        if marker in line:
+            return process, line.rsplit(" ", 1)[1].strip()
+    raise RuntimeError(f"{argv} did not start")
+
+
+def post(url: str, body: dict[str, object]) -> dict[str, object]:
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as reply:
+        result: dict[str, object] = json.loads(reply.read())
+        return result
+
+
+class Direct:
+    """One gRPC Chat stream straight to the agent service."""
+
+    def __init__(self, stub: agent_pb2_grpc.AgentServiceStub) -> None:
+        self.call = stub.Chat()
+
+    async def join(self, session_id: str) -> None:
+        await self.call.write(
+            pb.ChatRequest(request_id="j", join=pb.JoinSession(session_id=session_id))
+        )
+        while not any(r.request_id == "j" for r in (await self.call.read()).replies):
+            pass
+
+    async def round_trip(self, session_id: str) -> float:
+        message_id = uuid.uuid4().hex
+        start = time.perf_counter()
+        await self.call.write(
+            pb.ChatRequest(
+                send=pb.SendMessage(session_id=session_id, message_id=message_id, text="/fail")
+            )
+        )
+        while True:
+            response = await self.call.read()
+            for event in response.events:
+                if event.HasField("message_accepted") and (
+                    event.message_accepted.message_id == message_id
+                ):
+                    return time.perf_counter() - start
+
+    async def stream(self, session_id: str) -> tuple[float, int, int]:
+        """Seconds, gRPC messages and delta events for one long reply."""
+        message_id = uuid.uuid4().hex
+        messages = deltas = 0
+        run_id = None
+        start = time.perf_counter()
+        await self.call.write(
+            pb.ChatRequest(
+                send=pb.SendMessage(
+                    session_id=session_id, message_id=message_id, text="a long answer"
+                )
+            )
+        )
+        while True:
+            response = await self.call.read()
+            messages += 1
+            for event in response.events:
+                if event.HasField("message_accepted") and (
+                    event.message_accepted.message_id == message_id
+                ):
+                    run_id = event.run_id
+                elif event.run_id != run_id:
+                    continue
+                elif event.HasField("response_delta"):
+                    deltas += 1
+                elif event.HasField("run_completed"):
+                    return time.perf_counter() - start, messages, deltas
+
+
+class ViaEdge:
+    """One WebSocket to the edge."""
+
+    def __init__(self, ws: websockets.ClientConnection) -> None:
+        self.ws = ws
+
+    @classmethod
+    async def connect(cls, url: str, token: str, session_id: str) -> ViaEdge:
+        ws = await websockets.connect(
+            url, subprotocols=["agent-relay.v1"], compression=None, max_size=None
+        )
+        await ws.recv()
+        await ws.send(json.dumps({"type": "auth", "token": token}))
+        await ws.send(json.dumps({"type": "join", "id": "j", "session_id": session_id}))
+        while json.loads(await ws.recv()).get("ref") != "j":
+            pass
+        return cls(ws)
+
+    async def round_trip(self, session_id: str) -> float:
+        message_id = uuid.uuid4().hex
+        start = time.perf_counter()
+        await self.ws.send(
+            json.dumps(
+                {
+                    "type": "chat:message",
+                    "session_id": session_id,
+                    "message_id": message_id,
+                    "text": "/fail",
+                }
+            )
+        )
+        while True:
+            frame = json.loads(await self.ws.recv())
+            if frame.get("type") == "chat:accepted" and frame.get("message_id") == message_id:
+                return time.perf_counter() - start
+
+    async def stream(self, session_id: str) -> tuple[float, int, int]:
+        """Seconds, frames and deltas (seq values covered) for one long reply."""
+        frames = deltas = 0
+        message_id = uuid.uuid4().hex
+        run_id = None
+        start = time.perf_counter()
+        await self.ws.send(
+            json.dumps(
+                {
+                    "type": "chat:message",
+                    "session_id": session_id,
+                    "message_id": message_id,
+                    "text": "a long answer",
+                }
+            )
+        )
+        while True:
+            frame = json.loads(await self.ws.recv())
+            frames += 1
+            kind = frame.get("type")
+            if kind == "chat:accepted" and frame.get("message_id") == message_id:
+                run_id = frame["run_id"]
+            elif frame.get("run_id") != run_id:
+                continue
+            elif kind == "chat:response":
+                deltas += frame["seq"] - frame["from_seq"] + 1
+            elif kind == "chat:complete":
+                return time.perf_counter() - start, frames, deltas
+
+
+async def echo_round_trips(url: str, count: int) -> list[float]:
+    async with websockets.connect(url, compression=None) as ws:
+        out = []
+        payload = json.dumps({"type": "chat:message", "session_id": "s", "text": "x" * 40})
+        for _ in range(count):
+            start = time.perf_counter()
+            await ws.send(payload)
+            await ws.recv()
+            out.append(time.perf_counter() - start)
+        return out
+
+
+async def measure(args: argparse.Namespace, agent: str, edge_url: str, echo_url: str) -> None:
+    first = post(edge_url + "/api/sessions", {"title": "bench edge"})
+    second = post(edge_url + "/api/sessions", {"title": "bench direct"})
+    via = await ViaEdge.connect(
+        edge_url.replace("http", "ws", 1) + "/ws", str(first["token"]), str(first["session_id"])
+    )
+    async with grpc.aio.insecure_channel(agent) as channel:
+        direct = Direct(agent_pb2_grpc.AgentServiceStub(channel))
+        await direct.join(str(second["session_id"]))
+        for _ in range(20):  # warm up both paths
+            await via.round_trip(str(first["session_id"]))
+            await direct.round_trip(str(second["session_id"]))
+        edge_rtt: list[float] = []
+        direct_rtt: list[float] = []
+        deadline = time.monotonic() + args.seconds
+        while len(edge_rtt) < args.round_trips and time.monotonic() < deadline:
+            edge_rtt.append(await via.round_trip(str(first["session_id"])))
+            direct_rtt.append(await direct.round_trip(str(second["session_id"])))
+        echo_rtt = await echo_round_trips(echo_url, len(edge_rtt))
+        await asyncio.sleep(0.5)  # let the last runs end
+        edge_stream = await via.stream(str(first["session_id"]))
+        direct_stream = await direct.stream(str(second["session_id"]))
+        direct.call.cancel()
+    await via.ws.close()
+
+    added = [e - d for e, d in zip(edge_rtt, direct_rtt, strict=True)]
+    table(
+        f"Message -> chat:accepted round trip, ms (p50 / p99), {len(edge_rtt)} each, interleaved",
+        ["path", "p50 / p99"],
+        [
+            ["raw aiohttp WebSocket echo (baseline)", summary_ms(echo_rtt)],
+            ["agent gRPC Chat stream, direct (baseline)", summary_ms(direct_rtt)],
+            ["through the edge (WebSocket -> edge -> gRPC)", summary_ms(edge_rtt)],
+            ["added by the edge (pairwise difference)", summary_ms(added)],
+        ],
+    )
+    target = 1.1 * (percentile(echo_rtt, 0.5) + percentile(direct_rtt, 0.5))
+    print(
+        f"  target: edge p50 <= 1.1 x (echo p50 + direct p50) = {target * 1e3:.2f} ms -> "
+        f"{'met' if percentile(edge_rtt, 0.5) <= target else 'NOT met'}"
+    )
+    e_s, e_frames, e_deltas = edge_stream
+    d_s, d_messages, d_deltas = direct_stream
+    table(
+        f"One reply of {args.words} words at full demo speed, received by one client",
+        ["path", "seconds", "messages", "messages/s", "deltas/s"],
+        [
+            [
+                "agent gRPC Chat stream, direct (baseline)",
+                f"{d_s:.2f}",
+                d_messages,
+                f"{d_messages / d_s:,.0f}",
+                f"{d_deltas / d_s:,.0f}",
+            ],
+            [
+                "one WebSocket through the edge",
+                f"{e_s:.2f}",
+                e_frames,
+                f"{e_frames / e_s:,.0f}",
+                f"{e_deltas / e_s:,.0f}",
+            ],
+        ],
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--round-trips", type=int, default=300)
+    parser.add_argument("--seconds", type=float, default=20.0, help="bound on the RTT phase")
+    parser.add_argument("--words", type=int, default=20000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        py = sys.executable
+        agent, agent_addr = start(
+            [
+                py,
+                "-m",
+                "agent_service",
+                "--listen",
+                "127.0.0.1:0",
+                "--store-url",
+                f"sqlite:///{tmp}/bench.sqlite3",
+                "--demo-tokens-per-s",
+                "0",
+                "--demo-reply-words",
+                str(args.words),
+                "--retention-events",
+                "1000000",
+            ],
+            "listening on",
+        )
+        processes = [agent]
+        try:
+            edge, edge_url = start(
+                [
+                    py,
+                    "-m",
+                    "ws_edge",
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--upstream",
+                    agent_addr,
+                    "--jwt-secret",
+                    SECRET,
+                    "--log-level",
+                    "WARNING",
+                    *UNLIMITED,
+                ],
+                "listening on",
+            )
+            processes.append(edge)
+            echo, echo_port = start([py, "-c", ECHO_SERVER], "listening on")
+            processes.append(echo)
+            time.sleep(0.5)  # the edge opens its upstream streams
+            asyncio.run(measure(args, agent_addr, edge_url, f"ws://127.0.0.1:{echo_port}/ws"))
+        finally:
+            for process in processes:
+                process.terminate()
+            for process in processes:
+                process.wait(timeout=15)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
