@@ -58,6 +58,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/service_bench.py
+	$(BIN)/python bench/edge_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
