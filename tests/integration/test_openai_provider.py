@@ -13,11 +13,15 @@ import json
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
+import grpc
 import pytest
 from aiohttp import web
 
+from agent_relay.v1 import agent_pb2 as pb
+from agent_relay.v1 import agent_pb2_grpc
 from agent_service.providers.base import (
     ChatMessage,
     ModelError,
@@ -28,6 +32,8 @@ from agent_service.providers.base import (
 )
 from agent_service.providers.openai import OpenAIProvider
 from agent_service.tools.base import ToolSpec
+from tests.support.chat import ChatClient
+from tests.support.service import ServiceProcess, start_agent_service
 
 FACTOR = float(os.environ.get("AGENT_RELAY_TEST_TIMEOUT_FACTOR", "1") or "1")
 
@@ -501,3 +507,118 @@ async def test_nothing_listening_is_unavailable() -> None:
     assert caught.value.code == "model_unavailable"
     assert caught.value.retryable
     assert "cannot reach the model endpoint" in caught.value.message
+
+
+# --- through the real agent service ------------------------------------------------------
+
+
+def start_service_on(server: Server, tmp_path: Path) -> ServiceProcess:
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    return start_agent_service(
+        tmp_path,
+        "--model", "openai", "--openai-base-url", server.url, "--openai-api-key", "sk-test",
+        "--openai-model", "m-1", "--workspace-dir", str(workspace),
+    )  # fmt: skip
+
+
+async def test_a_multi_step_run_through_the_service(server: Server, tmp_path: Path) -> None:
+    server.replies.append(
+        Reply(
+            lines=[
+                chunk(content="Working on it."),
+                chunk(tool_calls=[call_start(0, "call_calc", "calculator")]),
+                chunk(tool_calls=[call_args(0, '{"expression": ')]),
+                chunk(tool_calls=[call_args(0, '"6 * 7"}')]),
+                chunk(tool_calls=[call_start(1, "call_wait", "long_task")]),
+                chunk(tool_calls=[call_args(1, '{"seconds": 0.2, "steps": 2}')]),
+                chunk(finish="tool_calls"),
+                usage_chunk(50, 20),
+                DONE,
+            ]
+        )
+    )
+    server.replies.append(
+        Reply(
+            lines=[
+                chunk(content="The answer"),
+                chunk(content=" is 42."),
+                chunk(finish="stop"),
+                DONE,
+            ]
+        )
+    )
+    service = start_service_on(server, tmp_path)
+    try:
+        async with grpc.aio.insecure_channel(service.address) as channel:
+            stub = agent_pb2_grpc.AgentServiceStub(channel)
+            session = (await stub.CreateSession(pb.CreateSessionRequest())).session_id
+            chat = ChatClient(stub)
+            await chat.join(session)
+            run_id = (await chat.send(session, "m1", "What is 6 * 7?")).accepted.run_id
+            done = await chat.wait_completed(session, run_id)
+            await chat.close()
+    finally:
+        service.stop()
+
+    assert done.run_completed.finish_reason == pb.FINISH_REASON_STOP
+    assert done.run_completed.text.endswith("The answer is 42.")
+    # the second request carried the first step's tool calls and their results
+    assert len(server.requests) == 2
+    _, _, second = server.requests[1]
+    messages = second["messages"]
+    assert messages[0] == {"role": "user", "content": "What is 6 * 7?"}
+    assistant = messages[1]
+    assert assistant["role"] == "assistant"
+    assert [(c["id"], c["function"]["name"]) for c in assistant["tool_calls"]] == [
+        ("call_calc", "calculator"),
+        ("call_wait", "long_task"),
+    ]
+    results = {m["tool_call_id"]: m["content"] for m in messages[2:] if m["role"] == "tool"}
+    assert results["call_calc"] == "42"
+    assert results["call_wait"].startswith("long_task finished 2 steps")
+    assert {t["function"]["name"] for t in second["tools"]} >= {"calculator", "python"}
+
+
+async def test_a_refused_key_ends_the_run_with_a_clear_error(
+    server: Server, tmp_path: Path
+) -> None:
+    body = api_error("Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
+    server.replies.append(Reply(status=401, body=body))
+    service = start_service_on(server, tmp_path)
+    try:
+        async with grpc.aio.insecure_channel(service.address) as channel:
+            stub = agent_pb2_grpc.AgentServiceStub(channel)
+            session = (await stub.CreateSession(pb.CreateSessionRequest())).session_id
+            chat = ChatClient(stub)
+            await chat.join(session)
+            run_id = (await chat.send(session, "m1", "hi")).accepted.run_id
+            done = await chat.wait_completed(session, run_id)
+            errors = [e.run_error for e in chat.events[session] if e.HasField("run_error")]
+            await chat.close()
+    finally:
+        service.stop()
+    assert done.run_completed.finish_reason == pb.FINISH_REASON_ERROR
+    assert [(e.code, e.retryable) for e in errors] == [("model_unauthorized", False)]
+    assert "Incorrect API key provided" in errors[0].message
+
+
+async def test_cancelling_a_run_closes_the_model_stream(server: Server, tmp_path: Path) -> None:
+    server.replies.append(Reply(lines=[chunk(content="Thinking")], then="hold"))
+    service = start_service_on(server, tmp_path)
+    try:
+        async with grpc.aio.insecure_channel(service.address) as channel:
+            stub = agent_pb2_grpc.AgentServiceStub(channel)
+            session = (await stub.CreateSession(pb.CreateSessionRequest())).session_id
+            chat = ChatClient(stub)
+            await chat.join(session)
+            run_id = (await chat.send(session, "m1", "hi")).accepted.run_id
+            await chat.wait_for(session, lambda e: e.HasField("response_delta"))
+            reply = await stub.Cancel(pb.CancelRequest(session_id=session, run_id=run_id))
+            done = await chat.wait_completed(session, run_id)
+            await asyncio.wait_for(server.disconnected.wait(), scaled(10))
+            await chat.close()
+    finally:
+        service.stop()
+    assert reply.cancelled
+    assert done.run_completed.finish_reason == pb.FINISH_REASON_CANCELLED
