@@ -195,3 +195,40 @@ def test_an_opened_file_is_checked_through_its_descriptor(tree: tuple[Path, Path
     with pytest.raises(ToolError) as caught:
         workspace.open_inside(checked)
     assert caught.value.code == "forbidden"
+
+
+async def test_hidden_entries_are_refused(tree: tuple[Path, Path]) -> None:
+    root, _ = tree
+    (root / ".git").mkdir()
+    (root / ".git" / "config").write_text("[remote] token\n")
+    (root / "env_link.txt").symlink_to(root / ".hidden")  # a visible link to a hidden file
+    registry = registry_for(root)
+    for path in (".hidden", ".git/config", "env_link.txt"):
+        call = await run_tool(registry, "read_file", {"path": path})
+        assert call.kinds == ["started", "failed"], path
+        assert call.final.failed.code == "forbidden", path
+        assert "hidden" in call.final.failed.message
+    call = await run_tool(registry, "search_files", {"query": "needle hidden", "glob": "*"})
+    assert call.final.completed.result.startswith("no matches")
+
+
+async def test_the_services_own_data_is_refused(tmp_path: Path) -> None:
+    # `make run` serves the folder it runs in; the store's folder holds the token secret.
+    (tmp_path / "var").mkdir()
+    (tmp_path / "var" / "jwt-secret").write_text("needle: signing secret\n")
+    (tmp_path / "notes.txt").write_text("needle: public\n")
+    store_url = f"sqlite:///{tmp_path}/var/agent-relay.sqlite3"
+    registry = registry_for(tmp_path, store_url=store_url)
+    call = await run_tool(registry, "read_file", {"path": "var/jwt-secret"})
+    assert call.final.failed.code == "forbidden"
+    call = await run_tool(registry, "search_files", {"query": "needle"})
+    assert call.final.completed.result.endswith("notes.txt:1: needle: public")
+    assert "secret" not in call.final.completed.result
+
+    # a store straight in the workspace: only its files are off limits
+    (tmp_path / "agent.sqlite3").write_text("needle in the store\n")
+    registry = registry_for(tmp_path, store_url=f"sqlite:///{tmp_path}/agent.sqlite3")
+    call = await run_tool(registry, "read_file", {"path": "agent.sqlite3"})
+    assert call.final.failed.code == "forbidden"
+    call = await run_tool(registry, "read_file", {"path": "notes.txt"})
+    assert call.final.completed.result == "needle: public\n"

@@ -7,6 +7,8 @@ Add tools of your own to the registry it returns before the service starts.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from agent_service.config import ServiceSettings
 from agent_service.tools.base import ToolRegistry
 from agent_service.tools.builtins import (
@@ -18,15 +20,32 @@ from agent_service.tools.builtins import (
 )
 from agent_service.tools.builtins.workspace import Workspace
 
+STORE_SUFFIXES = ("", "-wal", "-shm", "-journal")  # a SQLite database and its side files
+
 __all__ = ["BUILTIN_TOOL_NAMES", "build_registry"]
 
 BUILTIN_TOOL_NAMES = ("calculator", "long_task", "python", "read_file", "search_files")
 
 
+def service_data(settings: ServiceSettings) -> tuple[Path, ...]:
+    """What the file tools must never show: the folder of the store (which also holds
+    the edge's token secret under `make run`), or the store's files alone when that
+    folder is the workspace itself."""
+    if not settings.store_url.startswith("sqlite://"):
+        return ()
+    location = settings.store_url.removeprefix("sqlite://").removeprefix("/")
+    if not location or location.startswith(":memory:"):
+        return ()
+    store = Path(location).resolve()
+    if store.parent != Path(settings.workspace_dir).resolve():
+        return (store.parent,)
+    return tuple(store.with_name(store.name + suffix) for suffix in STORE_SUFFIXES)
+
+
 def build_registry(settings: ServiceSettings) -> ToolRegistry:
     """A new registry with every built-in tool, configured from settings."""
     registry = ToolRegistry()
-    workspace = Workspace.at(settings.workspace_dir)
+    workspace = Workspace.at(settings.workspace_dir, excluded=service_data(settings))
     calculator.register(registry)
     python_exec.register(registry, settings)
     search_files.register(registry, workspace)

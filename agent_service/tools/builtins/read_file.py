@@ -37,7 +37,8 @@ def spec() -> ToolSpec:
         name="read_file",
         description=(
             "Read a text file from the workspace folder. `path` is relative to the workspace "
-            "(as search_files shows it); absolute paths and '..' are refused. Long files are "
+            "(as search_files shows it); absolute paths, '..', hidden files (.env, .git/) and the "
+            "service's own data are refused. Long files are "
             f"cut at max_bytes (default {DEFAULT_MAX_BYTES})."
         ),
         parameters={

@@ -120,7 +120,13 @@ def search_tree(
     stats = SearchStats()
     needle = query.lower()
     for dirpath, dirnames, filenames in os.walk(workspace.root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in SKIP_DIRS)
+        dirnames[:] = sorted(
+            d
+            for d in dirnames
+            if not d.startswith(".")
+            and d not in SKIP_DIRS
+            and workspace.is_public(Path(dirpath, d).resolve())
+        )
         for name in sorted(filenames):
             if stop.is_set() or stats.hit_limit:
                 return stats

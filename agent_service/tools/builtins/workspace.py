@@ -6,6 +6,11 @@ resolved (following symlinks) and refused when the result lies outside the
 workspace (code `forbidden`): a symlink pointing out is caught here. A file
 opened this way is checked once more through its open descriptor, so a link
 swapped in between the check and the open cannot lead out either.
+
+Inside the workspace, hidden entries (a path component starting with `.`, such
+as `.env` or `.git/`) and the service's own data (`excluded`, for example the
+folder of its store) are refused too (code `forbidden`): when the workspace is
+the folder the service runs in, they hold its secrets.
 """
 
 from __future__ import annotations
@@ -25,11 +30,16 @@ class Workspace:
     """A folder and the containment rule for paths under it."""
 
     root: Path
+    excluded: tuple[Path, ...] = ()
 
     @classmethod
-    def at(cls, folder: Path) -> Workspace:
-        """The workspace at folder (resolved now: later path checks compare against it)."""
-        return cls(Path(folder).expanduser().resolve())
+    def at(cls, folder: Path, excluded: tuple[Path, ...] = ()) -> Workspace:
+        """The workspace at folder, less the excluded paths (all resolved now: later
+        path checks compare against them)."""
+        return cls(
+            Path(folder).expanduser().resolve(),
+            tuple(Path(p).expanduser().resolve() for p in excluded),
+        )
 
     def resolve(self, user_path: str) -> Path:
         """The real path of user_path inside the workspace. Raises ToolError."""
@@ -37,7 +47,24 @@ class Workspace:
         resolved = (self.root / relative).resolve()
         if not self.contains(resolved):
             raise ToolError(f"{user_path!r} leads outside the workspace", "forbidden")
+        self.check_public(resolved, user_path)
         return resolved
+
+    def is_public(self, path: Path) -> bool:
+        """False for a hidden entry, the service's own data, or a path outside (resolved)."""
+        if not self.contains(path):
+            return False
+        if any(part.startswith(".") for part in path.relative_to(self.root).parts):
+            return False
+        return not any(path == p or path.is_relative_to(p) for p in self.excluded)
+
+    def check_public(self, path: Path, shown: str) -> None:
+        """Raise ToolError (forbidden) unless is_public(path)."""
+        if not self.is_public(path):
+            raise ToolError(
+                f"{shown!r} is hidden or holds the service's own data; it cannot be read",
+                "forbidden",
+            )
 
     def contains(self, path: Path) -> bool:
         """True when the (already resolved) path is the root or below it."""
@@ -74,6 +101,7 @@ class Workspace:
             real = Path(os.readlink(f"/proc/self/fd/{fd}"))
             if not self.contains(real):
                 raise ToolError(f"{self.relative(path)!r} leads outside the workspace", "forbidden")
+            self.check_public(real, self.relative(path))
             mode = os.fstat(fd).st_mode
             if stat.S_ISDIR(mode):
                 raise ToolError(f"{self.relative(path)!r} is a folder", "invalid_arguments")
