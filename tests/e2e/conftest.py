@@ -69,9 +69,10 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess
 class Edge:
     """The edge under test, restartable on the same port (the page keeps its URL)."""
 
-    def __init__(self, upstream: str) -> None:
+    def __init__(self, upstream: str, *extra_args: str) -> None:
         self.upstream = upstream
-        self.proc: EdgeProcess | None = start_edge(upstream, *EDGE_ARGS)
+        self.args = (*EDGE_ARGS, *extra_args)
+        self.proc: EdgeProcess | None = start_edge(upstream, *self.args)
         self.url = self.proc.url
         self.port = self.proc.port
 
@@ -82,14 +83,20 @@ class Edge:
 
     def start(self) -> None:
         assert self.proc is None, "already running"
-        self.proc = start_edge(self.upstream, *EDGE_ARGS, listen=f"127.0.0.1:{self.port}")
+        self.proc = start_edge(self.upstream, *self.args, listen=f"127.0.0.1:{self.port}")
 
 
 @pytest.fixture
-def edge(service: ServiceProcess, web_dist: Path) -> Iterator[Edge]:
-    e = Edge(service.address)
+def edge(request: pytest.FixtureRequest, service: ServiceProcess, web_dist: Path) -> Iterator[Edge]:
+    """The edge; a test marked `edge_args(...)` adds flags."""
+    marker = request.node.get_closest_marker("edge_args")
+    e = Edge(service.address, *(marker.args if marker else ()))
     yield e
     e.stop()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "edge_args(*flags): extra command-line flags for the edge")
 
 
 @pytest.fixture(scope="session")

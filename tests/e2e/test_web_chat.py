@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import re
 
-from playwright.sync_api import Locator, Page, expect
+import pytest
+from playwright.sync_api import Locator, Page, WebSocket, expect
 
 from tests.e2e.conftest import Edge, screenshot
 from tests.support.timing import scaled
@@ -274,3 +275,24 @@ def test_failed_reply_and_refused_message_show_why(page: Page, edge: Edge) -> No
     expect(user).to_have_attribute("data-state", "failed")
     users = [m for m in history(page)["messages"] if role_of(m) == "user"]
     assert [m["text"] for m in users] == ["/fail"]
+
+
+@pytest.mark.edge_args("--token-ttl-s", "4")
+def test_token_is_refreshed_in_band_before_it_expires(page: Page, edge: Edge) -> None:
+    sockets: list[str] = []
+    auth_frames: list[str] = []
+
+    def watch(ws: WebSocket) -> None:
+        sockets.append(ws.url)
+        ws.on("framesent", lambda p: auth_frames.append(str(p)) if '"auth"' in str(p) else None)
+
+    page.on("websocket", watch)
+    open_chat(page, edge)
+    # Tokens live 4 s: by 6 s the first one is dead, and the socket must have
+    # renewed its token in-band (new `auth` frames) without reconnecting.
+    page.wait_for_timeout(scaled(6_000))
+    assert len(auth_frames) >= 3, auth_frames
+    assert len(sockets) == 1, sockets
+    expect(page.get_by_test_id("connection-badge")).to_contain_text("Connected")
+    send(page, "Still authorised?")
+    expect(page.get_by_test_id("user-message").last).to_have_attribute("data-state", "sent")
