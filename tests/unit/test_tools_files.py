@@ -232,3 +232,12 @@ async def test_the_services_own_data_is_refused(tmp_path: Path) -> None:
     assert call.final.failed.code == "forbidden"
     call = await run_tool(registry, "read_file", {"path": "notes.txt"})
     assert call.final.completed.result == "needle: public\n"
+
+
+async def test_a_store_beside_the_workspace_hides_nothing_in_it(tmp_path: Path) -> None:
+    (tmp_path / "workspace").mkdir()
+    (tmp_path / "workspace" / "notes.txt").write_text("hello\n")
+    store_url = f"sqlite:///{tmp_path}/agent.sqlite3"  # the workspace's parent folder
+    registry = registry_for(tmp_path / "workspace", store_url=store_url)
+    call = await run_tool(registry, "read_file", {"path": "notes.txt"})
+    assert call.final.completed.result == "hello\n"

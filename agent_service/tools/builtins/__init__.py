@@ -28,16 +28,17 @@ BUILTIN_TOOL_NAMES = ("calculator", "long_task", "python", "read_file", "search_
 
 
 def service_data(settings: ServiceSettings) -> tuple[Path, ...]:
-    """What the file tools must never show: the folder of the store (which also holds
-    the edge's token secret under `make run`), or the store's files alone when that
-    folder is the workspace itself."""
+    """What the file tools must never show: the folder of the store when it lies inside
+    the workspace (under `make run` it also holds the edge's token secret), else the
+    store's files alone."""
     if not settings.store_url.startswith("sqlite://"):
         return ()
     location = settings.store_url.removeprefix("sqlite://").removeprefix("/")
     if not location or location.startswith(":memory:"):
         return ()
     store = Path(location).resolve()
-    if store.parent != Path(settings.workspace_dir).resolve():
+    workspace = Path(settings.workspace_dir).resolve()
+    if store.parent != workspace and store.parent.is_relative_to(workspace):
         return (store.parent,)
     return tuple(store.with_name(store.name + suffix) for suffix in STORE_SUFFIXES)
 
