@@ -229,3 +229,19 @@ async def test_a_process_that_escapes_the_group_does_not_hold_the_call(tmp_path:
     call.assert_shape("completed")
     assert "holds the output open" in call.final.completed.result
     assert call.final.completed.result.endswith("[exit status 0]")
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("python_cpu_s", 0),
+        ("python_memory_mb", 16),
+        ("python_timeout_s", 0),
+        ("python_output_bytes", 0),
+    ],
+)
+def test_unworkable_limits_are_refused_at_start_up(
+    tmp_path: Path, setting: str, value: float
+) -> None:
+    with pytest.raises(ValueError, match=setting):
+        registry_for(tmp_path, **{setting: value})

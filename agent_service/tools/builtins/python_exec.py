@@ -41,6 +41,7 @@ from agent_service.tools.base import ToolContext, ToolError, ToolRegistry, ToolS
 log = logging.getLogger(__name__)
 
 SNIPPET_NAME = "snippet.py"
+MIN_MEMORY_MB = 64  # below this the interpreter itself may not start
 EXIT_MEMORY = 86  # the bootstrap's exit status for an uncaught MemoryError
 READ_CHUNK_BYTES = 65_536
 OUTPUT_COALESCE_S = 0.02  # while output flows, at most one output event per stream per 20 ms
@@ -92,6 +93,16 @@ class PythonLimits:
     wall_s: float
     output_bytes: int
     file_bytes: int = 16 * 1024 * 1024  # largest file the snippet may write in its folder
+
+    def __post_init__(self) -> None:
+        if self.cpu_s < 1:
+            raise ValueError("python_cpu_s must be at least 1")
+        if self.memory_mb < MIN_MEMORY_MB:
+            raise ValueError(f"python_memory_mb must be at least {MIN_MEMORY_MB} (Python's own)")
+        if self.wall_s <= 0:
+            raise ValueError("python_timeout_s must be more than 0")
+        if self.output_bytes < 1:
+            raise ValueError("python_output_bytes must be at least 1")
 
     @classmethod
     def from_settings(cls, settings: ServiceSettings) -> PythonLimits:
