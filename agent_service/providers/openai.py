@@ -405,6 +405,8 @@ class OpenAIProvider:
                     raise error_for_status(
                         response.status, response.headers, text, now_s=time.time()
                     )
+                if response.content_type == "application/json":
+                    raise _not_streamed(await response.text(errors="replace"))
                 # aclosing: a cancelled consumer closes the inner generator (and the
                 # response) now, not whenever the generator is garbage-collected.
                 async with contextlib.aclosing(self._events(response)) as events:
@@ -477,6 +479,21 @@ def _parse_chunk(data: str) -> Mapping[str, Any]:
     if not isinstance(chunk, Mapping):
         raise ModelError("model_error", f"the model sent a chunk that is not an object: {data!r}")
     return chunk
+
+
+def _not_streamed(body: str) -> ModelError:
+    """The error for a JSON reply where a stream was asked for."""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, Mapping) and parsed.get("error"):
+        return error_from_body(parsed["error"], where="instead of a stream")
+    return ModelError(
+        "model_error",
+        "the model endpoint answered with JSON instead of a stream; does it support "
+        f"stream: true? ({body.strip()[:MAX_ERROR_TEXT]})",
+    )
 
 
 def _cut(message: str) -> ModelError:

@@ -140,7 +140,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     server = request.app[SERVER]
     server.requests.append((request.path, dict(request.headers), await request.json()))
     reply = server.replies.pop(0)
-    if reply.status != 200:
+    if reply.status != 200 or reply.body:
         return web.Response(status=reply.status, headers=reply.headers, text=reply.body)
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await response.prepare(request)
@@ -622,3 +622,23 @@ async def test_cancelling_a_run_closes_the_model_stream(server: Server, tmp_path
         service.stop()
     assert reply.cancelled
     assert done.run_completed.finish_reason == pb.FINISH_REASON_CANCELLED
+
+
+async def test_a_json_reply_where_a_stream_was_asked_for(server: Server) -> None:
+    whole = {"id": "x", "object": "chat.completion", "choices": [{"message": {"content": "hi"}}]}
+    server.replies.append(
+        Reply(status=200, body=json.dumps(whole), headers={"Content-Type": "application/json"})
+    )
+    server.replies.append(
+        Reply(
+            status=200,
+            body=api_error("model overloaded", "server_error"),
+            headers={"Content-Type": "application/json"},
+        )
+    )
+    error = await model_error_of(server)
+    assert error.code == "model_error"
+    assert "instead of a stream" in error.message
+    error = await model_error_of(server)
+    assert (error.code, error.retryable) == ("model_unavailable", True)
+    assert "model overloaded" in error.message
