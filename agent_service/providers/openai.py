@@ -415,7 +415,8 @@ class OpenAIProvider:
         except aiohttp.ServerTimeoutError as exc:
             raise ModelError(
                 "timeout",
-                f"the model endpoint sent nothing for {self._read_timeout_s:g} s ({exc})",
+                f"the model endpoint timed out ({exc}; it may stay silent up to "
+                f"{self._read_timeout_s:g} s between chunks)",
                 retryable=True,
             ) from exc
         except aiohttp.ClientPayloadError as exc:
