@@ -27,9 +27,11 @@ import os
 import secrets
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -148,6 +150,100 @@ def part_one(frames: int) -> None:
     )
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def drive(edge: Any, messages: int) -> tuple[list[float], int]:
+    """One socket sends `messages` chat:message frames, each after the last run completed;
+    returns the round trips to the ack and the frames received."""
+    from tests.support.edge import EdgeClient, create_session
+
+    session = create_session(edge)
+    client = await EdgeClient.connect(edge.ws_url, token=session["token"])
+    sid = session["session_id"]
+    await client.join(sid)
+    round_trips, frames = [], 0
+    for index in range(messages):
+        traceparent = f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
+        started = time.perf_counter()
+        ack = await client.say(sid, f"bench {index}", traceparent=traceparent)
+        round_trips.append(time.perf_counter() - started)
+        await client.until_complete(sid, ack["run_id"])
+        frames += len(client.frames)
+        client.frames.clear()  # keep memory flat; every frame so far has been seen
+    await client.close()
+    return round_trips, frames
+
+
+def part_two(messages: int) -> None:
+    """The two real processes, tracing off and then on (exporting), same client."""
+    import asyncio
+
+    from bench.common import percentile
+    from tests.support.edge import start_edge
+    from tests.support.service import start_agent_service
+
+    rows = []
+    for mode in ("off", "on, exporting"):
+        for name in OTEL_VARS:
+            os.environ.pop(name, None)
+        receiver = None
+        if mode != "off":
+            receiver, endpoint = start_receiver()
+            os.environ.update(OTEL_TRACES_EXPORTER="otlp", OTEL_EXPORTER_OTLP_ENDPOINT=endpoint)
+        with tempfile.TemporaryDirectory() as folder:
+            service = start_agent_service(
+                Path(folder),
+                "--demo-tokens-per-s", "0", "--demo-reply-words", "8",
+                "--metrics-listen", "",
+            )  # fmt: skip
+            unlimited = ("1000000",) * 4
+            limits = ("--conn-frames-per-s", "--conn-frames-burst", "--user-frames-per-s",
+                      "--user-frames-burst")  # fmt: skip
+            edge = start_edge(
+                service.address, *(a for pair in zip(limits, unlimited, strict=True) for a in pair)
+            )
+            try:
+                asyncio.run(drive(edge, min(20, messages)))  # warm up
+                edge_cpu, agent_cpu = cpu_s(edge.process.pid), cpu_s(service.process.pid)
+                round_trips, frames = asyncio.run(drive(edge, messages))
+                edge_cpu = cpu_s(edge.process.pid) - edge_cpu
+                agent_cpu = cpu_s(service.process.pid) - agent_cpu
+            finally:
+                edge.stop()
+                service.stop()
+        spans = stop_receiver(receiver) if receiver is not None else 0
+        rows.append(
+            (
+                mode,
+                f"{edge_cpu / messages * 1e6:.0f}",
+                f"{edge_cpu / (frames + messages) * 1e6:.1f}",
+                f"{agent_cpu / messages * 1e6:.0f}",
+                f"{percentile(round_trips, 0.5) * 1e3:.2f} / "
+                f"{percentile(round_trips, 0.99) * 1e3:.2f}",
+                str(spans),
+            )
+        )
+    for name in OTEL_VARS:
+        os.environ.pop(name, None)
+    table(
+        f"Both real processes: {messages} chat:message frames, one at a time, each run "
+        "completed before the next (demo model, 8 words)",
+        (
+            "tracing",
+            "edge CPU us per message",
+            "edge CPU us per frame (in+out)",
+            "agent CPU us per run",
+            "ack round trip p50 / p99 ms",
+            "spans received",
+        ),
+        rows,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--frames", type=int, default=20_000)
@@ -155,6 +251,8 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=300)
     args = parser.parse_args()
     part_one(max(100, min(args.frames, 200_000)))
+    if args.e2e:
+        part_two(max(10, min(args.messages, 5_000)))
 
 
 if __name__ == "__main__":

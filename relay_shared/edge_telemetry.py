@@ -23,7 +23,7 @@ import contextlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
-from opentelemetry import propagate, trace
+from opentelemetry import metrics, propagate, trace
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -73,12 +73,13 @@ class EdgeTelemetry:
     read and write loops; `gauge()` is called once per gauge at start-up.
     """
 
-    def __init__(self, telemetry: Telemetry) -> None:
+    def __init__(self, telemetry: Telemetry | None) -> None:
+        """With None: counts are kept but shown nowhere, and no span is made."""
         self.telemetry = telemetry
-        self.tracing = telemetry.tracing
-        self.tracer = telemetry.tracer(SCOPE)
+        self.tracing = telemetry is not None and telemetry.tracing
+        self.tracer = telemetry.tracer(SCOPE) if telemetry is not None else trace.NoOpTracer()
         self.counts = _Counts()
-        self._meter = telemetry.meter(SCOPE)
+        self._meter = telemetry.meter(SCOPE) if telemetry is not None else metrics.NoOpMeter(SCOPE)
         self._meter.create_observable_counter(
             "agent_relay.edge.frames",
             callbacks=[self._observe_frames],
@@ -97,6 +98,12 @@ class EdgeTelemetry:
             unit="{frame}",
             description="Frames refused by a limit, by limit (frames, runs, connections).",
         )
+
+    def metrics_text(self) -> tuple[bytes, str]:
+        """The Prometheus exposition of the process's instruments, and its content type."""
+        if self.telemetry is None:
+            return b"", "text/plain; version=0.0.4; charset=utf-8"
+        return self.telemetry.metrics_text()
 
     # -- counting (hot path) --------------------------------------------------------------
 

@@ -7,8 +7,9 @@
   continues a `traceparent` sent in the call's metadata. Calls that live as
   long as a connection are left out (no span may last a whole stream): the
   multiplexed `Chat` stream (each message carries its own trace context, see
-  agent_telemetry), health `Watch` and reflection. With tracing off there is no
-  span interceptor at all.
+  agent_telemetry), health `Watch` and reflection; nor health checks, which
+  load balancers and the edge poll all day. With tracing off there is no span
+  interceptor at all.
 - Metrics (OpenTelemetry semantic conventions for RPC): `rpc.server.call.duration`
   (seconds, by method and status code), `rpc.server.active_calls`, and
   `rpc.server.messages` (by method and direction) counted as they stream.
@@ -38,6 +39,7 @@ LONG_LIVED_METHODS = (
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
     "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
 )
+HEALTH_SERVICE = "grpc.health.v1.Health"
 # seconds: from a fast unary call to a long tool call
 DURATION_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                       2.5, 5.0, 10.0, 30.0, 60.0, 300.0)  # fmt: skip
@@ -48,7 +50,10 @@ def server_interceptors(telemetry: Telemetry) -> list[Interceptor]:
     interceptors: list[Interceptor] = [GrpcServerMetrics(telemetry)]
     if telemetry.tracing:
         short_lived = filters.negate(
-            filters.any_of(*(filters.full_method_name(m) for m in LONG_LIVED_METHODS))
+            filters.any_of(
+                *(filters.full_method_name(m) for m in LONG_LIVED_METHODS),
+                filters.service_name(HEALTH_SERVICE),  # polled all day: a trace each is noise
+            )
         )
         interceptors.append(
             aio_server_interceptor(  # type: ignore[no-untyped-call]

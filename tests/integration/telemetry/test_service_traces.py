@@ -9,18 +9,17 @@ scraped over HTTP and parsed with the Prometheus client's parser.
 from __future__ import annotations
 
 import secrets
-import urllib.request
 
 import grpc
-import pytest
-from prometheus_client.parser import text_string_to_metric_families
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from agent_relay.v1 import agent_pb2 as pb
 from agent_relay.v1 import agent_pb2_grpc
-from tests.integration.telemetry.conftest import start_traced_service
-from tests.integration.telemetry.otlp_receiver import OtlpGrpcReceiver, OtlpHttpReceiver
+from tests.integration.telemetry.otlp_receiver import OtlpHttpReceiver
+from tests.integration.telemetry.processes import start_traced_service
+from tests.integration.telemetry.prometheus import Samples, value
+from tests.integration.telemetry.prometheus import scrape as scrape_url
 from tests.support.chat import ChatClient
-from tests.support.timing import scaled
 
 SPAN_KIND_SERVER = 2
 SPAN_KIND_CLIENT = 3
@@ -33,25 +32,8 @@ def new_traceparent() -> tuple[str, str, str]:
     return f"00-{trace_id}-{span_id}-01", trace_id, span_id
 
 
-def scrape(address: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
-    """/metrics parsed: sample name -> {sorted labels: value}."""
-    with urllib.request.urlopen(f"http://{address}/metrics", timeout=scaled(5)) as response:
-        text = response.read().decode()
-    samples: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = tuple(sorted(sample.labels.items()))
-            samples.setdefault(sample.name, {})[labels] = sample.value
-    return samples
-
-
-def value(samples: dict, name: str, **labels: str) -> float:
-    """The sum of `name` over the samples whose labels include `labels`."""
-    return sum(
-        v
-        for key, v in samples.get(name, {}).items()
-        if all((k, want) in key for k, want in labels.items())
-    )
+def scrape(address: str) -> Samples:
+    return scrape_url(f"http://{address}/metrics")
 
 
 async def run_message(address: str, text: str, trace_context: dict[str, str]) -> str:
@@ -60,6 +42,8 @@ async def run_message(address: str, text: str, trace_context: dict[str, str]) ->
     async with grpc.aio.insecure_channel(address) as channel:
         stub = agent_pb2_grpc.AgentServiceStub(channel)
         session = await stub.CreateSession(pb.CreateSessionRequest(), metadata=metadata)
+        health = health_pb2_grpc.HealthStub(channel)
+        await health.Check(health_pb2.HealthCheckRequest(), metadata=metadata)
         chat = ChatClient(stub)
         await chat.join(session.session_id)
         reply = await chat.send(session.session_id, "m1", text, trace_context=trace_context)
@@ -74,13 +58,6 @@ def by_name(spans, prefix):
     found = [s for s in spans if s.name.startswith(prefix)]
     assert found, f"no span named {prefix}*: {[s.name for s in spans]}"
     return found
-
-
-@pytest.fixture
-def receiver_grpc():
-    r = OtlpGrpcReceiver()
-    yield r
-    r.stop()
 
 
 async def test_one_trace_from_the_client_span_down_to_each_tool_call(
@@ -138,8 +115,9 @@ async def test_one_trace_from_the_client_span_down_to_each_tool_call(
         (create,) = [s for s in spans if s.name.endswith("AgentService/CreateSession")]
         assert create.parent_span_id == client_span and create.kind == SPAN_KIND_SERVER
         assert create.attributes["rpc.system"] == "grpc"
-        # no span for the long-lived Chat stream
+        # no span for the long-lived Chat stream, nor for health checks polled all day
         assert not [s for s in receiver_grpc.store.spans if s.name.endswith("/Chat")]
+        assert not [s for s in receiver_grpc.store.spans if "Health" in s.name]
 
         samples = scrape(metrics_at)
         assert value(samples, "agent_relay_runs_total", outcome="stop") == 1
