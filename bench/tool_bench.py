@@ -147,7 +147,7 @@ async def over_grpc(calls: int) -> list[list[object]]:
         service_argv = [
             sys.executable, "-m", "agent_service", "--listen", "127.0.0.1:0",
             "--log-level", "WARNING", "--store-url", f"sqlite:///{folder}/bench.sqlite3",
-            "--workspace-dir", folder,
+            "--workspace-dir", folder, "--metrics-listen", "127.0.0.1:0",
         ]  # fmt: skip
         names = ("bare grpc.aio ExecuteTool", "agent service")
         processes = [start_process([sys.executable, __file__, "--serve-bare"])]
