@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from agent_relay_client.grpc import AgentClient
+from tests.support.edge import EdgeProcess, start_edge
 from tests.support.service import ServiceProcess, start_agent_service
 
 # 300 words per second: a default 40-word reply takes ~0.15 s; long replies are asked for
@@ -31,3 +32,11 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess
 async def agent(service: ServiceProcess) -> AsyncIterator[AgentClient]:
     async with AgentClient(service.address) as client:
         yield client
+
+
+@pytest.fixture(scope="module")
+def edge(service: ServiceProcess) -> Iterator[EdgeProcess]:
+    """One edge in front of the module's service."""
+    proc = start_edge(service.address)
+    yield proc
+    proc.stop()

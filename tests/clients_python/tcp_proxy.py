@@ -18,6 +18,7 @@ class CuttableProxy:
         self.target_host, self.target_port = host, int(port)
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._frozen: set[asyncio.StreamWriter] = set()  # bytes to these are dropped
         self._tasks: set[asyncio.Task[None]] = set()
         self.connections = 0  # accepted so far
         self.bytes_down = 0  # bytes from the target to clients so far
@@ -52,6 +53,8 @@ class CuttableProxy:
     ) -> None:
         with contextlib.suppress(ConnectionError, OSError):
             while data := await reader.read(65536):
+                if writer in self._frozen:
+                    continue  # a black hole: the peer hears nothing, nothing is closed
                 if down:
                     self.bytes_down += len(data)
                 writer.write(data)
@@ -67,6 +70,10 @@ class CuttableProxy:
             transport.abort()  # RST, no graceful close
         self._writers.clear()
         return count
+
+    def freeze(self) -> None:
+        """Silence every open connection without closing it (a dead network path)."""
+        self._frozen |= self._writers
 
     async def close(self) -> None:
         """Stop listening and drop everything."""

@@ -37,6 +37,8 @@ class Outcome(enum.Enum):
     DROPPED = "dropped"  # arrived while resyncing: ignored, the rejoin replays it
 
 
+# Message statuses that end a reply (the proto's MessageStatus names).
+FINAL_STATUSES = frozenset({"complete", "cancelled", "failed", "interrupted"})
 # Message statuses: the proto's MessageStatus names, plus two that only the client knows.
 SENDING = "sending"  # in the outbox, no ack yet
 REJECTED = "rejected"  # the service refused it for good (see ChatItem.error)
@@ -131,6 +133,11 @@ class Conversation:
             if item.message_id == message_id:
                 return item
         return None
+
+    def run_finished(self, run_id: str) -> ChatItem | None:
+        """The run's last assistant message when the run has ended (by events or history)."""
+        item = self.assistant_for_run(run_id)
+        return item if item is not None and item.status in FINAL_STATUSES else None
 
     def assistant_for_run(self, run_id: str) -> ChatItem | None:
         """The run's latest assistant message, if any."""

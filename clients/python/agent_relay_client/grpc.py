@@ -53,6 +53,7 @@ from agent_relay_client.resilient import (
     Accepted,
     EventApplied,
     History,
+    HistoryLoaded,
     MessageRejected,
     MessageSent,
     ResilientChat,
@@ -602,6 +603,22 @@ class ChatRun:
             if update.accepted.duplicate and update.accepted.seq <= conv.last_seq:
                 # Accepted before this client looked: replay the run from its acceptance.
                 chat.rewind(self.session_id, update.accepted.seq - 1)
+            return []
+        if isinstance(update, HistoryLoaded) and self.run_id:
+            # A gap: history may show the run ended while its last events were out of reach.
+            item = update.conversation.run_finished(self.run_id)
+            if item is not None and update.conversation.session_id == self.session_id:
+                status_to_reason = {"complete": "stop", "failed": "error"}
+                return [
+                    RunCompleted(
+                        session_id=self.session_id,
+                        seq=update.conversation.last_seq,
+                        run_id=self.run_id,
+                        finish_reason=status_to_reason.get(item.status, item.status),
+                        assistant_message_id=item.message_id,
+                        text=item.text,
+                    )
+                ]
             return []
         if not isinstance(update, EventApplied) or update.event.session_id != self.session_id:
             return []

@@ -229,8 +229,8 @@ class EdgeLink:
         while True:
             await asyncio.sleep(interval_s)
             if time.monotonic() - self.last_frame_at > 2 * interval_s:
+                # No close handshake: the path is dead, and the driver closes the link.
                 self._fail(errors.TransportError("heartbeat timeout", code=4001))
-                await self._ws.close(code=4001, message=b"heartbeat timeout")
                 return
             with contextlib.suppress(errors.AgentRelayError, ConnectionError):
                 await self._write({"type": "ping", "ts": int(time.time() * 1000)}, wait=False)
@@ -336,15 +336,16 @@ class EdgeLink:
         return item
 
     async def close(self) -> None:
-        """Close the socket normally (idempotent)."""
+        """Close the socket (idempotent). A peer that does not answer the close frame
+        within a second is not waited for: the path may be dead."""
         if self._heartbeat is not None:
             self._heartbeat.cancel()
-        if not self._ws.closed:
-            with contextlib.suppress(Exception):
-                await self._ws.close()
         self._reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._reader
+        if not self._ws.closed:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._ws.close(), 1.0)
 
 
 async def _read_welcome(ws: aiohttp.ClientWebSocketResponse) -> Welcome:
@@ -416,7 +417,11 @@ class EdgeClient(ResilientChat):
 
     def _session(self) -> aiohttp.ClientSession:
         if self._http is None or self._http.closed:
-            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self._timeout_s))
+            # force_close: no pooled connection outlives a network change and hangs a request.
+            self._http = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self._timeout_s),
+                connector=aiohttp.TCPConnector(force_close=True),
+            )
         return self._http
 
     async def close(self) -> None:

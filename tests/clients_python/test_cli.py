@@ -1,0 +1,224 @@
+"""The terminal chat driven as a person would: in a pseudo-terminal, typing, reading the
+screen, pressing Ctrl-C and Ctrl-D; against the real edge and agent service."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pexpect
+import pytest
+
+from agent_relay_client.grpc import AgentClient
+from tests.clients_python.tcp_proxy import CuttableProxy
+from tests.support.edge import EdgeProcess, start_edge
+from tests.support.service import ServiceProcess, start_agent_service
+from tests.support.timing import scaled
+
+REPO = Path(__file__).resolve().parents[2]
+# Slow enough that a person (and pexpect) can press Ctrl-C in the middle of a reply.
+SLOW = ("--demo-tokens-per-s", "40", "--demo-reply-words", "160")
+
+
+@pytest.fixture(scope="module")
+def slow_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    proc = start_agent_service(tmp_path_factory.mktemp("cli"), *SLOW)
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def slow_edge(slow_service: ServiceProcess) -> Iterator[EdgeProcess]:
+    proc = start_edge(slow_service.address)
+    yield proc
+    proc.stop()
+
+
+def spawn(*args: str) -> pexpect.spawn:
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "agent_relay_client", *args],
+        cwd=str(REPO),
+        encoding="utf-8",
+        timeout=scaled(30),
+        dimensions=(40, 200),
+    )
+    return child
+
+
+def reply_text(screen: str) -> str:
+    """The reply's words as the terminal showed them (pty line endings undone)."""
+    text = screen.replace("\r\n", "\n")
+    return text.split("agent> ", 1)[1].rstrip("\n") if "agent> " in text else ""
+
+
+async def ahistory(address: str, session: str):
+    async with AgentClient(address) as agent:
+        return await agent.history(session)
+
+
+def history(address: str, session: str):
+    return asyncio.run(ahistory(address, session))
+
+
+def test_type_read_the_streamed_reply_and_cancel_one_with_ctrl_c(
+    slow_edge: EdgeProcess, slow_service: ServiceProcess, tmp_path: Path
+) -> None:
+    child = spawn("chat", "--edge-url", slow_edge.url, "--state-dir", str(tmp_path))
+    try:
+        child.expect(r"session (s_\w+)")
+        session = child.match.group(1)
+        child.expect_exact("you> ")
+        child.sendline('/tool calculator {"expression": "6 * 7"}')
+        child.expect_exact('[tool calculator(expression="6 * 7")]')
+        child.expect(r"\[calculator done in \d+ ms: 42\]")
+        child.expect_exact("you> ")
+
+        child.sendline("tell me a long story")
+        child.expect_exact("agent> ")
+        child.expect(r"(\w+ ){8}")  # several words arrived: it is streaming
+        child.sendintr()  # Ctrl-C
+        child.expect_exact("[cancelling; Ctrl-C again quits]")
+        child.expect_exact("[cancelled]")
+        child.expect_exact("you> ")
+        messages = history(slow_service.address, session).messages
+        assert messages[-1].role == "assistant" and messages[-1].status == "cancelled"
+        assert 0 < len(messages[-1].text.split()) < 160
+
+        child.sendintr()  # Ctrl-C at the prompt quits
+        child.expect(pexpect.EOF)
+        child.close()
+        assert child.exitstatus == 0
+    finally:
+        child.close(force=True)
+
+
+def test_a_second_ctrl_c_quits_and_the_session_reopens_with_its_history(
+    slow_edge: EdgeProcess, tmp_path: Path
+) -> None:
+    child = spawn("chat", "--edge-url", slow_edge.url, "--state-dir", str(tmp_path))
+    try:
+        child.expect(r"session (s_\w+)")
+        session = child.match.group(1)
+        child.expect_exact("you> ")
+        child.sendline("remember the word pelican")
+        child.expect(r"agent> (\S+ ){5}")
+        child.sendintr()
+        child.expect_exact("[cancelling; Ctrl-C again quits]")
+        # The second press quits, whether or not the cancel has landed by then (two presses
+        # within a few ms coalesce into one signal in the terminal, so wait for the first).
+        child.sendintr()
+        child.expect(pexpect.EOF)
+        child.close()
+        assert child.exitstatus == 0
+    finally:
+        child.close(force=True)
+
+    again = spawn(
+        "chat", "--edge-url", slow_edge.url, "--state-dir", str(tmp_path), "--session", session
+    )
+    try:
+        again.expect_exact(f"session {session}")
+        again.expect_exact("you> remember the word pelican")
+        again.expect(r"agent> You said: \S+ ")
+        again.expect_exact(" [cancelled]")  # the reply the first Ctrl-C stopped
+        again.expect_exact("you> ")
+        again.sendeof()  # Ctrl-D quits
+        again.expect(pexpect.EOF)
+        again.close()
+        assert again.exitstatus == 0
+    finally:
+        again.close(force=True)
+
+
+def test_the_reply_survives_a_dropped_connection_without_the_user_noticing(
+    slow_edge: EdgeProcess, slow_service: ServiceProcess, tmp_path: Path
+) -> None:
+    async def run() -> None:
+        proxy = CuttableProxy(slow_edge.url.removeprefix("http://"))
+        address = await proxy.start()
+        child = spawn("chat", "--edge-url", f"http://{address}", "--state-dir", str(tmp_path))
+        try:
+            await asyncio.to_thread(child.expect, r"session (s_\w+)")
+            session = child.match.group(1)
+            await asyncio.to_thread(child.expect_exact, "you> ")
+            child.sendline("talk through a cut")
+            await asyncio.to_thread(child.expect, r"agent> (\S+ ){10}")
+            shown = child.after
+            assert proxy.cut() > 0
+            await asyncio.to_thread(child.expect_exact, "you> ")
+            screen = shown + child.before
+            assert proxy.connections >= 2
+            assert "[" not in reply_text(screen)  # no error, no note: the user saw nothing
+            final = (await ahistory(slow_service.address, session)).messages[-1]
+            assert final.status == "complete"
+            assert reply_text(screen) == final.text
+            child.sendeof()
+            await asyncio.to_thread(child.expect, pexpect.EOF)
+        finally:
+            child.close(force=True)
+            await proxy.close()
+
+    asyncio.run(run())
+
+
+def test_chat_straight_over_grpc_shows_tool_progress(
+    slow_service: ServiceProcess, tmp_path: Path
+) -> None:
+    child = spawn("chat", "--grpc", slow_service.address, "--state-dir", str(tmp_path))
+    try:
+        child.expect(r"session (s_\w+)")
+        child.expect_exact("you> ")
+        child.sendline("long task 1s")
+        child.expect(r"\[tool long_task\(seconds=1(\.0)?\)\]")
+        child.expect(r"\[long_task \d+%")
+        child.expect(r"\[long_task done in \d+ ms")
+        child.expect_exact("you> ")
+        child.sendeof()
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+
+
+def test_tools_and_history_commands(slow_service: ServiceProcess, tmp_path: Path) -> None:
+    run = [sys.executable, "-m", "agent_relay_client"]
+    tools = subprocess.run(
+        [*run, "tools", "--grpc", slow_service.address],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=scaled(30),
+    )
+    assert tools.returncode == 0, tools.stderr
+    assert re.search(r"^calculator\s+\S", tools.stdout, re.M)
+    assert "long_task" in tools.stdout
+
+    async def make() -> str:
+        async with AgentClient(slow_service.address) as agent:
+            session = (await agent.create_session()).session_id
+            await agent.chat(session, "calc 1 + 2").wait()
+            return session
+
+    session = asyncio.run(make())
+    shown = subprocess.run(
+        [*run, "history", session, "--grpc", slow_service.address],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=scaled(30),
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.startswith("user> calc 1 + 2\n")
+    assert "[tool calculator" in shown.stdout and "[result: 3]" in shown.stdout
+    missing = subprocess.run(
+        [*run, "history", "s_nope", "--grpc", slow_service.address],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=scaled(30),
+    )
+    assert missing.returncode == 1 and "not_found" in missing.stderr
