@@ -15,14 +15,12 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_playwright
 
-from tests.support.edge import EdgeProcess, start_edge
+from tests.e2e.ui import DIST, SERVICE_ARGS, Edge
 from tests.support.service import ServiceProcess, start_agent_service
 from tests.support.timing import scaled
 
 REPO = Path(__file__).resolve().parents[2]
 WEB = REPO / "clients" / "web"
-DIST = WEB / "dist"
-SCREENSHOTS = REPO / "docs" / "screenshots"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -33,12 +31,6 @@ CHROMIUM_ARGS = [
     "--no-first-run",
     "--disable-quic",
 ]
-
-# About 12 words a second and 48-word replies: a reply streams for ~4 s, long
-# enough to stop, reload or restart the edge in the middle of it.
-SERVICE_ARGS = ("--demo-tokens-per-s", "12", "--demo-reply-words", "48")
-# Drain quickly on SIGTERM so restarts stay short.
-EDGE_ARGS = ("--static-dir", str(DIST), "--shutdown-timeout-s", "1")
 
 
 def _build_web() -> None:
@@ -64,26 +56,6 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess
     proc = start_agent_service(tmp_path_factory.mktemp("e2e-service"), *SERVICE_ARGS)
     yield proc
     proc.stop()
-
-
-class Edge:
-    """The edge under test, restartable on the same port (the page keeps its URL)."""
-
-    def __init__(self, upstream: str, *extra_args: str) -> None:
-        self.upstream = upstream
-        self.args = (*EDGE_ARGS, *extra_args)
-        self.proc: EdgeProcess | None = start_edge(upstream, *self.args)
-        self.url = self.proc.url
-        self.port = self.proc.port
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.stop()
-            self.proc = None
-
-    def start(self) -> None:
-        assert self.proc is None, "already running"
-        self.proc = start_edge(self.upstream, *self.args, listen=f"127.0.0.1:{self.port}")
 
 
 @pytest.fixture
@@ -123,9 +95,3 @@ def context(browser: Browser) -> Iterator[BrowserContext]:
 @pytest.fixture
 def page(context: BrowserContext) -> Page:
     return context.new_page()
-
-
-def screenshot(page: Page, name: str) -> None:
-    """Save a screenshot of a main state under docs/screenshots/."""
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / name))

@@ -10,73 +10,22 @@ from __future__ import annotations
 import re
 
 import pytest
-from playwright.sync_api import Locator, Page, WebSocket, expect
+from playwright.sync_api import Page, WebSocket, expect
 
-from tests.e2e.conftest import Edge, screenshot
+from tests.e2e.ui import (
+    WAIT_MS,
+    Edge,
+    assistant_text,
+    history,
+    last_assistant,
+    open_chat,
+    role_of,
+    screenshot,
+    send,
+    stored_assistant_text,
+    wait_streaming_text,
+)
 from tests.support.timing import scaled
-
-WAIT_MS = scaled(30_000)
-
-
-def open_chat(page: Page, edge: Edge) -> None:
-    page.goto(edge.url + "/")
-    expect(page.get_by_test_id("connection-badge")).to_contain_text("Connected", timeout=WAIT_MS)
-
-
-def send(page: Page, text: str) -> None:
-    box = page.get_by_label("Message", exact=True)
-    box.fill(text)
-    box.press("Enter")
-    expect(box).to_have_value("")
-
-
-def last_assistant(page: Page) -> Locator:
-    return page.get_by_test_id("assistant-message").last
-
-
-def wait_streaming_text(page: Page, min_chars: int = 1) -> None:
-    """Wait until the last assistant message is streaming and shows at least min_chars."""
-    page.wait_for_function(
-        """(min) => {
-            const all = document.querySelectorAll('[data-testid=assistant-message]');
-            const m = all[all.length - 1];
-            return m && m.dataset.state === 'streaming' && m.innerText.trim().length >= min;
-        }""",
-        arg=min_chars,
-        timeout=WAIT_MS,
-    )
-
-
-def assistant_text(page: Page) -> str:
-    texts = last_assistant(page).get_by_test_id("assistant-text").all_inner_texts()
-    return normalise(" ".join(texts))
-
-
-def normalise(text: str) -> str:
-    """Whitespace folded and Markdown emphasis marks dropped (the UI renders them)."""
-    return re.sub(r"\s+", " ", text.replace("**", "")).strip()
-
-
-def history(page: Page) -> dict:
-    """GET /api/sessions/{id}/messages with the page's own token: the server's record."""
-    return page.evaluate(
-        """async () => {
-            const sid = location.hash.replace(/^#\\/?s\\//, '');
-            const { token } = JSON.parse(localStorage.getItem('agent-relay:token:' + sid));
-            const r = await fetch('/api/sessions/' + sid + '/messages',
-                                  { headers: { authorization: 'Bearer ' + token } });
-            return await r.json();
-        }"""
-    )
-
-
-def role_of(message: dict) -> str:
-    return str(message.get("role", "")).lower().replace("role_", "")
-
-
-def stored_assistant_text(page: Page) -> str:
-    messages = [m for m in history(page)["messages"] if role_of(m) == "assistant"]
-    return normalise(messages[-1].get("text", "")) if messages else ""
 
 
 def test_reply_streams_in_with_typing_indicator(page: Page, edge: Edge) -> None:
