@@ -33,7 +33,7 @@ def test_reply_streams_in_with_typing_indicator(page: Page, edge: Edge) -> None:
     send(page, "Hello relay, how are **you**?")
     user = page.get_by_test_id("user-message").last
     expect(user.get_by_test_id("message-state")).to_have_text("Sent")
-    wait_streaming_text(page, 5)
+    wait_streaming_text(page, 60)
     first = len(assistant_text(page))
     expect(last_assistant(page).get_by_test_id("typing-indicator")).to_be_visible()
     screenshot(page, "streaming.png")
