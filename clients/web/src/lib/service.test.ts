@@ -370,8 +370,11 @@ describe("outbox", () => {
     expect(service.getSnapshot().conversation?.messages[0]).toMatchObject({ state: "failed", error: "text too long" });
     const retried = service.retry("m_1");
     expect(last().lastOf("chat:message").message_id).toBe("m_1");
-    last().ackMessages();
+    const again = service.retry("m_1"); // already on its way: no second frame
+    expect(last().framesOf("chat:message")).toHaveLength(2);
+    last().push({ type: "ack", ref: last().lastOf("chat:message").id, message_id: "m_1", seq: 1 });
     await expect(retried).resolves.toMatchObject({ messageId: "m_1" });
+    await expect(again).resolves.toMatchObject({ messageId: "m_1" });
   });
 
   it("fails a message larger than the edge's max_frame_bytes without sending it", async () => {

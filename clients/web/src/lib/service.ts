@@ -284,6 +284,7 @@ export class WebSocketService {
       return Promise.reject(new ServiceError(ErrorCode.NOT_FOUND, `no message ${messageId}`));
     }
     if (message.state === "sent") return Promise.resolve({ messageId, queued: false, duplicate: true });
+    if (message.state !== "failed") return this.waitFor(messageId); // already on its way
     return this.enqueue({ sessionId, messageId, text: message.text, createdMs: message.createdMs });
   }
 
@@ -614,12 +615,17 @@ export class WebSocketService {
 
   // ------------------------------------------------------------------ outbox
 
-  private enqueue(entry: OutboxEntry): Promise<SendResult> {
-    const promise = new Promise<SendResult>((resolve, reject) => {
-      const list = this.waiters.get(entry.messageId) ?? [];
+  /** A promise settled when the server accepts (or refuses) `messageId`. */
+  private waitFor(messageId: string): Promise<SendResult> {
+    return new Promise<SendResult>((resolve, reject) => {
+      const list = this.waiters.get(messageId) ?? [];
       list.push({ resolve, reject });
-      this.waiters.set(entry.messageId, list);
+      this.waiters.set(messageId, list);
     });
+  }
+
+  private enqueue(entry: OutboxEntry): Promise<SendResult> {
+    const promise = this.waitFor(entry.messageId);
     if (!this.outbox.add(entry)) {
       this.emitError(new ServiceError("storage", "the outbox could not be saved; a reload would lose this message"));
     }
