@@ -245,3 +245,30 @@ def test_token_is_refreshed_in_band_before_it_expires(page: Page, edge: Edge) ->
     expect(page.get_by_test_id("connection-badge")).to_contain_text("Connected")
     send(page, "Still authorised?")
     expect(page.get_by_test_id("user-message").last).to_have_attribute("data-state", "sent")
+
+
+def test_new_conversation_and_back_to_an_earlier_one(page: Page, edge: Edge) -> None:
+    open_chat(page, edge)
+    send(page, "First conversation here")
+    expect(last_assistant(page)).to_have_attribute("data-state", "complete", timeout=WAIT_MS)
+    first_text = assistant_text(page)
+    nav = page.get_by_role("navigation", name="Conversations")
+    nav.get_by_role("button", name="+ New conversation").click()
+    expect(page.get_by_test_id("user-message")).to_have_count(0)
+    expect(page.get_by_label("Message", exact=True)).to_be_focused()
+    expect(page.get_by_test_id("connection-badge")).to_contain_text("Connected", timeout=WAIT_MS)
+    send(page, "Second conversation here")
+    expect(last_assistant(page)).to_have_attribute("data-state", "complete", timeout=WAIT_MS)
+    items = nav.get_by_role("listitem")
+    expect(items).to_have_count(2)
+    expect(items.first).to_contain_text("Second conversation here")  # newest first
+    nav.get_by_role("button", name=re.compile("First conversation here")).click()
+    expect(page.get_by_test_id("user-message")).to_have_count(1)
+    expect(page.get_by_test_id("user-message")).to_contain_text("First conversation here")
+    assert assistant_text(page) == first_text
+    expect(page.get_by_test_id("connection-badge")).to_contain_text("Connected", timeout=WAIT_MS)
+    # The earlier conversation is live again: it takes a new message.
+    send(page, "Back in the first one")
+    expect(page.get_by_test_id("assistant-message")).to_have_count(2, timeout=WAIT_MS)
+    expect(last_assistant(page)).to_have_attribute("data-state", "complete", timeout=WAIT_MS)
+    assert assistant_text(page) == stored_assistant_text(page)
