@@ -292,3 +292,28 @@ async def test_a_gap_reloads_history_and_resumes_after_it(tmp_path: Path) -> Non
         front.stop()
         other.stop()
         small.stop()
+
+
+async def test_a_long_chat_swaps_its_token_before_it_expires(service) -> None:
+    short = start_edge(service.address, "--token-ttl-s", "3")
+    cutter = CuttableProxy(short.url.removeprefix("http://"))
+    url = f"http://{await cutter.start()}"
+    try:
+        fresh: list[str] = []
+        async with EdgeClient(url, on_token=fresh.append, refresh_at_fraction=0.3) as client:
+            rec = Recorder(client)
+            session = await client.create_session()
+            first_token = client.token
+            conv = await client.follow(session)
+            await eventually(lambda: len(fresh) >= 2, timeout_s=10)  # refreshed, and again
+            await asyncio.sleep(1.5)  # the first token has expired by now
+            assert fresh[-1] == client.token != first_token
+            assert cutter.cut() > 0  # the reconnect must authenticate with a fresh token
+            await client.send(session, "still welcome?")
+            done = await rec.completed(session)
+            assert_exact(rec.seqs[session], conv, done)
+            assert client.closed_by is None and State.RECONNECTING in rec.states()
+            await rec.close()
+    finally:
+        await cutter.close()
+        short.stop()

@@ -218,7 +218,11 @@ async def history_command(args: argparse.Namespace, out: TextIO) -> int:
 
 
 async def _open_backend(args: argparse.Namespace) -> tuple[ResilientChat, str, AgentClient | None]:
-    """The chat client and the session id (created, or reopened)."""
+    """The chat client and the session id (created, or reopened).
+
+    Undelivered messages are kept per session (one outbox file each), so reopening a
+    session delivers what an earlier, interrupted chat could not, and nothing else.
+    """
     args.state_dir.mkdir(parents=True, exist_ok=True)
     if args.grpc:
         agent = AgentClient(args.grpc)
@@ -230,29 +234,31 @@ async def _open_backend(args: argparse.Namespace) -> tuple[ResilientChat, str, A
         except BaseException:
             await agent.close()
             raise
-        outbox = Outbox(_outbox_path(args.state_dir, "grpc:" + args.grpc))
+        outbox = Outbox(_outbox_path(args.state_dir, f"grpc:{args.grpc}:{session_id}"))
         return agent.resilient_chat(outbox=outbox), session_id, agent
     tokens = TokenStore(args.state_dir, args.edge_url)
-    token = args.token or (tokens.get(args.session) if args.session else "")
-    if args.session and not token:
-        raise errors.Unauthenticated(
-            "unauthenticated", f"no token for {args.session}: pass --token (or AGENT_RELAY_TOKEN)"
-        )
+    session_id, token = args.session, args.token
+    if session_id:
+        token = token or tokens.get(session_id)
+        if not token:
+            raise errors.Unauthenticated(
+                "unauthenticated", f"no token for {session_id}: pass --token (or AGENT_RELAY_TOKEN)"
+            )
+    else:
+        maker = EdgeClient(args.edge_url, token=token, origin=args.origin)
+        try:
+            session_id = await maker.create_session(title=args.title)
+            token = maker.token
+        finally:
+            await maker.close()
+        tokens.put(session_id, token)
     edge = EdgeClient(
         args.edge_url,
         token=token,
         origin=args.origin,
-        outbox_path=_outbox_path(args.state_dir, "edge:" + http_url(args.edge_url)),
+        outbox_path=_outbox_path(args.state_dir, f"edge:{http_url(args.edge_url)}:{session_id}"),
+        on_token=lambda fresh: tokens.put(session_id, fresh),
     )
-    try:
-        if args.session:
-            session_id = args.session
-        else:
-            session_id = await edge.create_session(title=args.title)
-            tokens.put(session_id, edge.token)
-    except BaseException:
-        await edge.close()
-        raise
     return edge, session_id, None
 
 

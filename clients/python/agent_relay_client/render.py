@@ -134,7 +134,8 @@ class Renderer:
             if self._printing_run != event.run_id:
                 self._start_reply(event.run_id)
             elif self._need_prefix:
-                self.line("")
+                if not self._at_line_start:
+                    self._write("\n")
                 self._write(ASSISTANT)
             self._need_prefix = False
             self._write(event.text)

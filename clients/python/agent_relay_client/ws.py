@@ -29,6 +29,7 @@ import contextlib
 import itertools
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -381,6 +382,8 @@ class EdgeClient(ResilientChat):
         backoff: BackoffPolicy | None = None,
         max_attempts: int | None = None,
         request_timeout_s: float = 30.0,
+        on_token: Callable[[str], None] | None = None,
+        refresh_at_fraction: float = 0.8,
     ) -> None:
         super().__init__(
             self._open_link,
@@ -403,6 +406,12 @@ class EdgeClient(ResilientChat):
         self._timeout_s = request_timeout_s
         self._http: aiohttp.ClientSession | None = None
         self.link: EdgeLink | None = None  # the live socket, for tests and diagnostics
+        self._on_token = on_token  # told every new token (to remember it)
+        # A token is swapped for a fresh one when this fraction of its lifetime has passed,
+        # so a long chat never meets an expired token at its next reconnect.
+        self._refresh_at_fraction = refresh_at_fraction
+        self._refresher: asyncio.Task[None] | None = None
+        self.expires_at = 0.0  # the token's expiry (Unix seconds), once known
 
     @property
     def token(self) -> str:
@@ -426,6 +435,8 @@ class EdgeClient(ResilientChat):
 
     async def close(self) -> None:
         """Close the socket and the HTTP session."""
+        if self._refresher is not None:
+            self._refresher.cancel()
         await super().close()
         if self._http is not None:
             await self._http.close()
@@ -442,7 +453,21 @@ class EdgeClient(ResilientChat):
             heartbeat_s=self._heartbeat_s,
             reply_timeout_s=self._timeout_s,
         )
+        ack = self.link.auth_ack
+        if ack is not None and ack.expires_at and self._refresher is None:
+            self._refresher = asyncio.create_task(self._refresh_before(ack.expires_at))
         return self.link
+
+    async def _refresh_before(self, expires_at: float) -> None:
+        """Keep the token fresh: swap it when most of its lifetime has passed, again and again."""
+        self.expires_at = expires_at
+        while True:
+            left = self.expires_at - time.time()
+            await asyncio.sleep(max(left * self._refresh_at_fraction, 1.0))
+            try:
+                await self.refresh_token()
+            except errors.AgentRelayError:
+                await asyncio.sleep(5.0)  # the edge may be restarting: try again soon
 
     # ----- HTTP API ----------------------------------------------------------------------------
 
@@ -480,6 +505,9 @@ class EdgeClient(ResilientChat):
         """Swap the token for a fresh one with the same claims (before it expires)."""
         data = await self._http_json("POST", "/api/token", {"token": self.token})
         self.token = str(data["token"])
+        self.expires_at = float(data.get("expires_at") or 0.0)
+        if self._on_token is not None:
+            self._on_token(self.token)
         if self.link is not None:
             with contextlib.suppress(errors.AgentRelayError):
                 await self.link.authenticate(self.token)
