@@ -20,11 +20,12 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import grpc
 from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
+from opentelemetry.metrics import CallbackOptions, Observation
 
 from relay_shared.telemetry import Telemetry
 
@@ -89,11 +90,26 @@ class GrpcServerMetrics(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         self._active = meter.create_up_down_counter(
             "rpc.server.active_calls", unit="{call}", description="gRPC server calls in flight."
         )
-        self._messages = meter.create_counter(
+        # per message: a plain int in a cell, read only when metrics are collected
+        self._message_cells: dict[tuple[str, str], list[int]] = {}
+        meter.create_observable_counter(
             "rpc.server.messages",
+            callbacks=[self._observe_messages],
             unit="{message}",
-            description="gRPC messages by method and direction (received, sent).",
+            description="gRPC messages by method and direction (RECEIVED, SENT).",
         )
+
+    def _cell(self, method: str, direction: str) -> list[int]:
+        return self._message_cells.setdefault((method, direction), [0])
+
+    def _observe_messages(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [
+            Observation(
+                cell[0],
+                {"rpc.system.name": "grpc", "rpc.method": method, "rpc.message.type": direction},
+            )
+            for (method, direction), cell in list(self._message_cells.items())
+        ]
 
     async def intercept_service(
         self,
@@ -133,12 +149,12 @@ class GrpcServerMetrics(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def _wrap(
         self, behavior: Any, base: dict[str, str], request_streaming: bool, response_streaming: bool
     ) -> Any:
-        received = {**base, "rpc.message.type": "RECEIVED"}
-        sent = {**base, "rpc.message.type": "SENT"}
+        received = self._cell(base["rpc.method"], "RECEIVED")
+        sent = self._cell(base["rpc.method"], "SENT")
 
         def incoming(request_or_iterator: Any) -> Any:
             if not request_streaming:
-                self._messages.add(1, received)
+                received[0] += 1
                 return request_or_iterator
             return self._count(request_or_iterator, received)
 
@@ -156,7 +172,7 @@ class GrpcServerMetrics(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 self._active.add(1, base)
                 try:
                     async for response in behavior(incoming(request_or_iterator), context):
-                        self._messages.add(1, sent)
+                        sent[0] += 1
                         yield response
                     outcome = grpc.StatusCode.OK
                 except asyncio.CancelledError:
@@ -175,7 +191,7 @@ class GrpcServerMetrics(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 if inspect.isawaitable(result):
                     result = await result
                 if not response_streaming:
-                    self._messages.add(1, sent)
+                    sent[0] += 1
                 outcome = grpc.StatusCode.OK
                 return result
             except asyncio.CancelledError:
@@ -186,7 +202,8 @@ class GrpcServerMetrics(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
         return call_behavior
 
-    async def _count(self, requests: AsyncIterator[Any], attributes: dict[str, str]) -> Any:
+    @staticmethod
+    async def _count(requests: AsyncIterator[Any], cell: list[int]) -> Any:
         async for request in requests:
-            self._messages.add(1, attributes)
+            cell[0] += 1
             yield request

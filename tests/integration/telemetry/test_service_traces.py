@@ -11,6 +11,7 @@ from __future__ import annotations
 import secrets
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from agent_relay.v1 import agent_pb2 as pb
@@ -42,6 +43,9 @@ async def run_message(address: str, text: str, trace_context: dict[str, str]) ->
     async with grpc.aio.insecure_channel(address) as channel:
         stub = agent_pb2_grpc.AgentServiceStub(channel)
         session = await stub.CreateSession(pb.CreateSessionRequest(), metadata=metadata)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:  # the client's mistake
+            await stub.GetSession(pb.GetSessionRequest(), metadata=metadata)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         health = health_pb2_grpc.HealthStub(channel)
         await health.Check(health_pb2.HealthCheckRequest(), metadata=metadata)
         chat = ChatClient(stub)
@@ -115,6 +119,8 @@ async def test_one_trace_from_the_client_span_down_to_each_tool_call(
         (create,) = [s for s in spans if s.name.endswith("AgentService/CreateSession")]
         assert create.parent_span_id == client_span and create.kind == SPAN_KIND_SERVER
         assert create.attributes["rpc.system"] == "grpc"
+        (get,) = [s for s in spans if s.name.endswith("AgentService/GetSession")]
+        assert get.status_code == STATUS_UNSET  # a refused request is not a server fault
         # no span for the long-lived Chat stream, nor for health checks polled all day
         assert not [s for s in receiver_grpc.store.spans if s.name.endswith("/Chat")]
         assert not [s for s in receiver_grpc.store.spans if "Health" in s.name]
@@ -142,6 +148,11 @@ async def test_one_trace_from_the_client_span_down_to_each_tool_call(
             )
             == 1
         )
+        get_refused = {
+            "rpc_method": "agent_relay.v1.AgentService/GetSession",
+            "rpc_response_status_code": "INVALID_ARGUMENT",
+        }
+        assert value(samples, "rpc_server_call_duration_seconds_count", **get_refused) == 1
         chat = {"rpc_method": "agent_relay.v1.AgentService/Chat"}
         # join + send received; the stream ended when the client closed it
         assert value(samples, "rpc_server_messages_total", **chat, rpc_message_type="RECEIVED") == 2
