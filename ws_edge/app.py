@@ -93,6 +93,10 @@ async def _hub_context(app: web.Application) -> AsyncIterator[None]:
     hub = Hub(app[SETTINGS])
     app[HUB] = hub
     hub.start()
+    # Open the upstream streams before the first socket can join (bounded: an edge whose
+    # agent service is down still starts, and tells its clients so).
+    if not await hub.upstream.wait_up(timeout_s=3.0):
+        log.warning("the agent service at %s does not answer yet", app[SETTINGS].upstream)
     sweeper = asyncio.create_task(_sweep(hub))
     yield
     sweeper.cancel()

@@ -92,6 +92,7 @@ class UpstreamSlot:
         self._ids = itertools.count(1)
         self._task: asyncio.Task[None] | None = None
         self.up = False
+        self.became_up = asyncio.Event()  # set while the stream is open
         self.responses = 0
 
     def start(self) -> None:
@@ -135,6 +136,7 @@ class UpstreamSlot:
         call = self.stub.Chat()
         self._call = call
         self.up = True
+        self.became_up.set()
         log.info("upstream slot %d: Chat stream open", self.index)
         try:
             self._on_up(self)
@@ -161,6 +163,7 @@ class UpstreamSlot:
 
     def _mark_down(self) -> None:
         was_up, self.up, self._call = self.up, False, None
+        self.became_up.clear()
         pending, self._pending = self._pending, {}
         for future in pending.values():
             if not future.done():
@@ -210,6 +213,16 @@ class UpstreamPool:
 
     async def stop(self) -> None:
         await asyncio.gather(*(slot.stop() for slot in self.slots))
+
+    async def wait_up(self, timeout_s: float) -> bool:
+        """Wait (bounded) until every slot's stream is open; False if some are not."""
+        try:
+            await asyncio.wait_for(
+                asyncio.gather(*(slot.became_up.wait() for slot in self.slots)), timeout_s
+            )
+        except TimeoutError:
+            return False
+        return True
 
     def slot_for(self, session_id: str) -> UpstreamSlot:
         return self.slots[zlib.crc32(session_id.encode()) % len(self.slots)]

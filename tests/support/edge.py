@@ -173,9 +173,15 @@ class EdgeClient:
                 return frame
 
     async def join(self, session_id: str, after_seq: int = 0, **prefs: str) -> dict:
-        return await self.request(
-            {"type": "join", "session_id": session_id, "after_seq": after_seq, **prefs}
-        )
+        """Join; like a real client, retry while the edge says the agent is unavailable."""
+        deadline = time.monotonic() + scaled(15)
+        while True:
+            reply = await self.request(
+                {"type": "join", "session_id": session_id, "after_seq": after_seq, **prefs}
+            )
+            if reply.get("code") != "upstream_unavailable" or time.monotonic() > deadline:
+                return reply
+            await asyncio.sleep(reply.get("retry_after_ms", 200) / 1000)
 
     async def say(
         self, session_id: str, text: str, message_id: str | None = None, **extra: object

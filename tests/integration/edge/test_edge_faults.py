@@ -32,11 +32,16 @@ def assembled(frames: list[dict], run_id: str) -> str:
 
 
 async def close_code(client: EdgeClient, timeout_s: float = 20.0) -> int:
-    with pytest.raises(ConnectionClosed) as info:
+    """Read until the socket closes; its close code (0 when the reads ran dry instead)."""
+    try:
         for _ in range(100_000):
             await client.recv(timeout_s)
-    assert info.value.rcvd is not None, "no close frame"
-    return info.value.rcvd.code
+    except ConnectionClosed as closed:
+        assert closed.rcvd is not None, "no close frame"
+        return closed.rcvd.code
+    except TimeoutError:
+        return 0
+    return 0
 
 
 @pytest.fixture(scope="module")
@@ -70,14 +75,15 @@ async def test_resume_after_a_dropped_socket_is_gap_free_and_duplicate_free(slow
 
 
 async def test_a_slow_consumer_is_closed_1013_without_slowing_the_others(tmp_path: Path):
-    # A long reply as fast as the demo model goes (about 800 KB of frames), and a socket
+    # A long reply as fast as the demo model goes (about 600 KB of text, twice what the
+    # kernel buffers hold), and a socket
     # that stops reading: its kernel buffers fill, then its send queue, then it is closed.
     agent = start_agent_service(
         tmp_path,
         "--demo-tokens-per-s",
         "0",
         "--demo-reply-words",
-        "60000",
+        "90000",
         "--retention-events",
         "100000",
     )
@@ -88,7 +94,7 @@ async def test_a_slow_consumer_is_closed_1013_without_slowing_the_others(tmp_pat
         "--socket-send-buffer-bytes",
         "65536",
         "--socket-write-buffer-bytes",
-        "16384",
+        "4096",
     )
     try:
         session = create_session(edge)
@@ -103,7 +109,8 @@ async def test_a_slow_consumer_is_closed_1013_without_slowing_the_others(tmp_pat
         done = await fast.until_complete(sid, run_id, timeout_s=60)
         assert assembled(fast.events(sid), run_id) == done["text"]
         slow.ws.transport.resume_reading()
-        assert await close_code(slow) == 1013
+        code = await close_code(slow)
+        assert code == 1013, (len(slow.frames), slow.frames[-1]["type"])
         resumed = await EdgeClient.connect(edge.ws_url, token=session["token"])
         await resumed.join(sid, after_seq=slow.last_seq(sid))
         await resumed.until_complete(sid, run_id, timeout_s=60)
