@@ -7,7 +7,9 @@ reload and a message sent while the edge is down, with no text lost or doubled.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 
 import pytest
 from playwright.sync_api import Page, WebSocket, expect
@@ -272,3 +274,24 @@ def test_new_conversation_and_back_to_an_earlier_one(page: Page, edge: Edge) -> 
     expect(page.get_by_test_id("assistant-message")).to_have_count(2, timeout=WAIT_MS)
     expect(last_assistant(page)).to_have_attribute("data-state", "complete", timeout=WAIT_MS)
     assert assistant_text(page) == stored_assistant_text(page)
+
+
+@pytest.mark.edge_args("--ping-interval-s", "2")
+def test_heartbeat_finds_a_frozen_edge_and_comes_back(page: Page, edge: Edge) -> None:
+    open_chat(page, edge)
+    assert edge.proc is not None
+    pid = edge.proc.process.pid
+    badge = page.get_by_test_id("connection-badge")
+    # SIGSTOP: the TCP connection stays open but nothing answers. The page's
+    # heartbeat (a ping every heartbeat_ms = 2 s, 5 s for any reply) must notice.
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        expect(badge).to_contain_text(
+            re.compile("Reconnecting|Connecting"), timeout=scaled(2_000 + 5_000 + 3_000)
+        )
+        screenshot(page, "heartbeat-lost.png")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    expect(badge).to_contain_text("Connected", timeout=WAIT_MS)
+    send(page, "Alive again")
+    expect(last_assistant(page)).to_have_attribute("data-state", "complete", timeout=WAIT_MS)
