@@ -54,7 +54,7 @@ test: $(STAMP) $(WEB_BUILD) test-web
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy agent_service ws_edge
+	$(BIN)/mypy agent_service ws_edge clients/python/agent_relay_client
 
 bench: $(STAMP)
 	$(BIN)/python bench/service_bench.py
