@@ -44,6 +44,11 @@ class ServiceSettings:
     python_memory_mb: int = field(256, "python tool: address-space limit per call, in MiB")
     python_timeout_s: float = field(30.0, "python tool: wall-clock seconds per call")
     python_output_bytes: int = field(64_000, "python tool: stdout+stderr bytes kept per call")
+    python_sandbox: str = field(
+        "auto",
+        "python tool: confine each run with Landlock (no files outside its folder, no TCP, no "
+        "signals out): auto (when the kernel has it), landlock (required) or off",
+    )
     partial_flush_interval_s: float = field(
         0.5, "how often a streaming reply's partial text is written to the store"
     )

@@ -8,8 +8,9 @@ Three tables, each row beside a baseline measured in the same run:
    from sending StartTool to receiving `started` and to the final event, beside a
    bare grpc.aio server (another process) that answers StartTool with `started`
    and `completed` at once.
-3. The python tool: a whole call of `pass` and the time to the first output of
-   `print(1)`, beside spawning `python -c pass` and `python -I -c pass` with asyncio.
+3. The python tool: a whole call of `pass` (with and without its Landlock sandbox)
+   and the time to the first output of `print(1)`, beside spawning `python -c pass`
+   and `python -I -c pass` with asyncio.
 
     .venv/bin/python bench/tool_bench.py [--calls 300] [--spawns 30]
 """
@@ -208,6 +209,8 @@ async def python_tool(code: str, registry: object) -> tuple[float, float]:
 
 async def python_startup(spawns: int) -> list[list[object]]:
     registry = build_registry(ServiceSettings(workspace_dir=REPO))
+    unconfined = build_registry(ServiceSettings(workspace_dir=REPO, python_sandbox="off"))
+    tool_pass_off: list[float] = []
     bare: list[float] = []
     isolated: list[float] = []
     tool_pass: list[float] = []
@@ -216,10 +219,12 @@ async def python_startup(spawns: int) -> list[list[object]]:
         bare.append(await spawn(sys.executable, "-c", "pass"))
         isolated.append(await spawn(sys.executable, "-I", "-c", "pass"))
         tool_pass.append((await python_tool("pass", registry))[1])
+        tool_pass_off.append((await python_tool("pass", unconfined))[1])
         tool_first_output.append((await python_tool("print(1)", registry))[0])
     return [
         ["baseline: spawn + wait `python -c pass`", summary_ms(bare)],
         ["baseline: spawn + wait `python -I -c pass`", summary_ms(isolated)],
+        ["python tool, unconfined: `pass`, request to `completed`", summary_ms(tool_pass_off)],
         ["python tool: `pass`, request to `completed`", summary_ms(tool_pass)],
         ["python tool: `print(1)`, request to first output", summary_ms(tool_first_output)],
     ]

@@ -7,12 +7,14 @@ import asyncio
 import os
 import re
 import signal
+import sys
 from pathlib import Path
 
 import pytest
 from tool_test_support import cancel_soon, exists, reaped, registry_for, run_tool, scaled, wait_gone
 
-from agent_service.tools.builtins.python_exec import OutputCollector
+from agent_service.tools.builtins import landlock
+from agent_service.tools.builtins.python_exec import OutputCollector, Sandbox
 
 PIDS = re.compile(r"pid=(\d+)")
 
@@ -245,3 +247,79 @@ def test_unworkable_limits_are_refused_at_start_up(
 ) -> None:
     with pytest.raises(ValueError, match=setting):
         registry_for(tmp_path, **{setting: value})
+
+
+# --- confinement (Landlock) --------------------------------------------------------------
+
+ABI = landlock.abi_version()
+needs_landlock = pytest.mark.skipif(ABI < 1, reason="this kernel has no Landlock")
+
+
+def probe_code(secret: Path, port: int) -> str:
+    """A program that tries each thing the sandbox refuses and prints what happened."""
+    return (
+        "import os, socket, subprocess, sys\n"
+        "def attempt(name, action):\n"
+        "    try:\n"
+        "        action()\n"
+        "        print(name, 'allowed')\n"
+        "    except OSError as exc:\n"
+        "        print(name, 'refused', exc.errno)\n"
+        f"attempt('read', lambda: open({str(secret)!r}).read())\n"
+        "attempt('environ', lambda: open(f'/proc/{os.getppid()}/environ').read())\n"
+        f"attempt('connect', lambda: socket.create_connection(('127.0.0.1', {port}), 2).close())\n"
+        "attempt('signal', lambda: os.kill(os.getppid(), 0))\n"
+        "attempt('write here', lambda: open('mine.txt', 'w').write('x'))\n"
+        "import decimal, json, sqlite3, ssl\n"
+        "child = [sys.executable, '-c', 'import json; print(json.dumps(1))']\n"
+        "print('child says', subprocess.run(child, capture_output=True, text=True).stdout)\n"
+    )
+
+
+async def run_probe(tmp_path: Path, sandbox: str) -> dict[str, str]:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("the service's secret\n")
+    server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        registry = registry_for(tmp_path, python_sandbox=sandbox)
+        call = await run_tool(registry, "python", {"code": probe_code(secret, port)})
+    finally:
+        server.close()
+        await server.wait_closed()
+    call.assert_shape("completed")
+    lines = call.output("stdout").splitlines()
+    return {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in lines if " " in line}
+
+
+@needs_landlock
+async def test_a_confined_program_cannot_reach_out(tmp_path: Path) -> None:
+    seen = await run_probe(tmp_path, "landlock")
+    assert seen["read"] == "refused 13"
+    assert seen["environ"] == "refused 13"
+    if ABI >= 4:
+        assert seen["connect"] == "refused 13"
+    if ABI >= 6:
+        assert seen["signal"] == "refused 1"
+    assert seen["write"] == "here allowed"
+    assert seen["child"] == "says 1"  # the standard library and subprocesses still work
+
+
+async def test_unconfined_the_same_program_reaches_out(tmp_path: Path) -> None:
+    seen = await run_probe(tmp_path, "off")
+    assert seen["read"] == "allowed"
+    assert seen["connect"] == "allowed"
+    assert seen["signal"] == "allowed"
+
+
+def test_sandbox_settings() -> None:
+    assert Sandbox.from_setting("off").mode == "off"
+    assert Sandbox.from_setting("auto", abi_version=lambda: 0).mode == "off"
+    assert Sandbox.from_setting("auto", abi_version=lambda: 3).mode == "landlock"
+    with pytest.raises(ValueError, match="no Landlock"):
+        Sandbox.from_setting("landlock", abi_version=lambda: 0)
+    with pytest.raises(ValueError, match="python_sandbox must be one of"):
+        Sandbox.from_setting("chroot")
+    read_only = Sandbox.from_setting("landlock", abi_version=lambda: 1).read_only
+    assert "/usr" in read_only and sys.base_prefix in read_only
+    assert not any(Path(p) in Path.cwd().parents or Path(p) == Path.cwd() for p in read_only)

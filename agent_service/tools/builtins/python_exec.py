@@ -32,17 +32,20 @@ import shutil
 import signal
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from agent_service.config import ServiceSettings
 from agent_service.tools.base import ToolContext, ToolError, ToolRegistry, ToolSpec
+from agent_service.tools.builtins import landlock
 
 log = logging.getLogger(__name__)
 
 SNIPPET_NAME = "snippet.py"
 MIN_MEMORY_MB = 64  # below this the interpreter itself may not start
 EXIT_MEMORY = 86  # the bootstrap's exit status for an uncaught MemoryError
+EXIT_NO_SANDBOX = 87  # the bootstrap's exit status when the sandbox cannot be set up
 READ_CHUNK_BYTES = 65_536
 OUTPUT_COALESCE_S = 0.02  # while output flows, at most one output event per stream per 20 ms
 EXIT_POLL_S = 0.02  # how often to look whether the child exited with its pipes still held
@@ -51,7 +54,8 @@ DRAIN_GRACE_S = 0.25  # after the final kill, how long draining the pipes may ta
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 # Runs in the child before the snippet: limits first, then the snippet as __main__.
-# argv: snippet path, CPU seconds, address-space bytes, largest file bytes.
+# argv: snippet path, CPU seconds, address-space bytes, largest file bytes, then the
+# sandbox: mode, landlock.py's path, read-only, read-write and device paths (":"-joined).
 BOOTSTRAP = f"""
 import resource, sys
 _path, _cpu, _mem, _fsize = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
@@ -59,6 +63,21 @@ resource.setrlimit(resource.RLIMIT_CPU, (_cpu, _cpu + 1))
 resource.setrlimit(resource.RLIMIT_AS, (_mem, _mem))
 resource.setrlimit(resource.RLIMIT_FSIZE, (_fsize, _fsize))
 resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+def _confine():
+    import os
+    landlock = {{"__name__": "_agent_relay_landlock"}}
+    with open(sys.argv[6], encoding="utf-8") as f:
+        exec(compile(f.read(), sys.argv[6], "exec"), landlock)
+    read_only, read_write, devices = (a.split(os.pathsep) if a else [] for a in sys.argv[7:10])
+    try:
+        landlock["restrict"](read_only, read_write, devices)
+    except OSError as exc:
+        os.write(2, f"the sandbox could not be set up: {{exc}}\\n".encode())
+        os._exit({EXIT_NO_SANDBOX})
+    roots = [r.rstrip("/") + "/" for r in read_only]
+    sys.path[:] = [p for p in sys.path if any((p + "/").startswith(r) for r in roots)]
+if sys.argv[5] == "landlock":
+    _confine()
 def _main():
     import linecache, os, types
     with open(_path, encoding="utf-8") as f:
@@ -115,6 +134,64 @@ class PythonLimits:
         )
 
 
+SYSTEM_READ_ONLY = (
+    "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64",
+    "/etc/ld.so.cache", "/etc/localtime", "/etc/ssl", "/etc/ca-certificates", "/etc/passwd",
+    "/etc/group", "/etc/nsswitch.conf", "/etc/hosts", "/etc/resolv.conf", "/etc/host.conf",
+    "/etc/gai.conf", "/etc/mime.types", "/etc/os-release",
+)  # fmt: skip
+DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
+SANDBOX_SETTINGS = ("auto", "landlock", "off")
+
+
+@dataclass(frozen=True, slots=True)
+class Sandbox:
+    """How a snippet is confined: Landlock (see landlock.py) or not at all."""
+
+    mode: Literal["landlock", "off"]
+    read_only: tuple[str, ...] = ()
+    devices: tuple[str, ...] = DEVICES
+
+    @classmethod
+    def from_setting(
+        cls, setting: str, abi_version: Callable[[], int] = landlock.abi_version
+    ) -> Sandbox:
+        """The sandbox python_sandbox asks for. Raises ValueError when it cannot be had."""
+        if setting not in SANDBOX_SETTINGS:
+            raise ValueError(f"python_sandbox must be one of {', '.join(SANDBOX_SETTINGS)}")
+        if setting == "off":
+            return cls("off")
+        if abi_version() < 1:
+            if setting == "landlock":
+                raise ValueError("python_sandbox=landlock, but this kernel has no Landlock")
+            log.warning("python tool: this kernel has no Landlock; snippets run unconfined")
+            return cls("off")
+        return cls("landlock", read_only=python_read_only())
+
+    @property
+    def confined(self) -> bool:
+        """True when snippets run confined."""
+        return self.mode == "landlock"
+
+    def argv(self, workdir: str) -> list[str]:
+        """The bootstrap's sandbox arguments for one run in workdir."""
+        return [
+            self.mode,
+            landlock.__file__,
+            os.pathsep.join(self.read_only),
+            workdir,
+            os.pathsep.join(self.devices),
+        ]
+
+
+def python_read_only() -> tuple[str, ...]:
+    """What a confined snippet may read: the system's programs and libraries and the
+    Python installation (with a virtual environment's packages, not the project)."""
+    prefixes = {sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix}
+    paths = [*SYSTEM_READ_ONLY, *sorted(prefixes)]
+    return tuple(dict.fromkeys(p for p in paths if os.pathsep not in p))
+
+
 @dataclass
 class OutputCollector:
     """Keeps a run's output in arrival order, up to a byte budget. Does no I/O.
@@ -165,6 +242,8 @@ def describe_exit(returncode: int, limits: PythonLimits) -> ToolError | None:
         return ToolError(f"CPU time limit of {limits.cpu_s} s exceeded", "limit_exceeded")
     if returncode == EXIT_MEMORY:
         return ToolError(f"memory limit of {limits.memory_mb} MiB exceeded", "limit_exceeded")
+    if returncode == EXIT_NO_SANDBOX:
+        return ToolError("the python sandbox could not be set up (see python_sandbox)", "error")
     if returncode == -signal.SIGXFSZ:
         return ToolError(f"file size limit of {limits.file_bytes} bytes exceeded", "limit_exceeded")
     return None
@@ -190,8 +269,11 @@ def format_result(output: str, returncode: int) -> str:
 class PythonRunner:
     """Runs snippets under fixed limits. One instance serves every call."""
 
-    def __init__(self, limits: PythonLimits, *, python: str = sys.executable) -> None:
+    def __init__(
+        self, limits: PythonLimits, sandbox: Sandbox, *, python: str = sys.executable
+    ) -> None:
         self.limits = limits
+        self.sandbox = sandbox
         self.python = python
 
     async def run(self, code: str, ctx: ToolContext) -> str:
@@ -218,6 +300,7 @@ class PythonRunner:
             str(limits.cpu_s),
             str(limits.memory_mb * 1024 * 1024),
             str(limits.file_bytes),
+            *self.sandbox.argv(workdir),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
@@ -350,15 +433,20 @@ async def _drain(pipe: asyncio.StreamReader | None) -> None:
         pass
 
 
-def spec(limits: PythonLimits) -> ToolSpec:
+def spec(limits: PythonLimits, sandbox: Sandbox) -> ToolSpec:
     """The python tool's spec; its timeout is a backstop behind the wall-time limit."""
+    confined = (
+        " It has no network access and cannot read files outside its folder."
+        if sandbox.confined
+        else ""
+    )
     return ToolSpec(
         name="python",
         description=(
             "Run a Python 3 program in a fresh, separate process and return what it printed "
             "(stdout and stderr) and its exit status. Use print() to show results. Each call "
             "starts from scratch in an empty temporary folder, with the standard library and "
-            f"no environment variables. Limits: {limits.cpu_s} s of CPU, "
+            f"no environment variables.{confined} Limits: {limits.cpu_s} s of CPU, "
             f"{limits.memory_mb} MiB of memory, {limits.wall_s:g} s of wall time, "
             f"{limits.output_bytes} bytes of output."
         ),
@@ -376,10 +464,12 @@ def spec(limits: PythonLimits) -> ToolSpec:
 
 def register(registry: ToolRegistry, settings: ServiceSettings) -> PythonRunner:
     """Add the python tool to a registry, limited as the settings say."""
-    runner = PythonRunner(PythonLimits.from_settings(settings))
+    runner = PythonRunner(
+        PythonLimits.from_settings(settings), Sandbox.from_setting(settings.python_sandbox)
+    )
 
     async def python(args: dict[str, Any], ctx: ToolContext) -> str:
         return await runner.run(args["code"], ctx)
 
-    registry.register(spec(runner.limits), python)
+    registry.register(spec(runner.limits, runner.sandbox), python)
     return runner
