@@ -106,6 +106,12 @@ class RunExecution:
         ) as run_trace:
             reason, error = await self._execute()
             run_trace.ended(reason, error.code if error else "", error.message if error else "")
+            log.info(  # inside the run's span: the line carries its trace and span ids
+                "run %s ended: %s",
+                self.run.run_id,
+                reason,
+                extra={"run_id": self.run.run_id, "session_id": self.rt.session_id},
+            )
 
     async def _execute(self) -> tuple[str, pb.RunError | None]:
         """Run to the end; never raises (a fault becomes an `error` completion)."""

@@ -8,6 +8,7 @@ scraped over HTTP and parsed with the Prometheus client's parser.
 
 from __future__ import annotations
 
+import json
 import secrets
 
 import grpc
@@ -125,6 +126,12 @@ async def test_one_trace_from_the_client_span_down_to_each_tool_call(
         assert not [s for s in receiver_grpc.store.spans if s.name.endswith("/Chat")]
         assert not [s for s in receiver_grpc.store.spans if "Health" in s.name]
 
+        # the service's JSON log line about the run carries the run span's ids
+        lines = [json.loads(line) for line in service.output if line.startswith("{")]
+        (ended,) = [e for e in lines if e.get("run_id") == run_id]
+        assert ended["message"] == f"run {run_id} ended: stop" and ended["level"] == "INFO"
+        assert (ended["trace_id"], ended["span_id"]) == (trace_id, run.span_id)
+
         samples = scrape(metrics_at)
         assert value(samples, "agent_relay_runs_total", outcome="stop") == 1
         assert value(samples, "agent_relay_run_duration_seconds_count", outcome="stop") == 1
@@ -211,8 +218,12 @@ async def test_with_nothing_set_nothing_is_exported_and_metrics_still_count(
         monkeypatch.delenv(key, raising=False)
     service, metrics_at = start_traced_service(tmp_path, monkeypatch, {})
     try:
-        traceparent, _, _ = new_traceparent()
-        await run_message(service.address, "calc 2 + 2", {"traceparent": traceparent})
+        traceparent, trace_id, client_span = new_traceparent()
+        run_id = await run_message(service.address, "calc 2 + 2", {"traceparent": traceparent})
+        # with tracing off the log line still names the client's trace
+        lines = [json.loads(line) for line in service.output if line.startswith("{")]
+        (ended,) = [e for e in lines if e.get("run_id") == run_id]
+        assert (ended["trace_id"], ended["span_id"]) == (trace_id, client_span)
         samples = scrape(metrics_at)
         assert value(samples, "agent_relay_runs_total", outcome="stop") == 1
         assert value(samples, "agent_relay_tool_duration_seconds_count", outcome="completed") == 1
