@@ -59,6 +59,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/service_bench.py
 	$(BIN)/python bench/edge_bench.py
+	$(BIN)/python bench/telemetry_bench.py --e2e
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
