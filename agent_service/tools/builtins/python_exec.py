@@ -17,6 +17,10 @@ message naming the limit):
 The working folder is a fresh empty temporary folder, removed afterwards, and
 the environment is built from scratch (PATH, LANG, HOME and TMPDIR pointing at
 that folder), so no secret of the service's environment reaches the snippet.
+Where the kernel has Landlock (python_sandbox, see landlock.py), the child also
+confines itself: it reads only the Python installation and system libraries,
+writes only its folder, and can neither open TCP connections nor signal
+processes outside its sandbox.
 Whatever way the call ends (result, limit, timeout, cancellation), the whole
 process group gets SIGKILL and the child is reaped before the call returns.
 """
