@@ -21,6 +21,8 @@ import msgspec
 from aiohttp import WSMsgType, hdrs, web
 
 from agent_relay.v1 import agent_pb2 as pb
+from relay_shared.edge_telemetry import EdgeTelemetry
+from relay_shared.telemetry import Telemetry
 from ws_edge.auth import Claims, TokenAuthority, TokenError
 from ws_edge.config import EdgeSettings
 from ws_edge.connection import Connection
@@ -34,6 +36,7 @@ log = logging.getLogger(__name__)
 
 SETTINGS = web.AppKey("settings", EdgeSettings)
 AUTHORITY = web.AppKey("authority", TokenAuthority)
+TELEMETRY = web.AppKey("telemetry", EdgeTelemetry)
 HUB = web.AppKey("hub", Hub)
 
 _HTTP_STATUS = {
@@ -59,10 +62,13 @@ class RefreshBody(msgspec.Struct):
     token: str
 
 
-def create_app(*, settings: EdgeSettings) -> web.Application:
-    """The edge's application. Nothing starts until the app runs (cleanup_ctx)."""
+def create_app(*, settings: EdgeSettings, telemetry: Telemetry | None = None) -> web.Application:
+    """The edge's application. Nothing starts until the app runs (cleanup_ctx). With
+    `telemetry`, chat:message frames get spans and /metrics shows OpenTelemetry's
+    instruments (relay_shared.edge_telemetry)."""
     app = web.Application(client_max_size=64 * 1024)
     app[SETTINGS] = settings
+    app[TELEMETRY] = EdgeTelemetry(telemetry)
     secret = settings.jwt_secret
     if not secret:
         log.warning("no jwt_secret set: using a random one; tokens die with this process")
@@ -90,8 +96,9 @@ def create_app(*, settings: EdgeSettings) -> web.Application:
 
 
 async def _hub_context(app: web.Application) -> AsyncIterator[None]:
-    hub = Hub(app[SETTINGS])
+    hub = Hub(app[SETTINGS], telemetry=app[TELEMETRY])
     app[HUB] = hub
+    _register_gauges(app[TELEMETRY], hub)
     hub.start()
     # Open the upstream streams before the first socket can join (bounded: an edge whose
     # agent service is down still starts, and tells its clients so).
@@ -323,8 +330,45 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response({"status": "agent service unavailable"}, status=503)
 
 
+def _register_gauges(telemetry: EdgeTelemetry, hub: Hub) -> None:
+    def queues() -> list[int]:
+        return [len(conn.queue) for conn in hub.connections.values()]
+
+    telemetry.gauge(
+        "agent_relay.edge.connections", "Open WebSocket connections.", lambda: len(hub.connections)
+    )
+    telemetry.gauge(
+        "agent_relay.edge.rooms", "Live rooms (sessions this edge follows).", lambda: len(hub.rooms)
+    )
+    telemetry.gauge(
+        "agent_relay.edge.send_queue_frames",
+        "Frames waiting in all send queues.",
+        lambda: sum(queues()),
+    )
+    telemetry.gauge(
+        "agent_relay.edge.send_queue_max_frames",
+        "Frames in the fullest send queue.",
+        lambda: max(queues(), default=0),
+    )
+    telemetry.gauge(
+        "agent_relay.edge.send_queue_bytes",
+        "Bytes waiting in all send queues.",
+        lambda: sum(conn.queue.bytes for conn in hub.connections.values()),
+        "By",
+    )
+    telemetry.gauge(
+        "agent_relay.edge.upstream_streams_up",
+        "Upstream Chat streams open.",
+        lambda: sum(1 for slot in hub.upstream.slots if slot.up),
+    )
+
+
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus text; the observability work replaces this with OpenTelemetry's exporter."""
+    """Prometheus text: OpenTelemetry's instruments when telemetry is set up, else a few
+    gauges read directly."""
+    body, content_type = request.app[TELEMETRY].metrics_text()
+    if body:
+        return web.Response(body=body, headers={"Content-Type": content_type})
     hub = request.app[HUB]
     up = sum(1 for slot in hub.upstream.slots if slot.up)
     lines = [

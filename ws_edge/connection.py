@@ -126,8 +126,10 @@ class Connection:
 
     async def _write(self) -> None:
         try:
+            sent = self.hub.telemetry.sent
             while (data := self.queue.pop()) is not None:
                 await self.ws.send_frame(data, WSMsgType.TEXT)
+                sent(len(data))
         except (ConnectionError, RuntimeError) as exc:
             log.debug("socket %s: write failed: %s", self.socket_id, exc)
             self.close(CloseCode.GOING_AWAY, "write failed", flush=False)
@@ -184,11 +186,13 @@ class Connection:
         now = self.hub.clock()
         self.last_frame_at = now
         size = frame_size(data)
+        self.hub.telemetry.received(size)
         limiters = (
             [self._limiter] if self._user_limiter is None else [self._limiter, self._user_limiter]
         )
         wait_ms = admit(limiters, size, now)
         if wait_ms:
+            self.hub.telemetry.rate_limited("frames")
             self._refuse(
                 frame_ref(data),
                 EdgeError(ErrorCode.RATE_LIMITED, "too many frames or bytes", wait_ms),
@@ -243,6 +247,7 @@ class Connection:
             self._require_joined(frame.session_id)
             wait_ms = self.hub.runs.check(claims.user_id, now)
             if wait_ms:
+                self.hub.telemetry.rate_limited("runs")
                 raise EdgeError(
                     ErrorCode.RATE_LIMITED,
                     f"at most {self.hub.settings.max_runs_per_user} runs at once",
@@ -293,6 +298,7 @@ class Connection:
                 self.hub.user_connection_count(claims.user_id)
                 >= self.hub.settings.max_connections_per_user
             ):
+                self.hub.telemetry.rate_limited("connections")
                 self.reply_error(
                     frame.id,
                     EdgeError(ErrorCode.RATE_LIMITED, "too many connections for this user"),
@@ -307,26 +313,29 @@ class Connection:
         self.send(ack_frame(frame.id, user_id=claims.user_id, expires_at=claims.expires_at))
 
     async def _send_message(self, user_id: str, frame: ChatMessage) -> None:
-        trace = {
-            k: v
-            for k, v in (("traceparent", frame.traceparent), ("tracestate", frame.tracestate))
-            if v
-        }
-        request = pb.ChatRequest(
-            send=pb.SendMessage(
-                session_id=frame.session_id,
-                message_id=frame.message_id,
-                text=frame.text,
-                busy_policy=BUSY_POLICIES[frame.busy_policy],
-                trace_context=trace,
+        with self.hub.telemetry.message(
+            frame.traceparent,
+            frame.tracestate,
+            session_id=frame.session_id,
+            message_id=frame.message_id,
+        ) as traced:
+            request = pb.ChatRequest(
+                send=pb.SendMessage(
+                    session_id=frame.session_id,
+                    message_id=frame.message_id,
+                    text=frame.text,
+                    busy_policy=BUSY_POLICIES[frame.busy_policy],
+                    trace_context=traced.trace_context,
+                )
             )
-        )
-        try:
-            reply = await self.hub.command(frame.session_id, request)
-        except EdgeError as error:
-            self.reply_error(frame.id, error)
-            return
-        accepted = reply.accepted
+            try:
+                reply = await self.hub.command(frame.session_id, request)
+            except EdgeError as error:
+                traced.refused(str(error.code), error.message)
+                self.reply_error(frame.id, error)
+                return
+            accepted = reply.accepted
+            traced.accepted(accepted.run_id, accepted.duplicate)
         if not accepted.duplicate:
             self.hub.runs.start(user_id, accepted.run_id, self.hub.clock())
         self.send(

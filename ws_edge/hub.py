@@ -16,6 +16,7 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from agent_relay.v1 import agent_pb2 as pb
+from relay_shared.edge_telemetry import EdgeTelemetry
 from ws_edge.config import EdgeSettings
 from ws_edge.errors import EdgeError
 from ws_edge.limits import FrameBudget, FrameLimiter, RunLimiter
@@ -52,8 +53,15 @@ class _RoomTimers:
 class Hub:
     """Rooms, connections and per-user budgets of one edge process."""
 
-    def __init__(self, settings: EdgeSettings, *, clock: Callable[[], float] | None = None):
+    def __init__(
+        self,
+        settings: EdgeSettings,
+        *,
+        telemetry: EdgeTelemetry | None = None,
+        clock: Callable[[], float] | None = None,
+    ):
         self.settings = settings
+        self.telemetry = telemetry or EdgeTelemetry(None)
         self._loop = asyncio.get_running_loop()
         self.clock = clock or self._loop.time
         self.rooms: dict[str, Room] = {}

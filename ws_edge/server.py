@@ -14,6 +14,8 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
+from relay_shared.logs import configure_logging
+from relay_shared.telemetry import Telemetry, setup_telemetry
 from ws_edge.app import create_app
 from ws_edge.config import EdgeSettings, load
 
@@ -28,9 +30,9 @@ def server_ssl_context(settings: EdgeSettings) -> ssl.SSLContext | None:
     return context
 
 
-async def serve(settings: EdgeSettings) -> None:
+async def serve(settings: EdgeSettings, telemetry: Telemetry | None = None) -> None:
     """Serve until SIGTERM/SIGINT; then stop accepting, close sockets with 1012, exit."""
-    app = create_app(settings=settings)
+    app = create_app(settings=settings, telemetry=telemetry)
     runner = web.AppRunner(
         app, handle_signals=False, access_log=None, shutdown_timeout=settings.shutdown_timeout_s
     )
@@ -55,9 +57,12 @@ async def serve(settings: EdgeSettings) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m ws_edge` / `agent-relay edge`."""
     settings = load(argv)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    asyncio.run(serve(settings))
+    configure_logging(settings.log_level)
+    telemetry = setup_telemetry("ws_edge")
+    try:
+        asyncio.run(serve(settings, telemetry))
+    finally:
+        telemetry.shutdown()  # flushes the spans still waiting for export
     return 0

@@ -7,7 +7,7 @@ import json
 import urllib.error
 import urllib.request
 
-from tests.support.edge import EdgeClient, EdgeProcess, create_session
+from tests.support.edge import EdgeClient, EdgeProcess, create_session, start_edge
 from tests.support.timing import scaled
 
 
@@ -152,3 +152,22 @@ async def test_app_ping_is_answered_with_pong(edge):
     pong = await client.request({"type": "ping", "ts": 12345})
     assert pong["type"] == "pong" and pong["ts"] == 12345
     await client.close()
+
+
+async def test_a_traceparent_makes_the_edges_span_a_child_of_the_clients(agent, monkeypatch):
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console")
+    edge = start_edge(agent.address)
+    try:
+        session = create_session(edge)
+        client = await EdgeClient.connect(edge.ws_url, token=session["token"])
+        await client.join(session["session_id"])
+        trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+        ack = await client.say(
+            session["session_id"], "traced", traceparent=f"00-{trace_id}-00f067aa0ba902b7-01"
+        )
+        assert ack["type"] == "ack"
+        await client.close()
+    finally:
+        edge.stop()  # flushes the spans
+    output = edge.text()
+    assert '"name": "chat:message"' in output and trace_id in output
