@@ -119,6 +119,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "history":
             return asyncio.run(history_command(args, sys.stdout))
         return asyncio.run(chat_command(args, sys.stdout))
+    except errors.TransportError as exc:
+        where = args.grpc or getattr(args, "edge_url", "")
+        print(f"agent-relay: cannot reach {where}: {exc}", file=sys.stderr)
+        return 1
     except errors.AgentRelayError as exc:
         print(f"agent-relay: {exc}", file=sys.stderr)
         return 1
@@ -176,7 +180,8 @@ async def tools_command(args: argparse.Namespace, out: TextIO) -> int:
     width = max((len(t.name) for t in tools), default=4)
     for tool in tools:
         params = ", ".join(tool.parameters.get("properties", {}))
-        out.write(f"{tool.name:<{width}}  {tool.description}\n")
+        summary = tool.description.split(". ", 1)[0].rstrip(".") + "."
+        out.write(f"{tool.name:<{width}}  {summary}\n")
         out.write(f"{'':<{width}}  args: {params or '-'}; timeout {tool.timeout_s:g} s\n")
     return 0
 
