@@ -162,20 +162,22 @@ def welcome_frame(
     )
 
 
+def _with_ref(frame: dict[str, Any], ref: str | None) -> dict[str, Any]:
+    # A frame without an id gets a reply without `ref` (omitted, never null).
+    if ref is not None:
+        frame["ref"] = ref
+    return frame
+
+
 def ack_frame(ref: str | None, **fields: Any) -> bytes:
     """The success reply to a client frame."""
-    return encode({"type": "ack", "ref": ref, **fields})
+    return encode({**_with_ref({"type": "ack"}, ref), **fields})
 
 
 def error_frame(error: EdgeError, ref: str | None = None, **extra: Any) -> bytes:
     """The failure reply to a client frame (or, without ref, a notice about the socket)."""
-    frame: dict[str, Any] = {
-        "type": "error",
-        "ref": ref,
-        "code": str(error.code),
-        "message": error.message,
-        "retryable": error.retryable,
-    }
+    frame = _with_ref({"type": "error"}, ref)
+    frame.update(code=str(error.code), message=error.message, retryable=error.retryable)
     if error.retry_after_ms is not None:
         frame["retry_after_ms"] = error.retry_after_ms
     frame.update(extra)
@@ -184,4 +186,4 @@ def error_frame(error: EdgeError, ref: str | None = None, **extra: Any) -> bytes
 
 def pong_frame(ref: str | None, ts: int | float | None) -> bytes:
     """The reply to an application ping."""
-    return encode({"type": "pong", "ref": ref, "ts": ts})
+    return encode({**_with_ref({"type": "pong"}, ref), "ts": ts})

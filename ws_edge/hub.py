@@ -30,6 +30,7 @@ from ws_edge.room import (
     RejectJoin,
     Room,
     RoomClosed,
+    RoomState,
     RunFinished,
     SubscribeUpstream,
     UnsubscribeUpstream,
@@ -260,9 +261,17 @@ class Hub:
         except EdgeError as error:
             if self.rooms.get(room.session_id) is room:
                 self._apply(room, room.receive_join_failed(error, self.clock()))
+                if room.state is RoomState.UPSTREAM_LOST and slot.up:
+                    # The stream is fine but the join failed (a timeout, say): try again
+                    # later; a stream that breaks meanwhile resubscribes on its own.
+                    self._loop.call_later(1.0, self._retry_subscribe, room)
             return
         if self.rooms.get(room.session_id) is room:
             self._apply(room, room.receive_joined(reply.joined.head_seq, self.clock()))
+
+    def _retry_subscribe(self, room: Room) -> None:
+        if self.rooms.get(room.session_id) is room and self.upstream.slot_for(room.session_id).up:
+            self._apply(room, room.receive_upstream_restored(self.clock()))
 
     async def _unsubscribe(self, session_id: str) -> None:
         if session_id in self.rooms:

@@ -171,3 +171,17 @@ async def test_a_traceparent_makes_the_edges_span_a_child_of_the_clients(agent, 
         edge.stop()  # flushes the spans
     output = edge.text()
     assert '"name": "chat:message"' in output and trace_id in output
+
+
+def test_the_web_ui_is_served_at_the_root_when_built(agent, tmp_path):
+    (tmp_path / "index.html").write_text("<!doctype html><title>agent-relay</title>")
+    (tmp_path / "assets").mkdir()
+    (tmp_path / "assets" / "app.js").write_text("console.log('hi')")
+    edge = start_edge(agent.address, "--static-dir", str(tmp_path))
+    try:
+        status, body = http(edge, "/")
+        assert status == 200 and b"<title>agent-relay</title>" in body
+        assert http(edge, "/assets/app.js") == (200, b"console.log('hi')")
+        assert http(edge, "/healthz")[0] == 200  # the API still wins over the files
+    finally:
+        edge.stop()

@@ -246,3 +246,20 @@ def test_a_socket_rejoining_mid_batch_gets_only_the_tail_of_the_batch():
     frames = frames_for(effects, "a")
     assert [(f["from_seq"], f["seq"], f["text"]) for f in frames] == [(3, 3, "c")]
     assert not frames_for(room.receive_flush_due(now=1.005), "a")
+
+
+def test_after_a_rewind_a_socket_ahead_gets_only_the_part_of_a_batch_it_lacks():
+    room = make_room(buffer_events=1)
+    room.join("a", "ja", 0, STREAM, now=0.0)
+    room.receive_joined(0, now=0.0)
+    room.receive_events([delta(1, "a"), delta(2, "b")], now=1.0)
+    room.receive_flush_due(now=1.1)  # "a" has seq 2
+    assert room.after_seq_of("a") == 2
+    room.join("b", "jb", 0, STREAM, now=2.0)  # older than the buffer: rewind to 0
+    room.receive_joined(3, now=2.0)
+    replay = room.receive_events([delta(1, "a"), delta(2, "b"), delta(3, "c")], now=3.0)
+    replay += room.receive_flush_due(now=3.1)
+    assert [(f["from_seq"], f["seq"], f["text"]) for f in frames_for(replay, "b")] == [
+        (1, 3, "abc")
+    ]
+    assert [(f["from_seq"], f["seq"], f["text"]) for f in frames_for(replay, "a")] == [(3, 3, "c")]
