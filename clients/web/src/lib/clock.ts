@@ -38,3 +38,41 @@ export function browserNetwork(): NetworkMonitor {
     },
   };
 }
+
+/** The longest delay `setTimeout` takes without overflowing. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/**
+ * Named one-shot timers on a clock: setting a name again replaces its timer,
+ * so each concern (retry, ping, pong, ...) has at most one pending at a time.
+ */
+export class Timers {
+  private readonly handles = new Map<string, unknown>();
+
+  constructor(private readonly clock: Clock) {}
+
+  set(name: string, delayMs: number, callback: () => void): void {
+    this.clear(name);
+    const handle = this.clock.setTimeout(() => {
+      this.handles.delete(name);
+      callback();
+    }, Math.min(Math.max(0, delayMs), MAX_TIMER_MS));
+    this.handles.set(name, handle);
+  }
+
+  clear(...names: string[]): void {
+    for (const name of names) {
+      if (!this.handles.has(name)) continue;
+      this.clock.clearTimeout(this.handles.get(name));
+      this.handles.delete(name);
+    }
+  }
+
+  clearAll(): void {
+    this.clear(...this.handles.keys());
+  }
+
+  has(name: string): boolean {
+    return this.handles.has(name);
+  }
+}

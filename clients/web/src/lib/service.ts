@@ -20,7 +20,7 @@
  */
 import type { RelayApi } from "./api";
 import { DEFAULT_BACKOFF, type BackoffOptions, backoff } from "./backoff";
-import { type Clock, type NetworkMonitor, browserNetwork, systemClock } from "./clock";
+import { type Clock, type NetworkMonitor, Timers, browserNetwork, systemClock } from "./clock";
 import { ClientCloseCode, ClientErrorCode, ErrorCode, isRetryableError } from "./codes";
 import {
   type ChatMessage,
@@ -28,10 +28,10 @@ import {
   type ToolExecution,
   addLocalMessage,
   conversationFromHistory,
-  emptyConversation,
   receiveEvent,
   setMessageState,
 } from "./conversation";
+import { Listeners } from "./listeners";
 import { Outbox, type OutboxEntry } from "./outbox";
 import { afterClose, tokenRefreshDelayMs } from "./reconnect";
 import {
@@ -45,7 +45,8 @@ import {
   parseServerFrame,
 } from "./protocol";
 import type { StoredToken, TokenStore } from "./sessions";
-import { type KeyValueStorage, MemoryStorage, StorageKey, readJson, writeJson } from "./storage";
+import { ConversationSnapshots } from "./snapshots";
+import { type KeyValueStorage, MemoryStorage } from "./storage";
 import { type Transport, type TransportFactory, browserTransport } from "./transport";
 
 export type ConnectionState = "idle" | "connecting" | "connected" | "reconnecting" | "disconnected";
@@ -126,8 +127,6 @@ export interface WebSocketServiceOptions {
   traceMessages?: boolean;
 }
 
-type Listener<T extends unknown[]> = (...args: T) => void;
-
 type Pending =
   | { kind: "auth" }
   | { kind: "join" }
@@ -140,9 +139,6 @@ interface Waiter {
   reject: (error: ServiceError) => void;
 }
 
-/** Conversation snapshots keep at most this many messages (the newest). */
-const PERSISTED_MESSAGES = 200;
-const MAX_TIMER_MS = 2 ** 31 - 1;
 
 export class WebSocketService {
   private readonly storage: KeyValueStorage;
@@ -152,6 +148,7 @@ export class WebSocketService {
   private readonly random: () => number;
   private readonly newId: () => string;
   private readonly outbox: Outbox;
+  private readonly snapshots: ConversationSnapshots;
   private readonly backoffOptions: BackoffOptions;
   private readonly connectTimeoutMs: number;
   private readonly pongTimeoutMs: number;
@@ -179,15 +176,15 @@ export class WebSocketService {
   private resyncing = false;
   private resyncBuffer: SessionEvent[] = [];
 
-  private readonly timers = new Map<string, unknown>();
+  private readonly timers: Timers;
   private unsubscribeNetwork: (() => void) | undefined;
   private removePageHide: (() => void) | undefined;
 
   private readonly subscribers = new Set<() => void>();
-  private readonly messageListeners = new Set<Listener<[ChatMessage]>>();
-  private readonly toolListeners = new Set<Listener<[ToolExecution]>>();
-  private readonly errorListeners = new Set<Listener<[ServiceError]>>();
-  private readonly stateListeners = new Set<Listener<[ConnectionInfo, ConnectionState]>>();
+  private readonly messageListeners = new Listeners<[ChatMessage]>();
+  private readonly toolListeners = new Listeners<[ToolExecution]>();
+  private readonly errorListeners = new Listeners<[ServiceError]>();
+  private readonly stateListeners = new Listeners<[ConnectionInfo, ConnectionState]>();
 
   constructor(private readonly options: WebSocketServiceOptions) {
     this.storage = options.storage ?? new MemoryStorage();
@@ -203,6 +200,8 @@ export class WebSocketService {
     this.tokenRefreshMarginMs = options.tokenRefreshMarginMs ?? 60_000;
     this.persistDelayMs = options.persistDelayMs ?? 250;
     this.outbox = new Outbox(this.storage);
+    this.snapshots = new ConversationSnapshots(this.storage);
+    this.timers = new Timers(this.clock);
     this.connection = { state: "idle", attempt: 0, online: this.network.isOnline() };
     this.snapshot = { connection: this.connection, conversation: undefined };
   }
@@ -220,22 +219,22 @@ export class WebSocketService {
 
   /** An assembled message was added or changed. */
   onMessage(callback: (message: ChatMessage) => void): () => void {
-    return addListener(this.messageListeners, callback);
+    return this.messageListeners.add(callback);
   }
 
   /** A tool execution was added or changed. */
   onToolExecution(callback: (tool: ToolExecution) => void): () => void {
-    return addListener(this.toolListeners, callback);
+    return this.toolListeners.add(callback);
   }
 
   /** A reply error, a lost request, a refused token, a closed connection. */
   onError(callback: (error: ServiceError) => void): () => void {
-    return addListener(this.errorListeners, callback);
+    return this.errorListeners.add(callback);
   }
 
   /** Every transition of the connection state, with the state before it. */
   onStateChange(callback: (info: ConnectionInfo, previous: ConnectionState) => void): () => void {
-    return addListener(this.stateListeners, callback);
+    return this.stateListeners.add(callback);
   }
 
   /**
@@ -249,8 +248,8 @@ export class WebSocketService {
     if (this.connection.sessionId === sessionId && active !== "idle" && active !== "disconnected") return;
     this.flushPersist();
     this.dropSocket(ClientCloseCode.CLIENT_DISCONNECT, "switching session");
-    this.clearTimer("retry");
-    this.setConversation(this.restoreConversation(sessionId));
+    this.timers.clear("retry");
+    this.setConversation(this.snapshots.restore(sessionId, this.outbox.pending(sessionId)));
     this.connection = { ...this.connection, sessionId, attempt: 0 };
     this.listenToEnvironment();
     this.open();
@@ -304,7 +303,7 @@ export class WebSocketService {
   /** Try to reconnect now instead of waiting for the backoff timer. */
   reconnectNow(): void {
     if (this.connection.state !== "reconnecting") return;
-    this.clearTimer("retry");
+    this.timers.clear("retry");
     this.open();
   }
 
@@ -317,7 +316,7 @@ export class WebSocketService {
   disconnect(): void {
     this.flushPersist();
     this.dropSocket(ClientCloseCode.CLIENT_DISCONNECT, "client disconnect");
-    for (const name of [...this.timers.keys()]) this.clearTimer(name);
+    this.timers.clearAll();
     this.unsubscribeNetwork?.();
     this.unsubscribeNetwork = undefined;
     this.removePageHide?.();
@@ -331,7 +330,7 @@ export class WebSocketService {
   // ------------------------------------------------------------------ connection
 
   private open(): void {
-    this.clearTimer("retry");
+    this.timers.clear("retry");
     const sessionId = this.connection.sessionId;
     if (!sessionId) return;
     if (!this.network.isOnline()) {
@@ -346,7 +345,7 @@ export class WebSocketService {
     this.setConnection({ state: "connecting", retryAt: undefined });
     const generation = ++this.generation;
     this.joined = false;
-    this.setTimer("connect", this.connectTimeoutMs, () =>
+    this.timers.set("connect", this.connectTimeoutMs, () =>
       this.socketFailed(ClientCloseCode.CONNECT_TIMEOUT, "connection timed out"),
     );
     if (this.remainingMs(token) <= this.tokenRefreshMarginMs / 2) {
@@ -396,7 +395,7 @@ export class WebSocketService {
   /** Forget everything that belonged to the socket that just went away. */
   private socketGone(): void {
     this.joined = false;
-    for (const name of ["connect", "ping", "pong", "refresh"]) this.clearTimer(name);
+    this.timers.clear("connect", "ping", "pong", "refresh");
     const lost = new ServiceError(ClientErrorCode.CONNECTION_LOST, "the connection was lost", true);
     for (const pending of this.pending.values()) if (pending.kind === "cancel") pending.reject(lost);
     this.pending.clear();
@@ -423,7 +422,7 @@ export class WebSocketService {
         this.setConnection({ state: "reconnecting", retryAt: undefined, closeCode: code, reason: "offline" });
         return;
       case "retry":
-        this.setTimer("retry", next.delayMs, () => this.open());
+        this.timers.set("retry", next.delayMs, () => this.open());
         this.setConnection({
           state: "reconnecting", attempt: this.connection.attempt + 1, retryAt: this.clock.now() + next.delayMs,
           closeCode: code, reason,
@@ -433,7 +432,7 @@ export class WebSocketService {
 
   private stop(error: ServiceError, closeCode?: number): void {
     this.dropSocket(ClientCloseCode.CLIENT_DISCONNECT, error.message);
-    this.clearTimer("retry");
+    this.timers.clear("retry");
     this.emitError(error);
     this.rejectWaiters(error);
     this.setConnection({
@@ -444,7 +443,7 @@ export class WebSocketService {
 
   private joinedSession(): void {
     this.joined = true;
-    this.clearTimer("connect");
+    this.timers.clear("connect");
     this.retryAfterMs = 0;
     this.setConnection({ state: "connected", attempt: 0, retryAt: undefined, closeCode: undefined, reason: undefined });
     this.scheduleHeartbeat();
@@ -455,7 +454,7 @@ export class WebSocketService {
 
   private receiveFrame(data: string): void {
     // Any frame proves the link alive.
-    this.clearTimer("pong");
+    this.timers.clear("pong");
     const frame = parseServerFrame(data);
     if (!frame) {
       this.emitError(new ServiceError(ClientErrorCode.PROTOCOL, `unreadable frame: ${data.slice(0, 120)}`));
@@ -705,7 +704,7 @@ export class WebSocketService {
     }
     if (error.retryable) {
       this.setConversation(setMessageState(this.conversation, messageId, "queued"));
-      this.setTimer("outbox", Math.max(error.retryAfterMs ?? 0, backoff(1, this.backoffOptions, this.random)), () =>
+      this.timers.set("outbox", Math.max(error.retryAfterMs ?? 0, backoff(1, this.backoffOptions, this.random)), () =>
         this.flushOutbox(),
       );
       return;
@@ -738,7 +737,7 @@ export class WebSocketService {
 
   private scheduleHeartbeat(): void {
     const interval = this.options.pingIntervalMs ?? this.heartbeatMs ?? 15_000;
-    this.setTimer("ping", interval, () => {
+    this.timers.set("ping", interval, () => {
       this.ping();
       this.scheduleHeartbeat();
     });
@@ -749,7 +748,7 @@ export class WebSocketService {
     if (!this.transport) return;
     this.sendFrame({ type: "ping", id: this.nextFrameId("p"), ts: this.clock.now() });
     if (!this.timers.has("pong")) {
-      this.setTimer("pong", this.pongTimeoutMs, () =>
+      this.timers.set("pong", this.pongTimeoutMs, () =>
         this.socketFailed(ClientCloseCode.HEARTBEAT_TIMEOUT, "no heartbeat reply"),
       );
     }
@@ -768,10 +767,10 @@ export class WebSocketService {
     const current = { ...token, expiresAt: expiresAtS };
     const delay = tokenRefreshDelayMs(this.remainingMs(current), this.tokenRefreshMarginMs);
     if (!Number.isFinite(delay)) return;
-    this.setTimer("refresh", delay, () => {
+    this.timers.set("refresh", delay, () => {
       void this.refreshToken(sessionId, current).then((fresh) => {
         if (fresh) this.reauth(fresh);
-        else this.setTimer("refresh", 5_000, () => this.scheduleRefresh(sessionId, expiresAtS));
+        else this.timers.set("refresh", 5_000, () => this.scheduleRefresh(sessionId, expiresAtS));
       });
     });
   }
@@ -812,7 +811,7 @@ export class WebSocketService {
     if (online && this.connection.state === "reconnecting") {
       this.open();
     } else if (!online && this.connection.state === "reconnecting") {
-      this.clearTimer("retry");
+      this.timers.clear("retry");
       this.setConnection({ retryAt: undefined, reason: "offline" });
     } else if (!online && this.connection.state === "connected") {
       // The socket may be dead without knowing it: check now rather than at the next ping.
@@ -822,37 +821,15 @@ export class WebSocketService {
 
   // ------------------------------------------------------------------ persistence
 
-  private restoreConversation(sessionId: string): Conversation {
-    const stored = readJson<Conversation>(this.storage, StorageKey.conversation(sessionId));
-    let c =
-      stored && stored.sessionId === sessionId && Array.isArray(stored.messages) && Number.isFinite(stored.lastSeq)
-        ? stored
-        : emptyConversation(sessionId);
-    for (const entry of this.outbox.pending(sessionId)) {
-      c = addLocalMessage(c, { id: entry.messageId, text: entry.text, state: "queued", createdMs: entry.createdMs });
-      c = setMessageState(c, entry.messageId, "queued");
-    }
-    return c;
-  }
-
   private schedulePersist(): void {
     if (this.timers.has("persist")) return;
-    this.setTimer("persist", this.persistDelayMs, () => this.flushPersist());
+    this.timers.set("persist", this.persistDelayMs, () => this.flushPersist());
   }
 
-  /**
-   * Write the conversation and its `lastSeq` in one entry, so a reload resumes
-   * exactly after what it shows. A refused write keeps the older snapshot,
-   * which is consistent in itself (its events are replayed again).
-   */
+  /** Save the conversation with its `lastSeq` now (see `ConversationSnapshots`). */
   private flushPersist(): void {
-    this.clearTimer("persist");
-    const c = this.conversation;
-    if (!c) return;
-    const messages = c.messages.slice(-PERSISTED_MESSAGES);
-    const callIds = new Set(messages.flatMap((m) => m.parts.flatMap((p) => (p.kind === "tool" ? [p.callId] : []))));
-    const tools = Object.fromEntries(Object.entries(c.tools).filter(([id]) => callIds.has(id)));
-    writeJson(this.storage, StorageKey.conversation(c.sessionId), { ...c, messages, tools });
+    this.timers.clear("persist");
+    if (this.conversation) this.snapshots.save(this.conversation);
   }
 
   // ------------------------------------------------------------------ helpers
@@ -878,21 +855,6 @@ export class WebSocketService {
     return `00-${hex(16)}-${hex(8)}-01`;
   }
 
-  private setTimer(name: string, delayMs: number, callback: () => void): void {
-    this.clearTimer(name);
-    const handle = this.clock.setTimeout(() => {
-      this.timers.delete(name);
-      callback();
-    }, Math.min(Math.max(0, delayMs), MAX_TIMER_MS));
-    this.timers.set(name, handle);
-  }
-
-  private clearTimer(name: string): void {
-    if (!this.timers.has(name)) return;
-    this.clock.clearTimeout(this.timers.get(name));
-    this.timers.delete(name);
-  }
-
   private setConnection(change: Partial<ConnectionInfo>): void {
     const previous = this.connection;
     const next: ConnectionInfo = { ...previous, ...change };
@@ -900,7 +862,7 @@ export class WebSocketService {
     this.connection = next;
     this.snapshot = { connection: next, conversation: this.conversation };
     this.notify();
-    if (next.state !== previous.state) for (const l of [...this.stateListeners]) l(next, previous.state);
+    if (next.state !== previous.state) this.stateListeners.emit(next, previous.state);
   }
 
   private setConversation(conversation: Conversation | undefined): void {
@@ -915,11 +877,11 @@ export class WebSocketService {
   }
 
   private emitError(error: ServiceError): void {
-    for (const l of [...this.errorListeners]) l(error);
+    this.errorListeners.emit(error);
   }
 
   private emitMessage(message: ChatMessage): void {
-    for (const l of [...this.messageListeners]) l(message);
+    this.messageListeners.emit(message);
   }
 
   private emitMessageById(messageId: string): void {
@@ -932,14 +894,9 @@ export class WebSocketService {
     const old = new Set(before?.messages ?? []);
     for (const m of after.messages) if (!old.has(m)) this.emitMessage(m);
     for (const [id, tool] of Object.entries(after.tools)) {
-      if (before?.tools[id] !== tool) for (const l of [...this.toolListeners]) l(tool);
+      if (before?.tools[id] !== tool) this.toolListeners.emit(tool);
     }
   }
-}
-
-function addListener<T>(set: Set<T>, listener: T): () => void {
-  set.add(listener);
-  return () => set.delete(listener);
 }
 
 /** `ws(s)://<this page's host>/ws`: where the edge that served the page listens. */
