@@ -22,10 +22,20 @@ export default defineConfig(({ mode }) => {
       },
     };
   }
+  // `npm run dev` serves the app with hot reload and forwards the API and the
+  // socket to a running edge (allow the dev origin there:
+  // AGENT_RELAY_ALLOWED_ORIGINS=http://localhost:5173).
+  const edge = process.env.AGENT_RELAY_EDGE ?? "http://127.0.0.1:8080";
   return {
     plugins: [react()],
     // Relative asset URLs so the edge can serve dist/ at any mount point.
     base: "./",
+    server: {
+      proxy: {
+        "/api": edge,
+        "/ws": { target: edge.replace(/^http/, "ws"), ws: true },
+      },
+    },
     build: { outDir: "dist", emptyOutDir: true },
     test: {
       environment: "jsdom",
