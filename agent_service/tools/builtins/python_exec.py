@@ -440,7 +440,8 @@ async def _drain(pipe: asyncio.StreamReader | None) -> None:
 def spec(limits: PythonLimits, sandbox: Sandbox) -> ToolSpec:
     """The python tool's spec; its timeout is a backstop behind the wall-time limit."""
     confined = (
-        " It has no network access and cannot read files outside its folder."
+        " It has no network access and sees no files but its own folder, the Python "
+        "installation and the system libraries."
         if sandbox.confined
         else ""
     )
