@@ -64,6 +64,8 @@ UNLIMITED = (
     "1000000",
     "--send-queue-max-bytes",
     "1000000000",
+    "--max-connections-per-user",
+    "1000000",
 )
 
 ECHO_SERVER = """
@@ -75,7 +77,14 @@ async def ws(request):
     await sock.prepare(request)
     async for msg in sock:
         if msg.type is WSMsgType.TEXT:
-            await sock.send_str(msg.data)
+            if msg.data.startswith("push "):
+                frame = ('{"type":"chat:response","session_id":"s","seq":1,"run_id":"r",'
+                         '"text":"word ","step":0}')
+                for _ in range(int(msg.data[5:])):
+                    await sock.send_str(frame)
+                await sock.send_str("done")
+            else:
+                await sock.send_str(msg.data)
     return sock
 
 async def main():
@@ -253,6 +262,115 @@ async def echo_round_trips(url: str, count: int) -> list[float]:
         return out
 
 
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+async def fan_out(args: argparse.Namespace, edge_url: str, echo_url: str) -> list[list[object]]:
+    """One reply streamed to N sockets in one room, beside a bare aiohttp server pushing
+    one frame per message to N sockets."""
+    n = args.sockets
+    session = post(edge_url + "/api/sessions", {"title": "bench fan-out"})
+    sid, token = str(session["session_id"]), str(session["token"])
+    ws_url = edge_url.replace("http", "ws", 1) + "/ws"
+    sockets = [await ViaEdge.connect(ws_url, token, sid) for _ in range(n)]
+
+    async def drain(via: ViaEdge) -> tuple[int, int]:
+        frames = deltas = 0
+        while True:
+            frame = json.loads(await via.ws.recv())
+            frames += 1
+            if frame.get("type") == "chat:response":
+                deltas += frame["seq"] - frame["from_seq"] + 1
+            elif frame.get("type") == "chat:complete" and frame.get("text", "").startswith(
+                "You said"
+            ):
+                return frames, deltas
+
+    readers = [asyncio.create_task(drain(v)) for v in sockets]
+    start = time.perf_counter()
+    await sockets[0].ws.send(
+        json.dumps(
+            {
+                "type": "chat:message",
+                "session_id": sid,
+                "message_id": uuid.uuid4().hex,
+                "text": "fan out",
+            }
+        )
+    )
+    results = await asyncio.gather(*readers)
+    edge_s = time.perf_counter() - start
+    for via in sockets:
+        await via.ws.close()
+    edge_frames = sum(r[0] for r in results)
+    edge_deltas = sum(r[1] for r in results)
+
+    raw = [await websockets.connect(echo_url, compression=None, max_size=None) for _ in range(n)]
+    per_socket = max(1, args.words // 4)
+
+    async def pushed(ws: websockets.ClientConnection) -> int:
+        await ws.send(f"push {per_socket}")
+        count = 0
+        while await ws.recv() != "done":
+            count += 1
+        return count
+
+    start = time.perf_counter()
+    raw_frames = sum(await asyncio.gather(*(pushed(ws) for ws in raw)))
+    raw_s = time.perf_counter() - start
+    for ws in raw:
+        await ws.close()
+    return [
+        [
+            f"bare aiohttp push, one frame per message, {n} sockets (baseline)",
+            f"{raw_s:.2f}",
+            raw_frames,
+            f"{raw_frames / raw_s:,.0f}",
+            f"{raw_frames / raw_s:,.0f}",
+        ],
+        [
+            f"one reply through the edge to {n} sockets in one room",
+            f"{edge_s:.2f}",
+            edge_frames,
+            f"{edge_frames / edge_s:,.0f}",
+            f"{edge_deltas / edge_s:,.0f}",
+        ],
+    ]
+
+
+async def idle_memory(
+    args: argparse.Namespace, edge_url: str, edge_pid: int, echo_url: str, echo_pid: int
+) -> list[list[object]]:
+    """KiB of server memory per idle socket: the edge (authenticated, joined) and bare aiohttp."""
+    n = args.idle
+    session = post(edge_url + "/api/sessions", {"title": "bench idle"})
+    sid, token = str(session["session_id"]), str(session["token"])
+    ws_url = edge_url.replace("http", "ws", 1) + "/ws"
+    await asyncio.sleep(0.2)
+    before = rss_kib(edge_pid)
+    edge_sockets = []
+    for _ in range(n):
+        edge_sockets.append(await ViaEdge.connect(ws_url, token, sid))
+    await asyncio.sleep(0.5)
+    edge_kib = (rss_kib(edge_pid) - before) / n
+    for via in edge_sockets:
+        await via.ws.close()
+    before = rss_kib(echo_pid)
+    raw = [await websockets.connect(echo_url, compression=None) for _ in range(n)]
+    await asyncio.sleep(0.5)
+    raw_kib = (rss_kib(echo_pid) - before) / n
+    for ws in raw:
+        await ws.close()
+    return [
+        [f"bare aiohttp (baseline), {n} sockets", f"{raw_kib:.1f}"],
+        [f"the edge, {n} sockets authenticated and joined", f"{edge_kib:.1f}"],
+    ]
+
+
 async def measure(args: argparse.Namespace, agent: str, edge_url: str, echo_url: str) -> None:
     first = post(edge_url + "/api/sessions", {"title": "bench edge"})
     second = post(edge_url + "/api/sessions", {"title": "bench direct"})
@@ -323,6 +441,8 @@ def main() -> int:
     parser.add_argument("--round-trips", type=int, default=300)
     parser.add_argument("--seconds", type=float, default=20.0, help="bound on the RTT phase")
     parser.add_argument("--words", type=int, default=20000)
+    parser.add_argument("--sockets", type=int, default=100, help="sockets in the fan-out room")
+    parser.add_argument("--idle", type=int, default=1000, help="idle sockets for memory")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         py = sys.executable
@@ -367,7 +487,20 @@ def main() -> int:
             echo, echo_port = start([py, "-c", ECHO_SERVER], "listening on")
             processes.append(echo)
             time.sleep(0.5)  # the edge opens its upstream streams
-            asyncio.run(measure(args, agent_addr, edge_url, f"ws://127.0.0.1:{echo_port}/ws"))
+            echo_url = f"ws://127.0.0.1:{echo_port}/ws"
+            asyncio.run(measure(args, agent_addr, edge_url, echo_url))
+            rows = asyncio.run(fan_out(args, edge_url, echo_url))
+            table(
+                f"Frames pushed to {args.sockets} sockets at once",
+                ["path", "seconds", "frames", "frames/s", "deltas/s"],
+                rows,
+            )
+            rows = asyncio.run(idle_memory(args, edge_url, edge.pid, echo_url, echo.pid))
+            table(
+                "Server memory per idle socket, KiB (RSS growth / sockets)",
+                ["server", "KiB per socket"],
+                rows,
+            )
         finally:
             for process in processes:
                 process.terminate()
