@@ -36,9 +36,23 @@ export class SessionDirectory implements TokenStore {
     return Array.isArray(stored) ? stored.filter((s) => typeof s?.sessionId === "string") : [];
   }
 
+  /**
+   * The token to join `sessionId` with: its own while it lives; otherwise the
+   * longest-lived stored token that also names it. (Each new session's token
+   * names the sessions of the token it was created with, so the newest token
+   * reopens older conversations whose own tokens expired.)
+   */
   get(sessionId: string): StoredToken | undefined {
-    const token = readJson<StoredToken>(this.storage, StorageKey.token(sessionId));
-    return typeof token?.token === "string" ? token : undefined;
+    const own = this.read(sessionId);
+    const soon = this.now() / 1000 + 30;
+    if (own && own.expiresAt > soon) return own;
+    let best: StoredToken | undefined;
+    for (const s of this.list()) {
+      const token = s.sessionId === sessionId ? undefined : this.read(s.sessionId);
+      if (!token || token.expiresAt <= Math.max(soon, best?.expiresAt ?? 0)) continue;
+      if (tokenSessions(token.token).includes(sessionId)) best = token;
+    }
+    return best ?? own;
   }
 
   set(sessionId: string, token: StoredToken): void {
@@ -64,12 +78,29 @@ export class SessionDirectory implements TokenStore {
     writeJson(this.storage, StorageKey.sessions, list);
   }
 
+  private read(sessionId: string): StoredToken | undefined {
+    const token = readJson<StoredToken>(this.storage, StorageKey.token(sessionId));
+    return typeof token?.token === "string" ? token : undefined;
+  }
+
   private anyLiveToken(): string | undefined {
     const nowS = this.now() / 1000;
     for (const s of this.list()) {
-      const token = this.get(s.sessionId);
+      const token = this.read(s.sessionId);
       if (token && token.expiresAt > nowS + 30) return token.token;
     }
     return undefined;
+  }
+}
+
+/** The `sessions` claim of a JWT, read without verifying it (the edge verifies). */
+export function tokenSessions(token: string): string[] {
+  try {
+    const payload = token.split(".")[1] ?? "";
+    const json = atob(payload.replace(/-/g, "+").replace(/_/g, "/").padEnd(Math.ceil(payload.length / 4) * 4, "="));
+    const claims = JSON.parse(json) as { sessions?: unknown };
+    return Array.isArray(claims.sessions) ? claims.sessions.filter((x): x is string => typeof x === "string") : [];
+  } catch {
+    return [];
   }
 }
