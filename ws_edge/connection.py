@@ -57,6 +57,27 @@ BUSY_POLICIES = {
 class Connection:
     """The edge's side of one socket; see the module docstring for the calling rule."""
 
+    # Slots: thousands of idle sockets each hold one (PERFORMANCE.md: memory per idle socket).
+    __slots__ = (
+        "_abuse",
+        "_authority",
+        "_limiter",
+        "_transport",
+        "_user_limiter",
+        "_wall",
+        "_writer",
+        "claims",
+        "close_code",
+        "closing",
+        "hub",
+        "joined",
+        "last_frame_at",
+        "opened_at",
+        "queue",
+        "socket_id",
+        "ws",
+    )
+
     def __init__(
         self,
         ws: web.WebSocketResponse,

@@ -12,7 +12,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 
-@dataclass
+@dataclass(slots=True)
 class TokenBucket:
     """`rate_per_s` tokens a second, holding at most `burst`; starts full."""
 
@@ -60,6 +60,8 @@ class FrameBudget:
 
 class FrameLimiter:
     """Frames and bytes of one owner: both buckets must admit a frame, or neither is spent."""
+
+    __slots__ = ("_bytes", "_frames")
 
     def __init__(self, budget: FrameBudget, now: float) -> None:
         self._frames = TokenBucket(budget.frames_per_s, budget.frames_burst, updated_at=now)
@@ -128,13 +130,17 @@ class RunLimiter:
 class AbuseCounter:
     """Strikes (rejected frames) within a sliding window; past the limit the socket is closed."""
 
+    __slots__ = ("_max", "_times", "_window_s")
+
     def __init__(self, max_strikes: int, window_s: float) -> None:
         self._max = max_strikes
         self._window_s = window_s
-        self._times: deque[float] = deque()
+        self._times: deque[float] | None = None  # made at the first strike: most sockets earn none
 
     def strike(self, now: float) -> bool:
         """Record one strike; True when the socket has now earned a 1008 close."""
+        if self._times is None:
+            self._times = deque()
         self._times.append(now)
         while self._times and now - self._times[0] > self._window_s:
             self._times.popleft()

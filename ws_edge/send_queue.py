@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from ws_edge.room import DeltaInfo
 
 
-@dataclass
+@dataclass(slots=True)
 class QueuedFrame:
     data: bytes
     session_id: str | None
@@ -28,6 +28,16 @@ class QueuedFrame:
 
 class SendQueue:
     """Bounded FIFO of frames for one socket; see the module docstring."""
+
+    __slots__ = (
+        "_coalesce_after",
+        "_frames",
+        "_last_of_session",
+        "_max_bytes",
+        "_max_frames",
+        "bytes",
+        "coalesced",
+    )
 
     def __init__(self, *, max_bytes: int, max_frames: int, coalesce_after_frames: int) -> None:
         self._max_bytes = max_bytes
