@@ -12,23 +12,27 @@ function useNow(active: boolean, ms = 250): number {
   return now;
 }
 
-function describe(connection: ConnectionInfo, now: number): string {
+/**
+ * The state in words, and a countdown kept apart from it: the words live in a
+ * status region (announced when they change), the ticking seconds do not.
+ */
+function describe(connection: ConnectionInfo, now: number): { words: string; countdown?: string } {
   switch (connection.state) {
     case "idle":
-      return "Not connected";
+      return { words: "Not connected" };
     case "connecting":
-      return connection.attempt > 0 ? `Reconnecting (attempt ${connection.attempt + 1})…` : "Connecting…";
+      return { words: connection.attempt > 0 ? `Reconnecting (attempt ${connection.attempt + 1})…` : "Connecting…" };
     case "connected":
-      return "Connected";
+      return { words: "Connected" };
     case "reconnecting":
-      if (!connection.online) return "Offline: waiting for the network";
+      if (!connection.online) return { words: "Offline: waiting for the network" };
       if (connection.retryAt !== undefined) {
         const seconds = Math.max(0, Math.ceil((connection.retryAt - now) / 1000));
-        return `Reconnecting in ${seconds}s`;
+        return { words: "Reconnecting", countdown: ` in ${seconds}s` };
       }
-      return "Reconnecting…";
+      return { words: "Reconnecting…" };
     case "disconnected":
-      return connection.reason ? `Disconnected: ${connection.reason}` : "Disconnected";
+      return { words: connection.reason ? `Disconnected: ${connection.reason}` : "Disconnected" };
   }
 }
 
@@ -42,12 +46,16 @@ export function ConnectionBadge({
 }) {
   const counting = connection.state === "reconnecting" && connection.retryAt !== undefined;
   const now = useNow(counting);
+  const text = describe(connection, now);
   const canRetry = (connection.state === "reconnecting" && connection.online) || connection.state === "disconnected";
   return (
     <div className="badge" data-state={connection.state} data-testid="connection-badge">
       <span className="badge-dot" aria-hidden="true" />
-      <span role="status" aria-live="polite" className="badge-text">
-        {describe(connection, now)}
+      <span className="badge-text">
+        <span role="status" aria-live="polite">
+          {text.words}
+        </span>
+        {text.countdown && <span aria-hidden="true">{text.countdown}</span>}
       </span>
       {canRetry && (
         <button type="button" className="link-button" onClick={onRetryNow}>

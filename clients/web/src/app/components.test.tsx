@@ -1,7 +1,8 @@
-import { cleanup, fireEvent, render, screen } from "@testing-library/react";
+import { act, cleanup, fireEvent, render, screen } from "@testing-library/react";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import type { ToolExecution } from "../lib/conversation";
 import { Composer } from "./Composer";
+import { ConnectionBadge } from "./ConnectionBadge";
 import { Markdown } from "./Markdown";
 import { ToolCard } from "./ToolCard";
 
@@ -75,5 +76,34 @@ describe("Composer", () => {
     rerender(<Composer onSend={() => {}} onStop={onStop} running={true} disabled={false} />);
     fireEvent.click(screen.getByRole("button", { name: "Stop" }));
     expect(onStop).toHaveBeenCalled();
+  });
+});
+
+describe("ConnectionBadge", () => {
+  it("counts down to the next attempt outside the announced status, and retries on demand", () => {
+    vi.useFakeTimers({ now: 1_000_000 });
+    try {
+      const onRetryNow = vi.fn();
+      render(
+        <ConnectionBadge
+          connection={{ state: "reconnecting", attempt: 2, online: true, retryAt: 1_000_000 + 2_500 }}
+          onRetryNow={onRetryNow}
+        />,
+      );
+      expect(screen.getByTestId("connection-badge").textContent).toContain("Reconnecting in 3s");
+      expect(screen.getByRole("status").textContent).toBe("Reconnecting");
+      act(() => vi.advanceTimersByTime(1_000));
+      expect(screen.getByTestId("connection-badge").textContent).toContain("Reconnecting in 2s");
+      fireEvent.click(screen.getByRole("button", { name: "Retry now" }));
+      expect(onRetryNow).toHaveBeenCalled();
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+
+  it("says when it waits for the network, and offers no retry then", () => {
+    render(<ConnectionBadge connection={{ state: "reconnecting", attempt: 1, online: false }} onRetryNow={() => {}} />);
+    expect(screen.getByRole("status").textContent).toBe("Offline: waiting for the network");
+    expect(screen.queryByRole("button")).toBeNull();
   });
 });
