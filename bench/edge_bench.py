@@ -436,6 +436,134 @@ async def measure(args: argparse.Namespace, agent: str, edge_url: str, echo_url:
     )
 
 
+async def paced(args: argparse.Namespace, agent: str, edge_url: str) -> list[list[object]]:
+    """Many sessions streaming at a model's pace at once: delta latency (now minus the event's
+    append time) through the edge, beside a direct Chat stream that joined every session."""
+    n = args.paced_sessions
+    ws_url = edge_url.replace("http", "ws", 1) + "/ws"
+    sessions = [post(edge_url + "/api/sessions", {"title": f"paced {i}"}) for i in range(n)]
+    sockets = [
+        await ViaEdge.connect(ws_url, str(s["token"]), str(s["session_id"])) for s in sessions
+    ]
+    edge_lat: list[float] = []
+    direct_lat: list[float] = []
+    edge_deltas = 0
+    async with grpc.aio.insecure_channel(agent) as channel:
+        direct = Direct(agent_pb2_grpc.AgentServiceStub(channel))
+        for index, s in enumerate(sessions):
+            await direct.call.write(
+                pb.ChatRequest(
+                    request_id=f"j{index}", join=pb.JoinSession(session_id=str(s["session_id"]))
+                )
+            )
+
+        async def read_direct() -> None:
+            done = 0
+            while done < n:
+                response = await direct.call.read()
+                now_ms = time.time() * 1000
+                for event in response.events:
+                    if event.HasField("response_delta"):
+                        direct_lat.append(now_ms - event.time_unix_ms)
+                    elif event.HasField("run_completed"):
+                        done += 1
+
+        async def read_edge(via: ViaEdge) -> None:
+            nonlocal edge_deltas
+            while True:
+                frame = json.loads(await via.ws.recv())
+                kind = frame.get("type")
+                if kind == "chat:response":
+                    edge_lat.append(time.time() * 1000 - frame["time_unix_ms"])
+                    edge_deltas += frame["seq"] - frame["from_seq"] + 1
+                elif kind == "chat:complete":
+                    return
+
+        direct_task = asyncio.create_task(read_direct())
+        start = time.perf_counter()
+        for via, s in zip(sockets, sessions, strict=True):
+            await via.ws.send(
+                json.dumps(
+                    {
+                        "type": "chat:message",
+                        "session_id": s["session_id"],
+                        "message_id": uuid.uuid4().hex,
+                        "text": "paced",
+                    }
+                )
+            )
+        await asyncio.wait_for(
+            asyncio.gather(*(read_edge(v) for v in sockets)), args.paced_seconds * 4 + 30
+        )
+        elapsed = time.perf_counter() - start
+        await asyncio.wait_for(direct_task, 30)
+        direct.call.cancel()
+    for via in sockets:
+        await via.ws.close()
+    late = sum(1 for x in edge_lat if x > 1000)
+    return [
+        [
+            "direct gRPC Chat stream joined to every session (baseline)",
+            f"{percentile(direct_lat, 0.5):.1f} / {percentile(direct_lat, 0.99):.1f}",
+            f"{len(direct_lat) / elapsed:,.0f}",
+            "-",
+        ],
+        [
+            f"{n} sockets through the edge, one session each",
+            f"{percentile(edge_lat, 0.5):.1f} / {percentile(edge_lat, 0.99):.1f}",
+            f"{edge_deltas / elapsed:,.0f}",
+            str(late),
+        ],
+    ]
+
+
+def start_pair(
+    tmp: str, name: str, tokens_per_s: float, words: int
+) -> tuple[subprocess.Popen[str], str, subprocess.Popen[str], str]:
+    """An agent service and an edge in front of it, with the limits out of the way."""
+    py = sys.executable
+    agent, agent_addr = start(
+        [
+            py,
+            "-m",
+            "agent_service",
+            "--listen",
+            "127.0.0.1:0",
+            "--store-url",
+            f"sqlite:///{tmp}/{name}.sqlite3",
+            "--demo-tokens-per-s",
+            str(tokens_per_s),
+            "--demo-reply-words",
+            str(words),
+            "--retention-events",
+            "1000000",
+        ],
+        "listening on",
+    )
+    try:
+        edge, edge_url = start(
+            [
+                py,
+                "-m",
+                "ws_edge",
+                "--listen",
+                "127.0.0.1:0",
+                "--upstream",
+                agent_addr,
+                "--jwt-secret",
+                SECRET,
+                "--log-level",
+                "WARNING",
+                *UNLIMITED,
+            ],
+            "listening on",
+        )
+    except BaseException:
+        agent.terminate()
+        raise
+    return agent, agent_addr, edge, edge_url
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--round-trips", type=int, default=300)
@@ -443,50 +571,22 @@ def main() -> int:
     parser.add_argument("--words", type=int, default=20000)
     parser.add_argument("--sockets", type=int, default=100, help="sockets in the fan-out room")
     parser.add_argument("--idle", type=int, default=1000, help="idle sockets for memory")
+    parser.add_argument(
+        "--paced-sessions",
+        type=int,
+        default=200,
+        help="sessions streaming at once at --paced-tokens-per-s (0: skip)",
+    )
+    parser.add_argument("--paced-tokens-per-s", type=float, default=20.0)
+    parser.add_argument("--paced-seconds", type=float, default=5.0)
     args = parser.parse_args()
+    processes: list[subprocess.Popen[str]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        py = sys.executable
-        agent, agent_addr = start(
-            [
-                py,
-                "-m",
-                "agent_service",
-                "--listen",
-                "127.0.0.1:0",
-                "--store-url",
-                f"sqlite:///{tmp}/bench.sqlite3",
-                "--demo-tokens-per-s",
-                "0",
-                "--demo-reply-words",
-                str(args.words),
-                "--retention-events",
-                "1000000",
-            ],
-            "listening on",
-        )
-        processes = [agent]
         try:
-            edge, edge_url = start(
-                [
-                    py,
-                    "-m",
-                    "ws_edge",
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--upstream",
-                    agent_addr,
-                    "--jwt-secret",
-                    SECRET,
-                    "--log-level",
-                    "WARNING",
-                    *UNLIMITED,
-                ],
-                "listening on",
-            )
-            processes.append(edge)
-            echo, echo_port = start([py, "-c", ECHO_SERVER], "listening on")
+            agent, agent_addr, edge, edge_url = start_pair(tmp, "fast", 0, args.words)
+            processes += [agent, edge]
+            echo, echo_port = start([sys.executable, "-c", ECHO_SERVER], "listening on")
             processes.append(echo)
-            time.sleep(0.5)  # the edge opens its upstream streams
             echo_url = f"ws://127.0.0.1:{echo_port}/ws"
             asyncio.run(measure(args, agent_addr, edge_url, echo_url))
             rows = asyncio.run(fan_out(args, edge_url, echo_url))
@@ -501,6 +601,20 @@ def main() -> int:
                 ["server", "KiB per socket"],
                 rows,
             )
+            if args.paced_sessions > 0:
+                words = int(args.paced_tokens_per_s * args.paced_seconds)
+                agent2, agent2_addr, edge2, edge2_url = start_pair(
+                    tmp, "paced", args.paced_tokens_per_s, words
+                )
+                processes += [agent2, edge2]
+                rows = asyncio.run(paced(args, agent2_addr, edge2_url))
+                table(
+                    f"{args.paced_sessions} sessions at {args.paced_tokens_per_s:g} tokens/s "
+                    f"each for {args.paced_seconds:g} s: delta latency, ms (p50 / p99; a batched "
+                    "frame is timed by its newest delta)",
+                    ["path", "p50 / p99", "deltas/s", "frames later than 1 s"],
+                    rows,
+                )
         finally:
             for process in processes:
                 process.terminate()
