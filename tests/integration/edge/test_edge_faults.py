@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from tests.support.edge import EdgeClient, create_session, start_edge
+from tests.support.edge import EdgeClient, create_session, make_token, start_edge
 from tests.support.service import start_agent_service
 from tests.support.timing import scaled
 
@@ -211,3 +213,31 @@ async def test_edge_restarted_mid_run_clients_get_1012_and_resume_on_the_new_one
         await resumed.close()
     finally:
         edge.stop()
+
+
+async def test_with_no_agent_service_the_edge_is_up_not_ready_and_says_so_retryably():
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{probe.getsockname()[1]}"
+    edge = start_edge(dead, "--upstream-backoff-max-s", "0.2")
+    try:
+        assert _status(f"{edge.url}/healthz") == 200
+        assert _status(f"{edge.url}/readyz") == 503
+        assert _status(f"{edge.url}/api/sessions", method="POST") == 503
+        session_id = "s_whatever"
+        client = await EdgeClient.connect(edge.ws_url, token=make_token("u_1", [session_id]))
+        refused = await client.request({"type": "join", "session_id": session_id})
+        assert refused["code"] == "upstream_unavailable" and refused["retryable"] is True
+        assert refused["retry_after_ms"] > 0
+        await client.close()
+    finally:
+        edge.stop()
+
+
+def _status(url: str, method: str = "GET") -> int:
+    request = urllib.request.Request(url, method=method, data=b"{}" if method == "POST" else None)
+    try:
+        with urllib.request.urlopen(request, timeout=scaled(10)) as reply:
+            return reply.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
