@@ -295,3 +295,24 @@ def test_heartbeat_finds_a_frozen_edge_and_comes_back(page: Page, edge: Edge) ->
     expect(badge).to_contain_text("Connected", timeout=WAIT_MS)
     send(page, "Alive again")
     expect(last_assistant(page)).to_have_attribute("data-state", "complete", timeout=WAIT_MS)
+
+
+def test_offline_waits_quietly_then_delivers_once_back_online(page: Page, edge: Edge) -> None:
+    sockets: list[str] = []
+    page.on("websocket", lambda ws: sockets.append(ws.url))
+    open_chat(page, edge)
+    page.context.set_offline(True)
+    badge = page.get_by_test_id("connection-badge")
+    expect(badge).to_contain_text("Offline: waiting for the network", timeout=WAIT_MS)
+    send(page, "Written on a train in a tunnel")
+    user = page.get_by_test_id("user-message").last
+    expect(user).to_have_attribute("data-state", "queued")
+    page.wait_for_timeout(3_000)  # quiet: no attempts while offline
+    assert len(sockets) == 1, sockets
+    screenshot(page, "offline.png")
+    page.context.set_offline(False)
+    expect(badge).to_contain_text("Connected", timeout=WAIT_MS)
+    expect(user).to_have_attribute("data-state", "sent", timeout=WAIT_MS)
+    expect(last_assistant(page)).to_have_attribute("data-state", "complete", timeout=WAIT_MS)
+    users = [m for m in history(page)["messages"] if role_of(m) == "user"]
+    assert [m["text"] for m in users] == ["Written on a train in a tunnel"]

@@ -274,6 +274,20 @@ describe("offline and online", () => {
     expect(states.slice(-2)).toEqual(["reconnecting", "connecting"]);
   });
 
+  it("gives up an attempt in flight when the network goes away, and waits for it", () => {
+    const { service, last, sockets, network, states } = setup();
+    service.connect(SID);
+    last().accept(); // auth sent, no reply yet
+    network.set(false);
+    expect(last().closedWith?.code).toBe(4000);
+    expect(service.getSnapshot().connection).toMatchObject({ state: "reconnecting", online: false });
+    vi.advanceTimersByTime(60_000);
+    expect(sockets).toHaveLength(1);
+    network.set(true);
+    expect(sockets).toHaveLength(2);
+    expect(states).toEqual(["connecting", "reconnecting", "connecting"]);
+  });
+
   it("cancels a pending retry when the network goes away", () => {
     const { service, last, sockets, network } = setup();
     service.connect(SID);

@@ -813,6 +813,10 @@ export class WebSocketService {
     } else if (!online && this.connection.state === "reconnecting") {
       this.timers.clear("retry");
       this.setConnection({ retryAt: undefined, reason: "offline" });
+    } else if (!online && this.connection.state === "connecting") {
+      // An attempt started just before the network went away would hang until
+      // the connection timeout: give it up and wait for the network instead.
+      this.socketFailed(ClientCloseCode.CONNECT_TIMEOUT, "offline");
     } else if (!online && this.connection.state === "connected") {
       // The socket may be dead without knowing it: check now rather than at the next ping.
       this.ping();
