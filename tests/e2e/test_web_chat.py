@@ -316,3 +316,18 @@ def test_offline_waits_quietly_then_delivers_once_back_online(page: Page, edge: 
     expect(last_assistant(page)).to_have_attribute("data-state", "complete", timeout=WAIT_MS)
     users = [m for m in history(page)["messages"] if role_of(m) == "user"]
     assert [m["text"] for m in users] == ["Written on a train in a tunnel"]
+
+
+def test_two_tabs_on_one_conversation_see_the_same_reply(page: Page, edge: Edge) -> None:
+    open_chat(page, edge)
+    other = page.context.new_page()  # same browser profile: same storage and tokens
+    other.goto(page.url)
+    expect(other.get_by_test_id("connection-badge")).to_contain_text("Connected", timeout=WAIT_MS)
+    send(page, "Both tabs should see this")
+    for tab in (page, other):
+        expect(tab.get_by_test_id("user-message")).to_have_count(1, timeout=WAIT_MS)
+        expect(last_assistant(tab)).to_have_attribute("data-state", "complete", timeout=WAIT_MS)
+    assert assistant_text(other) == assistant_text(page) == stored_assistant_text(page)
+    users = [m for m in history(page)["messages"] if role_of(m) == "user"]
+    assert [m["text"] for m in users] == ["Both tabs should see this"]
+    other.close()
