@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -436,7 +437,15 @@ async def measure(args: argparse.Namespace, agent: str, edge_url: str, echo_url:
     )
 
 
-async def paced(args: argparse.Namespace, agent: str, edge_url: str) -> list[list[object]]:
+def cpu_s(pid: int) -> float:
+    """User plus system CPU seconds a process has used (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def paced(
+    args: argparse.Namespace, agent: str, edge_url: str, edge_pid: int
+) -> list[list[object]]:
     """Many sessions streaming at a model's pace at once: delta latency (now minus the event's
     append time) through the edge, beside a direct Chat stream that joined every session."""
     n = args.paced_sessions
@@ -480,6 +489,7 @@ async def paced(args: argparse.Namespace, agent: str, edge_url: str) -> list[lis
                     return
 
         direct_task = asyncio.create_task(read_direct())
+        cpu_before = cpu_s(edge_pid)
         start = time.perf_counter()
         for via, s in zip(sockets, sessions, strict=True):
             await via.ws.send(
@@ -496,11 +506,17 @@ async def paced(args: argparse.Namespace, agent: str, edge_url: str) -> list[lis
             asyncio.gather(*(read_edge(v) for v in sockets)), args.paced_seconds * 4 + 30
         )
         elapsed = time.perf_counter() - start
+        edge_cpu = cpu_s(edge_pid) - cpu_before
         await asyncio.wait_for(direct_task, 30)
         direct.call.cancel()
     for via in sockets:
         await via.ws.close()
     late = sum(1 for x in edge_lat if x > 1000)
+    print(
+        f"\n  edge CPU while streaming: {edge_cpu / elapsed * 100:.0f}% of a core, "
+        f"{edge_cpu / max(1, len(edge_lat)) * 1e6:.0f} us per frame delivered "
+        f"({len(edge_lat)} frames)"
+    )
     return [
         [
             "direct gRPC Chat stream joined to every session (baseline)",
@@ -607,7 +623,7 @@ def main() -> int:
                     tmp, "paced", args.paced_tokens_per_s, words
                 )
                 processes += [agent2, edge2]
-                rows = asyncio.run(paced(args, agent2_addr, edge2_url))
+                rows = asyncio.run(paced(args, agent2_addr, edge2_url, edge2.pid))
                 table(
                     f"{args.paced_sessions} sessions at {args.paced_tokens_per_s:g} tokens/s "
                     f"each for {args.paced_seconds:g} s: delta latency, ms (p50 / p99; a batched "
