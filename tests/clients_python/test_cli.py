@@ -130,7 +130,7 @@ def test_a_second_ctrl_c_quits_and_the_session_reopens_with_its_history(
         again.sendeof()  # Ctrl-D quits
         again.expect(pexpect.EOF)
         again.close()
-        assert again.exitstatus == 0
+        assert again.exitstatus == 0, again.before
     finally:
         again.close(force=True)
 

@@ -504,7 +504,18 @@ class AgentClient:
     # streams
 
     async def open_chat_stream(self) -> ChatStream:
-        """One raw Chat stream (several sessions, no reconnection): the low-level door."""
+        """One raw Chat stream (several sessions, no reconnection): the low-level door.
+
+        Waits until the channel is connected (at most `timeout_s`): a stream is opened
+        lazily by gRPC, and a reconnecting client must not count an unanswered one as a
+        success (that would reset its backoff).
+        """
+        try:
+            await asyncio.wait_for(self._channel.channel_ready(), self.timeout_s)
+        except TimeoutError as exc:
+            raise errors.TransportError(
+                f"the agent service at {self.target} did not answer"
+            ) from exc
         return ChatStream(self.stub, metadata=self.metadata)
 
     def resilient_chat(self, **kwargs: Any) -> ResilientChat:

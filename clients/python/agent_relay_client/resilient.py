@@ -223,8 +223,12 @@ class ResilientChat:
         self.machine.receive_stop()
         if self._main is not None:
             self._main.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await self._main
+            except asyncio.CancelledError:
+                pass
+            except Exception:  # closing must not fail on what the loop died of
+                log.exception("connection loop failed")
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -330,6 +334,9 @@ class ResilientChat:
             return exc.code, exc.reason
         except (TransportError, OSError) as exc:
             return 1006, str(exc)
+        if self.machine.state is State.DISCONNECTED:  # close() ran while this connected
+            await link.close()
+            return 1000, "closed by the client"
         self._link = link
         self.machine.receive_connected()
         self._connected.set()
