@@ -192,7 +192,9 @@ class Connection:
         message = reason.encode()[:123]
         try:
             if writer is not None:
-                await asyncio.wait_for(asyncio.shield(writer), timeout=2.0)
+                # Let the frames already queued (the error explaining the close) go first;
+                # asyncio.wait neither raises the writer's failure nor cancels it on timeout.
+                await asyncio.wait({writer}, timeout=2.0)
             await asyncio.wait_for(
                 self.ws.close(code=int(code), message=message, drain=False), timeout=5.0
             )
