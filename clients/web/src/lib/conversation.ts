@@ -81,6 +81,9 @@ export interface Conversation {
   activeRunId?: string;
 }
 
+/** What an interrupted reply says about itself. */
+const INTERRUPTED = "The service stopped during this reply.";
+
 /** A tool's live output is kept to this many characters (the tail). */
 export const MAX_TOOL_OUTPUT_CHARS = 32_000;
 
@@ -278,7 +281,7 @@ function complete(c: Conversation, event: CompleteEvent): Conversation {
     const state: MessageState =
       reason === "cancelled" ? "cancelled" : reason === "error" || reason === "interrupted" ? "failed" : "complete";
     const updated: ChatMessage = { ...m, state };
-    if (reason === "interrupted" && !m.error) updated.error = "The service stopped during this reply.";
+    if (reason === "interrupted" && !m.error) updated.error = INTERRUPTED;
     // The final text is authoritative: if the assembled text differs (deltas were
     // not streamed, or history lagged), show the server's and keep the tool cards.
     if (typeof event.text === "string" && event.text !== m.text) {
@@ -342,6 +345,7 @@ function applyHistoryAssistant(c: Conversation, raw: HistoryMessage, status: str
   let next = c;
   if (findAssistantIndex(next, runId) < 0) {
     const message: ChatMessage = { id: raw.message_id, role: "assistant", text: "", parts: [], state, runId, createdMs };
+    if (status === "interrupted") message.error = INTERRUPTED;
     next = { ...next, messages: [...next.messages, message] };
   }
   const tools = { ...next.tools };
