@@ -89,16 +89,17 @@ async def test_a_slow_consumer_is_closed_1013_without_slowing_the_others(tmp_pat
         "--retention-events",
         "100000",
     )
-    edge = start_edge(
-        agent.address,
-        "--send-queue-max-bytes",
-        "65536",
-        "--socket-send-buffer-bytes",
-        "65536",
-        "--socket-write-buffer-bytes",
-        "4096",
-    )
+    edge = None
     try:
+        edge = start_edge(
+            agent.address,
+            "--send-queue-max-bytes",
+            "65536",
+            "--socket-send-buffer-bytes",
+            "65536",
+            "--socket-write-buffer-bytes",
+            "4096",
+        )
         session = create_session(edge)
         sid = session["session_id"]
         # No permessage-deflate: the demo's repetitive text would shrink to nothing.
@@ -124,16 +125,18 @@ async def test_a_slow_consumer_is_closed_1013_without_slowing_the_others(tmp_pat
         await fast.close()
         await resumed.close()
     finally:
-        edge.stop()
+        if edge is not None:
+            edge.stop()
         agent.stop()
 
 
 async def test_agent_killed_mid_run_then_restarted_the_socket_is_told_and_goes_on(tmp_path: Path):
     agent = start_agent_service(tmp_path, *SLOW)
     port = agent.address.rsplit(":", 1)[1]
-    edge = start_edge(agent.address, "--upstream-backoff-max-s", "0.3")
+    edge = None
     restarted = None
     try:
+        edge = start_edge(agent.address, "--upstream-backoff-max-s", "0.3")
         session = create_session(edge)
         sid = session["session_id"]
         client = await EdgeClient.connect(edge.ws_url, token=session["token"])
@@ -168,7 +171,9 @@ async def test_agent_killed_mid_run_then_restarted_the_socket_is_told_and_goes_o
         assert statuses.get(ack["run_id"]) == "complete", history
         await client.close()
     finally:
-        edge.stop()
+        if edge is not None:
+            edge.stop()
+        agent.kill()  # a no-op after the kill above; stops it when the test failed before
         if restarted is not None:
             restarted.stop()
 

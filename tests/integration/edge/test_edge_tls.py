@@ -108,20 +108,21 @@ async def test_wss_and_mutual_tls_to_the_agent_carry_a_whole_chat(tmp_path: Path
     )
     client_key, client_cert = pki["edge-client"]
     edge_key, edge_cert = pki["edge"]
-    edge = start_edge(
-        agent.address,
-        "--tls-cert-file",
-        str(edge_cert),
-        "--tls-key-file",
-        str(edge_key),
-        "--upstream-tls-ca-file",
-        str(pki["ca"][1]),
-        "--upstream-tls-cert-file",
-        str(client_cert),
-        "--upstream-tls-key-file",
-        str(client_key),
-    )
+    edge = None
     try:
+        edge = start_edge(
+            agent.address,
+            "--tls-cert-file",
+            str(edge_cert),
+            "--tls-key-file",
+            str(edge_key),
+            "--upstream-tls-ca-file",
+            str(pki["ca"][1]),
+            "--upstream-tls-cert-file",
+            str(client_cert),
+            "--upstream-tls-key-file",
+            str(client_key),
+        )
         assert edge.url.startswith("https://")
         trust = ssl.create_default_context(cafile=str(pki["ca"][1]))
         session = create_session(edge, context=trust)
@@ -135,7 +136,8 @@ async def test_wss_and_mutual_tls_to_the_agent_carry_a_whole_chat(tmp_path: Path
         with pytest.raises(ssl.SSLCertVerificationError):
             await EdgeClient.connect(edge.ws_url, ssl=ssl.create_default_context())
     finally:
-        edge.stop()
+        if edge is not None:
+            edge.stop()
         agent.stop()
 
 
@@ -150,12 +152,14 @@ async def test_without_its_client_certificate_the_edge_is_refused_by_the_agent(t
         "--tls-client-ca-file",
         str(pki["ca"][1]),
     )
-    edge = start_edge(agent.address, "--upstream-tls-ca-file", str(pki["ca"][1]))
+    edge = None
     try:
+        edge = start_edge(agent.address, "--upstream-tls-ca-file", str(pki["ca"][1]))
         status = create_session_status(edge)
         assert status == 503
     finally:
-        edge.stop()
+        if edge is not None:
+            edge.stop()
         agent.stop()
 
 
