@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -122,5 +124,20 @@ async def test_auth_timeout_and_connections_per_user_close_with_4500_range_codes
         assert await closed_with(third) == 4509
         await first.close()
         await second.close()
+    finally:
+        edge.stop()
+
+
+async def test_a_socket_joined_to_nothing_and_silent_is_closed_4000_a_joined_one_is_not(agent):
+    edge = start_edge(agent.address, "--idle-timeout-s", "0.4")
+    try:
+        session = create_session(edge)
+        idle = await EdgeClient.connect(edge.ws_url, token=session["token"])
+        watching = await EdgeClient.connect(edge.ws_url, token=session["token"])
+        await watching.join(session["session_id"])
+        assert await closed_with(idle) == 4000
+        await asyncio.sleep(0.6)  # past the idle timeout, silent but joined
+        assert (await watching.request({"type": "ping"}))["type"] == "pong"
+        await watching.close()
     finally:
         edge.stop()
