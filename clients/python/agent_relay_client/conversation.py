@@ -77,16 +77,41 @@ class ToolCallView:
 
 @dataclass(slots=True)
 class ChatItem:
-    """One message of the conversation: user, assistant or tool."""
+    """One message of the conversation: user, assistant or tool.
+
+    Streamed text is kept as pieces and joined when read (`text`), so a reply of n
+    deltas costs O(n) to assemble, not O(n^2) as repeated string concatenation would.
+    """
 
     message_id: str
     role: str  # user, assistant, tool
-    text: str = ""
+    parts: list[str] = field(default_factory=list)  # the text, in pieces
     status: str = "complete"  # complete, streaming, queued, cancelled, failed, interrupted, ...
     run_id: str = ""
     tool_calls: list[str] = field(default_factory=list)  # call ids, in call order
     call_id: str = ""  # for a tool message: the call it answers
     error: str = ""  # why it failed, when it did
+
+    @classmethod
+    def of(cls, message_id: str, role: str, text: str = "", **kw: str) -> ChatItem:
+        """A message with its whole text at once."""
+        return cls(message_id=message_id, role=role, parts=[text] if text else [], **kw)  # type: ignore[arg-type]
+
+    @property
+    def text(self) -> str:
+        """The whole text so far."""
+        if len(self.parts) > 1:
+            self.parts[:] = ["".join(self.parts)]
+        return self.parts[0] if self.parts else ""
+
+    @text.setter
+    def text(self, value: str) -> None:
+        self.parts[:] = [value] if value else []
+
+    def append(self, piece: str) -> None:
+        """Add streamed text."""
+        if piece:
+            self.parts.append(piece)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +177,7 @@ class Conversation:
         """A user message just typed (status SENDING until its MessageAccepted arrives)."""
         item = self.find(message_id)
         if item is None:
-            item = ChatItem(message_id=message_id, role="user", text=text, status=SENDING)
+            item = ChatItem.of(message_id, "user", text, status=SENDING)
             self.messages.append(item)
         return item
 
@@ -191,10 +216,10 @@ class Conversation:
         self.tool_calls = {}
         self.active_run_id = ""
         for msg in history:
-            item = ChatItem(
-                message_id=msg.message_id,
-                role=msg.role,
-                text=msg.text,
+            item = ChatItem.of(
+                msg.message_id,
+                msg.role,
+                msg.text,
                 status=msg.status,
                 run_id=msg.run_id,
                 call_id=msg.call_id,
@@ -226,7 +251,7 @@ class Conversation:
         elif isinstance(event, RunStarted):
             self._on_run_started(event)
         elif isinstance(event, ResponseDelta):
-            self._assistant(event.run_id).text += event.text
+            self._assistant(event.run_id).append(event.text)
         elif isinstance(event, ToolExecution):
             self._on_tool(event)
         elif isinstance(event, RunError):
@@ -238,7 +263,7 @@ class Conversation:
     def _on_accepted(self, event: MessageAccepted) -> None:
         item = self.find(event.message_id)
         if item is None:  # typed elsewhere (another tab or client)
-            item = ChatItem(message_id=event.message_id, role="user", text=event.text)
+            item = ChatItem.of(event.message_id, "user", event.text)
             self.messages.append(item)
         item.status = "queued" if event.queued else "complete"
         item.run_id = event.run_id
