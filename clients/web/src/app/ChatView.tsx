@@ -7,6 +7,8 @@ import { MessageView } from "./MessageView";
 
 /** How close to the bottom (px) still counts as "at the bottom": following new text. */
 const FOLLOW_SLACK_PX = 48;
+/** How long a notice about a passing trouble stays up. */
+const NOTICE_MS = 6_000;
 
 /** One conversation: its messages, the composer and the connection badge. */
 export function ChatView({
@@ -23,11 +25,20 @@ export function ChatView({
   header: React.ReactNode;
 }) {
   const { connection } = useWebSocket(service, sessionId);
-  const [notice, setNotice] = useState<string | undefined>();
+  const [notice, setNotice] = useState<{ text: string; transient: boolean } | undefined>();
   const onError = useCallback((error: ServiceError) => {
     // Connection churn is shown by the badge; the rest deserves a line of its own.
-    if (error.code !== "connection_lost" && error.code !== "closed") setNotice(error.message);
+    if (error.code !== "connection_lost" && error.code !== "closed") {
+      setNotice({ text: error.message, transient: error.retryable });
+    }
   }, []);
+  // A passing trouble (retryable: the edge or the client retries on its own)
+  // clears itself; a lasting one stays until dismissed.
+  useEffect(() => {
+    if (!notice?.transient) return;
+    const timer = setTimeout(() => setNotice(undefined), NOTICE_MS);
+    return () => clearTimeout(timer);
+  }, [notice]);
   const chat = useAgentChat(service, { onError });
 
   const logRef = useRef<HTMLDivElement>(null);
@@ -71,21 +82,21 @@ export function ChatView({
     following.current = true;
     setNotice(undefined);
     chat.send(text).catch((error: ServiceError) => {
-      if (error.code !== "disconnected") setNotice(`Not sent: ${error.message}`);
+      if (error.code !== "disconnected") setNotice({ text: `Not sent: ${error.message}`, transient: false });
     });
   };
   const stop = (): void => {
-    chat.stop().catch((error: ServiceError) => setNotice(`Could not stop: ${error.message}`));
+    chat.stop().catch((error: ServiceError) => setNotice({ text: `Could not stop: ${error.message}`, transient: false }));
   };
   const cancelTool = useCallback(
     (callId: string) => {
-      chat.cancelTool(callId).catch((error: ServiceError) => setNotice(`Could not cancel: ${error.message}`));
+      chat.cancelTool(callId).catch((error: ServiceError) => setNotice({ text: `Could not cancel: ${error.message}`, transient: false }));
     },
     [chat.cancelTool],
   );
   const retry = useCallback(
     (messageId: string) => {
-      chat.retry(messageId).catch((error: ServiceError) => setNotice(`Not sent: ${error.message}`));
+      chat.retry(messageId).catch((error: ServiceError) => setNotice({ text: `Not sent: ${error.message}`, transient: false }));
     },
     [chat.retry],
   );
@@ -135,7 +146,7 @@ export function ChatView({
       </div>
       {notice && (
         <p className="notice" role="alert">
-          {notice}{" "}
+          {notice.text}{" "}
           <button type="button" className="link-button" onClick={() => setNotice(undefined)} aria-label="Dismiss">
             ×
           </button>
