@@ -83,6 +83,8 @@ def run_all(argv: Sequence[str]) -> int:
             secret_file.write_text(secrets.token_urlsafe(32))
             secret_file.chmod(0o600)
         env["AGENT_RELAY_JWT_SECRET"] = secret_file.read_text().strip()
+    # the demo's file tools read the project's documentation unless told otherwise
+    env.setdefault("AGENT_RELAY_WORKSPACE_DIR", "docs")
     service, address = _start("agent_service", [sys.executable, "-m", "agent_service"], env)
     children = [service]
     try:

@@ -39,7 +39,10 @@ class ServiceSettings:
     run_timeout_s: float = field(
         600.0, "a run still going after this long ends with a timeout error"
     )
-    workspace_dir: Path = field(Path("."), "folder the search_files and read_file tools may read")
+    workspace_dir: Path = field(
+        Path("workspace"),
+        "folder the search_files and read_file tools may read (created if missing)",
+    )
     python_cpu_s: int = field(10, "python tool: CPU seconds per call")
     python_memory_mb: int = field(256, "python tool: address-space limit per call, in MiB")
     python_timeout_s: float = field(30.0, "python tool: wall-clock seconds per call")

@@ -46,6 +46,7 @@ def service_data(settings: ServiceSettings) -> tuple[Path, ...]:
 def build_registry(settings: ServiceSettings) -> ToolRegistry:
     """A new registry with every built-in tool, configured from settings."""
     registry = ToolRegistry()
+    settings.workspace_dir.mkdir(parents=True, exist_ok=True)
     workspace = Workspace.at(settings.workspace_dir, excluded=service_data(settings))
     calculator.register(registry)
     python_exec.register(registry, settings)
