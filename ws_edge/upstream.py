@@ -122,7 +122,13 @@ class UpstreamSlot:
         while True:
             if await self.healthy(timeout_s=max(1.0, settings.upstream_backoff_max_s)):
                 attempt = 0
-                await self._follow()
+                try:
+                    await self._follow()
+                except Exception:
+                    # A fault while handling what the stream carried: the stream was closed
+                    # (rooms told, pending commands failed); open a fresh one rather than
+                    # leave the slot dead.
+                    log.exception("upstream slot %d: failed while following", self.index)
             delay = backoff_s(
                 attempt,
                 base_s=settings.upstream_backoff_base_s,
