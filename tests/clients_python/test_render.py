@@ -159,3 +159,26 @@ def test_the_readme_backend_example_runs(service: ServiceProcess) -> None:
     assert done.returncode == 0, done.stderr
     assert "[calculator -> 42]" in done.stdout
     assert done.stdout.rstrip().endswith("(stop)")
+
+
+def test_on_a_terminal_progress_redraws_one_line() -> None:
+    screen = io.StringIO()
+    conv, renderer = Conversation(S), Renderer(screen, S, live_progress=True)
+
+    def tool(seq: int, status: str, **kw: object) -> ToolExecution:
+        return ToolExecution(
+            session_id=S, seq=seq, run_id="r", call_id="c", tool_name="t", status=status, **kw
+        )  # type: ignore[arg-type]
+
+    feed(
+        renderer,
+        conv,
+        RunStarted(session_id=S, seq=1, run_id="r"),
+        tool(2, "started"),
+        tool(3, "progress", fraction=0.1),
+        tool(4, "progress", fraction=0.2),
+        tool(5, "completed", result="ok"),
+    )
+    assert screen.getvalue() == (
+        "agent> \n  [tool t()]\n  [t 10%]\r\x1b[K  [t 20%]\n  [t done in 0 ms: ok]\n"
+    )

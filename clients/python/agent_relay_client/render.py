@@ -50,9 +50,12 @@ def _arguments(arguments_json: str) -> str:
 class Renderer:
     """Writes a session's updates to `out` as a person would want to read them."""
 
-    def __init__(self, out: TextIO, session_id: str) -> None:
+    def __init__(self, out: TextIO, session_id: str, *, live_progress: bool | None = None) -> None:
         self.out = out
         self.session_id = session_id
+        # On a terminal a tool's progress redraws one line instead of adding one per update.
+        self.live_progress = out.isatty() if live_progress is None else live_progress
+        self._progress_line = False  # the cursor is on a progress line that may be redrawn
         self.own_messages: set[str] = set()  # typed here: not echoed again
         self._printing_run = ""  # the run whose text is being streamed
         self._printed = ""  # its text printed so far
@@ -63,6 +66,11 @@ class Renderer:
 
     def _write(self, text: str) -> None:
         if text:
+            if self._progress_line:  # leave the finished progress line as it stands
+                self._progress_line = False
+                self._at_line_start = False
+                if not text.startswith("\n"):
+                    text = "\n" + text
             self.out.write(text)
             self.out.flush()
             self._at_line_start = text.endswith("\n")
@@ -160,7 +168,14 @@ class Renderer:
             self.line(f"  [tool {name}({_arguments(event.arguments_json)})]")
         elif event.status == "progress":
             note = f" {event.note}" if event.note else ""
-            self.line(f"  [{name} {round(event.fraction * 100)}%{note}]")
+            text = f"  [{name} {round(event.fraction * 100)}%{note}]"
+            if self.live_progress:
+                redraw = self._progress_line
+                self._progress_line = False
+                self._write(("\r\x1b[K" if redraw else "" if self._at_line_start else "\n") + text)
+                self._progress_line = True
+            else:
+                self.line(text)
         elif event.status == "output":
             for text_line in event.text.rstrip("\n").splitlines():
                 self.line(f"  | {text_line}")
