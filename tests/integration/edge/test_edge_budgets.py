@@ -53,30 +53,33 @@ async def test_an_oversized_frame_is_refused_and_a_huge_one_closes_1009(edge):
 
 
 async def test_frame_budgets_say_when_to_retry_and_are_shared_by_a_users_sockets(agent):
+    # A connection may send 4 frames at once, refilling at 5/s; its user 5 frames after
+    # auth across all sockets, refilling at one per 5 s.
     edge = start_edge(
         agent.address,
         "--conn-frames-per-s",
         "5",
         "--conn-frames-burst",
-        "3",
+        "4",
         "--user-frames-per-s",
-        "5",
+        "0.2",
         "--user-frames-burst",
         "5",
     )
     try:
         session = create_session(edge)
         first = await EdgeClient.connect(edge.ws_url, token=session["token"])  # auth: 1 frame
-        replies = [await first.request({"type": "ping"}) for _ in range(3)]
-        assert [r["type"] for r in replies[:2]] == ["pong", "pong"]
-        limited = replies[2]
+        replies = [await first.request({"type": "ping"}) for _ in range(4)]
+        assert [r["type"] for r in replies[:3]] == ["pong", "pong", "pong"]
+        limited = replies[3]  # the connection's budget
         assert limited["code"] == "rate_limited" and limited["retryable"] is True
         assert 0 < limited["retry_after_ms"] <= 1000
         await asyncio.sleep(limited["retry_after_ms"] / 1000 + 0.05)
-        assert (await first.request({"type": "ping"}))["type"] == "pong"
+        assert (await first.request({"type": "ping"}))["type"] == "pong"  # the user's 4th
         second = await EdgeClient.connect(edge.ws_url, token=session["token"])
-        shared = [await second.request({"type": "ping"}) for _ in range(3)]
-        assert "rate_limited" in [r.get("code") for r in shared]  # the user's budget is spent
+        assert (await second.request({"type": "ping"}))["type"] == "pong"  # the user's 5th
+        shared = await second.request({"type": "ping"})  # this socket has 2 frames left
+        assert shared["code"] == "rate_limited" and shared["retry_after_ms"] > 1000
         await first.close()
         await second.close()
     finally:
