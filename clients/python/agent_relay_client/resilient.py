@@ -292,17 +292,25 @@ class ResilientChat:
         """Cancel one tool call. Needs a live connection."""
         return await self._require_link().cancel_tool_call(session_id, call_id)
 
-    async def updates(self) -> AsyncIterator[Update]:
-        """Every update from now on, until `close()`."""
+    def updates(self) -> AsyncIterator[Update]:
+        """Every update from this call on, until `close()`.
+
+        Subscribes at once (not at the first iteration), so nothing between the call and
+        the loop is missed; iterate what it returns, or updates pile up for it.
+        """
         queue: asyncio.Queue[Update | None] = asyncio.Queue()
         if self._stopped.is_set():
-            return
+            queue.put_nowait(None)
         self._listeners.append(queue)
+        return self._drain(queue)
+
+    async def _drain(self, queue: asyncio.Queue[Update | None]) -> AsyncIterator[Update]:
         try:
             while (update := await queue.get()) is not None:
                 yield update
         finally:
-            self._listeners.remove(queue)
+            with contextlib.suppress(ValueError):
+                self._listeners.remove(queue)
 
     def add_listener(self, queue: asyncio.Queue[Update | None]) -> None:
         """Deliver every update to `queue` (None after close)."""

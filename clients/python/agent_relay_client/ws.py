@@ -3,10 +3,11 @@
 ::
 
     async with EdgeClient("http://127.0.0.1:8080") as edge:
+        updates = edge.updates()
         session_id = await edge.create_session(title="hello")
         conv = await edge.follow(session_id)
         await edge.send(session_id, "hi")
-        async for update in edge.updates():
+        async for update in updates:
             if isinstance(update, EventApplied) and isinstance(update.event, RunCompleted):
                 print(conv.messages[-1].text)
                 break
