@@ -191,7 +191,13 @@ class Room:
     """Sockets joined to one session on this node. Does no I/O; see the module docstring."""
 
     def __init__(
-        self, session_id: str, *, batch_window_s: float, grace_s: float, buffer_events: int
+        self,
+        session_id: str,
+        *,
+        batch_window_s: float,
+        grace_s: float,
+        buffer_events: int,
+        max_linger_s: float = 900.0,
     ) -> None:
         self.session_id = session_id
         self.state = RoomState.NEW
@@ -206,6 +212,11 @@ class Room:
         self._batch: _Batch | None = None
         self._last_flush_at = float("-inf")
         self._flush_scheduled = False
+        # Runs accepted and not yet completed: while there are some, an empty room lingers
+        # (up to max_linger_s) so their completion is seen and the run limit released.
+        self._open_runs: set[str] = set()
+        self._max_linger_s = max_linger_s
+        self._empty_since: float | None = None
 
     # -- what the room knows -------------------------------------------------------------
 
@@ -263,12 +274,17 @@ class Room:
         self._waiting.pop(socket_id, None)
         if self._subs or self.state is RoomState.CLOSED:
             return []
+        self._empty_since = now
         return [ExpireAt(now + self._grace_s)]
 
     def receive_expired(self, now: float) -> list[Effect]:
-        """The grace period ended: close unless a socket came back."""
+        """The grace period ended: close unless a socket came back, or a run is still open
+        (then wait another grace period, up to max_linger_s after the last socket left)."""
         if self._subs or self.state is RoomState.CLOSED:
             return []
+        since = now if self._empty_since is None else self._empty_since
+        if self._open_runs and now - since < self._max_linger_s:
+            return [ExpireAt(now + self._grace_s)]
         subscribed = self.state in (RoomState.SUBSCRIBING, RoomState.LIVE)
         self.state = RoomState.CLOSED
         effects: list[Effect] = [UnsubscribeUpstream(self.session_id)] if subscribed else []
@@ -397,7 +413,10 @@ class Room:
             effects.append(Deliver(wanted, buffered.frame()))
         for sid in targets:
             self._subs[sid].after_seq = event.seq
-        if kind == "run_completed":
+        if kind == "message_accepted" and event.run_id:
+            self._open_runs.add(event.run_id)
+        elif kind == "run_completed":
+            self._open_runs.discard(event.run_id)
             effects.append(RunFinished(event.run_id))
 
     def _flush(self, now: float, effects: list[Effect]) -> None:

@@ -191,10 +191,10 @@ def test_the_room_lingers_for_the_grace_period_after_the_last_socket_leaves():
     room = live_room("a", "b")
     assert room.leave("a", now=1.0) == []
     assert room.leave("b", now=2.0) == [ExpireAt(32.0)]
-    room.receive_events([accepted(1)], now=3.0)  # still following upstream
+    room.receive_events([accepted(1), completed(2)], now=3.0)  # still following upstream
     effects = room.join("a", "j", 0, STREAM, now=10.0)
     assert effects[0] == ExpireAt(None)
-    assert [f["seq"] for f in frames_for(effects, "a")] == [1]
+    assert [f["seq"] for f in frames_for(effects, "a")] == [1, 2]
     assert room.receive_expired(now=32.0) == []  # a socket came back
     room.leave("a", now=40.0)
     assert room.receive_expired(now=70.0) == [UnsubscribeUpstream(S), RoomClosed(S)]
@@ -263,3 +263,24 @@ def test_after_a_rewind_a_socket_ahead_gets_only_the_part_of_a_batch_it_lacks():
         (1, 3, "abc")
     ]
     assert [(f["from_seq"], f["seq"], f["text"]) for f in frames_for(replay, "a")] == [(3, 3, "c")]
+
+
+def test_an_empty_room_lingers_while_a_run_is_open_so_its_completion_is_seen():
+    room = make_room(max_linger_s=100.0)
+    room.join("a", "j", 0, STREAM, now=0.0)
+    room.receive_joined(0, now=0.0)
+    room.receive_events([accepted(1)], now=1.0)  # run r_1 is open
+    assert room.leave("a", now=2.0) == [ExpireAt(32.0)]
+    assert room.receive_expired(now=32.0) == [ExpireAt(62.0)]  # still open: linger
+    assert of(room.receive_events([completed(2)], now=40.0), RunFinished) == [RunFinished("r_1")]
+    assert room.receive_expired(now=62.0) == [UnsubscribeUpstream(S), RoomClosed(S)]
+
+
+def test_a_run_that_never_completes_does_not_keep_the_room_forever():
+    room = make_room(max_linger_s=100.0)
+    room.join("a", "j", 0, STREAM, now=0.0)
+    room.receive_joined(0, now=0.0)
+    room.receive_events([accepted(1)], now=1.0)
+    room.leave("a", now=2.0)
+    assert room.receive_expired(now=92.0) == [ExpireAt(122.0)]
+    assert room.receive_expired(now=122.0) == [UnsubscribeUpstream(S), RoomClosed(S)]
