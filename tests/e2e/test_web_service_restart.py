@@ -43,7 +43,7 @@ class Service:
 
 
 @pytest.fixture
-def service(tmp_path: Path) -> Iterator[Service]:  # type: ignore[override]
+def service(tmp_path: Path) -> Iterator[Service]:
     s = Service(tmp_path)
     yield s
     s.proc.stop()
