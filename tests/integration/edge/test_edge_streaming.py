@@ -8,6 +8,7 @@ import urllib.error
 import urllib.request
 
 from tests.support.edge import EdgeClient, EdgeProcess, create_session, start_edge
+from tests.support.service import start_agent_service
 from tests.support.timing import scaled
 
 
@@ -185,3 +186,56 @@ def test_the_web_ui_is_served_at_the_root_when_built(agent, tmp_path):
         assert http(edge, "/healthz")[0] == 200  # the API still wins over the files
     finally:
         edge.stop()
+
+
+async def test_a_run_and_a_single_tool_call_can_be_cancelled(tmp_path):
+    # A slow model, so a cancel always lands mid-run.
+    agent = start_agent_service(tmp_path, "--demo-tokens-per-s", "20")
+    agent_edge = None
+    try:
+        agent_edge = start_edge(agent.address)
+        session = create_session(agent_edge)
+        sid = session["session_id"]
+        client = await EdgeClient.connect(agent_edge.ws_url, token=session["token"])
+        await client.join(sid)
+        tool_run = (await client.say(sid, "run a long task for 20 seconds"))["run_id"]
+        started = await client.until(
+            lambda f: f["type"] == "chat:tool_execution" and f["status"] == "started"
+        )
+        cancelled = await client.request(
+            {"type": "tool:cancel", "session_id": sid, "call_id": started["call_id"]}
+        )
+        assert cancelled == {
+            "type": "ack",
+            "ref": cancelled["ref"],
+            "session_id": sid,
+            "cancelled": True,
+            "_seen": True,
+        }
+        ended = await client.until(
+            lambda f: (
+                f["type"] == "chat:tool_execution"
+                and f["call_id"] == started["call_id"]
+                and f["status"] not in ("started", "progress", "output")
+            )
+        )
+        assert ended["status"] == "cancelled"
+        await client.until_complete(sid, tool_run)  # the run goes on without the tool
+        long_run = (await client.say(sid, "tell me a long story " * 3))["run_id"]
+        await client.until(lambda f: f["type"] == "chat:response" and f["run_id"] == long_run)
+        stopped = await client.request(
+            {"type": "chat:cancel", "session_id": sid, "run_id": long_run}
+        )
+        assert stopped["cancelled"] is True
+        done = await client.until_complete(sid, long_run)
+        assert done["finish_reason"] == "cancelled"
+        unknown = await client.request(
+            {"type": "tool:cancel", "session_id": sid, "call_id": "call_nope"}
+        )
+        assert unknown["type"] in ("ack", "error")
+        assert unknown.get("cancelled") is not True
+        await client.close()
+    finally:
+        if agent_edge is not None:
+            agent_edge.stop()
+        agent.stop()
