@@ -165,3 +165,16 @@ async def test_a_dropped_connection_mid_reply_resumes_without_gaps_or_repeats(
         assert streamed == run.completed.text == run.text
     finally:
         await proxy.close()
+
+
+async def test_cancel_one_tool_call_by_id_and_the_run_goes_on(agent: AgentClient) -> None:
+    session = (await agent.create_session()).session_id
+    run = agent.chat(session, "long task 20s")
+    statuses = []
+    async for event in run:
+        if isinstance(event, ToolExecution):
+            statuses.append(event.status)
+            if event.status == "progress" and "cancelled" not in statuses:
+                assert await agent.cancel_tool_call(session, event.call_id)
+    assert statuses[0] == "started" and statuses[-1] == "cancelled"
+    assert run.completed is not None and run.completed.finish_reason == "stop"

@@ -12,7 +12,7 @@ import pytest
 
 from agent_relay_client.connection import State
 from agent_relay_client.conversation import Conversation
-from agent_relay_client.events import ResponseDelta, RunCompleted
+from agent_relay_client.events import ResponseDelta, RunCompleted, ToolExecution
 from agent_relay_client.resilient import (
     EventApplied,
     HistoryLoaded,
@@ -317,3 +317,50 @@ async def test_a_long_chat_swaps_its_token_before_it_expires(service) -> None:
     finally:
         await cutter.close()
         short.stop()
+
+
+async def test_cancel_a_tool_call_then_the_run_through_the_edge(edge: EdgeProcess) -> None:
+    async with EdgeClient(edge.url) as client:
+        rec = Recorder(client)
+        session = await client.create_session()
+        conv = await client.follow(session)
+        await client.send(session, "long task 20s")
+        started = await rec.until(
+            lambda u: (
+                isinstance(u, EventApplied)
+                and isinstance(u.event, ToolExecution)
+                and u.event.status == "progress"
+            )
+        )
+        assert isinstance(started, EventApplied) and isinstance(started.event, ToolExecution)
+        call_id = started.event.call_id
+        assert await client.cancel_tool_call(session, call_id)
+        await rec.until(lambda u: conv.tool_calls[call_id].status == "cancelled")
+        assert conv.tool_calls[call_id].cancel_reason == "requested"
+        first = await rec.completed(session)  # the run goes on without the tool and ends
+        assert first.finish_reason == "stop"
+
+        await client.send(session, "tell me everything")
+
+        def second_run_deltas() -> int:
+            return sum(
+                isinstance(u, EventApplied)
+                and isinstance(u.event, ResponseDelta)
+                and u.event.run_id != first.run_id
+                for u in rec.updates
+            )
+
+        await rec.until(lambda u: second_run_deltas() >= 3)
+        assert await client.cancel_run(session)  # "": the active run
+        second = await rec.until(
+            lambda u: (
+                isinstance(u, EventApplied)
+                and isinstance(u.event, RunCompleted)
+                and u.event.run_id != first.run_id
+            )
+        )
+        assert isinstance(second, EventApplied) and isinstance(second.event, RunCompleted)
+        assert second.event.finish_reason == "cancelled"
+        assert conv.assistant_for_run(second.event.run_id).status == "cancelled"  # type: ignore[union-attr]
+        assert_exact(rec.seqs[session], conv, second.event)
+        await rec.close()
