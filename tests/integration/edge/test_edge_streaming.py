@@ -239,3 +239,43 @@ async def test_a_run_and_a_single_tool_call_can_be_cancelled(tmp_path):
         if agent_edge is not None:
             agent_edge.stop()
         agent.stop()
+
+
+async def test_many_rooms_share_the_few_upstream_chat_streams(tmp_path):
+    agent = start_agent_service(tmp_path, "--metrics-listen", "127.0.0.1:0")
+    edge = None
+    try:
+        edge = start_edge(agent.address, "--upstream-channels", "2")
+        sessions = [create_session(edge) for _ in range(12)]
+        clients = []
+        for session in sessions:
+            client = await EdgeClient.connect(edge.ws_url, token=session["token"])
+            assert (await client.join(session["session_id"]))["type"] == "ack"
+            clients.append(client)
+        metrics_at = next(line for line in agent.output if "metrics on" in line).split()[-1]
+        text = _get(f"http://{metrics_at}/metrics").decode()
+        chat_calls = [
+            line
+            for line in text.splitlines()
+            if line.startswith("rpc_server_active_calls") and "Chat" in line
+        ]
+        assert chat_calls and float(chat_calls[0].split()[-1]) == 2.0, chat_calls
+        _, edge_metrics = http(edge, "/metrics")
+        assert b"agent_relay_edge_rooms{" in edge_metrics
+        rooms = [
+            line
+            for line in edge_metrics.decode().splitlines()
+            if line.startswith("agent_relay_edge_rooms{")
+        ]
+        assert float(rooms[0].split()[-1]) == 12.0
+        for client in clients:
+            await client.close()
+    finally:
+        if edge is not None:
+            edge.stop()
+        agent.stop()
+
+
+def _get(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=scaled(10)) as reply:
+        return reply.read()
