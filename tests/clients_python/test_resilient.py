@@ -185,3 +185,17 @@ async def test_a_close_code_that_says_stop_ends_the_client() -> None:
     assert isinstance(last, StateChanged) and last.state is State.DISCONNECTED
     assert last.code == 4501 and chat.closed_by is not None
     await chat.close()
+
+
+async def test_a_session_named_by_the_outbox_file_still_gets_its_history(tmp_path) -> None:
+    from agent_relay_client.outbox import Outbox
+
+    path = tmp_path / "outbox.json"
+    Outbox(path).add(OutboxEntry(session_id=S, message_id="m-left", text="typed last time"))
+    world = World()
+    world.head = 7
+    async with client(world, outbox=Outbox(path)) as chat:
+        conv = await chat.follow(S)
+        assert conv.last_seq == 7 and conv.find("m-left").status == "sending"  # type: ignore[union-attr]
+        await eventually(lambda: ("send", "m-left") in world.log)
+        assert world.log[0] == ("join", S, 7)  # after the history, not the whole log

@@ -90,11 +90,14 @@ def test_retryable_refusals_wait_and_final_ones_mark_the_message_rejected() -> N
     assert sends(core.take_due(now_ms=1010)) == ["m1"]
 
 
-def test_a_restarted_client_follows_sessions_its_outbox_file_names(tmp_path: Path) -> None:
+def test_a_restarted_client_sends_leftovers_once_their_session_is_followed(
+    tmp_path: Path,
+) -> None:
     path = tmp_path / "outbox.json"
     first = SessionCore(outbox=Outbox(path))
     first.send_message(S, "typed before a crash", message_id="m1", now_ms=0)
     second = SessionCore(outbox=Outbox(path))
+    assert second.receive_connected() == []  # nothing is joined behind the user's back
+    assert second.receive_history(S, [], as_of_seq=5) == [Join(S, 5)]
     assert second.conversations[S].find("m1").status == SENDING  # type: ignore[union-attr]
-    assert second.receive_connected() == [Join(S, 0)]
     assert sends(second.receive_joined(S, now_ms=0)) == ["m1"]

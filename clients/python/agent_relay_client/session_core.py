@@ -11,8 +11,10 @@ transport to carry out, in order:
 
 The rules it keeps: every followed session is joined again after a reconnect at
 its last processed seq (so nothing is missed or repeated); an outbox entry is
-sent once per connection, only after its session is joined; a hole in the log
-reloads history and rejoins after the history's `as_of_seq`.
+sent once per connection, only after its session is joined (entries an earlier
+run of the client left in the outbox file go out once their session is followed
+again); a hole in the log reloads history and rejoins after the history's
+`as_of_seq`.
 """
 
 from __future__ import annotations
@@ -74,16 +76,12 @@ class SessionCore:
         self._joined: set[str] = set()  # sessions whose join was acked on this connection
         self._joining: set[str] = set()  # join sent, reply pending
         self._loading: set[str] = set()  # history requested after a gap
-        for entry in self.outbox.entries():  # messages left from an earlier run of the client
-            self.follow(entry.session_id)
-            self.conversations[entry.session_id].add_local_message(entry.message_id, entry.text)
 
     # ----- what the user does ---------------------------------------------------------------
 
     def follow(self, session_id: str) -> list[Command]:
         """Start following a session (a no-op when followed already)."""
-        if session_id not in self.conversations:
-            self.conversations[session_id] = Conversation(session_id, contiguous=self.contiguous)
+        self._conversation(session_id)
         if self.connected and session_id not in self._joined | self._joining:
             return [self._join(session_id)]
         return []
@@ -162,11 +160,7 @@ class SessionCore:
 
         A session not followed yet becomes followed, starting after `as_of_seq`.
         """
-        conv = self.conversations.get(session_id)
-        if conv is None:
-            conv = self.conversations[session_id] = Conversation(
-                session_id, contiguous=self.contiguous
-            )
+        conv = self._conversation(session_id)
         conv.receive_history(history, as_of_seq)
         self._loading.discard(session_id)
         if not self.connected:
@@ -205,6 +199,19 @@ class SessionCore:
     def is_joined(self, session_id: str) -> bool:
         """True once the session's join was acked on this connection."""
         return session_id in self._joined
+
+    def _conversation(self, session_id: str) -> Conversation:
+        """The session's conversation, made on first use with any messages an earlier run of
+        the client left in the outbox file (they go out once the session is joined)."""
+        conv = self.conversations.get(session_id)
+        if conv is None:
+            conv = self.conversations[session_id] = Conversation(
+                session_id, contiguous=self.contiguous
+            )
+            for entry in self.outbox.entries():
+                if entry.session_id == session_id:
+                    conv.add_local_message(entry.message_id, entry.text)
+        return conv
 
     def _join(self, session_id: str) -> Join:
         self._joining.add(session_id)
