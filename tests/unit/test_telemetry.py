@@ -138,12 +138,14 @@ def test_a_log_line_inside_a_span_carries_its_ids_and_outside_none():
 
 def test_configured_logging_writes_json_at_the_configured_level():
     stream = io.StringIO()
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level  # pytest's own capture handlers live there
     configure_json_logging("warning", stream)
     try:
         logging.getLogger("x").info("hidden")
         logging.getLogger("x").warning("shown", extra={"session_id": "s1"})
     finally:
-        configure_json_logging("INFO")
+        root.handlers[:], root.level = saved[0], saved[1]
     (line,) = stream.getvalue().splitlines()
     entry = json.loads(line)
     assert entry["level"] == "WARNING" and entry["message"] == "shown"
