@@ -276,6 +276,7 @@ class Connection:
                     f"at most {self.hub.settings.max_runs_per_user} runs at once",
                     wait_ms,
                 )
+            self.hub.runs.reserve(claims.user_id)
             self.hub.spawn(self._send_message(claims.user_id, frame))
         elif isinstance(frame, ChatCancel):
             self._require_joined(frame.session_id)
@@ -336,6 +337,13 @@ class Connection:
         self.send(ack_frame(frame.id, user_id=claims.user_id, expires_at=claims.expires_at))
 
     async def _send_message(self, user_id: str, frame: ChatMessage) -> None:
+        """Carry out a chat:message whose run the limiter has reserved; releases it."""
+        try:
+            await self._forward_message(user_id, frame)
+        finally:
+            self.hub.runs.release(user_id)
+
+    async def _forward_message(self, user_id: str, frame: ChatMessage) -> None:
         with self.hub.telemetry.message(
             frame.traceparent,
             frame.tracestate,

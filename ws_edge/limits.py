@@ -8,7 +8,7 @@ caller turns a wait into a `rate_limited` error whose `retry_after_ms` it is.
 from __future__ import annotations
 
 import math
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 
@@ -87,9 +87,16 @@ def admit(limiters: list[FrameLimiter], size: int, now: float) -> int:
     return 0
 
 
+_FINISHED_KEPT = 4096
+
+
 class RunLimiter:
     """Runs each user has going. A run counts from its acceptance until its completion is
-    seen, or until `max_age_s` passes (a completion the edge never saw must not leak)."""
+    seen, or until `max_age_s` passes (a completion the edge never saw must not leak).
+
+    Calling rule: `check`, then `reserve` before sending the message upstream, then
+    `release` once its reply came (after `start` on success), so messages in flight count
+    too and a burst cannot slip past the limit."""
 
     def __init__(self, max_runs: int, *, max_age_s: float = 900.0, retry_after_ms: int = 1000):
         self._max_runs = max_runs
@@ -97,19 +104,34 @@ class RunLimiter:
         self._retry_after_ms = retry_after_ms
         self._runs: dict[str, dict[str, float]] = {}  # user -> run id -> started at
         self._owner: dict[str, str] = {}  # run id -> user
+        self._reserved: dict[str, int] = {}  # user -> messages on their way upstream
+        # Completions seen before the run was started here: a run that ends at once may
+        # complete (in the same upstream batch) before its acceptance reply is handled.
+        self._finished: OrderedDict[str, None] = OrderedDict()
 
     def check(self, user_id: str, now: float) -> int:
         """0 if the user may start another run, else the ms to wait."""
         runs = self._runs.get(user_id)
-        if not runs:
-            return 0
-        for run_id, started in list(runs.items()):
+        for run_id, started in list((runs or {}).items()):
             if now - started > self._max_age_s:
                 self.finish(run_id)
-        return self._retry_after_ms if len(self._runs.get(user_id, ())) >= self._max_runs else 0
+        going = len(self._runs.get(user_id, ())) + self._reserved.get(user_id, 0)
+        return self._retry_after_ms if going >= self._max_runs else 0
+
+    def reserve(self, user_id: str) -> None:
+        """A message that passed `check` is on its way upstream."""
+        self._reserved[user_id] = self._reserved.get(user_id, 0) + 1
+
+    def release(self, user_id: str) -> None:
+        """That message's reply came (call `start` first when it started a run)."""
+        left = self._reserved.get(user_id, 0) - 1
+        if left > 0:
+            self._reserved[user_id] = left
+        else:
+            self._reserved.pop(user_id, None)
 
     def start(self, user_id: str, run_id: str, now: float) -> None:
-        if not run_id or run_id in self._owner:
+        if not run_id or run_id in self._owner or run_id in self._finished:
             return
         self._runs.setdefault(user_id, {})[run_id] = now
         self._owner[run_id] = user_id
@@ -117,6 +139,9 @@ class RunLimiter:
     def finish(self, run_id: str) -> None:
         user_id = self._owner.pop(run_id, None)
         if user_id is None:
+            self._finished[run_id] = None
+            if len(self._finished) > _FINISHED_KEPT:
+                self._finished.popitem(last=False)
             return
         runs = self._runs.get(user_id, {})
         runs.pop(run_id, None)

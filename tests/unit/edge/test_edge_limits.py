@@ -80,3 +80,23 @@ def test_backoff_grows_with_full_jitter_up_to_the_cap():
     delays = [backoff_s(n, base_s=0.1, max_s=2.0, rng=rng) for n in range(12)]
     assert all(0.0 <= d <= min(2.0, 0.1 * 2**n) for n, d in enumerate(delays))
     assert max(delays[6:]) > 0.2  # later attempts may wait far longer than the first
+
+
+def test_messages_on_their_way_upstream_count_against_the_run_limit():
+    runs = RunLimiter(max_runs=2)
+    assert runs.check("u", now=0.0) == 0
+    runs.reserve("u")
+    assert runs.check("u", now=0.0) == 0
+    runs.reserve("u")
+    assert runs.check("u", now=0.0) > 0  # two in flight: a third must wait
+    runs.start("u", "r1", now=0.0)
+    runs.release("u")
+    runs.release("u")  # the second was refused upstream: no run
+    assert runs.active("u") == 1 and runs.check("u", now=0.0) == 0
+
+
+def test_a_run_seen_completing_before_its_acceptance_was_handled_never_counts():
+    runs = RunLimiter(max_runs=1)
+    runs.finish("r_fast")  # its completion came in the same upstream batch as the reply
+    runs.start("u", "r_fast", now=0.0)
+    assert runs.active("u") == 0 and runs.check("u", now=0.0) == 0
