@@ -71,13 +71,16 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "edge_args(*flags): extra command-line flags for the edge")
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: Playwright's sync API keeps an asyncio loop running
+# in this thread while it is open, and the asyncio tests of other folders that
+# run after these would find it ("cannot be called from a running event loop").
+@pytest.fixture(scope="module")
 def playwright() -> Iterator[Playwright]:
     with sync_playwright() as p:
         yield p
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(playwright: Playwright) -> Iterator[Browser]:
     b = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
     yield b
