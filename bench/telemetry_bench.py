@@ -23,6 +23,7 @@ each process's CPU time per message (from /proc) and the round trip to the ack.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import secrets
 import subprocess
@@ -39,6 +40,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from agent_relay.v1 import agent_pb2 as pb
 from bench.common import table
+from relay_shared.agent_telemetry import AgentTelemetry
 from relay_shared.edge_telemetry import EdgeTelemetry
 from relay_shared.telemetry import setup_telemetry
 
@@ -150,6 +152,85 @@ def part_one(frames: int) -> None:
     )
 
 
+class _Outcome:
+    status, code = "completed", ""
+
+
+async def _tool_result() -> _Outcome:
+    return _Outcome()
+
+
+async def agent_run(agent: AgentTelemetry | None, traceparent: str) -> None:
+    """The telemetry work the agent does for a run of two model calls and one tool call."""
+    if agent is None:
+        for _ in range(2):
+            pass
+        await _tool_result()
+        return
+    context = {"traceparent": traceparent}
+    with agent.run(context, run_id="r1", session_id="s1", message_id="m1") as run:
+        for step in range(2):
+            with agent.model_call(provider="demo", model="demo", step=step) as call:
+                call.saw_output()
+                call.finished("stop", 20, 8)
+        await agent.tool_call(tool_name="calculator", call_id="c1", run=_tool_result())
+        run.ended("stop")
+
+
+def async_cpu_us_per_run(
+    agent: AgentTelemetry | None, traceparent: str, n: int, then: Callable[[], object]
+) -> float:
+    """Process CPU time per agent_run(), best of 3 rounds, in one event loop."""
+
+    async def rounds() -> float:
+        best = float("inf")
+        for _ in range(3):
+            started = time.process_time()
+            for _ in range(n):
+                await agent_run(agent, traceparent)
+            then()
+            best = min(best, (time.process_time() - started) / n * 1e6)
+        return best
+
+    return asyncio.run(rounds())
+
+
+def part_one_agent(runs: int) -> None:
+    """The agent's per-run telemetry work: off (metrics only) and on (exporting)."""
+    traceparent = f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
+    for name in OTEL_VARS:
+        os.environ.pop(name, None)
+    off = AgentTelemetry(setup_telemetry("bench-agent", install_global=False))
+    receiver, endpoint = start_receiver()
+    os.environ.update(
+        OTEL_TRACES_EXPORTER="otlp",
+        OTEL_EXPORTER_OTLP_ENDPOINT=endpoint,
+        OTEL_BSP_MAX_QUEUE_SIZE=str(runs * 4 + 1),
+    )
+    on_telemetry = setup_telemetry("bench-agent", install_global=False)
+    on = AgentTelemetry(on_telemetry)
+    flush = on_telemetry.tracer_provider.force_flush  # type: ignore[union-attr]
+    try:
+        base = async_cpu_us_per_run(None, traceparent, runs, lambda: None)
+        cost_off = async_cpu_us_per_run(off, traceparent, runs, lambda: None)
+        cost_on = async_cpu_us_per_run(on, traceparent, runs, flush)
+    finally:
+        on_telemetry.shutdown()
+        for name in (*OTEL_VARS, "OTEL_BSP_MAX_QUEUE_SIZE"):
+            os.environ.pop(name, None)
+        spans = stop_receiver(receiver)
+    table(
+        f"Agent telemetry work per run (a run, two model calls, one tool call: 4 spans), "
+        f"in process ({runs} runs x 3 rounds, best round; the receiver got {spans} spans)",
+        ("run", "CPU us per run", "over baseline"),
+        [
+            ("baseline (no telemetry)", f"{base:.1f}", "-"),
+            ("tracing off (metrics only)", f"{cost_off:.1f}", f"+{cost_off - base:.1f}"),
+            ("tracing on, exporting", f"{cost_on:.1f}", f"+{cost_on - base:.1f}"),
+        ],
+    )
+
+
 def cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -180,7 +261,6 @@ async def drive(edge: Any, messages: int) -> tuple[list[float], int]:
 
 def part_two(messages: int) -> None:
     """The two real processes, tracing off and then on (exporting), same client."""
-    import asyncio
 
     from bench.common import percentile
     from tests.support.edge import start_edge
@@ -252,6 +332,7 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=300)
     args = parser.parse_args()
     part_one(max(100, min(args.frames, 200_000)))
+    part_one_agent(max(100, min(args.frames // 4, 50_000)))
     if args.e2e:
         part_two(max(10, min(args.messages, 5_000)))
 

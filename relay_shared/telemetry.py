@@ -43,7 +43,7 @@ from opentelemetry.sdk._configuration import (
     _get_exporter_names,
     _import_exporters,
 )
-from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -156,7 +156,14 @@ def setup_telemetry(service_name: str, *, install_global: bool = True) -> Teleme
             if isinstance(exporter, MetricReader)
             else PeriodicExportingMetricReader(exporter)
         )
-    meter_provider = MeterProvider(resource=resource, metric_readers=readers)
+    # exemplars cost a quarter of each measurement, and Prometheus text does not carry them:
+    # off unless asked for by OTEL_METRICS_EXEMPLAR_FILTER
+    exemplars = (
+        None if os.environ.get("OTEL_METRICS_EXEMPLAR_FILTER") else AlwaysOffExemplarFilter()
+    )
+    meter_provider = MeterProvider(
+        resource=resource, metric_readers=readers, exemplar_filter=exemplars
+    )
     tracer_provider: TracerProvider | None = None
     if span_exporters:
         tracer_provider = TracerProvider(resource=resource)
