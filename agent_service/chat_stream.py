@@ -119,11 +119,13 @@ class ChatStream:
             cursor = join.after_seq
         self.subscriber.cursors[rt.session_id] = cursor
         rt.subscribers.add(self.subscriber)
+        self.subscriber.notify(rt.session_id)  # the replay, if any, goes out now
         return pb.Joined(session_id=rt.session_id, head_seq=head)
 
     def _leave(self, session_id: str) -> pb.Left:
         require(bool(session_id), "leave.session_id", "is required")
         self.subscriber.cursors.pop(session_id, None)
+        self.subscriber.dirty.pop(session_id, None)
         rt = self.hub.loaded_session(session_id)
         if rt is not None:
             rt.subscribers.discard(self.subscriber)
@@ -160,9 +162,13 @@ class ChatStream:
         """What this stream owes now, as one response; None when nothing."""
         response = pb.ChatResponse()
         size = 0
-        for session_id, cursor in list(self.subscriber.cursors.items()):
+        dirty = self.subscriber.dirty
+        while dirty:
+            session_id = next(iter(dirty))
+            del dirty[session_id]
+            cursor = self.subscriber.cursors.get(session_id)
             rt = self.hub.loaded_session(session_id)
-            if rt is None or rt.log.head_seq <= cursor:
+            if cursor is None or rt is None or rt.log.head_seq <= cursor:
                 continue
             room = MAX_EVENTS_PER_RESPONSE - len(response.events)
             try:
@@ -178,7 +184,7 @@ class ChatStream:
             if replay.events:
                 self.subscriber.cursors[session_id] = replay.events[-1].seq
             if len(response.events) >= MAX_EVENTS_PER_RESPONSE or size >= MAX_BYTES_PER_RESPONSE:
-                self.subscriber.notify()  # more is waiting: collect again right away
+                self.subscriber.notify(session_id)  # more may wait: collect again at once
                 break
         if self.replies:
             response.replies.extend(self.replies)

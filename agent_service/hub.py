@@ -40,15 +40,19 @@ ACCEPTED_CACHE = 1_000
 
 
 class Subscriber:
-    """A reader of some sessions' logs (one Chat stream): a cursor per session and
-    one wake-up for all of them."""
+    """A reader of some sessions' logs (one Chat stream): a cursor per session, the
+    sessions that grew since it last read (so a read costs what changed, not what
+    is joined), and one wake-up for all of them."""
 
     def __init__(self) -> None:
         self.wake = asyncio.Event()
         self.cursors: dict[str, int] = {}
+        self.dirty: dict[str, None] = {}  # an ordered set: first grown, first read
 
-    def notify(self) -> None:
-        """Something new may be readable."""
+    def notify(self, session_id: str = "") -> None:
+        """Something new may be readable (in session_id, when given)."""
+        if session_id:
+            self.dirty[session_id] = None
         self.wake.set()
 
 
@@ -116,7 +120,7 @@ class SessionRuntime:
         if self.log.next_seq > self._reserved - SEQ_RESERVATION // 2:
             self._reserve_more()
         for subscriber in self.subscribers:
-            subscriber.notify()
+            subscriber.notify(self.session_id)
 
     def _reserve_more(self) -> None:
         if self._reserving is None or self._reserving.done():
