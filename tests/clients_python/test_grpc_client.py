@@ -178,3 +178,37 @@ async def test_cancel_one_tool_call_by_id_and_the_run_goes_on(agent: AgentClient
                 assert await agent.cancel_tool_call(session, event.call_id)
     assert statuses[0] == "started" and statuses[-1] == "cancelled"
     assert run.completed is not None and run.completed.finish_reason == "stop"
+
+
+async def test_a_run_cut_short_by_a_service_restart_ends_as_interrupted(tmp_path) -> None:
+    from tests.support.service import start_agent_service
+
+    first = start_agent_service(tmp_path, "--demo-tokens-per-s", "50", "--demo-reply-words", "200")
+    port = first.address.rsplit(":", 1)[1]
+    second = None
+    try:
+        async with AgentClient(first.address, timeout_s=scaled(5)) as agent:
+            session = (await agent.create_session()).session_id
+            run = agent.chat(session, "a long one")
+            deltas = 0
+            async for event in run:
+                deltas += isinstance(event, ResponseDelta)
+                if deltas == 10 and second is None:
+                    await asyncio.to_thread(first.kill)  # kill -9 mid-reply
+                    second = await asyncio.to_thread(
+                        start_agent_service,
+                        tmp_path,
+                        "--demo-tokens-per-s",
+                        "50",
+                        listen=f"127.0.0.1:{port}",
+                        store_path=first.store_path,
+                    )
+            assert second is not None
+            assert run.completed is not None and run.completed.finish_reason == "interrupted"
+            # the session is usable again on the restarted service
+            again = await agent.chat(session, "are you back?").wait()
+            assert again.finish_reason == "stop" and again.text
+    finally:
+        first.kill()
+        if second is not None:
+            second.stop()

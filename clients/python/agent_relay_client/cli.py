@@ -379,7 +379,11 @@ class ChatSession:
     async def _cancel(self) -> None:
         for _ in range(2):
             try:
-                await self.client.cancel_run(self.session_id, self.run_id)
+                if not await self.client.cancel_run(self.session_id, self.run_id):
+                    # Nothing was running: the reply ended where this client could not see
+                    # it (for example the service restarted). Back to the prompt.
+                    self.renderer.line("[the reply had already ended]")
+                    self.run_done.set()
                 return
             except errors.TransportError:
                 with contextlib.suppress(errors.AgentRelayError):

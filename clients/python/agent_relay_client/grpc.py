@@ -51,6 +51,7 @@ from agent_relay_client.events import (
 from agent_relay_client.outbox import OutboxEntry
 from agent_relay_client.resilient import (
     Accepted,
+    ClientError,
     EventApplied,
     History,
     HistoryLoaded,
@@ -593,7 +594,10 @@ class ChatRun:
                 trace_context=self._trace_context,
             )
             while (update := await queue.get()) is not None:
-                for event in self._events_of_this_run(update, chat):
+                events = self._events_of_this_run(update, chat)
+                if not events and isinstance(update, HistoryLoaded):
+                    events = await self._ended_out_of_reach(update.conversation)
+                for event in events:
                     yield event
                     if isinstance(event, RunCompleted):
                         self.completed = event
@@ -607,6 +611,8 @@ class ChatRun:
     def _events_of_this_run(self, update: Update, chat: ResilientChat) -> list[SessionEvent]:
         if isinstance(update, MessageRejected) and update.message_id == self.message_id:
             raise update.error
+        if isinstance(update, ClientError) and update.session_id == self.session_id:
+            raise update.error  # for example the session can no longer be joined
         if isinstance(update, MessageSent) and update.accepted.message_id == self.message_id:
             self.accepted = update.accepted
             self.run_id = update.accepted.run_id
@@ -638,6 +644,30 @@ class ChatRun:
             self.run_id = event.run_id
             return [event]
         return [event] if self.run_id and event.run_id == self.run_id else []
+
+    async def _ended_out_of_reach(self, conv: Conversation) -> list[SessionEvent]:
+        """After a gap that history does not settle: ask the service whether the run still
+        goes on. A run that is neither active nor queued ended unseen (for example the
+        service restarted mid-run): it is reported as interrupted."""
+        if not self.run_id or conv.session_id != self.session_id:
+            return []
+        if any(m.run_id == self.run_id and m.status == "queued" for m in conv.messages):
+            return []
+        try:
+            info = await self._client.get_session(self.session_id)
+        except errors.AgentRelayError:
+            return []  # cannot tell now; the rejoin will bring the run's events if it goes on
+        if info.active_run_id == self.run_id:
+            return []
+        return [
+            RunCompleted(
+                session_id=self.session_id,
+                seq=conv.last_seq,
+                run_id=self.run_id,
+                finish_reason="interrupted",
+                text=self.text,
+            )
+        ]
 
     async def wait(self) -> RunCompleted:
         """Consume the run to its end; returns its completion."""

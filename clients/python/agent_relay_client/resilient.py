@@ -402,6 +402,11 @@ class ResilientChat:
             try:
                 await link.join(command.session_id, command.after_seq)
             except RequestError as exc:
+                if exc.code == "out_of_range":
+                    # The log restarted below our position (its service lost it): what we
+                    # hold may be stale. Rebuild from history and join after that.
+                    await self._reload(link, command.session_id)
+                    return
                 self.core.receive_join_failed(command.session_id)
                 self._publish(ClientError(exc, command.session_id))
                 return
