@@ -96,6 +96,28 @@ def test_type_read_the_streamed_reply_and_cancel_one_with_ctrl_c(
     finally:
         child.close(force=True)
 
+    # the session's token was remembered: its history reads through the edge by id alone
+    shown = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "agent_relay_client",
+            "history",
+            session,
+            "--edge-url",
+            slow_edge.url,
+            "--state-dir",
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=scaled(30),
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "user> tell me a long story\n" in shown.stdout
+    assert shown.stdout.rstrip().endswith("[cancelled]")
+
 
 def test_a_second_ctrl_c_quits_and_the_session_reopens_with_its_history(
     slow_edge: EdgeProcess, tmp_path: Path
