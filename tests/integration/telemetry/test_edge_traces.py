@@ -11,13 +11,26 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 
 from tests.integration.telemetry.otlp_receiver import OtlpGrpcReceiver, OtlpHttpReceiver
 from tests.integration.telemetry.processes import FAST_EXPORT, start_traced_service
 from tests.integration.telemetry.prometheus import scrape, value
 from tests.support.edge import EdgeClient, create_session, start_edge
+from tests.support.timing import scaled
 
 SPAN_KIND_SERVER = 2
+PINGS = 100
+
+
+async def scrape_until(url: str, done, timeout_s: float = 5.0):
+    """Scrape until done(samples) holds or the time is up; the last scrape either way."""
+    deadline = time.monotonic() + scaled(timeout_s)
+    while True:
+        samples = scrape(url)
+        if done(samples) or time.monotonic() > deadline:
+            return samples
+        await asyncio.sleep(0.05)
 
 
 def new_traceparent() -> tuple[str, str, str]:
@@ -55,7 +68,8 @@ async def test_the_trace_runs_from_the_client_span_through_the_edge_to_the_tool_
         "OTEL_EXPORTER_OTLP_ENDPOINT": receiver_http.endpoint,
     }.items():
         monkeypatch.setenv(key, val)
-    edge = start_edge(service.address)
+    # a small burst and no abuse close: a flood of pings is sure to hit the limit
+    edge = start_edge(service.address, "--conn-frames-burst", "20", "--abuse-strikes", "1000")
     clients: list[EdgeClient] = []
     try:
         session = create_session(edge)
@@ -107,18 +121,20 @@ async def test_the_trace_runs_from_the_client_span_through_the_edge_to_the_tool_
         # a second socket that floods pings past its burst gets rate_limited errors
         flooder = await EdgeClient.connect(edge.ws_url, token=session["token"])
         clients.append(flooder)
-        for index in range(70):
+        for index in range(PINGS):
             await flooder.send({"type": "ping", "id": f"p{index}", "ts": index})
-        replies = [await flooder.recv() for _ in range(70)]
+        replies = [await flooder.recv() for _ in range(PINGS)]
         limited = sum(1 for f in replies if f.get("code") == "rate_limited")
         assert limited > 0
 
-        await asyncio.sleep(0.1)  # the edge counts a frame right after writing it
-        metrics = scrape(edge.url + "/metrics")
-        sent_by_clients = 4 + 71  # auth, join, two messages; auth and 70 pings
+        delivered = len(client.frames) + len(flooder.frames)  # welcomes and acks included
+        metrics = await scrape_until(
+            edge.url + "/metrics",  # the edge counts a frame right after writing it
+            lambda m: value(m, "agent_relay_edge_frames_total", direction="sent") >= delivered,
+        )
+        sent_by_clients = 4 + 1 + PINGS  # auth, join, two messages; auth and the pings
         received = value(metrics, "agent_relay_edge_frames_total", direction="received")
         assert received == sent_by_clients
-        delivered = len(client.frames) + len(flooder.frames)  # welcomes and acks included
         assert value(metrics, "agent_relay_edge_frames_total", direction="sent") == delivered
         assert value(metrics, "agent_relay_edge_rate_limited_total", limit="frames") == limited
         assert value(metrics, "agent_relay_edge_connections") == 2
