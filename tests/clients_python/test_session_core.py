@@ -101,3 +101,15 @@ def test_a_restarted_client_sends_leftovers_once_their_session_is_followed(
     assert second.receive_history(S, [], as_of_seq=5) == [Join(S, 5)]
     assert second.conversations[S].find("m1").status == SENDING  # type: ignore[union-attr]
     assert sends(second.receive_joined(S, now_ms=0)) == ["m1"]
+
+
+def test_a_message_refused_as_not_joined_rejoins_and_goes_again() -> None:
+    core = SessionCore()
+    core.receive_connected()
+    core.follow(S)
+    core.receive_joined(S, now_ms=0)
+    _, commands = core.send_message(S, "hi", message_id="m1", now_ms=0)
+    assert sends(commands) == ["m1"]
+    assert core.receive_not_joined("m1") == [Join(S, 0)]
+    assert not core.is_joined(S) and core.take_due(now_ms=1) == []
+    assert sends(core.receive_joined(S, now_ms=2)) == ["m1"]

@@ -425,6 +425,9 @@ class ResilientChat:
         try:
             accepted = await link.send(entry)
         except RequestError as exc:
+            if exc.code == "not_joined" and entry.attempts < 5:  # bounded: never a hot loop
+                await self._carry_out(link, self.core.receive_not_joined(entry.message_id))
+                return
             outcome = self.core.receive_send_failed(
                 entry.message_id, exc.code, exc.message, exc.retry_after_ms, self._now_ms()
             )

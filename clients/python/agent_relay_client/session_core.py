@@ -186,6 +186,18 @@ class SessionCore:
                 conv.reject_local_message(message_id, f"{code}: {message}".rstrip(": "))
         return outcome
 
+    def receive_not_joined(self, message_id: str) -> list[Command]:
+        """A message was refused because its session is not joined here (the edge lost the
+        join, for example after its upstream restarted): join again; the message follows."""
+        entry = next((e for e in self.outbox.entries() if e.message_id == message_id), None)
+        if entry is None:
+            return []
+        entry.in_flight = False
+        self._joined.discard(entry.session_id)
+        if not self.connected or entry.session_id in self._joining:
+            return []
+        return [self._join(entry.session_id)]
+
     def take_due(self, now_ms: float) -> list[Command]:
         """Outbox entries of joined sessions that may go out now."""
         if not self.connected:
