@@ -1,7 +1,8 @@
-"""A real OTLP receiver for tests: the collector's trace service over gRPC, and OTLP/HTTP.
+"""A real OTLP receiver for tests: the collector's trace and metrics services over gRPC,
+and traces over OTLP/HTTP.
 
-Both keep every span they receive, flattened with its service name, so a test
-can wait for the spans of one trace and check their parent chain.
+Spans are kept flattened with their service name, so a test can wait for the spans
+of one trace and check their parent chain; metric data points are kept by name.
 """
 
 from __future__ import annotations
@@ -15,6 +16,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import grpc
+from opentelemetry.proto.collector.metrics.v1 import (
+    metrics_service_pb2,
+    metrics_service_pb2_grpc,
+)
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
@@ -93,6 +98,47 @@ class SpanStore:
             time.sleep(0.05)
 
 
+@dataclass
+class MetricStore:
+    """Metric data points received so far: name -> [(attributes, value)], newest last."""
+
+    points: dict[str, list[tuple[dict[str, Any], float]]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, request: metrics_service_pb2.ExportMetricsServiceRequest) -> None:
+        with self._lock:
+            for resource_metrics in request.resource_metrics:
+                for scope_metrics in resource_metrics.scope_metrics:
+                    for metric in scope_metrics.metrics:
+                        kind = metric.WhichOneof("data")
+                        for point in getattr(metric, kind).data_points:
+                            attrs = {a.key: _value(a.value) for a in point.attributes}
+                            if kind == "histogram":
+                                number = float(point.count)
+                            else:
+                                number = point.as_double or float(point.as_int)
+                            self.points.setdefault(metric.name, []).append((attrs, number))
+
+    def latest(self, name: str, **attributes: Any) -> float | None:
+        """The newest value (a histogram's count) of `name` whose attributes include these."""
+        with self._lock:
+            for attrs, number in reversed(self.points.get(name, [])):
+                if all(attrs.get(k) == v for k, v in attributes.items()):
+                    return number
+        return None
+
+
+class _MetricsService(metrics_service_pb2_grpc.MetricsServiceServicer):
+    def __init__(self, store: MetricStore) -> None:
+        self.store = store
+
+    def Export(
+        self, request: Any, context: Any
+    ) -> metrics_service_pb2.ExportMetricsServiceResponse:
+        self.store.add(request)
+        return metrics_service_pb2.ExportMetricsServiceResponse()
+
+
 class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):
     def __init__(self, store: SpanStore) -> None:
         self.store = store
@@ -103,13 +149,18 @@ class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):
 
 
 class OtlpGrpcReceiver:
-    """The OTLP trace service on 127.0.0.1 at a free port. `endpoint` is for OTEL_* vars."""
+    """The OTLP trace and metrics services on 127.0.0.1 at a free port; `endpoint` is for
+    the OTEL_* variables."""
 
     def __init__(self, store: SpanStore | None = None) -> None:
         self.store = store or SpanStore()
+        self.metrics = MetricStore()
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(
             _TraceService(self.store), self.server
+        )
+        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(
+            _MetricsService(self.metrics), self.server
         )
         self.port = self.server.add_insecure_port("127.0.0.1:0")
         self.server.start()

@@ -8,8 +8,10 @@ scraped over HTTP and parsed with the Prometheus client's parser.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
+import time
 
 import grpc
 import pytest
@@ -22,6 +24,7 @@ from tests.integration.telemetry.processes import start_traced_service
 from tests.integration.telemetry.prometheus import Samples, value
 from tests.integration.telemetry.prometheus import scrape as scrape_url
 from tests.support.chat import ChatClient
+from tests.support.timing import scaled
 
 SPAN_KIND_SERVER = 2
 SPAN_KIND_CLIENT = 3
@@ -230,3 +233,26 @@ async def test_with_nothing_set_nothing_is_exported_and_metrics_still_count(
     finally:
         assert service.stop() == 0
     assert receiver_grpc.store.requests == 0
+
+
+async def test_metrics_are_also_pushed_over_otlp_when_asked(tmp_path, monkeypatch, receiver_grpc):
+    env = {
+        "OTEL_METRICS_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver_grpc.endpoint,
+        "OTEL_TRACES_EXPORTER": "none",
+    }
+    service, _ = start_traced_service(tmp_path, monkeypatch, env)
+    try:
+        await run_message(service.address, "calc 3 * 3", {})
+        deadline = time.monotonic() + scaled(15)
+        while receiver_grpc.metrics.latest("agent_relay.runs", outcome="stop") is None:
+            assert time.monotonic() < deadline, "no run count was pushed"
+            await asyncio.sleep(0.1)
+        assert receiver_grpc.metrics.latest("agent_relay.runs", outcome="stop") == 1
+        tool = receiver_grpc.metrics.latest(
+            "agent_relay.tool.duration", outcome="completed", **{"gen_ai.tool.name": "calculator"}
+        )
+        assert tool == 1
+    finally:
+        assert service.stop() == 0
+    assert receiver_grpc.store.requests == 0  # OTEL_TRACES_EXPORTER=none: no spans
