@@ -32,6 +32,7 @@ class MessageAccepted(_Event, frozen=True, kw_only=True, tag="chat:accepted"):
     message_id: str = ""
     text: str = ""
     queued: bool = False
+    duplicate: bool = False  # only ever true in a command reply, never in the log
 
 
 class RunStarted(_Event, frozen=True, kw_only=True, tag="chat:run_started"):
