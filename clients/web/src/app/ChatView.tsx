@@ -71,6 +71,10 @@ export function ChatView({
   }, [chat.messages, chat.tools]);
 
   useEffect(() => {
+    document.title = title ? `${title} · agent-relay` : "agent-relay";
+  }, [title]);
+
+  useEffect(() => {
     setNotice(undefined);
     following.current = true;
     setUnseen(false);
