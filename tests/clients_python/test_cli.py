@@ -157,13 +157,18 @@ def test_a_second_ctrl_c_quits_and_the_session_reopens_with_its_history(
         again.close(force=True)
 
 
+@pytest.mark.parametrize("transport", ["edge", "grpc"])
 def test_the_reply_survives_a_dropped_connection_without_the_user_noticing(
-    slow_edge: EdgeProcess, slow_service: ServiceProcess, tmp_path: Path
+    transport: str, slow_edge: EdgeProcess, slow_service: ServiceProcess, tmp_path: Path
 ) -> None:
     async def run() -> None:
-        proxy = CuttableProxy(slow_edge.url.removeprefix("http://"))
+        behind = (
+            slow_edge.url.removeprefix("http://") if transport == "edge" else slow_service.address
+        )
+        proxy = CuttableProxy(behind)
         address = await proxy.start()
-        child = spawn("chat", "--edge-url", f"http://{address}", "--state-dir", str(tmp_path))
+        target = ["--edge-url", f"http://{address}"] if transport == "edge" else ["--grpc", address]
+        child = spawn("chat", *target, "--state-dir", str(tmp_path))
         try:
             await asyncio.to_thread(child.expect, r"session (s_\w+)")
             session = child.match.group(1)
