@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from agent_relay_client import errors
 from agent_relay_client.backoff import BackoffPolicy
 from agent_relay_client.connection import State
@@ -173,9 +175,16 @@ async def test_refusals_reach_the_user_and_rate_limits_are_retried() -> None:
         assert "s_other" not in chat.core.conversations
 
 
-async def test_a_close_code_that_says_stop_ends_the_client() -> None:
+@pytest.mark.parametrize(
+    "failure",
+    [
+        errors.ConnectionClosed(4501, "token expired"),
+        errors.TransportError("auth timeout", code=4503),
+    ],
+)
+async def test_a_close_code_that_says_stop_ends_the_client(failure: errors.TransportError) -> None:
     world = World()
-    world.failures = [errors.ConnectionClosed(4501, "token expired")]
+    world.failures = [failure]
     chat = client(world)
     updates: asyncio.Queue = asyncio.Queue()
     chat.add_listener(updates)
@@ -183,7 +192,8 @@ async def test_a_close_code_that_says_stop_ends_the_client() -> None:
     while (update := await asyncio.wait_for(updates.get(), scaled(5))) is not None:
         last = update
     assert isinstance(last, StateChanged) and last.state is State.DISCONNECTED
-    assert last.code == 4501 and chat.closed_by is not None
+    assert last.code == failure.code and chat.closed_by is not None
+    assert len(world.links) == 0 and not world.failures  # one attempt, no retry
     await chat.close()
 
 

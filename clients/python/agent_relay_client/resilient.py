@@ -340,7 +340,9 @@ class ResilientChat:
             link = await self._connect()
         except ConnectionClosed as exc:
             return exc.code, exc.reason
-        except (TransportError, OSError) as exc:
+        except TransportError as exc:  # the close code, if the peer sent one, decides
+            return exc.code, str(exc)
+        except OSError as exc:
             return 1006, str(exc)
         if self.machine.state is State.DISCONNECTED:  # close() ran while this connected
             await link.close()
