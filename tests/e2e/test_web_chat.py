@@ -331,3 +331,26 @@ def test_two_tabs_on_one_conversation_see_the_same_reply(page: Page, edge: Edge)
     users = [m for m in history(page)["messages"] if role_of(m) == "user"]
     assert [m["text"] for m in users] == ["Both tabs should see this"]
     other.close()
+
+
+def test_a_message_sent_during_a_reply_waits_its_turn(page: Page, edge: Edge) -> None:
+    open_chat(page, edge)
+    send(page, "First question")
+    wait_streaming_text(page, 10)
+    send(page, "Second question, asked while the first is answered")
+    second = page.get_by_test_id("user-message").last
+    expect(second.get_by_test_id("message-state")).to_contain_text("waiting for the current reply")
+    # One reply being written: one typing indicator, on it.
+    expect(page.get_by_test_id("typing-indicator")).to_have_count(1)
+    screenshot(page, "queued-behind-a-run.png")
+    expect(page.get_by_test_id("assistant-message")).to_have_count(2, timeout=WAIT_MS)
+    expect(last_assistant(page)).to_have_attribute("data-state", "complete", timeout=WAIT_MS)
+    expect(second.get_by_test_id("message-state")).to_have_text("Sent")
+    # In order: question, its answer, question, its answer.
+    roles = page.locator("[data-testid=user-message], [data-testid=assistant-message]")
+    expect(roles).to_have_count(4)
+    texts = [t.split("\n")[0] for t in roles.all_inner_texts()]
+    assert texts[0] == "First question"
+    assert texts[1].startswith("You said: “First question”")
+    assert texts[2].startswith("Second question")
+    assert texts[3].startswith("You said: “Second question")

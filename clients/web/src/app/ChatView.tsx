@@ -109,8 +109,6 @@ export function ChatView({
     else service.reconnectNow();
   };
 
-  const lastMessage = chat.messages[chat.messages.length - 1];
-  const waitingForReply = chat.activeRunId !== undefined && lastMessage?.role === "user";
 
   return (
     <main className="chat" aria-label={title || "Conversation"}>
@@ -136,11 +134,6 @@ export function ChatView({
               onCancelTool={cancelTool}
             />
           ))}
-          {waitingForReply && (
-            <p className="waiting" data-testid="typing-indicator">
-              The assistant is thinking…
-            </p>
-          )}
         </div>
         {unseen && (
           <button type="button" className="new-messages" onClick={scrollToBottom}>
