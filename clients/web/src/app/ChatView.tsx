@@ -1,4 +1,4 @@
-import { useCallback, useEffect, useLayoutEffect, useRef, useState } from "react";
+import { type ReactNode, useCallback, useEffect, useLayoutEffect, useRef, useState } from "react";
 import { useAgentChat, useWebSocket } from "../lib/react";
 import type { ServiceError, WebSocketService } from "../lib/service";
 import { Composer } from "./Composer";
@@ -22,7 +22,7 @@ export function ChatView({
   sessionId: string;
   title: string;
   onFirstMessage: (text: string) => void;
-  header: React.ReactNode;
+  header: ReactNode;
 }) {
   const { connection } = useWebSocket(service, sessionId);
   const [notice, setNotice] = useState<{ text: string; transient: boolean } | undefined>();
