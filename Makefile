@@ -51,10 +51,11 @@ run: $(STAMP) $(WEB_BUILD)
 test: $(STAMP) $(WEB_BUILD) test-web
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
-lint: $(STAMP)
+lint: $(STAMP) $(WEB_DEPS)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy agent_service ws_edge clients/python/agent_relay_client
+	cd $(WEB) && npm run typecheck
 
 bench: $(STAMP)
 	$(BIN)/python bench/service_bench.py
