@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.e2e.ui import WAIT_MS, Edge, last_assistant, open_chat, send
+from tests.e2e.ui import WAIT_MS, Edge, last_assistant, open_chat, screenshot, send
 
 AXE = Path(__file__).resolve().parents[2] / "clients" / "web" / "node_modules" / "axe-core"
 
@@ -46,6 +46,7 @@ def test_no_serious_accessibility_violations(page: Page, edge: Edge) -> None:
     page.set_viewport_size({"width": 390, "height": 760})
     page.get_by_role("button", name="Conversations").click()
     expect(page.get_by_role("navigation", name="Conversations")).to_be_visible()
+    screenshot(page, "phone-menu.png")
     assert violations(page) == []
     # The check can fail: a button with no name is caught.
     page.evaluate("() => document.body.appendChild(document.createElement('button'))")
