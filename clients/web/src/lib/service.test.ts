@@ -300,6 +300,31 @@ describe("offline and online", () => {
   });
 });
 
+describe("page visibility", () => {
+  it("checks the link at once when the tab becomes visible again", () => {
+    const { service, last } = setup({ pongTimeoutMs: 2000 });
+    service.connect(SID);
+    last().handshake();
+    const pings = last().framesOf("ping").length;
+    document.dispatchEvent(new Event("visibilitychange"));
+    expect(last().framesOf("ping")).toHaveLength(pings + 1);
+    vi.advanceTimersByTime(2000); // no answer: the link is dead
+    expect(service.getSnapshot().connection.state).toBe("reconnecting");
+    service.disconnect();
+  });
+
+  it("does not wait out a retry whose time passed while the tab was hidden", () => {
+    const { service, last, sockets } = setup();
+    service.connect(SID);
+    last().drop(1006);
+    // A hidden tab's timer ran late: the clock moved on but the timer has not fired.
+    vi.setSystemTime(Date.now() + 60_000);
+    document.dispatchEvent(new Event("visibilitychange"));
+    expect(sockets).toHaveLength(2);
+    service.disconnect();
+  });
+});
+
 describe("outbox", () => {
   it("queues a message sent while disconnected and delivers it once connected", async () => {
     const { service, last } = setup();

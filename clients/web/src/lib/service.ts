@@ -801,8 +801,28 @@ export class WebSocketService {
     if (!this.unsubscribeNetwork) this.unsubscribeNetwork = this.network.subscribe((online) => this.networkChanged(online));
     if (!this.removePageHide && typeof window !== "undefined") {
       const flush = (): void => this.flushPersist();
+      const visible = (): void => {
+        if (document.visibilityState === "visible") this.becameVisible();
+      };
       window.addEventListener("pagehide", flush);
-      this.removePageHide = () => window.removeEventListener("pagehide", flush);
+      document.addEventListener("visibilitychange", visible);
+      this.removePageHide = () => {
+        window.removeEventListener("pagehide", flush);
+        document.removeEventListener("visibilitychange", visible);
+      };
+    }
+  }
+
+  /**
+   * A hidden tab's timers are throttled (to once a minute after a while) and a
+   * phone may have slept: on coming back, check the link at once, and do not
+   * wait out a retry whose time has passed.
+   */
+  private becameVisible(): void {
+    if (this.connection.state === "connected") this.ping();
+    const retryAt = this.connection.retryAt;
+    if (this.connection.state === "reconnecting" && retryAt !== undefined && retryAt <= this.clock.now()) {
+      this.open();
     }
   }
 
