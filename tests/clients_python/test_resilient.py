@@ -45,6 +45,7 @@ class FakeLink:
 
     async def send(self, entry: OutboxEntry) -> Accepted:
         self.world.log.append(("send", entry.message_id))
+        self.world.sent.append(entry)
         refusal = self.world.refusals.pop(entry.message_id, None)
         if refusal is not None:
             raise refusal
@@ -75,6 +76,7 @@ class World:
 
     def __init__(self) -> None:
         self.log: list[tuple[object, ...]] = []
+        self.sent: list[OutboxEntry] = []  # every message as the link got it
         self.links: list[FakeLink] = []
         self.failures: list[errors.TransportError] = []  # next connects fail with these
         self.forbidden: set[str] = set()
@@ -209,3 +211,19 @@ async def test_a_session_named_by_the_outbox_file_still_gets_its_history(tmp_pat
         assert conv.last_seq == 7 and conv.find("m-left").status == "sending"  # type: ignore[union-attr]
         await eventually(lambda: ("send", "m-left") in world.log)
         assert world.log[0] == ("join", S, 7)  # after the history, not the whole log
+
+
+async def test_the_current_span_travels_with_the_message_as_its_traceparent() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    world = World()
+    tracer = TracerProvider().get_tracer("test")
+    async with client(world) as chat:
+        await chat.follow(S, with_history=False)
+        with tracer.start_as_current_span("backend job") as span:
+            await chat.send(S, "traced", message_id="t1")
+        await chat.send(S, "untraced", message_id="t2")
+        await eventually(lambda: len(world.sent) == 2)
+    trace_id = f"{span.get_span_context().trace_id:032x}"
+    assert world.sent[0].trace_context["traceparent"].split("-")[1] == trace_id
+    assert world.sent[1].trace_context == {}

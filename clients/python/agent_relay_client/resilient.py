@@ -22,6 +22,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Seque
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from opentelemetry import propagate
+
 from agent_relay_client.backoff import BackoffPolicy
 from agent_relay_client.connection import ConnectionMachine, GiveUp, State
 from agent_relay_client.conversation import Conversation, HistoryMessage, Outcome
@@ -149,6 +151,13 @@ Connect = Callable[[], Awaitable[Link]]
 LoadHistoryFn = Callable[[str], Awaitable[History]]
 
 
+def current_trace_context() -> dict[str, str]:
+    """The W3C trace context of the current OpenTelemetry span ({} when there is none)."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return {k: v for k, v in carrier.items() if k in ("traceparent", "tracestate")}
+
+
 class ResilientChat:
     """Keeps a chat connection alive across drops, resuming every followed session exactly.
 
@@ -272,7 +281,13 @@ class ResilientChat:
         trace_context: dict[str, str] | None = None,
     ) -> str:
         """Queue a user message; returns its message id. It goes out once its session is joined,
-        and again after a reconnect until acked (the id makes that safe)."""
+        and again after a reconnect until acked (the id makes that safe).
+
+        Without `trace_context`, the current OpenTelemetry span (if any) is sent as the
+        message's W3C `traceparent`, so the agent's run joins the caller's trace.
+        """
+        if trace_context is None:
+            trace_context = current_trace_context()
         entry, commands = self.core.send_message(
             session_id,
             text,
