@@ -34,6 +34,7 @@ from agent_relay_client.resilient import EventApplied
 from agent_relay_client.session_core import SessionCore
 from agent_relay_client.ws import EdgeClient
 from bench.common import summary_ms, table
+from tests.clients_python.tcp_proxy import CuttableProxy
 from tests.support.edge import start_edge
 from tests.support.service import start_agent_service
 
@@ -119,6 +120,37 @@ async def client_grpc(address: str) -> Timing:
         return first, time.perf_counter() - started
 
 
+async def resume_after_cut(edge_url: str, runs: int) -> list[float]:
+    """Seconds from a cut TCP connection mid-reply to the next delta applied (EdgeClient)."""
+    proxy = CuttableProxy(edge_url.removeprefix("http://"))
+    url = f"http://{await proxy.start()}"
+    gaps: list[float] = []
+    try:
+        async with EdgeClient(url) as client:
+            updates = client.updates()
+            session = await client.create_session()
+            await client.follow(session, with_history=False)
+            for _ in range(runs):
+                await client.send(session, "go")
+                deltas, cut_at = 0, None
+                async for update in updates:
+                    if not isinstance(update, EventApplied):
+                        continue
+                    if isinstance(update.event, ResponseDelta):
+                        deltas += 1
+                        if cut_at is not None:  # the first delta after the cut
+                            gaps.append(time.perf_counter() - cut_at)
+                            cut_at = None
+                        if deltas == 20:
+                            proxy.cut()
+                            cut_at = time.perf_counter()
+                    if isinstance(update.event, RunCompleted):
+                        break
+    finally:
+        await proxy.close()
+    return gaps
+
+
 def core_us_per_event(events: int = 200_000, per_run: int = 1000) -> float:
     """Deltas of runs of `per_run` words each, through the core that every client uses."""
     core = SessionCore()
@@ -163,6 +195,23 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=10)
     args = parser.parse_args()
     print(f"pure core: {core_us_per_event():.2f} us per delta event (SessionCore + Conversation)")
+    with tempfile.TemporaryDirectory() as tmp:
+        paced = start_agent_service(
+            Path(tmp) / "paced", "--demo-tokens-per-s", "200", "--demo-reply-words", "300"
+        )
+        try:
+            edge = start_edge(paced.address)
+            try:
+                gaps = asyncio.run(resume_after_cut(edge.url, max(3, args.runs // 2)))
+                print(
+                    f"resume after a cut TCP connection (EdgeClient, backoff base 0.5 s, full "
+                    f"jitter): {summary_ms(gaps)} ms p50 / p99 from the cut to the next delta "
+                    f"({len(gaps)} cuts)"
+                )
+            finally:
+                edge.stop()
+        finally:
+            paced.stop()
     with tempfile.TemporaryDirectory() as tmp:
         service = start_agent_service(
             Path(tmp), "--demo-tokens-per-s", "0", "--demo-reply-words", str(args.words)
