@@ -64,7 +64,6 @@ class _Step:
     message_id: str
     text: list[str]
     calls: list[ToolCallRequested]
-    flushed_at: float
 
 
 class RunExecution:
@@ -185,9 +184,11 @@ class RunExecution:
         self, index: int, conversation: list[ChatMessage], specs: Sequence[object]
     ) -> _Step:
         """Stream one model step and store its assistant message."""
-        step = _Step(f"{self.run.run_id}.{index}", [], [], time.monotonic())
+        step = _Step(f"{self.run.run_id}.{index}", [], [])
         self.step = step
-        self.run.streaming_message_id, self.run.streaming_text = step.message_id, step.text
+        run = self.run  # the hub's partial writer stores the text while it streams
+        run.streaming_message_id, run.streaming_text = step.message_id, step.text
+        run.streaming, run.streaming_flushed = True, 0
         provider = self.hub.provider
         stream = provider.stream(conversation, specs)  # type: ignore[arg-type]
         model = str(getattr(provider, "model", "") or provider.name)
@@ -199,7 +200,6 @@ class RunExecution:
                             call.saw_output()
                             step.text.append(item.text)
                             self.emit(response_delta=pb.ResponseDelta(text=item.text, step=index))
-                            await self._maybe_flush(step)
                     elif isinstance(item, ToolCallRequested):
                         call.saw_output()
                         step.calls.append(item)
@@ -209,16 +209,10 @@ class RunExecution:
                         self.input_tokens += usage.input_tokens
                         self.output_tokens += usage.output_tokens
         self.step = None  # from here on, an early end must not add its text twice
+        run.streaming = False
         self.texts.append("".join(step.text))
         await self._save_step(step, "complete")
         return step
-
-    async def _maybe_flush(self, step: _Step) -> None:
-        """Write the streaming text now and then, so a crash keeps most of it."""
-        now = time.monotonic()
-        if now - step.flushed_at >= self.settings.partial_flush_interval_s:
-            step.flushed_at = now
-            await self._save_step(step, "streaming")
 
     async def _save_step(self, step: _Step, status: str) -> None:
         await self.hub.store.upsert_message(
@@ -308,6 +302,7 @@ class RunExecution:
     async def _finish(self, reason: str, error: pb.RunError | None) -> None:
         """Store the outcome, then announce it: RunError (if any), then RunCompleted."""
         step, self.step = self.step, None
+        self.run.streaming = False
         if step is not None:
             self.texts.append("".join(step.text))
             await self._save_step(step, PARTIAL_STATUS.get(reason, "complete"))

@@ -67,9 +67,12 @@ class RunHandle:
     task: asyncio.Task[None] | None = None
     cancel_reason: str | None = None  # "cancelled" or "interrupted" once asked to stop
     tools: dict[str, ToolCallRunner] = field(default_factory=dict)
-    # the assistant message being streamed: id, and its text so far
+    # the assistant message being streamed: id, its text so far, whether its model
+    # step is still going, and how many pieces of it the store has
     streaming_message_id: str = ""
     streaming_text: list[str] = field(default_factory=list)
+    streaming: bool = False
+    streaming_flushed: int = 0
 
     def cancel(self, reason: str) -> bool:
         """Ask the run to stop with `reason`. False when it already was asked."""
@@ -176,6 +179,40 @@ class Hub:
         self._sessions: dict[str, SessionRuntime] = {}
         self._loading: dict[str, asyncio.Task[SessionRuntime]] = {}
         self._start_run: RunStarter | None = None
+        self._partials: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start the background writer of streaming replies (see _write_partials)."""
+        if self._partials is None:
+            self._partials = asyncio.create_task(self._write_partials(), name="partials")
+
+    async def _write_partials(self) -> None:
+        """Every partial_flush_interval_s, store the text so far of every reply still
+        streaming, all in one transaction: a crash keeps most of each reply, at one
+        commit per interval however many runs stream."""
+        while True:
+            await asyncio.sleep(self.settings.partial_flush_interval_s)
+            batch = []
+            for rt in self._sessions.values():
+                for run in rt.runs.values():
+                    if run.streaming and len(run.streaming_text) != run.streaming_flushed:
+                        run.streaming_flushed = len(run.streaming_text)
+                        batch.append(
+                            MessageRecord(
+                                rt.session_id,
+                                run.streaming_message_id,
+                                "assistant",
+                                "".join(run.streaming_text),
+                                run.run_id,
+                                "streaming",
+                                now_ms(),
+                            )
+                        )
+            if batch:
+                try:
+                    await self.store.upsert_partials(batch)
+                except Exception:
+                    log.exception("could not store %d partial replies", len(batch))
 
     def set_run_starter(self, start: RunStarter) -> None:
         """Install the function that starts a run's task (agent.start_run)."""
@@ -384,6 +421,8 @@ class Hub:
                 await self._end_unstarted(rt, run_id, "interrupted")
         for runner in list(self.direct_calls.values()):
             runner.cancel("interrupted")
+        if self._partials is not None:
+            self._partials.cancel()
 
 
 def _with_title(record: SessionRecord, text: str) -> SessionRecord:

@@ -98,6 +98,7 @@ async def create_server(
     hub = Hub(settings, store, make_provider(settings), build_registry(settings))
     agent_telemetry = AgentTelemetry(telemetry)
     agent.install(hub, agent_telemetry)
+    hub.start()
     server = grpc.aio.server(
         interceptors=server_interceptors(telemetry) if telemetry is not None else None,
         options=[

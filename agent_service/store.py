@@ -122,6 +122,11 @@ class ConversationStore(Protocol):
         """Insert a message, or update its text, status and tool calls."""
         ...
 
+    async def upsert_partials(self, messages: Sequence[MessageRecord]) -> None:
+        """Write the text so far of replies still streaming, in one transaction. A message
+        already stored with a final status keeps it: a late partial never overwrites it."""
+        ...
+
     async def update_run(self, run: RunRecord) -> None:
         """Replace a run's stored state."""
         ...

@@ -185,7 +185,14 @@ class SqliteStore:
         await self._insert_message(message, upsert=True)
         await self.db.commit()
 
-    async def _insert_message(self, m: MessageRecord, *, upsert: bool = False) -> None:
+    async def upsert_partials(self, messages: Sequence[MessageRecord]) -> None:
+        for message in messages:
+            await self._insert_message(message, upsert=True, only_if_streaming=True)
+        await self.db.commit()
+
+    async def _insert_message(
+        self, m: MessageRecord, *, upsert: bool = False, only_if_streaming: bool = False
+    ) -> None:
         calls = json.dumps(
             [[c.call_id, c.tool_name, c.arguments_json] for c in m.tool_calls],
             separators=(",", ":"),
@@ -199,6 +206,8 @@ class SqliteStore:
                 " ON CONFLICT (session_id, message_id) DO UPDATE SET text = excluded.text, "
                 "status = excluded.status, tool_calls_json = excluded.tool_calls_json"
             )
+            if only_if_streaming:
+                sql += " WHERE messages.status = 'streaming'"
         await self.db.execute(
             sql,
             (
