@@ -27,6 +27,7 @@ from agent_service.providers.base import ModelProvider
 from agent_service.providers.demo import DemoModel
 from agent_service.servicer import AgentServicer
 from agent_service.store import ConversationStore, open_store
+from agent_service.tools.base import ToolRegistry
 from agent_service.tools.builtins import build_registry
 from relay_shared.agent_telemetry import AgentTelemetry
 from relay_shared.grpc_telemetry import server_interceptors
@@ -81,12 +82,16 @@ def _credentials(settings: ServiceSettings) -> grpc.ServerCredentials | None:
 
 
 async def create_server(
-    settings: ServiceSettings, telemetry: Telemetry | None = None
+    settings: ServiceSettings,
+    telemetry: Telemetry | None = None,
+    *,
+    tools: ToolRegistry | None = None,
 ) -> RunningService:
     """Open the store (recovering interrupted runs), build the hub, bind the port.
 
     With `telemetry`, calls get rpc.* spans and metrics and runs their spans and
-    metrics (see relay_shared.grpc_telemetry and agent_telemetry)."""
+    metrics (see relay_shared.grpc_telemetry and agent_telemetry). `tools` replaces
+    the built-in registry (start from build_registry(settings) to keep them)."""
     store = open_store(settings.store_url)
     recovered = await store.open()
     for run in recovered.interrupted_runs:
@@ -95,7 +100,7 @@ async def create_server(
             run.run_id,
             run.session_id,
         )
-    hub = Hub(settings, store, make_provider(settings), build_registry(settings))
+    hub = Hub(settings, store, make_provider(settings), tools or build_registry(settings))
     agent_telemetry = AgentTelemetry(telemetry)
     agent.install(hub, agent_telemetry)
     hub.start()
@@ -128,12 +133,17 @@ async def create_server(
     return RunningService(server, port, hub, store, health_servicer)
 
 
-async def serve(settings: ServiceSettings, telemetry: Telemetry | None = None) -> None:
+async def serve(
+    settings: ServiceSettings,
+    telemetry: Telemetry | None = None,
+    *,
+    tools: ToolRegistry | None = None,
+) -> None:
     """Serve until SIGTERM or SIGINT, then drain within settings.shutdown_grace_s.
 
     Prints `agent_service listening on HOST:PORT` first, then (when metrics are
     on) `agent_service metrics on HOST:PORT`: parents read the first line."""
-    running = await create_server(settings, telemetry)
+    running = await create_server(settings, telemetry, tools=tools)
     await running.server.start()
     host = settings.listen.rsplit(":", 1)[0]
     print(f"agent_service listening on {host}:{running.port}", flush=True)

@@ -143,7 +143,7 @@ class ToolCallRunner:
             raise
         except Exception as exc:  # a tool's bug must not end the run
             log.exception("tool %s failed", self.tool_name)
-            return self._fail(started, "error", f"{type(exc).__name__}: {exc}")
+            return self._fail(started, "internal", f"{type(exc).__name__}: {exc}")
         duration_ms = _ms_since(started)
         self.emit_update(completed=pb.ToolCompleted(result=result, duration_ms=duration_ms))
         return ToolOutcome("completed", result, duration_ms)
