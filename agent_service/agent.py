@@ -284,6 +284,8 @@ class RunExecution:
         names: dict[str, str] = {}
         conversation: list[ChatMessage] = []
         for m in records:
+            if m.role == "assistant" and not m.text and not m.tool_calls:
+                continue  # a reply that never got a word out (interrupted at once)
             if m.role == "assistant":
                 calls = tuple(
                     ToolCallRequested(c.call_id, c.tool_name, c.arguments_json)

@@ -248,6 +248,26 @@ class Hub:
         self._sessions[session_id] = runtime
         return runtime
 
+    async def announce_interrupted(self, runs: Iterable[RunRecord]) -> None:
+        """Start-up: end each run the last process left in flight with an `interrupted`
+        completion in its session's new log, so every subscriber sees it end."""
+        for run in runs:
+            rt = await self.session(run.session_id)
+            records = await self.store.context_for_run(run.session_id, run.run_id)
+            text = "".join(
+                m.text for m in records if m.run_id == run.run_id and m.role == "assistant"
+            )
+            rt.append(
+                pb.SessionEvent(
+                    run_id=run.run_id,
+                    run_completed=pb.RunCompleted(
+                        finish_reason=pb.FINISH_REASON_INTERRUPTED,
+                        assistant_message_id=f"{run.run_id}.0" if run.status == "running" else "",
+                        text=text,
+                    ),
+                )
+            )
+
     def loaded_session(self, session_id: str) -> SessionRuntime | None:
         """The session if it is loaded in this process, else None (no I/O)."""
         return self._sessions.get(session_id)

@@ -103,6 +103,7 @@ async def create_server(
     hub = Hub(settings, store, make_provider(settings), tools or build_registry(settings))
     agent_telemetry = AgentTelemetry(telemetry)
     agent.install(hub, agent_telemetry)
+    await hub.announce_interrupted(recovered.interrupted_runs)
     hub.start()
     server = grpc.aio.server(
         interceptors=server_interceptors(telemetry) if telemetry is not None else None,

@@ -107,6 +107,15 @@ class SqliteStore:
         await self.db.execute(
             "UPDATE messages SET status = 'interrupted' WHERE status = 'streaming'"
         )
+        # a run that died before its first partial write still shows in history as
+        # interrupted: an empty assistant message says so
+        for run in runs:
+            if run.status == "running":
+                await self.db.execute(
+                    "INSERT OR IGNORE INTO messages (session_id, message_id, role, text, run_id, "
+                    "status, created_ms) VALUES (?, ?, 'assistant', '', ?, 'interrupted', ?)",
+                    (run.session_id, f"{run.run_id}.0", run.run_id, now),
+                )
         return Recovered(interrupted_runs=runs)
 
     async def close(self) -> None:

@@ -72,6 +72,45 @@ async def test_kill_9_mid_run_then_restart_keeps_history_and_marks_the_run_inter
             assert all(e.seq > last_seq for e in events[1:]), [  # seq never repeats
                 (e.seq, e.WhichOneof("kind")) for e in events
             ]
+            # the new log opens with the interrupted run's completion, text kept
+            assert events[1].run_id == run_id
+            assert events[1].run_completed.finish_reason == pb.FINISH_REASON_INTERRUPTED
+            assert events[1].run_completed.text == assistant.text
+            await chat.close()
+    finally:
+        second.stop()
+
+
+async def test_a_run_killed_before_its_first_word_is_stored_shows_as_interrupted(
+    tmp_path: Path,
+):
+    first = start_agent_service(tmp_path, "--demo-tokens-per-s", "0.5")
+    async with grpc.aio.insecure_channel(first.address) as channel:
+        stub = agent_pb2_grpc.AgentServiceStub(channel)
+        session = (await stub.CreateSession(pb.CreateSessionRequest())).session_id
+        chat = ChatClient(stub)
+        await chat.join(session)
+        run_id = (await chat.send(session, "m1", "slow start")).accepted.run_id
+        await chat.wait_for(session, lambda e: e.HasField("run_started"))
+        first.kill()
+        await chat.close()
+    second = start_agent_service(tmp_path, store_path=first.store_path)
+    try:
+        async with grpc.aio.insecure_channel(second.address) as channel:
+            stub = agent_pb2_grpc.AgentServiceStub(channel)
+            history = await stub.ListMessages(pb.ListMessagesRequest(session_id=session))
+            assert [(m.role, m.status) for m in history.messages] == [
+                (pb.ROLE_USER, pb.MESSAGE_STATUS_COMPLETE),
+                (pb.ROLE_ASSISTANT, pb.MESSAGE_STATUS_INTERRUPTED),
+            ]
+            chat = ChatClient(stub)
+            await chat.join(session, after_seq=history.as_of_seq - 1)
+            done = await chat.wait_completed(session, run_id)
+            assert done.run_completed.finish_reason == pb.FINISH_REASON_INTERRUPTED
+            # the next run's model context skips the empty reply and works
+            reply = await chat.send(session, "m2", "hello again")
+            after = await chat.wait_completed(session, reply.accepted.run_id)
+            assert after.run_completed.finish_reason == pb.FINISH_REASON_STOP
             await chat.close()
     finally:
         second.stop()
