@@ -19,17 +19,29 @@ class RawServicer(agent_pb2_grpc.AgentServiceServicer):
     def __init__(self, words: int) -> None:
         self.words = words
 
-    async def Chat(self, request_iterator, context):  # noqa: N802
+    async def Chat(self, request_iterator, context):
         async for request in request_iterator:
             if request.WhichOneof("command") != "send":
                 yield pb.ChatResponse(replies=[pb.CommandReply(request_id=request.request_id)])
                 continue
             session = request.send.session_id
             for seq in range(1, self.words + 1):
-                yield pb.ChatResponse(events=[pb.SessionEvent(
-                    session_id=session, seq=seq, response_delta=pb.ResponseDelta(text="word "))])
-            yield pb.ChatResponse(events=[pb.SessionEvent(
-                session_id=session, seq=self.words + 1, run_completed=pb.RunCompleted())])
+                yield pb.ChatResponse(
+                    events=[
+                        pb.SessionEvent(
+                            session_id=session,
+                            seq=seq,
+                            response_delta=pb.ResponseDelta(text="word "),
+                        )
+                    ]
+                )
+            yield pb.ChatResponse(
+                events=[
+                    pb.SessionEvent(
+                        session_id=session, seq=self.words + 1, run_completed=pb.RunCompleted()
+                    )
+                ]
+            )
 
 
 async def main(words: int) -> None:

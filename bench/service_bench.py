@@ -22,9 +22,9 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent_relay.v1 import agent_pb2 as pb  # noqa: E402
-from agent_relay.v1 import agent_pb2_grpc  # noqa: E402
-from bench.common import summary_ms, table  # noqa: E402
+from agent_relay.v1 import agent_pb2 as pb
+from agent_relay.v1 import agent_pb2_grpc
+from bench.common import summary_ms, table
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,8 +38,9 @@ def start(argv: list[str]) -> tuple[subprocess.Popen[str], str]:
     raise RuntimeError(f"{argv} did not start")
 
 
-async def one_run(stub: agent_pb2_grpc.AgentServiceStub, session: str, index: int
-                  ) -> tuple[float, float, int]:
+async def one_run(
+    stub: agent_pb2_grpc.AgentServiceStub, session: str, index: int
+) -> tuple[float, float, int]:
     """Send one message on its own stream; return (time to first delta, run time, deltas)."""
     queue: asyncio.Queue[pb.ChatRequest | None] = asyncio.Queue()
 
@@ -50,8 +51,13 @@ async def one_run(stub: agent_pb2_grpc.AgentServiceStub, session: str, index: in
     call = stub.Chat(requests())
     await queue.put(pb.ChatRequest(join=pb.JoinSession(session_id=session, live_only=True)))
     sent = time.perf_counter()
-    await queue.put(pb.ChatRequest(send=pb.SendMessage(
-        session_id=session, message_id=f"m{index}", text=f"benchmark message {index}")))
+    await queue.put(
+        pb.ChatRequest(
+            send=pb.SendMessage(
+                session_id=session, message_id=f"m{index}", text=f"benchmark message {index}"
+            )
+        )
+    )
     first = 0.0
     deltas = 0
     async for response in call:
@@ -101,18 +107,36 @@ async def main() -> None:
     parser.add_argument("--sessions", type=int, default=100)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        service, service_address = start([
-            sys.executable, "-m", "agent_service", "--listen", "127.0.0.1:0",
-            "--store-url", f"sqlite:///{tmp}/bench.sqlite3", "--demo-tokens-per-s", "0",
-            "--demo-reply-words", str(args.words), "--log-level", "WARNING"])
-        raw, raw_address = start([sys.executable, str(REPO / "bench" / "raw_grpc_server.py"),
-                                  str(args.words)])
+        service, service_address = start(
+            [
+                sys.executable,
+                "-m",
+                "agent_service",
+                "--listen",
+                "127.0.0.1:0",
+                "--store-url",
+                f"sqlite:///{tmp}/bench.sqlite3",
+                "--demo-tokens-per-s",
+                "0",
+                "--demo-reply-words",
+                str(args.words),
+                "--log-level",
+                "WARNING",
+            ]
+        )
+        raw, raw_address = start(
+            [sys.executable, str(REPO / "bench" / "raw_grpc_server.py"), str(args.words)]
+        )
         try:
             rows = [
-                ["raw grpc.aio (1 delta per message)",
-                 *await measure(raw_address, args.runs, args.sessions, True)],
-                ["agent_service, demo model at full speed",
-                 *await measure(service_address, args.runs, args.sessions, False)],
+                [
+                    "raw grpc.aio (1 delta per message)",
+                    *await measure(raw_address, args.runs, args.sessions, True),
+                ],
+                [
+                    "agent_service, demo model at full speed",
+                    *await measure(service_address, args.runs, args.sessions, False),
+                ],
             ]
         finally:
             for process in (service, raw):
@@ -121,8 +145,13 @@ async def main() -> None:
     table(
         f"Chat over gRPC on 127.0.0.1, {args.words}-word replies "
         f"({args.runs} runs one at a time; then {args.sessions} sessions at once)",
-        ["server", "1 session: first delta p50 / p99 ms", "deltas/s",
-         f"{args.sessions} sessions: first delta p50 / p99 ms", "deltas/s (all)"],
+        [
+            "server",
+            "1 session: first delta p50 / p99 ms",
+            "deltas/s",
+            f"{args.sessions} sessions: first delta p50 / p99 ms",
+            "deltas/s (all)",
+        ],
         rows,
     )
 
