@@ -4,34 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import subprocess
-import sys
-import threading
 import time
 import urllib.request
 import uuid
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import jwt
 import websockets
 
+from tests.support.process import ManagedProcess, start_module
 from tests.support.timing import scaled
 
-REPO = Path(__file__).resolve().parents[2]
 TEST_JWT_SECRET = "edge-test-secret-0123456789abcdef-0123456789abcdef"
 
 
 @dataclass
-class EdgeProcess:
+class EdgeProcess(ManagedProcess):
     """A running edge: its base URL, WebSocket URL and output."""
 
-    process: subprocess.Popen[str]
-    url: str
-    args: tuple[str, ...]
-    output: list[str] = field(default_factory=list)
+    url: str = ""
+    args: tuple[str, ...] = ()
 
     @property
     def ws_url(self) -> str:
@@ -40,24 +32,6 @@ class EdgeProcess:
     @property
     def port(self) -> int:
         return int(self.url.rsplit(":", 1)[1])
-
-    def stop(self, timeout_s: float = 15.0) -> int:
-        """SIGTERM (drain), then wait; returns the exit code."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=scaled(timeout_s))
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait()
-
-    def text(self) -> str:
-        return "".join(self.output)
 
 
 def start_edge(
@@ -75,33 +49,8 @@ def start_edge(
         "/nonexistent",
         *extra_args,
     )
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "ws_edge", *args],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-    )
-    output: list[str] = []
-    found = threading.Event()
-    url: list[str] = []
-
-    def pump() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            output.append(line)
-            if not found.is_set() and "ws_edge listening on" in line:
-                url.append(line.rsplit(" ", 1)[1].strip())
-                found.set()
-        found.set()
-
-    threading.Thread(target=pump, daemon=True).start()
-    if not found.wait(scaled(30)) or not url:
-        process.kill()
-        raise RuntimeError("edge did not start:\n" + "".join(output))
-    return EdgeProcess(process, url[0], args, output)
+    managed, url = start_module("ws_edge", args, "ws_edge listening on")
+    return EdgeProcess(managed.process, managed.output, url, args)
 
 
 def make_token(
