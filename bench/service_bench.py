@@ -100,11 +100,81 @@ async def measure(address: str, runs: int, sessions: int, is_raw: bool) -> list[
         return [*single, *many]
 
 
+async def paced(address: str, sessions: int, rate: float, seconds: float) -> list[object]:
+    """Many slow streams at once, the shape of real chat: every session's run streams
+    `rate` words/s; one Chat stream follows them all (as the edge does). Once every
+    run has started, count the words and deltas delivered in `seconds` and their
+    latency from append (event time) to arrival. A demo stream that falls behind its
+    schedule sends the words already due in one delta, so words/s shows whether the
+    sessions kept their pace and deltas/s what the service carried."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = agent_pb2_grpc.AgentServiceStub(channel)
+        ids = [
+            (await stub.CreateSession(pb.CreateSessionRequest())).session_id
+            for _ in range(sessions)
+        ]
+        queue: asyncio.Queue[pb.ChatRequest] = asyncio.Queue()
+
+        async def requests():
+            while True:
+                yield await queue.get()
+
+        call = stub.Chat(requests())
+        for session in ids:
+            queue.put_nowait(pb.ChatRequest(join=pb.JoinSession(session_id=session)))
+            queue.put_nowait(
+                pb.ChatRequest(
+                    send=pb.SendMessage(
+                        session_id=session, message_id="m", text="a long answer please"
+                    )
+                )
+            )
+        streaming: set[str] = set()
+        latencies: list[float] = []
+        deltas = words = messages = 0
+        started = 0.0
+        async for response in call:
+            now_ms = time.time() * 1000
+            if started:
+                messages += 1
+            for event in response.events:
+                if not event.HasField("response_delta"):
+                    continue
+                if not started:
+                    streaming.add(event.session_id)
+                    if len(streaming) == sessions:
+                        started = time.perf_counter()
+                    continue
+                deltas += 1
+                words += len(event.response_delta.text.split())
+                latencies.append((now_ms - event.time_unix_ms) / 1000)
+            if started and time.perf_counter() - started >= seconds:
+                break
+        call.cancel()
+    elapsed = time.perf_counter() - started
+    behind = sum(1 for x in latencies if x > 1.0)
+    return [
+        f"{sessions} x {rate:g}/s",
+        f"{sessions * rate:,.0f}",
+        f"{words / elapsed:,.0f}",
+        f"{deltas / elapsed:,.0f}",
+        f"{deltas / max(messages, 1):.1f}",
+        summary_ms(latencies),
+        behind,
+    ]
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--words", type=int, default=200)
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--sessions", type=int, default=100)
+    parser.add_argument(
+        "--paced",
+        default="200x20,1000x50",
+        help="paced loads as SESSIONSxWORDS_PER_S, comma-separated",
+    )
+    parser.add_argument("--paced-seconds", type=float, default=8.0)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         service, service_address = start(
@@ -122,6 +192,8 @@ async def main() -> None:
                 str(args.words),
                 "--log-level",
                 "WARNING",
+                "--metrics-listen",
+                "",
             ]
         )
         raw, raw_address = start(
@@ -142,6 +214,50 @@ async def main() -> None:
             for process in (service, raw):
                 process.terminate()
                 process.wait()
+    paced_rows = []
+    for load in filter(None, args.paced.split(",")):
+        sessions, rate = load.split("x")
+        with tempfile.TemporaryDirectory() as tmp:
+            service, address = start(
+                [
+                    sys.executable,
+                    "-m",
+                    "agent_service",
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--store-url",
+                    f"sqlite:///{tmp}/bench.sqlite3",
+                    "--demo-tokens-per-s",
+                    rate,
+                    "--demo-reply-words",
+                    "3000",
+                    "--log-level",
+                    "WARNING",
+                    "--metrics-listen",
+                    "",
+                ]
+            )
+            try:
+                paced_rows.append(
+                    await paced(address, int(sessions), float(rate), args.paced_seconds)
+                )
+            finally:
+                service.terminate()
+                service.wait()
+    table(
+        f"Paced streams, one Chat stream following every session ({args.paced_seconds:g} s "
+        "after all runs started)",
+        [
+            "load",
+            "asked words/s",
+            "delivered words/s",
+            "deltas/s",
+            "events per message",
+            "latency p50 / p99 ms",
+            "deltas later than 1 s",
+        ],
+        paced_rows,
+    )
     table(
         f"Chat over gRPC on 127.0.0.1, {args.words}-word replies "
         f"({args.runs} runs one at a time; then {args.sessions} sessions at once)",

@@ -135,12 +135,25 @@ class DemoModel:
         yield StepFinished("stop", Usage(input_tokens, len(words)))
 
     async def _words(self, words: list[str]) -> AsyncIterator[TextDelta]:
-        for index, word in enumerate(words):
+        """One word per delta, paced by a schedule (time spent elsewhere does not slow
+        the stream below its rate). Words that fell due while the process was busy go
+        out together in one delta, as a network stream's chunks do for a slow reader."""
+        loop = asyncio.get_running_loop()
+        due = loop.time()
+        index = 0
+        while index < len(words):
+            end = index + 1
             if self._delay_s:
-                await asyncio.sleep(self._delay_s)
+                due += self._delay_s
+                await asyncio.sleep(max(0.0, due - loop.time()))
+                while end < len(words) and due + self._delay_s <= loop.time():
+                    due += self._delay_s
+                    end += 1
             else:
                 await asyncio.sleep(0)  # let the stream's readers in between words
-            yield TextDelta(word if index == len(words) - 1 else word + " ")
+            text = " ".join(words[index:end])
+            yield TextDelta(text if end == len(words) else text + " ")
+            index = end
 
 
 def _plain_reply(text: str, length: int) -> list[str]:
