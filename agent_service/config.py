@@ -55,6 +55,11 @@ class ServiceSettings:
     partial_flush_interval_s: float = field(
         0.5, "how often a streaming reply's partial text is written to the store"
     )
+    session_idle_unload_s: float = field(
+        600.0,
+        "a session with no subscriber and no run for this long is unloaded from memory "
+        "(its replay window goes; a later resume gets a gap marker and reloads history)",
+    )
     shutdown_grace_s: float = field(5.0, "on SIGTERM, how long in-flight runs may take to finish")
     tls_cert_file: Path | None = field(None, "PEM certificate: serve TLS when set")
     tls_key_file: Path | None = field(None, "PEM private key for tls_cert_file")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -101,6 +102,18 @@ class SessionRuntime:
         self._reserved = record.seq_reserved
         self._held: list[pb.SessionEvent] = []
         self._reserving: asyncio.Task[None] | None = None
+        self.idle_since: float | None = None  # monotonic time it was first seen idle
+
+    @property
+    def quiescent(self) -> bool:
+        """No subscriber, no run, nothing waiting to be appended: safe to unload."""
+        return not (
+            self.subscribers
+            or self.runs
+            or self.queue.busy
+            or self._held
+            or (self._reserving is not None and not self._reserving.done())
+        )
 
     @property
     def session_id(self) -> str:
@@ -192,6 +205,7 @@ class Hub:
         commit per interval however many runs stream."""
         while True:
             await asyncio.sleep(self.settings.partial_flush_interval_s)
+            self._unload_idle_sessions()
             batch = []
             for rt in self._sessions.values():
                 for run in rt.runs.values():
@@ -213,6 +227,18 @@ class Hub:
                     await self.store.upsert_partials(batch)
                 except Exception:
                     log.exception("could not store %d partial replies", len(batch))
+
+    def _unload_idle_sessions(self) -> None:
+        """Drop sessions idle for session_idle_unload_s, so memory follows the sessions
+        in use, not every session ever touched. The store keeps everything durable."""
+        now = time.monotonic()
+        for session_id, rt in list(self._sessions.items()):
+            if not rt.quiescent:
+                rt.idle_since = None
+            elif rt.idle_since is None:
+                rt.idle_since = now
+            elif now - rt.idle_since >= self.settings.session_idle_unload_s:
+                del self._sessions[session_id]
 
     def set_run_starter(self, start: RunStarter) -> None:
         """Install the function that starts a run's task (agent.start_run)."""

@@ -171,3 +171,40 @@ def test_grpcurl_lists_the_service_and_checks_health(tmp_path: Path):
         assert {"calculator", "python", "search_files", "read_file", "long_task"} <= names
     finally:
         service.stop()
+
+
+async def test_an_idle_session_is_unloaded_and_a_later_resume_is_told_of_the_gap(
+    tmp_path: Path,
+):
+    service = start_agent_service(
+        tmp_path, "--session-idle-unload-s", "0.3", "--partial-flush-interval-s", "0.1"
+    )
+    try:
+        async with grpc.aio.insecure_channel(service.address) as channel:
+            stub = agent_pb2_grpc.AgentServiceStub(channel)
+            session = (await stub.CreateSession(pb.CreateSessionRequest())).session_id
+            chat = ChatClient(stub)
+            await chat.join(session)
+            first = (await chat.send(session, "m1", "hello")).accepted.run_id
+            done = await chat.wait_completed(session, first)
+            await chat.close()  # no subscriber, no run: the session may go
+            await asyncio.sleep(scaled(1.5))
+
+            later = ChatClient(stub)
+            joined = await later.join(session, after_seq=done.seq)
+            assert joined.joined.head_seq > done.seq  # a fresh log, past the old numbers
+            reply = await later.send(session, "m2", "still here?")
+            await later.wait_completed(session, reply.accepted.run_id)
+            events = later.events[session]
+            assert events[0].replay_gap.after_seq == done.seq
+            assert all(e.seq > done.seq for e in events[1:])
+            history = await stub.ListMessages(pb.ListMessagesRequest(session_id=session))
+            assert [m.message_id for m in history.messages if m.role == pb.ROLE_USER] == [
+                "m1",
+                "m2",
+            ]
+            retry = await later.send(session, "m1", "hello")  # ids are still remembered
+            assert retry.accepted.duplicate and retry.accepted.run_id == first
+            await later.close()
+    finally:
+        service.stop()
