@@ -11,6 +11,7 @@ import pytest
 from agent_relay.v1 import agent_pb2 as pb
 from agent_relay_client import events
 from agent_relay_client.proto_convert import event_from_proto
+from tests.support.sample_events import sample_events
 from ws_edge.events import FRAME_TYPES, event_to_dict
 
 KIND_TO_STRUCT = {
@@ -44,75 +45,6 @@ def test_every_field_of_every_kind_has_a_home(kind: str) -> None:
             names |= {f.name for f in case.message_type.fields}
     names -= {"usage"} if kind != "run_completed" else set()
     assert names <= struct_fields(KIND_TO_STRUCT[kind]), names - struct_fields(KIND_TO_STRUCT[kind])
-
-
-def sample_events() -> list[pb.SessionEvent]:
-    head = {"session_id": "s_1", "seq": 42, "run_id": "r_1", "time_unix_ms": 1767000000123}
-    tool = {"call_id": "c_1", "tool_name": "long_task"}
-    return [
-        pb.SessionEvent(
-            **head,
-            message_accepted=pb.MessageAccepted(
-                message_id="m", text="hi ✓", run_id="r_1", queued=True, seq=42
-            ),
-        ),
-        pb.SessionEvent(
-            **head,
-            run_started=pb.RunStarted(message_id="m", assistant_message_id="a", model="demo"),
-        ),
-        pb.SessionEvent(**head, response_delta=pb.ResponseDelta(text="Hello, ", step=2)),
-        pb.SessionEvent(
-            **head,
-            tool_execution=pb.ToolExecution(
-                **tool, started=pb.ToolStarted(arguments_json='{"seconds": 3}')
-            ),
-        ),
-        pb.SessionEvent(
-            **head,
-            tool_execution=pb.ToolExecution(
-                **tool, progress=pb.ToolProgress(fraction=0.25, note="step 1 of 4")
-            ),
-        ),
-        pb.SessionEvent(
-            **head,
-            tool_execution=pb.ToolExecution(
-                **tool, output=pb.ToolOutput(text="line\n", stream="stderr")
-            ),
-        ),
-        pb.SessionEvent(
-            **head,
-            tool_execution=pb.ToolExecution(
-                **tool, completed=pb.ToolCompleted(result="done", duration_ms=12.5)
-            ),
-        ),
-        pb.SessionEvent(
-            **head,
-            tool_execution=pb.ToolExecution(
-                **tool, failed=pb.ToolFailed(code="timeout", message="too slow", duration_ms=3.0)
-            ),
-        ),
-        pb.SessionEvent(
-            **head,
-            tool_execution=pb.ToolExecution(**tool, cancelled=pb.ToolCancelled(reason="requested")),
-        ),
-        pb.SessionEvent(
-            **head,
-            run_error=pb.RunError(
-                code="model_rate_limited", message="later", retryable=True, retry_after_ms=2000
-            ),
-        ),
-        pb.SessionEvent(
-            **head,
-            run_completed=pb.RunCompleted(
-                finish_reason=pb.FINISH_REASON_CANCELLED,
-                usage=pb.Usage(input_tokens=3, output_tokens=9),
-                assistant_message_id="a",
-                text="Hello, wor",
-                duration_ms=88.0,
-            ),
-        ),
-        pb.SessionEvent(session_id="s_1", replay_gap=pb.ReplayGap(after_seq=3, first_seq=900)),
-    ]
 
 
 @pytest.mark.parametrize("event", sample_events(), ids=lambda e: e.WhichOneof("kind"))

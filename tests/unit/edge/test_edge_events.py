@@ -5,6 +5,7 @@ import json
 import pytest
 
 from agent_relay.v1 import agent_pb2 as pb
+from tests.support.sample_events import sample_events
 from ws_edge.events import FRAME_TYPES, encode_event, event_to_dict, message_to_dict
 
 
@@ -34,77 +35,6 @@ def test_the_samples_cover_every_case_of_every_oneof():
 def test_every_kind_of_the_proto_has_a_frame_type():
     kinds = {fd.name for fd in pb.SessionEvent.DESCRIPTOR.oneofs_by_name["kind"].fields}
     assert kinds == set(FRAME_TYPES)
-
-
-def sample_events() -> list[pb.SessionEvent]:
-    envelope = {"session_id": "s_1", "seq": 7, "run_id": "r_1", "time_unix_ms": 1767000000000}
-    tool = {"call_id": "c_1", "tool_name": "long_task"}
-    return [
-        pb.SessionEvent(
-            **envelope,
-            message_accepted=pb.MessageAccepted(
-                message_id="m_1", text="hi", run_id="r_1", queued=True, seq=7, duplicate=False
-            ),
-        ),
-        pb.SessionEvent(
-            **envelope,
-            run_started=pb.RunStarted(message_id="m_1", assistant_message_id="a_1", model="demo"),
-        ),
-        pb.SessionEvent(**envelope, response_delta=pb.ResponseDelta(text="Hel", step=1)),
-        pb.SessionEvent(
-            **envelope,
-            tool_execution=pb.ToolExecution(
-                **tool, started=pb.ToolStarted(arguments_json='{"n": 3}')
-            ),
-        ),
-        pb.SessionEvent(
-            **envelope,
-            tool_execution=pb.ToolExecution(
-                **tool, progress=pb.ToolProgress(fraction=0.5, note="half")
-            ),
-        ),
-        pb.SessionEvent(
-            **envelope,
-            tool_execution=pb.ToolExecution(
-                **tool, output=pb.ToolOutput(text="out", stream="stdout")
-            ),
-        ),
-        pb.SessionEvent(
-            **envelope,
-            tool_execution=pb.ToolExecution(
-                **tool, completed=pb.ToolCompleted(result="42", duration_ms=3.5)
-            ),
-        ),
-        pb.SessionEvent(
-            **envelope,
-            tool_execution=pb.ToolExecution(
-                **tool, failed=pb.ToolFailed(code="timeout", message="late", duration_ms=9.0)
-            ),
-        ),
-        pb.SessionEvent(
-            **envelope,
-            tool_execution=pb.ToolExecution(**tool, cancelled=pb.ToolCancelled(reason="requested")),
-        ),
-        pb.SessionEvent(
-            **envelope,
-            run_error=pb.RunError(
-                code="model_rate_limited", message="slow", retryable=True, retry_after_ms=2000
-            ),
-        ),
-        pb.SessionEvent(
-            **envelope,
-            run_completed=pb.RunCompleted(
-                finish_reason=pb.FINISH_REASON_STOP,
-                usage=pb.Usage(input_tokens=3, output_tokens=4),
-                assistant_message_id="a_1",
-                text="Hello",
-                duration_ms=12.5,
-            ),
-        ),
-        pb.SessionEvent(
-            session_id="s_1", seq=0, replay_gap=pb.ReplayGap(after_seq=3, first_seq=900)
-        ),
-    ]
 
 
 @pytest.mark.parametrize("event", sample_events(), ids=lambda e: e.WhichOneof("kind"))
