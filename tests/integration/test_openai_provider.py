@@ -32,7 +32,7 @@ from agent_service.providers.base import (
 )
 from agent_service.providers.openai import OpenAIProvider
 from agent_service.tools.base import ToolSpec
-from tests.support.chat import ChatClient
+from tests.support.chat import joined_session
 from tests.support.service import ServiceProcess, start_agent_service
 
 FACTOR = float(os.environ.get("AGENT_RELAY_TEST_TIMEOUT_FACTOR", "1") or "1")
@@ -552,9 +552,7 @@ async def test_a_multi_step_run_through_the_service(server: Server, tmp_path: Pa
     try:
         async with grpc.aio.insecure_channel(service.address) as channel:
             stub = agent_pb2_grpc.AgentServiceStub(channel)
-            session = (await stub.CreateSession(pb.CreateSessionRequest())).session_id
-            chat = ChatClient(stub)
-            await chat.join(session)
+            session, chat = await joined_session(stub)
             run_id = (await chat.send(session, "m1", "What is 6 * 7?")).accepted.run_id
             done = await chat.wait_completed(session, run_id)
             await chat.close()
@@ -589,9 +587,7 @@ async def test_a_refused_key_ends_the_run_with_a_clear_error(
     try:
         async with grpc.aio.insecure_channel(service.address) as channel:
             stub = agent_pb2_grpc.AgentServiceStub(channel)
-            session = (await stub.CreateSession(pb.CreateSessionRequest())).session_id
-            chat = ChatClient(stub)
-            await chat.join(session)
+            session, chat = await joined_session(stub)
             run_id = (await chat.send(session, "m1", "hi")).accepted.run_id
             done = await chat.wait_completed(session, run_id)
             errors = [e.run_error for e in chat.events[session] if e.HasField("run_error")]
@@ -609,9 +605,7 @@ async def test_cancelling_a_run_closes_the_model_stream(server: Server, tmp_path
     try:
         async with grpc.aio.insecure_channel(service.address) as channel:
             stub = agent_pb2_grpc.AgentServiceStub(channel)
-            session = (await stub.CreateSession(pb.CreateSessionRequest())).session_id
-            chat = ChatClient(stub)
-            await chat.join(session)
+            session, chat = await joined_session(stub)
             run_id = (await chat.send(session, "m1", "hi")).accepted.run_id
             await chat.wait_for(session, lambda e: e.HasField("response_delta"))
             reply = await stub.Cancel(pb.CancelRequest(session_id=session, run_id=run_id))

@@ -9,7 +9,7 @@ import pytest
 
 from agent_relay.v1 import agent_pb2 as pb
 from agent_relay.v1 import agent_pb2_grpc
-from tests.support.chat import ChatClient, assembled_text, kinds
+from tests.support.chat import ChatClient, assembled_text, joined_session, kinds
 
 
 async def new_session(stub: agent_pb2_grpc.AgentServiceStub) -> str:
@@ -17,9 +17,7 @@ async def new_session(stub: agent_pb2_grpc.AgentServiceStub) -> str:
 
 
 async def test_reply_assembled_from_deltas_equals_the_completed_message_in_history(stub):
-    session = await new_session(stub)
-    chat = ChatClient(stub)
-    await chat.join(session)
+    session, chat = await joined_session(stub)
     reply = await chat.send(session, "m1", "hello agent")
     assert reply.status.code == 0
     run_id = reply.accepted.run_id
@@ -38,9 +36,7 @@ async def test_reply_assembled_from_deltas_equals_the_completed_message_in_histo
 
 
 async def test_events_are_numbered_without_gaps_and_batched(stub):
-    session = await new_session(stub)
-    chat = ChatClient(stub)
-    await chat.join(session)
+    session, chat = await joined_session(stub)
     await chat.send(session, "m1", "count for me")
     await chat.wait_completed(session)
     seqs = [e.seq for e in chat.events[session]]
@@ -86,9 +82,7 @@ async def test_resume_from_seq_n_gets_exactly_the_events_after_n(stub):
 
 
 async def test_a_retried_message_id_returns_the_original_acceptance_and_one_run(stub):
-    session = await new_session(stub)
-    chat = ChatClient(stub)
-    await chat.join(session)
+    session, chat = await joined_session(stub)
     first = await chat.send(session, "same-id", "only once please")
     retry = await chat.send(session, "same-id", "only once please")
     assert not first.accepted.duplicate
@@ -108,9 +102,7 @@ async def test_a_retried_message_id_returns_the_original_acceptance_and_one_run(
 
 @pytest.mark.parametrize("how", ["stream", "unary"])
 async def test_cancel_mid_stream_keeps_the_partial_text(stub, how):
-    session = await new_session(stub)
-    chat = ChatClient(stub)
-    await chat.join(session)
+    session, chat = await joined_session(stub)
     run_id = (await chat.send(session, "m1", "a long answer")).accepted.run_id
     await chat.wait_for(session, lambda e: e.HasField("response_delta") and e.seq >= 6)
     if how == "stream":
@@ -134,9 +126,7 @@ async def test_cancel_mid_stream_keeps_the_partial_text(stub, how):
 
 
 async def test_queue_policy_runs_a_second_message_after_the_first(stub):
-    session = await new_session(stub)
-    chat = ChatClient(stub)
-    await chat.join(session)
+    session, chat = await joined_session(stub)
     first = (await chat.send(session, "m1", "first")).accepted
     second = (await chat.send(session, "m2", "second")).accepted
     assert not first.queued and second.queued
@@ -156,9 +146,7 @@ async def test_queue_policy_runs_a_second_message_after_the_first(stub):
 
 
 async def test_reject_policy_refuses_while_busy(stub):
-    session = await new_session(stub)
-    chat = ChatClient(stub)
-    await chat.join(session)
+    session, chat = await joined_session(stub)
     await chat.send(session, "m1", "first")
     refused = await chat.send(session, "m2", "second", busy_policy=pb.BUSY_POLICY_REJECT)
     assert refused.status.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
@@ -170,9 +158,7 @@ async def test_reject_policy_refuses_while_busy(stub):
 
 
 async def test_interrupt_policy_cancels_the_active_run_and_runs_the_new_one(stub):
-    session = await new_session(stub)
-    chat = ChatClient(stub)
-    await chat.join(session)
+    session, chat = await joined_session(stub)
     first = (await chat.send(session, "m1", "first")).accepted
     await chat.wait_for(session, lambda e: e.HasField("response_delta"))
     second = (

@@ -14,7 +14,7 @@ import pytest
 
 from agent_relay.v1 import agent_pb2 as pb
 from agent_relay.v1 import agent_pb2_grpc
-from tests.support.chat import ChatClient, assembled_text
+from tests.support.chat import ChatClient, assembled_text, joined_session
 from tests.support.service import start_agent_service
 from tests.support.timing import scaled
 
@@ -34,9 +34,7 @@ async def test_kill_9_mid_run_then_restart_keeps_history_and_marks_the_run_inter
     first = start_agent_service(tmp_path, *SLOW)
     async with grpc.aio.insecure_channel(first.address) as channel:
         stub = agent_pb2_grpc.AgentServiceStub(channel)
-        session = (await stub.CreateSession(pb.CreateSessionRequest(user_id="u"))).session_id
-        chat = ChatClient(stub)
-        await chat.join(session)
+        session, chat = await joined_session(stub, "u")
         run_id = (await chat.send(session, "m1", "tell me a long story")).accepted.run_id
         await chat.wait_for(session, lambda e: e.HasField("response_delta") and e.seq >= 20)
         await asyncio.sleep(0.3)  # past a partial flush
@@ -87,9 +85,7 @@ async def test_a_run_killed_before_its_first_word_is_stored_shows_as_interrupted
     first = start_agent_service(tmp_path, "--demo-tokens-per-s", "0.5")
     async with grpc.aio.insecure_channel(first.address) as channel:
         stub = agent_pb2_grpc.AgentServiceStub(channel)
-        session = (await stub.CreateSession(pb.CreateSessionRequest())).session_id
-        chat = ChatClient(stub)
-        await chat.join(session)
+        session, chat = await joined_session(stub)
         run_id = (await chat.send(session, "m1", "slow start")).accepted.run_id
         await chat.wait_for(session, lambda e: e.HasField("run_started"))
         first.kill()
@@ -120,9 +116,7 @@ async def test_sigterm_lets_short_runs_finish_and_interrupts_long_ones(tmp_path:
     service = start_agent_service(tmp_path, *SLOW, "--shutdown-grace-s", "0.5")
     async with grpc.aio.insecure_channel(service.address) as channel:
         stub = agent_pb2_grpc.AgentServiceStub(channel)
-        session = (await stub.CreateSession(pb.CreateSessionRequest())).session_id
-        chat = ChatClient(stub)
-        await chat.join(session)
+        session, chat = await joined_session(stub)
         run_id = (await chat.send(session, "m1", "a story that takes ten seconds")).accepted.run_id
         queued = (await chat.send(session, "m2", "and then another")).accepted.run_id
         await chat.wait_for(session, lambda e: e.HasField("response_delta"))
@@ -182,9 +176,7 @@ async def test_an_idle_session_is_unloaded_and_a_later_resume_is_told_of_the_gap
     try:
         async with grpc.aio.insecure_channel(service.address) as channel:
             stub = agent_pb2_grpc.AgentServiceStub(channel)
-            session = (await stub.CreateSession(pb.CreateSessionRequest())).session_id
-            chat = ChatClient(stub)
-            await chat.join(session)
+            session, chat = await joined_session(stub)
             first = (await chat.send(session, "m1", "hello")).accepted.run_id
             done = await chat.wait_completed(session, first)
             await chat.close()  # no subscriber, no run: the session may go

@@ -6,7 +6,7 @@ import asyncio
 import json
 
 from agent_relay.v1 import agent_pb2 as pb
-from tests.support.chat import ChatClient, assembled_text
+from tests.support.chat import assembled_text, joined_session
 
 
 def tool_events(events, call_id=None):
@@ -18,9 +18,7 @@ def tool_events(events, call_id=None):
 
 
 async def test_a_multi_step_run_with_concurrent_tool_calls(stub):
-    session = (await stub.CreateSession(pb.CreateSessionRequest())).session_id
-    chat = ChatClient(stub)
-    await chat.join(session)
+    session, chat = await joined_session(stub)
     text = "calc 6 * 7\nlong task 0.6s\nlong task 0.6 seconds\nsearch for TODO"
     run_id = (await chat.send(session, "m1", text)).accepted.run_id
     done = await chat.wait_completed(session, run_id)
@@ -49,9 +47,7 @@ async def test_a_multi_step_run_with_concurrent_tool_calls(stub):
 
 
 async def test_a_failing_tool_becomes_its_result_and_the_run_goes_on(stub):
-    session = (await stub.CreateSession(pb.CreateSessionRequest())).session_id
-    chat = ChatClient(stub)
-    await chat.join(session)
+    session, chat = await joined_session(stub)
     run_id = (await chat.send(session, "m1", "calc 1 / 0")).accepted.run_id
     done = await chat.wait_completed(session, run_id)
     failed = [t for t in tool_events(chat.events[session]) if t.HasField("failed")]
@@ -62,9 +58,7 @@ async def test_a_failing_tool_becomes_its_result_and_the_run_goes_on(stub):
 
 
 async def test_cancelling_one_tool_call_leaves_the_run_going(stub):
-    session = (await stub.CreateSession(pb.CreateSessionRequest())).session_id
-    chat = ChatClient(stub)
-    await chat.join(session)
+    session, chat = await joined_session(stub)
     run_id = (await chat.send(session, "m1", "long task 30s\ncalc 2 + 2")).accepted.run_id
     started = await chat.wait_for(
         session,
@@ -83,9 +77,7 @@ async def test_cancelling_one_tool_call_leaves_the_run_going(stub):
 
 
 async def test_cancelling_the_run_cancels_its_running_tools(stub):
-    session = (await stub.CreateSession(pb.CreateSessionRequest())).session_id
-    chat = ChatClient(stub)
-    await chat.join(session)
+    session, chat = await joined_session(stub)
     run_id = (await chat.send(session, "m1", "python: import time; time.sleep(60)")).accepted.run_id
     await chat.wait_for(session, lambda e: e.HasField("tool_execution"))
     await chat.command(cancel_run=pb.CancelRun(session_id=session))

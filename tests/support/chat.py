@@ -106,3 +106,13 @@ def assembled_text(events: list[pb.SessionEvent], run_id: str) -> str:
     return "".join(
         e.response_delta.text for e in events if e.run_id == run_id and e.HasField("response_delta")
     )
+
+
+async def joined_session(
+    stub: agent_pb2_grpc.AgentServiceStub, user_id: str = ""
+) -> tuple[str, ChatClient]:
+    """A new session, and a Chat stream that has joined it."""
+    session = (await stub.CreateSession(pb.CreateSessionRequest(user_id=user_id))).session_id
+    chat = ChatClient(stub)
+    await chat.join(session)
+    return session, chat

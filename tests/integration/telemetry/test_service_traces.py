@@ -23,7 +23,7 @@ from tests.integration.telemetry.otlp_receiver import OtlpHttpReceiver
 from tests.integration.telemetry.processes import start_traced_service
 from tests.integration.telemetry.prometheus import Samples, value
 from tests.integration.telemetry.prometheus import scrape as scrape_url
-from tests.support.chat import ChatClient
+from tests.support.chat import ChatClient, joined_session
 from tests.support.timing import scaled
 
 SPAN_KIND_SERVER = 2
@@ -184,9 +184,7 @@ async def test_spans_go_over_otlp_http_and_a_failed_run_is_an_error(tmp_path, mo
         traceparent, trace_id, client_span = new_traceparent()
         async with grpc.aio.insecure_channel(service.address) as channel:
             stub = agent_pb2_grpc.AgentServiceStub(channel)
-            session = (await stub.CreateSession(pb.CreateSessionRequest())).session_id
-            chat = ChatClient(stub)
-            await chat.join(session)
+            session, chat = await joined_session(stub)
             reply = await chat.send(
                 session, "m1", "/fail", trace_context={"traceparent": traceparent}
             )
