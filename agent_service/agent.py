@@ -6,6 +6,10 @@ its session's log; what the model must remember is written to the store before
 the event that announces it. A run always ends with exactly one RunCompleted
 whose finish reason says why (stop, cancelled, error, interrupted, max_steps) and
 whose text keeps whatever was written, also when it ended early.
+
+The model's context is always valid: every tool call an assistant message made
+has a tool result after it, also when the run ended with the call in flight
+(the result then says the call did not finish).
 """
 
 from __future__ import annotations
@@ -19,16 +23,20 @@ from dataclasses import dataclass
 from typing import cast
 
 from agent_relay.v1 import agent_pb2 as pb
-from agent_service.hub import Hub, RunHandle, SessionRuntime
+from agent_service.config import ServiceSettings
 from agent_service.ids import now_ms
 from agent_service.providers.base import (
     ChatMessage,
     ModelError,
+    ModelProvider,
     StepFinished,
     TextDelta,
     ToolCallRequested,
 )
-from agent_service.store import MessageRecord, RunRecord, StoredToolCall
+from agent_service.session import Session
+from agent_service.store import ConversationStore, MessageRecord, RunRecord, StoredToolCall
+from agent_service.supervisor import RunHandle
+from agent_service.tools.base import ToolRegistry
 from agent_service.tools.executor import ToolCallRunner, ToolOutcome
 from relay_shared.agent_telemetry import AgentTelemetry
 
@@ -43,18 +51,27 @@ FINISH = {
 }
 # the status a partial assistant message keeps when its run ends this way
 PARTIAL_STATUS = {"cancelled": "cancelled", "error": "failed", "interrupted": "interrupted"}
+# the status a tool message gets from its call's outcome
+TOOL_STATUS = {"completed": "complete", "failed": "failed", "cancelled": "cancelled"}
 
 
-def install(hub: Hub, telemetry: AgentTelemetry | None = None) -> None:
-    """Make the hub start runs with this module's loop (traced with `telemetry`)."""
-    telemetry = telemetry or AgentTelemetry(None)
+def unfinished_call_result(reason: str) -> str:
+    """The tool result the model reads for a call its run ended before it finished."""
+    return f"error (not_finished): the run was {reason} before this call finished"
 
-    def start(rt: SessionRuntime, run: RunHandle) -> None:
-        run.task = asyncio.create_task(
-            RunExecution(hub, rt, run, telemetry).execute(), name=f"run {run.run_id}"
-        )
 
-    hub.set_run_starter(start)
+@dataclass(frozen=True)
+class AgentLoop:
+    """A run's work (hub.RunBody): everything a run needs, and nothing of the hub."""
+
+    settings: ServiceSettings
+    store: ConversationStore
+    provider: ModelProvider
+    tools: ToolRegistry
+    telemetry: AgentTelemetry
+
+    async def __call__(self, session: Session, run: RunHandle) -> None:
+        await RunExecution(self, session, run).execute()
 
 
 @dataclass
@@ -69,18 +86,14 @@ class _Step:
 class RunExecution:
     """Carries out one run. `execute()` is the body of the run's task."""
 
-    def __init__(
-        self,
-        hub: Hub,
-        rt: SessionRuntime,
-        run: RunHandle,
-        telemetry: AgentTelemetry | None = None,
-    ) -> None:
-        self.hub = hub
-        self.telemetry = telemetry or AgentTelemetry(None)
-        self.rt = rt
+    def __init__(self, loop: AgentLoop, session: Session, run: RunHandle) -> None:
+        self.store = loop.store
+        self.provider = loop.provider
+        self.tools = loop.tools
+        self.telemetry = loop.telemetry
+        self.settings = loop.settings
+        self.rt = session
         self.run = run
-        self.settings = hub.settings
         self.started = time.perf_counter()
         self.started_ms = now_ms()
         self.input_tokens = 0
@@ -88,6 +101,7 @@ class RunExecution:
         self.texts: list[str] = []  # every step's text, for the completion event
         self.step: _Step | None = None
         self.first_message_id = f"{run.run_id}.0"
+        self.unanswered: list[ToolCallRequested] = []  # stored calls with no stored result
 
     def emit(self, **kind: object) -> pb.SessionEvent:
         """Append an event of this run to the session's log."""
@@ -116,20 +130,21 @@ class RunExecution:
         """Run to the end; never raises (a fault becomes an `error` completion)."""
         reason, error = "stop", None
         try:
-            await self.hub.store.update_run(
+            await self.store.update_run(
                 RunRecord(
                     self.run.run_id,
                     self.rt.session_id,
                     self.run.user_message_id,
                     "running",
                     started_ms=self.started_ms,
-                )
+                ),
+                user_message_status="complete",
             )
             self.emit(
                 run_started=pb.RunStarted(
                     message_id=self.run.user_message_id,
                     assistant_message_id=self.first_message_id,
-                    model=self.hub.provider.name,
+                    model=self.provider.name,
                 )
             )
             async with asyncio.timeout(self.settings.run_timeout_s):
@@ -158,15 +173,12 @@ class RunExecution:
             error = pb.RunError(
                 code="internal", message=f"{type(exc).__name__}: {exc}", retryable=True
             )
-        try:
-            await self._finish(reason, error)
-        finally:
-            await self.hub.run_ended(self.rt, self.run)
+        await self._finish(reason, error)
         return reason, error
 
     async def _loop(self) -> str:
         conversation = await self._context()
-        specs = self.hub.tools.specs()
+        specs = self.tools.specs()
         for index in range(self.settings.max_steps):
             step = await self._model_step(index, conversation, specs)
             calls = step.calls
@@ -186,10 +198,9 @@ class RunExecution:
         """Stream one model step and store its assistant message."""
         step = _Step(f"{self.run.run_id}.{index}", [], [])
         self.step = step
-        run = self.run  # the hub's partial writer stores the text while it streams
-        run.streaming_message_id, run.streaming_text = step.message_id, step.text
-        run.streaming, run.streaming_flushed = True, 0
-        provider = self.hub.provider
+        reply = self.run.reply  # history reads the text so far from here
+        reply.begin(step.message_id)
+        provider = self.provider
         stream = provider.stream(conversation, specs)  # type: ignore[arg-type]
         model = str(getattr(provider, "model", "") or provider.name)
         with self.telemetry.model_call(provider=provider.name, model=model, step=index) as call:
@@ -199,7 +210,10 @@ class RunExecution:
                         if item.text:
                             call.saw_output()
                             step.text.append(item.text)
-                            self.emit(response_delta=pb.ResponseDelta(text=item.text, step=index))
+                            event = self.emit(
+                                response_delta=pb.ResponseDelta(text=item.text, step=index)
+                            )
+                            reply.add(item.text, event.seq)
                     elif isinstance(item, ToolCallRequested):
                         call.saw_output()
                         step.calls.append(item)
@@ -209,13 +223,14 @@ class RunExecution:
                         self.input_tokens += usage.input_tokens
                         self.output_tokens += usage.output_tokens
         self.step = None  # from here on, an early end must not add its text twice
-        run.streaming = False
         self.texts.append("".join(step.text))
         await self._save_step(step, "complete")
+        reply.end()
         return step
 
     async def _save_step(self, step: _Step, status: str) -> None:
-        await self.hub.store.upsert_message(
+        self.unanswered = list(step.calls)
+        await self.store.upsert_message(
             MessageRecord(
                 self.rt.session_id,
                 step.message_id,
@@ -234,7 +249,7 @@ class RunExecution:
         """Run the step's tool calls concurrently; store each result for the model."""
         runners = [
             ToolCallRunner(
-                self.hub.tools,
+                self.tools,
                 call_id=c.call_id,
                 tool_name=c.name,
                 arguments_json=c.arguments_json,
@@ -264,52 +279,42 @@ class RunExecution:
                 self.run.tools.pop(runner.call_id, None)
         outcomes = [cast(ToolOutcome, t.result()) for t in tasks]
         for call, outcome in zip(calls, outcomes, strict=True):
-            await self.hub.store.upsert_message(
-                MessageRecord(
-                    self.rt.session_id,
-                    call.call_id,
-                    "tool",
-                    outcome.result,
-                    self.run.run_id,
-                    "complete" if outcome.status == "completed" else "failed",
-                    now_ms(),
-                    call_id=call.call_id,
-                )
-            )
+            await self._save_tool_result(call, outcome.result, TOOL_STATUS[outcome.status])
         return outcomes
+
+    async def _save_tool_result(self, call: ToolCallRequested, result: str, status: str) -> None:
+        await self.store.upsert_message(
+            MessageRecord(
+                self.rt.session_id,
+                call.call_id,
+                "tool",
+                result,
+                self.run.run_id,
+                status,
+                now_ms(),
+                call_id=call.call_id,
+            )
+        )
+        self.unanswered = [c for c in self.unanswered if c.call_id != call.call_id]
 
     async def _context(self) -> list[ChatMessage]:
         """The conversation the model reads, from the store."""
-        records = await self.hub.store.context_for_run(self.rt.session_id, self.run.run_id)
-        names: dict[str, str] = {}
-        conversation: list[ChatMessage] = []
-        for m in records:
-            if m.role == "assistant" and not m.text and not m.tool_calls:
-                continue  # a reply that never got a word out (interrupted at once)
-            if m.role == "assistant":
-                calls = tuple(
-                    ToolCallRequested(c.call_id, c.tool_name, c.arguments_json)
-                    for c in m.tool_calls
-                )
-                names.update((c.call_id, c.name) for c in calls)
-                conversation.append(ChatMessage("assistant", m.text, calls))
-            elif m.role == "tool":
-                conversation.append(
-                    ChatMessage("tool", m.text, call_id=m.call_id, name=names.get(m.call_id, ""))
-                )
-            else:
-                conversation.append(ChatMessage("user", m.text))
-        return conversation
+        records = await self.store.context_for_run(self.rt.session_id, self.run.run_id)
+        return context_from_history(records)
 
     async def _finish(self, reason: str, error: pb.RunError | None) -> None:
         """Store the outcome, then announce it: RunError (if any), then RunCompleted."""
         step, self.step = self.step, None
-        self.run.streaming = False
         if step is not None:
             self.texts.append("".join(step.text))
             await self._save_step(step, PARTIAL_STATUS.get(reason, "complete"))
+        self.run.reply.end()
+        for call in list(self.unanswered):  # the run ended with these calls in flight
+            await self._save_tool_result(
+                call, unfinished_call_result(reason), PARTIAL_STATUS.get(reason, "failed")
+            )
         ended_ms = now_ms()
-        await self.hub.store.update_run(
+        await self.store.update_run(
             RunRecord(
                 self.run.run_id,
                 self.rt.session_id,
@@ -333,6 +338,49 @@ class RunExecution:
                 duration_ms=round((time.perf_counter() - self.started) * 1000.0, 3),
             )
         )
+
+
+def context_from_history(records: Sequence[MessageRecord]) -> list[ChatMessage]:
+    """The conversation a model reads, from stored messages in history order.
+
+    Valid for every provider's ordering rules: an assistant message's tool calls are
+    each followed by a result (one is made up for a call that has none stored, as
+    in a file written before results were kept for unfinished calls), and a reply
+    that never got a word out is left out."""
+    conversation: list[ChatMessage] = []
+    names: dict[str, str] = {}
+    unanswered: dict[str, None] = {}
+
+    def answer_the_rest() -> None:
+        for call_id in unanswered:
+            result = unfinished_call_result("interrupted")
+            conversation.append(ChatMessage("tool", result, call_id=call_id, name=names[call_id]))
+        unanswered.clear()
+
+    for m in records:
+        if m.role == "tool" and m.call_id in unanswered:
+            del unanswered[m.call_id]
+            conversation.append(
+                ChatMessage("tool", m.text, call_id=m.call_id, name=names.get(m.call_id, ""))
+            )
+            continue
+        answer_the_rest()
+        if m.role == "tool":
+            continue  # a result whose call is not in the context
+        if m.role == "assistant":
+            if not m.text and not m.tool_calls:
+                continue
+            calls = tuple(
+                ToolCallRequested(c.call_id, c.tool_name, c.arguments_json) for c in m.tool_calls
+            )
+            for c in calls:
+                names[c.call_id] = c.name
+                unanswered[c.call_id] = None
+            conversation.append(ChatMessage("assistant", m.text, calls))
+        else:
+            conversation.append(ChatMessage("user", m.text))
+    answer_the_rest()
+    return conversation
 
 
 def _uncancel() -> None:

@@ -1,7 +1,10 @@
 """One Chat stream: the commands it receives and the responses it owes.
 
 A ChatStream reads commands, carries each out through the Hub and queues its
-reply; `collect()` drains what the stream owes now (new events of every joined
+reply. Commands of one session run in order; commands of different sessions run
+side by side, so a slow session load never delays the other sessions
+multiplexed on the stream (replies carry their request_id; they may overtake
+each other across sessions). `collect()` drains what the stream owes now (new events of every joined
 session after its cursor, and the queued replies) into one ChatResponse. The
 servicer sends that, waits for the Subscriber's wake-up, and collects again: so
 events that pile up while a send is in flight travel together in the next
@@ -10,6 +13,7 @@ message, and an idle stream sends the first event at once.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 
@@ -18,9 +22,10 @@ from google.rpc import code_pb2, status_pb2
 from agent_relay.v1 import agent_pb2 as pb
 from agent_service.errors import InvalidArgument, OutOfRangeError, ServiceError, ok_status, require
 from agent_service.eventlog import OutOfRange
-from agent_service.hub import Hub, Subscriber
+from agent_service.hub import Hub
 from agent_service.ids import is_valid_client_id
 from agent_service.runs import BusyPolicy
+from agent_service.session import Subscriber
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +33,7 @@ MAX_EVENTS_PER_RESPONSE = 512
 MAX_BYTES_PER_RESPONSE = 2 * 1024 * 1024
 MAX_MESSAGE_CHARS = 100_000
 MAX_TRACE_ENTRIES = 8
+MAX_COMMANDS_IN_FLIGHT = 256  # per stream; past it the stream reads no more until one ends
 
 POLICIES = {
     pb.BUSY_POLICY_UNSPECIFIED: None,
@@ -45,16 +51,45 @@ class ChatStream:
         self.subscriber = Subscriber()
         self.replies: list[pb.CommandReply] = []
         self.half_closed = False
+        self._last_of_session: dict[str, asyncio.Task[None]] = {}
+        self._in_flight: set[asyncio.Task[None]] = set()
 
     async def read(self, requests: AsyncIterator[pb.ChatRequest]) -> None:
-        """Carry out commands until the client half-closes its side."""
+        """Carry out commands until the client half-closes its side and every command
+        has its reply. Cancelling it cancels the commands still in flight."""
         try:
             async for request in requests:
-                self.replies.append(await self.handle(request))
-                self.subscriber.notify()
+                if len(self._in_flight) >= MAX_COMMANDS_IN_FLIGHT:
+                    await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
+                self._dispatch(request)
+            if self._in_flight:
+                await asyncio.wait(set(self._in_flight))
         finally:
+            for task in self._in_flight:
+                task.cancel()
             self.half_closed = True
             self.subscriber.notify()
+
+    def _dispatch(self, request: pb.ChatRequest) -> None:
+        """Run the command after the previous command of its session."""
+        key = _session_of(request)
+        before = self._last_of_session.get(key)
+        task = asyncio.create_task(self._run_after(before, request))
+        self._last_of_session[key] = task
+        self._in_flight.add(task)
+
+        def done(finished: asyncio.Task[None]) -> None:
+            self._in_flight.discard(finished)
+            if self._last_of_session.get(key) is finished:
+                del self._last_of_session[key]
+
+        task.add_done_callback(done)
+
+    async def _run_after(self, before: asyncio.Task[None] | None, request: pb.ChatRequest) -> None:
+        if before is not None:
+            await asyncio.wait({before})  # its outcome is its own reply's business
+        self.replies.append(await self.handle(request))
+        self.subscriber.notify()
 
     async def handle(self, request: pb.ChatRequest) -> pb.CommandReply:
         """One command's reply; a failure is an error reply, never an exception."""
@@ -197,7 +232,7 @@ class ChatStream:
             return False
         for session_id, cursor in self.subscriber.cursors.items():
             rt = self.hub.loaded_session(session_id)
-            if rt is not None and (rt.queue.busy or rt.log.head_seq > cursor):
+            if rt is not None and (rt.queue.busy or rt.log.next_seq - 1 > cursor):
                 return False
         return True
 
@@ -208,3 +243,11 @@ class ChatStream:
             if rt is not None:
                 rt.subscribers.discard(self.subscriber)
         self.subscriber.cursors.clear()
+
+
+def _session_of(request: pb.ChatRequest) -> str:
+    """The session a command is about ("" when it names none)."""
+    which = request.WhichOneof("command")
+    if which is None:
+        return ""
+    return str(getattr(request, which).session_id)

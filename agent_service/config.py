@@ -22,9 +22,15 @@ class ServiceSettings:
         "sqlite:///var/agent-relay.sqlite3",
         "conversation store: sqlite:///PATH (relative to the working folder) or sqlite:///:memory:",
     )
-    bus_url: str = field("memory://", "event log and fan-out: memory:// (in-process)")
+    log_url: str = field(
+        "",
+        "durable event log: sqlite:///PATH, or memory:// (in-process, lost at exit); empty: "
+        "the store's SQLite file (memory:// when the store is in memory)",
+    )
     retention_events: int = field(
-        10_000, "events kept per session for replay; older ones give a gap"
+        10_000,
+        "events kept per session for replay, in the log and in memory; older ones are trimmed "
+        "in the background and a resume from before them gets a gap",
     )
     busy_policy: str = field("queue", "a message during an active run: queue, reject or interrupt")
     model: str = field("demo", "model provider: demo (built in, no network) or openai")
@@ -52,13 +58,10 @@ class ServiceSettings:
         "python tool: confine each run with Landlock (no files outside its folder, no TCP, no "
         "signals out): auto (when the kernel has it), landlock (required) or off",
     )
-    partial_flush_interval_s: float = field(
-        0.5, "how often a streaming reply's partial text is written to the store"
-    )
     session_idle_unload_s: float = field(
         600.0,
         "a session with no subscriber and no run for this long is unloaded from memory "
-        "(its replay window goes; a later resume gets a gap marker and reloads history)",
+        "(its log stays durable: a later load continues at the same seq)",
     )
     shutdown_grace_s: float = field(5.0, "on SIGTERM, how long in-flight runs may take to finish")
     tls_cert_file: Path | None = field(None, "PEM certificate: serve TLS when set")

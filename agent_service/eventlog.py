@@ -1,20 +1,25 @@
-"""A session's event log: sequence numbers, the retained window, and replay.
+"""A session's event log in memory: sequence numbers, what is durable, the window, replay.
 
-Pure: no I/O, no clock, no asyncio. The session runtime feeds it events and
-asks it what a subscriber has not seen yet.
+Pure: no I/O, no clock, no asyncio. The session feeds it events and the log
+writer tells it what became durable; subscribers ask it what they have not seen.
 
-- `append()` gives each event the next `seq` (1, 2, 3 ... with no gaps) and keeps
-  at most `capacity` of the newest events.
-- `read_after(n)` returns every retained event with `seq > n`, and a ReplayGap
+- `stamp()` gives each event the next `seq` (1, 2, 3 ... with no gaps, for the
+  life of the session: a reloaded log continues from the durable head). A
+  stamped event is not yet visible: nobody may see an event the durable log
+  (log.py) could still lose.
+- `publish_through(seq)` makes the stamped events up to `seq` visible, once the
+  log writer has made them durable. `head_seq` is the newest visible event.
+- The window keeps at most `capacity` of the newest visible events.
+  `read_after(n)` returns every retained event with `seq > n`, with a ReplayGap
   first when events after `n` are no longer retained: a subscriber is never
   silently skipped ahead.
-- A log can start above 1 (`first_seq`): after a restart the runtime starts each
-  session past every number the previous process may have handed out, so a
-  `seq` never repeats, and a resume from before the restart gets the gap marker.
+- `restore()` refills the window from the durable log when a session loads.
 """
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from agent_relay.v1 import agent_pb2 as pb
@@ -33,58 +38,100 @@ class OutOfRange(ValueError):
 
 
 class SessionLog:
-    """The retained window of one session's events. Does no I/O."""
+    """The visible window and the not-yet-durable tail of one session's events."""
 
-    def __init__(self, session_id: str, *, capacity: int, first_seq: int = 1) -> None:
-        if capacity < 1 or first_seq < 1:
-            raise ValueError("capacity and first_seq must be positive")
+    def __init__(self, session_id: str, *, capacity: int, durable_head: int = 0) -> None:
+        if capacity < 1 or durable_head < 0:
+            raise ValueError("capacity must be positive and durable_head not negative")
         self.session_id = session_id
         self.capacity = capacity
         self._buf: list[pb.SessionEvent] = []
         self._start = 0  # index in _buf of the oldest retained event
-        self._next_seq = first_seq
-        self._base_seq = first_seq  # seq of _buf[_start] (when any)
+        self._base_seq = durable_head + 1  # seq of _buf[_start] (when any)
+        self._head = durable_head
+        self._pending: deque[pb.SessionEvent] = deque()  # stamped, not yet durable
+        self._next_seq = durable_head + 1
+        self._submitted = durable_head  # the newest seq handed to the log writer
 
     @property
     def head_seq(self) -> int:
-        """The seq of the newest event; first_seq - 1 when nothing was appended."""
-        return self._next_seq - 1
+        """The seq of the newest visible (durable) event; 0 when there is none."""
+        return self._head
 
     @property
     def next_seq(self) -> int:
-        """The seq the next appended event gets."""
+        """The seq the next stamped event gets."""
         return self._next_seq
 
     @property
     def first_retained_seq(self) -> int:
-        """The oldest seq still retained (== next_seq when none is)."""
+        """The oldest seq still retained (== head_seq + 1 when none is)."""
         return self._base_seq
+
+    @property
+    def unpublished(self) -> int:
+        """How many stamped events wait to become durable."""
+        return len(self._pending)
 
     def __len__(self) -> int:
         return len(self._buf) - self._start
 
-    def append(self, event: pb.SessionEvent) -> pb.SessionEvent:
-        """Stamp `event` with this session and the next seq, retain it, and return it."""
+    def restore(self, events: Iterable[pb.SessionEvent]) -> None:
+        """Fill an empty window with durable events, oldest first, ending at the head."""
+        if len(self) or self._pending:
+            raise RuntimeError("restore() is for a freshly loaded log")
+        kept = list(events)[-self.capacity :]
+        if kept and kept[-1].seq != self._head:
+            raise ValueError(f"restored events end at {kept[-1].seq}, not at the head {self._head}")
+        self._buf = kept
+        self._base_seq = kept[0].seq if kept else self._head + 1
+
+    def stamp(self, event: pb.SessionEvent) -> pb.SessionEvent:
+        """Give `event` this session and the next seq; it waits to be published."""
         event.session_id = self.session_id
         event.seq = self._next_seq
         self._next_seq += 1
+        self._pending.append(event)
+        return event
+
+    def take_unsubmitted(self) -> list[pb.SessionEvent]:
+        """Stamped events not yet handed to the log writer, oldest first; they count as
+        handed over from now on."""
+        count = self._next_seq - 1 - self._submitted
+        if count <= 0:
+            return []
+        self._submitted = self._next_seq - 1
+        pending = self._pending
+        return [pending[i] for i in range(len(pending) - count, len(pending))]
+
+    def publish_through(self, seq: int) -> int:
+        """Make stamped events up to `seq` visible (they are durable). Returns how many."""
+        published = 0
+        pending = self._pending
+        while pending and pending[0].seq <= seq:
+            self._retain(pending.popleft())
+            published += 1
+        return published
+
+    def _retain(self, event: pb.SessionEvent) -> None:
         self._buf.append(event)
+        self._head = event.seq
         if len(self) > self.capacity:
             self._start += 1
             self._base_seq += 1
-            if self._start >= self.capacity:  # compact: amortised O(1) per append
+            if self._start >= self.capacity:  # compact: amortised O(1) per event
                 del self._buf[: self._start]
                 self._start = 0
-        return event
 
     def read_after(self, after_seq: int, limit: int | None = None) -> Replay:
-        """Events with seq > after_seq (at most `limit`), with a gap marker when some are gone.
+        """Visible events with seq > after_seq (at most `limit`), with a gap marker when
+        some are gone.
 
         Raises OutOfRange when after_seq is beyond the head: the caller claims to
         have seen events that do not exist.
         """
-        if after_seq < 0 or after_seq > self.head_seq:
-            raise OutOfRange(f"after_seq {after_seq} is beyond the session's head {self.head_seq}")
+        if after_seq < 0 or after_seq > self._head:
+            raise OutOfRange(f"after_seq {after_seq} is beyond the session's head {self._head}")
         gap = None
         if after_seq + 1 < self._base_seq:
             gap = pb.ReplayGap(after_seq=after_seq, first_seq=self._base_seq)
@@ -92,3 +139,7 @@ class SessionLog:
         first = self._start + (after_seq + 1 - self._base_seq)
         last = len(self._buf) if limit is None else min(len(self._buf), first + limit)
         return Replay(gap=gap, events=self._buf[first:last])
+
+    def retained(self) -> list[pb.SessionEvent]:
+        """Every visible event still in the window, oldest first."""
+        return self._buf[self._start :]

@@ -20,11 +20,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from agent_relay.v1 import agent_pb2, agent_pb2_grpc
-from agent_service import agent
+from agent_service.agent import AgentLoop
 from agent_service.config import ServiceSettings
 from agent_service.hub import Hub
+from agent_service.log import EventLog, open_log
 from agent_service.providers.base import ModelProvider
 from agent_service.providers.demo import DemoModel
+from agent_service.recovery import recover
 from agent_service.servicer import AgentServicer
 from agent_service.store import ConversationStore, open_store
 from agent_service.tools.base import ToolRegistry
@@ -48,6 +50,8 @@ class RunningService:
     port: int
     hub: Hub
     store: ConversationStore
+    event_log: EventLog
+    provider: ModelProvider
     health: Any  # grpc_health's aio HealthServicer (untyped)
 
     async def stop(self, grace_s: float) -> None:
@@ -56,7 +60,8 @@ class RunningService:
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.hub.shutdown(grace_s)
         await self.server.stop(grace=1.0)
-        await self.hub.provider.aclose()
+        await self.provider.aclose()
+        await self.event_log.close()
         await self.store.close()
 
 
@@ -87,24 +92,23 @@ async def create_server(
     *,
     tools: ToolRegistry | None = None,
 ) -> RunningService:
-    """Open the store (recovering interrupted runs), build the hub, bind the port.
+    """Open the store and the event log, build the hub, end the runs the last process
+    left in flight (recovery.py), bind the port.
 
     With `telemetry`, calls get rpc.* spans and metrics and runs their spans and
     metrics (see relay_shared.grpc_telemetry and agent_telemetry). `tools` replaces
     the built-in registry (start from build_registry(settings) to keep them)."""
     store = open_store(settings.store_url)
-    recovered = await store.open()
-    for run in recovered.interrupted_runs:
-        log.warning(
-            "run %s of session %s was in flight at the last stop: interrupted",
-            run.run_id,
-            run.session_id,
-        )
-    hub = Hub(settings, store, make_provider(settings), tools or build_registry(settings))
+    await store.open()
+    event_log = open_log(settings.log_url, store_url=settings.store_url)
+    await event_log.open()
+    provider = make_provider(settings)
     agent_telemetry = AgentTelemetry(telemetry)
-    agent.install(hub, agent_telemetry)
-    await hub.announce_interrupted(recovered.interrupted_runs)
+    tools = tools or build_registry(settings)
+    run_body = AgentLoop(settings, store, provider, tools, agent_telemetry)
+    hub = Hub(settings, store, event_log, tools, run_body)
     hub.start()
+    await recover(hub)
     server = grpc.aio.server(
         interceptors=server_interceptors(telemetry) if telemetry is not None else None,
         options=[
@@ -131,7 +135,7 @@ async def create_server(
         raise OSError(f"could not listen on {settings.listen}")
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
-    return RunningService(server, port, hub, store, health_servicer)
+    return RunningService(server, port, hub, store, event_log, provider, health_servicer)
 
 
 async def serve(

@@ -178,7 +178,9 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
                     title=record.title,
                     user_id=record.user_id,
                     created_unix_ms=record.created_ms,
-                    head_seq=record.seq_reserved,
+                    head_seq=max(
+                        await self.hub.event_log.head(record.session_id), record.seq_reserved
+                    ),
                 )
         if len(records) > limit:
             response.next_page_token = str(records[limit - 1].created_ms)
@@ -194,14 +196,15 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
         offset = _page_token(request.page_token)
         # The seq these messages reflect, and the live text of replies still
         # streaming, are read together before the store: a client that resumes
-        # after as_of_seq gets exactly the deltas the text does not have yet.
-        as_of_seq = rt.log.head_seq
+        # after as_of_seq gets exactly the deltas the text does not have yet. The
+        # answer waits until as_of_seq is durable, so that resume can start at once.
+        as_of_seq = rt.log.next_seq - 1
         live = {
-            run.streaming_message_id: (run.run_id, "".join(run.streaming_text))
-            for run in rt.runs.values()
-            if run.streaming_message_id
+            r.message_id: (r.run_id, r.text)
+            for r in self.hub.live_replies(rt.session_id, as_of_seq)
         }
         records = await self.hub.store.list_messages(rt.session_id, limit + 1, offset)
+        await rt.durable(as_of_seq)
         response = pb.ListMessagesResponse(as_of_seq=as_of_seq)
         for record in records[:limit]:
             response.messages.append(_message(record, live))

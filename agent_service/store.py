@@ -1,17 +1,19 @@
 """The conversation store: durable sessions, messages and run outcomes.
 
 One interface, chosen by URL (`open_store`): `sqlite:///PATH` today. The store
-keeps what becomes the model's context and what history shows; the live event
-log is not stored here (see eventlog.py). It also keeps each session's `seq`
-reservation: the highest seq a process may hand out before it writes a new
-reservation, so that after a restart a session's log starts past every seq ever
-seen and never repeats one.
+keeps what becomes the model's context and what history shows; the event log is
+a seam of its own (log.py), which may share the store's file.
+
+Message statuses: user messages are `queued` until their run starts, then
+`complete`, or `cancelled` / `interrupted` when their run never started;
+assistant and tool messages are `streaming` (never stored by this version, kept
+for older files), `complete`, `cancelled`, `failed` or `interrupted`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 
@@ -23,7 +25,9 @@ class SessionRecord:
     user_id: str
     title: str
     created_ms: int
-    seq_reserved: int
+    # the seq numbers an older version reserved (it numbered from there); a log with no
+    # events of this session continues after it, so seq never goes back
+    seq_reserved: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,18 +71,16 @@ class RunRecord:
     ended_ms: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class Recovered:
-    """What start-up recovery changed: runs that were in flight when the process died."""
-
-    interrupted_runs: list[RunRecord] = field(default_factory=list)
-
-
 class ConversationStore(Protocol):
     """Durable conversation state. Every method is safe to call concurrently."""
 
-    async def open(self) -> Recovered:
-        """Create the schema if needed and mark runs left in flight as interrupted."""
+    async def open(self) -> None:
+        """Create or migrate the schema."""
+        ...
+
+    async def runs_in_flight(self) -> list[RunRecord]:
+        """Runs stored as queued or running, in the order they were accepted (at start-up:
+        the runs a process that stopped left behind)."""
         ...
 
     async def close(self) -> None:
@@ -99,10 +101,6 @@ class ConversationStore(Protocol):
         """Sessions newest first, optionally only one user's, created before before_ms."""
         ...
 
-    async def reserve_seq(self, session_id: str, upto: int) -> None:
-        """Record that seq numbers up to `upto` may be handed out."""
-        ...
-
     async def accept_user_message(
         self, message: MessageRecord, run: RunRecord, *, title: str
     ) -> None:
@@ -114,21 +112,17 @@ class ConversationStore(Protocol):
         ...
 
     async def note_accept_seq(self, session_id: str, message_id: str, seq: int) -> None:
-        """Record the seq of a user message's acceptance event. It is made durable with the
-        store's next write (it costs no commit of its own); until then it reads as 0."""
+        """Record the seq of a user message's acceptance event (0 until it is recorded)."""
         ...
 
     async def upsert_message(self, message: MessageRecord) -> None:
         """Insert a message, or update its text, status and tool calls."""
         ...
 
-    async def upsert_partials(self, messages: Sequence[MessageRecord]) -> None:
-        """Write the text so far of replies still streaming, in one transaction. A message
-        already stored with a final status keeps it: a late partial never overwrites it."""
-        ...
-
-    async def update_run(self, run: RunRecord) -> None:
-        """Replace a run's stored state."""
+    async def update_run(self, run: RunRecord, *, user_message_status: str = "") -> None:
+        """Replace a run's stored state; with `user_message_status`, set its user message's
+        status in the same transaction (`complete` when it starts, `cancelled` or
+        `interrupted` when it will never start)."""
         ...
 
     async def list_messages(

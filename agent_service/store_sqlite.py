@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,6 @@ import aiosqlite
 
 from agent_service.store import (
     MessageRecord,
-    Recovered,
     RunRecord,
     SessionRecord,
     StoredToolCall,
@@ -67,7 +65,11 @@ ORDER BY r.run_order, CASE m.role WHEN 'user' THEN 0 ELSE 1 END, m.position
 
 
 class SqliteStore:
-    """ConversationStore on one SQLite file. `path` may be ':memory:'."""
+    """ConversationStore on one SQLite file. `path` may be ':memory:'.
+
+    Every read is one execute_fetchall: a statement left half-read across an await
+    would hold an old snapshot, and a write beside it on this connection would
+    then fail at once (SQLITE_BUSY_SNAPSHOT) after the event log's commits."""
 
     def __init__(self, path: str) -> None:
         self._path = path
@@ -79,44 +81,25 @@ class SqliteStore:
             raise RuntimeError("store is not open")
         return self._db
 
-    async def open(self) -> Recovered:
+    async def open(self) -> None:
         if self._path != ":memory:":
             Path(self._path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = await aiosqlite.connect(self._path)
+        # IMMEDIATE: a write transaction takes the write lock when it begins, so it waits
+        # (busy_timeout) for the event log's writes instead of failing on a stale snapshot
+        self._db = await aiosqlite.connect(self._path, isolation_level="IMMEDIATE")
         self._db.row_factory = aiosqlite.Row
         await self._db.execute("PRAGMA journal_mode=WAL")
         await self._db.execute("PRAGMA synchronous=NORMAL")
         await self._db.execute("PRAGMA foreign_keys=ON")
+        await self._db.execute("PRAGMA busy_timeout=10000")  # the event log shares the file
         await self._db.executescript(SCHEMA)
-        recovered = await self._recover()
         await self._db.commit()
-        return recovered
 
-    async def _recover(self) -> Recovered:
-        """Runs left queued or running by a process that died end as interrupted."""
-        now = _now_ms()
-        async with self.db.execute(
+    async def runs_in_flight(self) -> list[RunRecord]:
+        rows = await self.db.execute_fetchall(
             "SELECT * FROM runs WHERE status IN ('queued', 'running') ORDER BY run_order"
-        ) as cur:
-            runs = [_run(row) for row in await cur.fetchall()]
-        await self.db.execute(
-            "UPDATE runs SET status = 'ended', finish_reason = 'interrupted', ended_ms = ? "
-            "WHERE status IN ('queued', 'running')",
-            (now,),
         )
-        await self.db.execute(
-            "UPDATE messages SET status = 'interrupted' WHERE status = 'streaming'"
-        )
-        # a run that died before its first partial write still shows in history as
-        # interrupted: an empty assistant message says so
-        for run in runs:
-            if run.status == "running":
-                await self.db.execute(
-                    "INSERT OR IGNORE INTO messages (session_id, message_id, role, text, run_id, "
-                    "status, created_ms) VALUES (?, ?, 'assistant', '', ?, 'interrupted', ?)",
-                    (run.session_id, f"{run.run_id}.0", run.run_id, now),
-                )
-        return Recovered(interrupted_runs=runs)
+        return [_run(row) for row in rows]
 
     async def close(self) -> None:
         if self._db is not None:
@@ -139,11 +122,12 @@ class SqliteStore:
         await self.db.commit()
 
     async def get_session(self, session_id: str) -> SessionRecord | None:
-        async with self.db.execute(
-            "SELECT * FROM sessions WHERE session_id = ?", (session_id,)
-        ) as cur:
-            row = await cur.fetchone()
-        return _session(row) if row else None
+        rows = list(
+            await self.db.execute_fetchall(
+                "SELECT * FROM sessions WHERE session_id = ?", (session_id,)
+            )
+        )
+        return _session(rows[0]) if rows else None
 
     async def list_sessions(
         self, user_id: str, limit: int, before_ms: int | None
@@ -151,15 +135,8 @@ class SqliteStore:
         query = "SELECT * FROM sessions WHERE (? = '' OR user_id = ?) AND created_ms < ? "
         query += "ORDER BY created_ms DESC, session_id DESC LIMIT ?"
         before = before_ms if before_ms is not None else 2**62
-        async with self.db.execute(query, (user_id, user_id, before, limit)) as cur:
-            return [_session(row) for row in await cur.fetchall()]
-
-    async def reserve_seq(self, session_id: str, upto: int) -> None:
-        await self.db.execute(
-            "UPDATE sessions SET seq_reserved = MAX(seq_reserved, ?) WHERE session_id = ?",
-            (upto, session_id),
-        )
-        await self.db.commit()
+        rows = await self.db.execute_fetchall(query, (user_id, user_id, before, limit))
+        return [_session(row) for row in rows]
 
     async def accept_user_message(
         self, message: MessageRecord, run: RunRecord, *, title: str
@@ -177,31 +154,28 @@ class SqliteStore:
         await self.db.commit()
 
     async def find_user_message(self, session_id: str, message_id: str) -> MessageRecord | None:
-        async with self.db.execute(
-            "SELECT * FROM messages WHERE session_id = ? AND message_id = ? AND role = 'user'",
-            (session_id, message_id),
-        ) as cur:
-            row = await cur.fetchone()
-        return _message(row) if row else None
+        rows = list(
+            await self.db.execute_fetchall(
+                "SELECT * FROM messages WHERE session_id = ? AND message_id = ? AND role = 'user'",
+                (session_id, message_id),
+            )
+        )
+        return _message(rows[0]) if rows else None
 
     async def note_accept_seq(self, session_id: str, message_id: str, seq: int) -> None:
         await self.db.execute(
             "UPDATE messages SET accept_seq = ? WHERE session_id = ? AND message_id = ?",
             (seq, session_id, message_id),
         )
+        # committed at once: an open write transaction would hold the file's write lock,
+        # and the event log (its own connection to this file) waits for that lock
+        await self.db.commit()
 
     async def upsert_message(self, message: MessageRecord) -> None:
         await self._insert_message(message, upsert=True)
         await self.db.commit()
 
-    async def upsert_partials(self, messages: Sequence[MessageRecord]) -> None:
-        for message in messages:
-            await self._insert_message(message, upsert=True, only_if_streaming=True)
-        await self.db.commit()
-
-    async def _insert_message(
-        self, m: MessageRecord, *, upsert: bool = False, only_if_streaming: bool = False
-    ) -> None:
+    async def _insert_message(self, m: MessageRecord, *, upsert: bool = False) -> None:
         calls = json.dumps(
             [[c.call_id, c.tool_name, c.arguments_json] for c in m.tool_calls],
             separators=(",", ":"),
@@ -215,8 +189,6 @@ class SqliteStore:
                 " ON CONFLICT (session_id, message_id) DO UPDATE SET text = excluded.text, "
                 "status = excluded.status, tool_calls_json = excluded.tool_calls_json"
             )
-            if only_if_streaming:
-                sql += " WHERE messages.status = 'streaming'"
         await self.db.execute(
             sql,
             (
@@ -233,7 +205,13 @@ class SqliteStore:
             ),
         )
 
-    async def update_run(self, run: RunRecord) -> None:
+    async def update_run(self, run: RunRecord, *, user_message_status: str = "") -> None:
+        if user_message_status:
+            await self.db.execute(
+                "UPDATE messages SET status = ? WHERE session_id = ? AND message_id = ? "
+                "AND role = 'user'",
+                (user_message_status, run.session_id, run.user_message_id),
+            )
         await self.db.execute(
             "UPDATE runs SET status = ?, finish_reason = ?, input_tokens = ?, output_tokens = ?, "
             "started_ms = ?, ended_ms = ? WHERE run_id = ?",
@@ -253,19 +231,15 @@ class SqliteStore:
         self, session_id: str, limit: int, after_position: int
     ) -> list[MessageRecord]:
         query = ORDERED_MESSAGES.format(extra="") + " LIMIT ? OFFSET ?"
-        async with self.db.execute(query, (session_id, limit, after_position)) as cur:
-            return [_message(row) for row in await cur.fetchall()]
+        rows = await self.db.execute_fetchall(query, (session_id, limit, after_position))
+        return [_message(row) for row in rows]
 
     async def context_for_run(self, session_id: str, run_id: str) -> Sequence[MessageRecord]:
         extra = "AND r.run_order <= (SELECT run_order FROM runs WHERE run_id = ?)"
-        async with self.db.execute(
+        rows = await self.db.execute_fetchall(
             ORDERED_MESSAGES.format(extra=extra), (session_id, run_id)
-        ) as cur:
-            return [_message(row) for row in await cur.fetchall()]
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
+        )
+        return [_message(row) for row in rows]
 
 
 def _session(row: Any) -> SessionRecord:

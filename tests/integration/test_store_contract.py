@@ -45,13 +45,6 @@ async def test_sessions_round_trip_and_list_newest_first(store: ConversationStor
     assert [s.session_id for s in await store.list_sessions("", 10, 102)] == ["s1", "s0"]
 
 
-async def test_seq_reservations_only_grow(store: ConversationStore) -> None:
-    await store.create_session(SessionRecord("s", "u", "", 1, 0))
-    await store.reserve_seq("s", 10_000)
-    await store.reserve_seq("s", 500)
-    assert (await store.get_session("s")).seq_reserved == 10_000  # type: ignore[union-attr]
-
-
 async def test_history_groups_each_run_after_its_user_message(store: ConversationStore) -> None:
     await store.create_session(SessionRecord("s", "u", "", 1, 0))
     await store.accept_user_message(
@@ -104,30 +97,40 @@ async def test_upsert_replaces_text_and_status(store: ConversationStore) -> None
     assert (last.text, last.status) == ("partial!", "complete")
 
 
-async def test_reopening_marks_runs_in_flight_interrupted(tmp_path: Path) -> None:
+async def test_runs_in_flight_are_found_after_a_reopen_until_they_are_ended(
+    tmp_path: Path,
+) -> None:
     url = f"sqlite:///{tmp_path}/store.sqlite3"
     first = open_store(url)
     await first.open()
-    await first.create_session(SessionRecord("s", "u", "", 1, 0))
+    await first.create_session(SessionRecord("s", "u", "", 1))
     await first.accept_user_message(
         user("s", "m1", "r1"), RunRecord("r1", "s", "m1", "running"), title=""
     )
-    await first.accept_user_message(
-        user("s", "m2", "r2"), RunRecord("r2", "s", "m2", "queued"), title=""
-    )
-    await first.upsert_message(
-        MessageRecord("s", "r1.0", "assistant", "half a", "r1", "streaming", 2)
-    )
+    queued = MessageRecord("s", "m2", "user", "hi", "r2", "queued", 1)
+    await first.accept_user_message(queued, RunRecord("r2", "s", "m2", "queued"), title="")
     await first.close()
     second = open_store(url)
-    recovered = await second.open()
-    assert [r.run_id for r in recovered.interrupted_runs] == ["r1", "r2"]
-    partial = [m for m in await second.list_messages("s", 10, 0) if m.role == "assistant"]
-    assert [(m.text, m.status) for m in partial] == [("half a", "interrupted")]
+    await second.open()
+    assert [r.run_id for r in await second.runs_in_flight()] == ["r1", "r2"]
+    await second.update_run(
+        RunRecord("r2", "s", "m2", "ended", finish_reason="interrupted"),
+        user_message_status="interrupted",
+    )
+    assert [r.run_id for r in await second.runs_in_flight()] == ["r1"]
+    m2 = await second.find_user_message("s", "m2")
+    assert m2 is not None and m2.status == "interrupted"
     await second.close()
-    third = open_store(url)
-    assert (await third.open()).interrupted_runs == []  # recovery happens once
-    await third.close()
+
+
+async def test_a_run_start_marks_its_queued_message_complete(store: ConversationStore) -> None:
+    await store.create_session(SessionRecord("s", "u", "", 1))
+    queued = MessageRecord("s", "m1", "user", "hi", "r1", "queued", 1)
+    await store.accept_user_message(queued, RunRecord("r1", "s", "m1", "queued"), title="")
+    await store.update_run(RunRecord("r1", "s", "m1", "running"), user_message_status="complete")
+    m1 = await store.find_user_message("s", "m1")
+    assert m1 is not None and m1.status == "complete"
+    assert [r.status for r in await store.runs_in_flight()] == ["running"]
 
 
 def test_an_unknown_store_url_is_refused() -> None:

@@ -1,4 +1,4 @@
-"""The event log's pure core: seq numbering, the retained window, replay and gaps."""
+"""The event log's pure core: seq numbering, durable-before-visible, the window, replay, gaps."""
 
 import pytest
 
@@ -14,8 +14,18 @@ def seqs(events: list[pb.SessionEvent]) -> list[int]:
     return [e.seq for e in events]
 
 
+class Log(SessionLog):
+    """A SessionLog whose every stamped event is made durable at once."""
+
+    def append(self, event: pb.SessionEvent) -> pb.SessionEvent:
+        self.stamp(event)
+        self.take_unsubmitted()
+        self.publish_through(event.seq)
+        return event
+
+
 def test_append_numbers_events_one_two_three_and_names_the_session() -> None:
-    log = SessionLog("s1", capacity=10)
+    log = Log("s1", capacity=10)
     events = [log.append(delta(str(i))) for i in range(3)]
     assert seqs(events) == [1, 2, 3]
     assert {e.session_id for e in events} == {"s1"}
@@ -23,7 +33,7 @@ def test_append_numbers_events_one_two_three_and_names_the_session() -> None:
 
 
 def test_replay_after_n_returns_exactly_the_events_after_n() -> None:
-    log = SessionLog("s1", capacity=10)
+    log = Log("s1", capacity=10)
     for i in range(6):
         log.append(delta(str(i)))
     replay = log.read_after(2)
@@ -33,7 +43,7 @@ def test_replay_after_n_returns_exactly_the_events_after_n() -> None:
 
 
 def test_replay_older_than_the_window_gets_a_gap_marker_then_the_window() -> None:
-    log = SessionLog("s1", capacity=3)
+    log = Log("s1", capacity=3)
     for i in range(10):
         log.append(delta(str(i)))
     replay = log.read_after(2)
@@ -42,7 +52,7 @@ def test_replay_older_than_the_window_gets_a_gap_marker_then_the_window() -> Non
 
 
 def test_replay_just_before_the_window_has_no_gap() -> None:
-    log = SessionLog("s1", capacity=3)
+    log = Log("s1", capacity=3)
     for i in range(10):
         log.append(delta(str(i)))
     replay = log.read_after(7)
@@ -51,14 +61,14 @@ def test_replay_just_before_the_window_has_no_gap() -> None:
 
 
 def test_limit_bounds_one_read() -> None:
-    log = SessionLog("s1", capacity=100)
+    log = Log("s1", capacity=100)
     for i in range(50):
         log.append(delta(str(i)))
     assert seqs(log.read_after(10, limit=5).events) == [11, 12, 13, 14, 15]
 
 
 def test_window_stays_bounded_and_correct_over_many_appends() -> None:
-    log = SessionLog("s1", capacity=7)
+    log = Log("s1", capacity=7)
     for i in range(1000):
         log.append(delta(str(i)))
         assert len(log) == min(i + 1, 7)
@@ -66,18 +76,41 @@ def test_window_stays_bounded_and_correct_over_many_appends() -> None:
     assert [e.response_delta.text for e in log.read_after(997).events] == ["997", "998", "999"]
 
 
-def test_a_log_started_after_a_restart_gives_old_cursors_a_gap() -> None:
-    log = SessionLog("s1", capacity=10, first_seq=10_001)
-    assert log.head_seq == 10_000
-    assert log.read_after(500).events == []  # nothing yet, and nothing to skip
-    log.append(delta("x"))
-    replay = log.read_after(500)
-    assert replay.gap == pb.ReplayGap(after_seq=500, first_seq=10_001)
-    assert seqs(replay.events) == [10_001]
+def test_a_reloaded_log_continues_at_its_durable_head_with_no_gap() -> None:
+    durable = [pb.SessionEvent(session_id="s1", seq=seq) for seq in range(41, 51)]
+    log = SessionLog("s1", capacity=10, durable_head=50)
+    log.restore(durable)
+    assert log.head_seq == 50
+    assert seqs(log.read_after(43).events) == list(range(44, 51))
+    assert log.read_after(43).gap is None
+    assert log.stamp(delta("x")).seq == 51  # dense: no jump across the reload
+
+
+def test_a_reloaded_log_tells_a_cursor_older_than_its_window_of_the_gap() -> None:
+    log = SessionLog("s1", capacity=3, durable_head=50)
+    log.restore(pb.SessionEvent(session_id="s1", seq=seq) for seq in range(41, 51))
+    replay = log.read_after(10)
+    assert replay.gap == pb.ReplayGap(after_seq=10, first_seq=48)
+    assert seqs(replay.events) == [48, 49, 50]
+
+
+def test_a_stamped_event_is_invisible_until_it_is_durable() -> None:
+    log = SessionLog("s1", capacity=10)
+    first, second = log.stamp(delta("a")), log.stamp(delta("b"))
+    assert (first.seq, second.seq, log.head_seq, log.unpublished) == (1, 2, 0, 2)
+    assert log.read_after(0).events == []
+    assert seqs(log.take_unsubmitted()) == [1, 2]
+    assert log.take_unsubmitted() == []  # handed over once
+    log.stamp(delta("c"))
+    assert log.publish_through(2) == 2
+    assert seqs(log.read_after(0).events) == [1, 2]
+    assert seqs(log.take_unsubmitted()) == [3]
+    with pytest.raises(OutOfRange):
+        log.read_after(3)  # stamped, not durable: nobody may claim to have seen it
 
 
 def test_resume_beyond_the_head_is_refused() -> None:
-    log = SessionLog("s1", capacity=10)
+    log = Log("s1", capacity=10)
     log.append(delta("a"))
     with pytest.raises(OutOfRange):
         log.read_after(2)

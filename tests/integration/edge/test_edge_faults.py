@@ -17,14 +17,7 @@ from tests.support.service import start_agent_service
 from tests.support.timing import scaled
 
 # About 2 s per reply, so a fault can land mid-run.
-SLOW = (
-    "--demo-tokens-per-s",
-    "100",
-    "--demo-reply-words",
-    "200",
-    "--partial-flush-interval-s",
-    "0.1",
-)
+SLOW = ("--demo-tokens-per-s", "100", "--demo-reply-words", "200")
 
 
 def assembled(frames: list[dict], run_id: str) -> str:
@@ -130,7 +123,9 @@ async def test_a_slow_consumer_is_closed_1013_without_slowing_the_others(tmp_pat
         agent.stop()
 
 
-async def test_agent_killed_mid_run_then_restarted_the_socket_is_told_and_goes_on(tmp_path: Path):
+async def test_agent_killed_mid_run_then_restarted_the_socket_sees_the_run_end_with_no_gap(
+    tmp_path: Path,
+):
     agent = start_agent_service(tmp_path, *SLOW)
     port = agent.address.rsplit(":", 1)[1]
     edge = None
@@ -143,32 +138,35 @@ async def test_agent_killed_mid_run_then_restarted_the_socket_is_told_and_goes_o
         await client.join(sid)
         run_id = (await client.say(sid, "a long story"))["run_id"]
         await client.until(lambda f: f["type"] == "chat:response" and f["seq"] >= 10)
-        await asyncio.sleep(0.3)  # past a partial flush, so the reply so far is stored
         agent.kill()
         error = await client.until(lambda f: f["type"] == "error")
         assert error["code"] == "upstream_unavailable" and error["retryable"] is True
         assert error["session_id"] == sid
+        seen_text = assembled(client.events(sid), run_id)
         refused = await client.say(sid, "while it is down")
         assert refused["code"] == "upstream_unavailable" and refused["retryable"] is True
         restarted = start_agent_service(
             tmp_path, *SLOW, store_path=agent.store_path, listen=f"127.0.0.1:{port}"
         )
-        # The edge resubscribes on its own; the socket was never closed.
+        # The edge resubscribes on its own at the room's last seq; the socket was never
+        # closed, and it sees the run end with exactly the text it had assembled.
+        ended = await client.until_complete(sid, run_id, timeout_s=30)
+        assert ended["finish_reason"] == "interrupted"
+        assert ended["text"] == seen_text == assembled(client.events(sid), run_id)
         ack = await asyncio.wait_for(_retry_say(client, sid, "after the restart"), scaled(20))
         done = await client.until_complete(sid, ack["run_id"], timeout_s=30)
         assert done["finish_reason"] == "stop"
-        seqs = client.seqs(sid)
-        assert seqs == sorted(set(seqs)), "a seq repeated or went back"
+        assert not [f for f in client.frames if f["type"] == "chat:gap"]
+        assert client.seqs(sid) == list(range(1, done["seq"] + 1)), "a seq missing or repeated"
         request = urllib.request.Request(
             f"{edge.url}/api/sessions/{sid}/messages",
             headers={"Authorization": f"Bearer {session['token']}"},
         )
         history = json.loads(await asyncio.to_thread(_read, request))
-        statuses = {
-            m["run_id"]: m["status"] for m in history["messages"] if m["role"] == "assistant"
-        }
-        assert statuses.get(run_id) == "interrupted", history
-        assert statuses.get(ack["run_id"]) == "complete", history
+        replies = {m["run_id"]: m for m in history["messages"] if m["role"] == "assistant"}
+        assert replies[run_id]["status"] == "interrupted", history
+        assert replies[run_id]["text"] == seen_text
+        assert replies[ack["run_id"]]["status"] == "complete", history
         await client.close()
     finally:
         if edge is not None:

@@ -1,0 +1,104 @@
+"""The durable event log: one seam, backends chosen by URL.
+
+A session's events live in the log before anyone sees them; the in-memory
+window (eventlog.SessionLog) only mirrors its newest part. The interface is made
+for a log that may live outside the process (the Redis backend to come):
+
+- `append(batch)` writes events of several sessions in one step (one
+  transaction: this is the group commit). Each session's events must continue
+  its log: the first one's seq is the `expected_seq` the caller names, and a
+  backend refuses the whole batch with SeqConflict otherwise, so a writer that
+  lost track (or lost ownership) can never fork a log.
+- `head()`, `read_after()` and `read_tail()` read what is durable.
+- `follow()` waits for events after a seq, for readers in other processes; in
+  this process the session wakes its subscribers itself.
+- `trim()` drops events older than the retention window.
+
+Backends: `memory://` (in-process, gone at exit: for tests) and
+`sqlite:///PATH` (the default, in the conversation store's file).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from agent_relay.v1 import agent_pb2 as pb
+
+
+@dataclass(frozen=True, slots=True)
+class Append:
+    """Events of one session for one batch; `events[0].seq` must be the log's head + 1."""
+
+    session_id: str
+    events: Sequence[pb.SessionEvent]
+
+    @property
+    def expected_seq(self) -> int:
+        return int(self.events[0].seq)
+
+
+class SeqConflict(RuntimeError):
+    """An append did not continue its session's log (another writer got there first)."""
+
+
+class EventLog(Protocol):
+    """Durable per-session event logs. Methods may be called concurrently."""
+
+    async def open(self) -> None:
+        """Create what the backend needs; safe to call when it exists."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections; appends already returned stay durable."""
+        ...
+
+    async def append(self, batch: Sequence[Append]) -> None:
+        """Make every event of the batch durable, all or none. Raises SeqConflict."""
+        ...
+
+    async def head(self, session_id: str) -> int:
+        """The seq of the session's newest durable event; 0 for none."""
+        ...
+
+    async def read_after(
+        self, session_id: str, after_seq: int, limit: int
+    ) -> list[pb.SessionEvent]:
+        """Up to `limit` durable events with seq > after_seq, oldest first. The first may be
+        later than after_seq + 1 when older ones were trimmed."""
+        ...
+
+    async def read_tail(self, session_id: str, count: int) -> list[pb.SessionEvent]:
+        """The newest `count` durable events, oldest first."""
+        ...
+
+    def follow(self, session_id: str, after_seq: int) -> AsyncIterator[list[pb.SessionEvent]]:
+        """Every durable event after `after_seq`, as it arrives, in batches."""
+        ...
+
+    async def trim(self, session_id: str, keep_after_seq: int) -> int:
+        """Drop events with seq <= keep_after_seq; returns how many went."""
+        ...
+
+
+def open_log(url: str, *, store_url: str = "") -> EventLog:
+    """The log a URL names; an empty URL means the store's SQLite file (or memory:// when
+    the store is in memory). Raises ValueError for an unknown scheme."""
+    if not url:
+        in_memory = not store_url.startswith("sqlite://") or store_url.endswith(":memory:")
+        url = "memory://" if in_memory else store_url
+    if url.startswith("memory://"):
+        from agent_service.log_memory import MemoryLog
+
+        return MemoryLog()
+    if url.startswith("sqlite://"):
+        path = url.removeprefix("sqlite://").removeprefix("/")
+        if path == ":memory:":
+            from agent_service.log_memory import MemoryLog
+
+            return MemoryLog()
+        from agent_service.log_sqlite import SqliteLog
+
+        return SqliteLog(path)
+    raise ValueError(f"unsupported log URL {url!r}: expected memory:// or sqlite:///PATH")

@@ -1,0 +1,135 @@
+"""The group commit: one task makes stamped events durable, then visible.
+
+Sessions stamp events synchronously (a model delta costs no await) and call
+`submit()`. The writer takes every session's stamped events that wait, appends
+them to the durable log in one batch, and only then publishes them: the session
+wakes its subscribers. While one batch commits the next one gathers, so an idle
+service commits an event at once and a busy one commits many per transaction.
+
+Retention runs beside it: every `trim_interval_s` the sessions that grew are
+trimmed to their newest `retention_events`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Protocol
+
+from agent_relay.v1 import agent_pb2 as pb
+from agent_service.log import Append, EventLog
+
+log = logging.getLogger(__name__)
+
+RETRY_FIRST_S = 0.05
+RETRY_MAX_S = 2.0
+
+
+class LogTail(Protocol):
+    """What the writer needs of a session (session.Session)."""
+
+    @property
+    def session_id(self) -> str: ...
+
+    def take_unsubmitted(self) -> list[pb.SessionEvent]:
+        """Stamped events not yet handed to the writer, oldest first."""
+        ...
+
+    def receive_durable(self, seq: int) -> None:
+        """Events through `seq` are durable: publish them."""
+        ...
+
+
+class LogWriter:
+    """Owns the writing task. `start()` on the loop; `submit()` from anywhere on it."""
+
+    def __init__(self, event_log: EventLog, *, retention_events: int, trim_interval_s: float = 5.0):
+        self.log = event_log
+        self.retention_events = retention_events
+        self.trim_interval_s = trim_interval_s
+        self.healthy = True  # False while appends fail (reported by health checks)
+        self._waiting: dict[str, LogTail] = {}
+        self._wake = asyncio.Event()
+        self._grown: dict[str, int] = {}  # session -> head, since the last trim
+        self._tasks: list[asyncio.Task[None]] = []
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def start(self) -> None:
+        if not self._tasks:
+            self._tasks = [
+                asyncio.create_task(self._write_loop(), name="log-writer"),
+                asyncio.create_task(self._trim_loop(), name="log-trim"),
+            ]
+
+    def submit(self, tail: LogTail) -> None:
+        """`tail` has stamped events to write."""
+        self._waiting[tail.session_id] = tail
+        self._idle.clear()
+        self._wake.set()
+
+    async def flush(self) -> None:
+        """Return once everything submitted so far is durable and published."""
+        while self._waiting or not self._idle.is_set():
+            if not self._tasks:
+                await self._write_once()
+            else:
+                await self._idle.wait()
+
+    async def stop(self) -> None:
+        """Flush, then end the tasks."""
+        await self.flush()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await self._write_once()
+
+    async def _write_once(self) -> None:
+        tails, self._waiting = self._waiting, {}
+        batch: list[tuple[LogTail, Append]] = []
+        for tail in tails.values():
+            events = tail.take_unsubmitted()
+            if events:
+                batch.append((tail, Append(tail.session_id, events)))
+        if batch:
+            await self._append_until_done([a for _, a in batch])
+            for tail, item in batch:
+                head = item.events[-1].seq
+                self._grown[tail.session_id] = head
+                tail.receive_durable(head)
+        if not self._waiting:
+            self._idle.set()
+
+    async def _append_until_done(self, batch: list[Append]) -> None:
+        """Retry a failed append with backoff: its events were stamped, and seq must stay
+        dense, so they are written before anything after them."""
+        delay = RETRY_FIRST_S
+        while True:
+            try:
+                await self.log.append(batch)
+            except Exception:
+                self.healthy = False
+                log.exception("could not write %d sessions' events; retrying", len(batch))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+            else:
+                self.healthy = True
+                return
+
+    async def _trim_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.trim_interval_s)
+            grown, self._grown = self._grown, {}
+            for session_id, head in grown.items():
+                keep_after = head - self.retention_events
+                if keep_after > 0:
+                    try:
+                        await self.log.trim(session_id, keep_after)
+                    except Exception:
+                        log.exception("could not trim the log of %s", session_id)
