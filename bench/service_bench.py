@@ -1,9 +1,11 @@
 """The agent service with the demo model at full speed, beside a bare grpc.aio baseline.
 
 Prints, for one session at a time and for 100 concurrent sessions in one process:
-time to first delta (p50 / p99) and deltas per second. Both servers run as
-separate processes on 127.0.0.1 and are measured in the same run by the same
-client code. Bounded: a few seconds per row.
+time to first delta (p50 / p99) and deltas per second, for the service with its
+durable SQLite event log (the default) beside the same service on the memory://
+log (the cost of durability) and a bare grpc.aio server. All run as separate
+processes on 127.0.0.1 and are measured in the same run by the same client code.
+Bounded: a few seconds per row.
 
     .venv/bin/python bench/service_bench.py [--words 200] [--runs 30] [--sessions 100]
 """
@@ -176,44 +178,53 @@ async def main() -> None:
     )
     parser.add_argument("--paced-seconds", type=float, default=8.0)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        service, service_address = start(
+    rows = []
+    raw, raw_address = start(
+        [sys.executable, str(REPO / "bench" / "raw_grpc_server.py"), str(args.words)]
+    )
+    try:
+        rows.append(
             [
-                sys.executable,
-                "-m",
-                "agent_service",
-                "--listen",
-                "127.0.0.1:0",
-                "--store-url",
-                f"sqlite:///{tmp}/bench.sqlite3",
-                "--demo-tokens-per-s",
-                "0",
-                "--demo-reply-words",
-                str(args.words),
-                "--log-level",
-                "WARNING",
-                "--metrics-listen",
-                "",
+                "raw grpc.aio (1 delta per message)",
+                *await measure(raw_address, args.runs, args.sessions, True),
             ]
         )
-        raw, raw_address = start(
-            [sys.executable, str(REPO / "bench" / "raw_grpc_server.py"), str(args.words)]
-        )
-        try:
-            rows = [
+    finally:
+        raw.terminate()
+        raw.wait()
+    for label, log_url in (
+        ("agent_service, durable SQLite log (default)", ""),
+        ("agent_service, memory:// log (not durable)", "memory://"),
+    ):
+        with tempfile.TemporaryDirectory() as tmp:
+            service, service_address = start(
                 [
-                    "raw grpc.aio (1 delta per message)",
-                    *await measure(raw_address, args.runs, args.sessions, True),
-                ],
-                [
-                    "agent_service, demo model at full speed",
-                    *await measure(service_address, args.runs, args.sessions, False),
-                ],
-            ]
-        finally:
-            for process in (service, raw):
-                process.terminate()
-                process.wait()
+                    sys.executable,
+                    "-m",
+                    "agent_service",
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--store-url",
+                    f"sqlite:///{tmp}/bench.sqlite3",
+                    "--log-url",
+                    log_url,
+                    "--demo-tokens-per-s",
+                    "0",
+                    "--demo-reply-words",
+                    str(args.words),
+                    "--log-level",
+                    "WARNING",
+                    "--metrics-listen",
+                    "",
+                ]
+            )
+            try:
+                rows.append(
+                    [label, *await measure(service_address, args.runs, args.sessions, False)]
+                )
+            finally:
+                service.terminate()
+                service.wait()
     paced_rows = []
     for load in filter(None, args.paced.split(",")):
         sessions, rate = load.split("x")
