@@ -1,0 +1,114 @@
+"""The hub, the supervisor and a Chat stream in one process: no sockets, real store and log."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from agent_relay.v1 import agent_pb2 as pb
+from agent_service.agent import AgentLoop, context_from_history
+from agent_service.chat_stream import ChatStream
+from agent_service.config import ServiceSettings, load
+from agent_service.hub import Hub
+from agent_service.log_memory import MemoryLog
+from agent_service.providers.demo import DemoModel
+from agent_service.store import SessionRecord
+from agent_service.store_sqlite import SqliteStore
+from agent_service.tools.builtins import build_registry
+from relay_shared.agent_telemetry import AgentTelemetry
+
+
+class SlowLoads(SqliteStore):
+    """A store whose sessions named in `slow` take a second to load."""
+
+    slow: set[str] = set()
+
+    async def get_session(self, session_id: str) -> SessionRecord | None:
+        if session_id in self.slow:
+            await asyncio.sleep(1.0)
+        return await super().get_session(session_id)
+
+
+@pytest.fixture
+async def hub(tmp_path: Path) -> AsyncIterator[Hub]:
+    settings: ServiceSettings = load(
+        ["--workspace-dir", str(tmp_path / "ws"), "--store-url", "sqlite:///:memory:"], env={}
+    )
+    store = SlowLoads(":memory:")
+    await store.open()
+    tools = build_registry(settings)
+    body = AgentLoop(settings, store, DemoModel(tokens_per_s=0), tools, AgentTelemetry(None))
+    running = Hub(settings, store, MemoryLog(), tools, body)
+    running.start()
+    yield running
+    await running.shutdown(1.0)
+    await store.close()
+
+
+async def requests(*items: pb.ChatRequest) -> AsyncIterator[pb.ChatRequest]:
+    for item in items:
+        yield item
+    await asyncio.sleep(3)  # stay open while the commands run
+
+
+async def test_a_slow_session_load_does_not_delay_other_sessions_on_the_stream(hub: Hub) -> None:
+    for session_id in ("slow", "fast"):
+        await hub.store.create_session(SessionRecord(session_id, "u", "", 1))
+    SlowLoads.slow = {"slow"}
+    stream = ChatStream(hub)
+    reader = asyncio.create_task(
+        stream.read(
+            requests(
+                pb.ChatRequest(request_id="1", join=pb.JoinSession(session_id="slow")),
+                pb.ChatRequest(request_id="2", join=pb.JoinSession(session_id="fast")),
+                pb.ChatRequest(
+                    request_id="3",
+                    send=pb.SendMessage(session_id="slow", message_id="m1", text="hi"),
+                ),
+            )
+        )
+    )
+    for _ in range(200):
+        if stream.replies:
+            break
+        await asyncio.sleep(0.01)
+    assert [r.request_id for r in stream.replies] == ["2"]  # "fast" did not wait for "slow"
+    for _ in range(300):
+        if len(stream.replies) == 3:
+            break
+        await asyncio.sleep(0.01)
+    # within one session the order holds: the join before the send
+    assert [r.request_id for r in stream.replies] == ["2", "1", "3"]
+    reader.cancel()
+
+
+async def test_cancel_with_a_tool_call_in_flight_stores_a_result_for_the_call(hub: Hub) -> None:
+    session = await hub.create_session("u", "")
+    args = json.dumps({"seconds": 30})
+    accepted = await hub.send_message(
+        session.session_id, "m1", f"/tool long_task {args}", policy=None
+    )
+    run = session.runs[accepted.run_id]
+    for _ in range(500):
+        if run.tools:
+            break
+        await asyncio.sleep(0.01)
+    assert run.tools, "the tool call did not start"
+    assert await hub.cancel_run(session.session_id, "")
+    assert run.task is not None
+    await asyncio.wait_for(run.task, 10)
+    history = await hub.store.list_messages(session.session_id, 100, 0)
+    assert [(m.role, m.status) for m in history] == [
+        ("user", "complete"),
+        ("assistant", "complete"),
+        ("tool", "cancelled"),
+    ]
+    assert history[2].call_id == history[1].tool_calls[0].call_id
+    context = context_from_history(history)
+    assert [m.role for m in context] == ["user", "assistant", "tool"]
+    completed = [e for e in session.log.retained() if e.HasField("run_completed")]
+    assert [e.run_completed.finish_reason for e in completed] == [pb.FINISH_REASON_CANCELLED]
