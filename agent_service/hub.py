@@ -2,11 +2,12 @@
 
 The Hub is what the servicer and the Chat streams talk to. It loads a session
 on first use (its log window from the durable log, so `seq` continues where it
-was), accepts each user message id once, and carries out the run queue's
-decisions: start a run on the supervisor, queue it, refuse it, or end a queued
-run that will never start. Idle sessions are unloaded by a small loop of their
-own. The pure decisions live in eventlog.SessionLog and runs.RunQueue; a run's
-work is the agent loop, handed in as `run_body` (the hub knows no model).
+was), feeds each session's pure SessionState what happens (a message, a run's end,
+a cancel, shutdown) and carries out the effects it returns in order: persist
+an acceptance, append an event, start a run on the supervisor, cancel one, end
+a queued run that will never start. Idle sessions are unloaded by a small loop
+of their own. A run's work is the agent loop, handed in as `run_body` (the hub
+knows no model).
 
 Calling rule: every method runs on the service's event loop.
 """
@@ -27,6 +28,17 @@ from agent_service.log import EventLog
 from agent_service.log_writer import LogWriter
 from agent_service.runs import BusyPolicy
 from agent_service.session import Session
+from agent_service.session_state import (
+    AppendEvent,
+    Busy,
+    CancelRun,
+    Duplicate,
+    Effect,
+    EndUnstarted,
+    PersistAcceptance,
+    StartRun,
+    completion_of_unstarted,
+)
 from agent_service.store import ConversationStore, MessageRecord, RunRecord, SessionRecord
 from agent_service.supervisor import LiveReply, RunHandle, RunSupervisor
 from agent_service.tools.base import ToolRegistry
@@ -36,8 +48,6 @@ log = logging.getLogger(__name__)
 
 RunBody = Callable[[Session, RunHandle], Awaitable[None]]
 """A run's work (agent.AgentLoop): runs to the run's end, never raises."""
-
-FINISH = {"cancelled": pb.FINISH_REASON_CANCELLED, "interrupted": pb.FINISH_REASON_INTERRUPTED}
 
 
 class Hub:
@@ -153,118 +163,119 @@ class Hub:
         self._check_accepting()
         session = await self.session(session_id)
         async with session.accept_lock:
-            earlier = await self._earlier_acceptance(session, message_id)
-            if earlier is not None:
-                return earlier
-            run = RunHandle(new_id("r"), session_id, message_id, dict(trace_context or {}))
-            decision = session.queue.receive_message(
-                run.run_id, policy or BusyPolicy(self.settings.busy_policy)
+            stored = None
+            if session.state.known_acceptance(message_id) is None:
+                stored = await self._stored_acceptance(session_id, message_id)
+            run_id = new_id("r")
+            outcome = session.state.receive_message(
+                message_id, text, run_id, policy or BusyPolicy(self.settings.busy_policy), stored
             )
-            if decision.rejected:
+            if isinstance(outcome, Duplicate):
+                return outcome.accepted
+            if isinstance(outcome, Busy):
                 raise FailedPrecondition(
                     "a run is active in this session and busy_policy is reject", reason="BUSY"
                 )
-            session.runs[run.run_id] = run
-            session.retitle(text)
-            created = now_ms()
-            status = "queued" if decision.queued else "complete"
-            await self.store.accept_user_message(
-                MessageRecord(session_id, message_id, "user", text, run.run_id, status, created),
-                RunRecord(
-                    run.run_id,
-                    session_id,
-                    message_id,
-                    "queued" if decision.queued else "running",
-                    started_ms=created,
-                ),
-                title=session.record.title,
+            session.runs[run_id] = RunHandle(
+                run_id, session_id, message_id, dict(trace_context or {})
             )
-            event = session.append(
-                pb.SessionEvent(
-                    run_id=run.run_id,
-                    message_accepted=pb.MessageAccepted(
-                        message_id=message_id, text=text, run_id=run.run_id, queued=decision.queued
-                    ),
-                )
-            )
-            accepted = pb.MessageAccepted()
-            accepted.CopyFrom(event.message_accepted)
-            accepted.seq = event.seq
-            session.remember(accepted)
-            await self.store.note_accept_seq(session_id, message_id, event.seq)
-        for dropped in decision.dropped:
-            await self._end_unstarted(session, dropped, "cancelled")
-        if decision.cancel_active:
-            session.runs[decision.cancel_active].cancel("cancelled")
-        if decision.start_now:
-            self._start(session, run)
-        await session.durable(event.seq)
+            accepted = await self._carry_out(session, outcome.effects)
+        assert accepted is not None, "an accepted message appends its acceptance"
+        await session.durable(accepted.seq)
         return accepted
 
-    async def _earlier_acceptance(
-        self, session: Session, message_id: str
+    async def _stored_acceptance(
+        self, session_id: str, message_id: str
     ) -> pb.MessageAccepted | None:
-        cached = session.accepted.get(message_id)
-        if cached is None:
-            stored = await self.store.find_user_message(session.session_id, message_id)
-            if stored is None:
-                return None
-            cached = pb.MessageAccepted(
-                message_id=message_id, text=stored.text, run_id=stored.run_id, seq=stored.accept_seq
-            )
-        duplicate = pb.MessageAccepted()
-        duplicate.CopyFrom(cached)
-        duplicate.duplicate = True
-        return duplicate
+        stored = await self.store.find_user_message(session_id, message_id)
+        if stored is None:
+            return None
+        return pb.MessageAccepted(
+            message_id=message_id, text=stored.text, run_id=stored.run_id, seq=stored.accept_seq
+        )
+
+    async def _carry_out(
+        self, session: Session, effects: list[Effect]
+    ) -> pb.MessageAccepted | None:
+        """Carry out a SessionState's effects in order; returns the acceptance appended, if
+        any, with its seq."""
+        accepted = None
+        for effect in effects:
+            if isinstance(effect, PersistAcceptance):
+                await self._persist_acceptance(session, effect)
+            elif isinstance(effect, AppendEvent):
+                event = session.append(effect.event)
+                if event.HasField("message_accepted"):
+                    accepted = session.state.receive_appended(event.message_accepted, event.seq)
+                    await self.store.note_accept_seq(
+                        session.session_id, accepted.message_id, event.seq
+                    )
+            elif isinstance(effect, StartRun):
+                self._start(session, session.runs[effect.run_id])
+            elif isinstance(effect, CancelRun):
+                run = session.runs.get(effect.run_id)
+                if run is not None:
+                    run.cancel(effect.reason)
+            elif isinstance(effect, EndUnstarted):
+                await self._end_unstarted(session, effect)
+        return accepted
+
+    async def _persist_acceptance(self, session: Session, effect: PersistAcceptance) -> None:
+        created = now_ms()
+        await self.store.accept_user_message(
+            MessageRecord(
+                session.session_id,
+                effect.message_id,
+                "user",
+                effect.text,
+                effect.run_id,
+                "queued" if effect.queued else "complete",
+                created,
+            ),
+            RunRecord(
+                effect.run_id,
+                session.session_id,
+                effect.message_id,
+                "queued" if effect.queued else "running",
+                started_ms=created,
+            ),
+            title=effect.title,
+        )
+
+    async def _end_unstarted(self, session: Session, effect: EndUnstarted) -> None:
+        """A queued run never starts: its run and user message say why, then its completion."""
+        session.runs.pop(effect.run_id, None)
+        await self.store.update_run(
+            RunRecord(
+                effect.run_id,
+                session.session_id,
+                effect.user_message_id,
+                "ended",
+                finish_reason=effect.reason,
+                ended_ms=now_ms(),
+            ),
+            user_message_status=effect.reason,
+        )
+        session.append(completion_of_unstarted(effect.run_id, effect.reason))
 
     def _start(self, session: Session, run: RunHandle) -> None:
         async def then(ended: RunHandle) -> None:
-            await self._run_ended(session, ended)
+            session.runs.pop(ended.run_id, None)
+            effects = session.state.receive_run_ended(ended.run_id, accepting=self.accepting)
+            await self._carry_out(session, effects)
 
         self.supervisor.start(run, lambda: self._run_body(session, run), then)
-
-    async def _run_ended(self, session: Session, run: RunHandle) -> None:
-        """A run's body returned: start whatever waits behind it."""
-        session.runs.pop(run.run_id, None)
-        next_id = session.queue.receive_run_ended(run.run_id)
-        if next_id is None:
-            return
-        if not self.accepting:
-            await self._end_unstarted(session, next_id, "interrupted")
-            return
-        self._start(session, session.runs[next_id])
-
-    async def _end_unstarted(self, session: Session, run_id: str, reason: str) -> None:
-        """End a queued run that never started, with a completion saying why; its user
-        message's status says so too."""
-        session.queue.remove_waiting(run_id)
-        run = session.runs.pop(run_id, None)
-        await self.store.update_run(
-            RunRecord(
-                run_id,
-                session.session_id,
-                run.user_message_id if run else "",
-                "ended",
-                finish_reason=reason,
-                ended_ms=now_ms(),
-            ),
-            user_message_status=reason,
-        )
-        session.append(
-            pb.SessionEvent(
-                run_id=run_id, run_completed=pb.RunCompleted(finish_reason=FINISH[reason])
-            )
-        )
 
     async def cancel_run(self, session_id: str, run_id: str) -> bool:
         """Cancel a run (`run_id` empty: the active one). False when none is going."""
         session = await self.session(session_id)
-        target = run_id or session.queue.active or ""
-        if target in session.queue.waiting:
-            await self._end_unstarted(session, target, "cancelled")
-            return True
-        run = session.runs.get(target)
-        return run.cancel("cancelled") if run is not None else False
+        effects = session.state.receive_cancel(run_id)
+        for effect in effects:
+            if isinstance(effect, CancelRun):
+                run = session.runs.get(effect.run_id)
+                return run.cancel(effect.reason) if run is not None else False
+        await self._carry_out(session, effects)
+        return bool(effects)
 
     async def cancel_tool_call(self, session_id: str, call_id: str) -> bool:
         """Cancel one tool call (of a session's run, or a direct ExecuteTool call)."""
@@ -292,8 +303,7 @@ class Hub:
         self.accepting = False
         await self.supervisor.shutdown(grace_s)
         for session in list(self._sessions.values()):
-            for run_id in list(session.queue.waiting):
-                await self._end_unstarted(session, run_id, "interrupted")
+            await self._carry_out(session, session.state.receive_shutdown())
         for runner in list(self.direct_calls.values()):
             runner.cancel("interrupted")
         if self._unloader is not None:

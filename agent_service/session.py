@@ -1,7 +1,8 @@
-"""One loaded session: its log window, subscribers, run queue and accepted ids.
+"""One loaded session: its decisions, its log window, its subscribers and run handles.
 
-A Session holds a session's live state and carries out the small decisions of
-its pure parts (eventlog.SessionLog, runs.RunQueue). Appending is synchronous:
+A Session joins the pure parts (session_state.SessionState for what to accept
+and run, eventlog.SessionLog for seq and the window) to the things that do I/O
+(the log writer, subscribers' wake-ups, run handles). Appending is synchronous:
 `append()` stamps the event and hands it to the log writer, which makes it
 durable and then calls `receive_durable()`, which publishes it and wakes the
 subscribers. `durable(seq)` waits for that, for replies that must not promise
@@ -11,20 +12,14 @@ more than the log holds.
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict
-from dataclasses import replace
 
 from agent_relay.v1 import agent_pb2 as pb
 from agent_service.eventlog import SessionLog
 from agent_service.ids import now_ms
 from agent_service.log_writer import LogWriter
-from agent_service.runs import RunQueue
+from agent_service.session_state import SessionState
 from agent_service.store import SessionRecord
 from agent_service.supervisor import RunHandle
-
-# client message ids remembered per session for idempotent retries without a
-# store read; older ones are found in the store.
-ACCEPTED_CACHE = 1_000
 
 
 class Subscriber:
@@ -49,12 +44,11 @@ class Session:
 
     def __init__(self, record: SessionRecord, log: SessionLog, writer: LogWriter) -> None:
         self.record = record
+        self.state = SessionState(record.title)
         self.log = log
-        self.queue = RunQueue()
         self.runs: dict[str, RunHandle] = {}  # queued and active
         self.subscribers: set[Subscriber] = set()
-        self.accept_lock = asyncio.Lock()
-        self.accepted: OrderedDict[str, pb.MessageAccepted] = OrderedDict()
+        self.accept_lock = asyncio.Lock()  # one message at a time through the state
         self.idle_since: float | None = None  # monotonic time it was first seen idle
         self._writer = writer
         self._durable_waiters: list[tuple[int, asyncio.Future[None]]] = []
@@ -66,7 +60,7 @@ class Session:
     @property
     def quiescent(self) -> bool:
         """No subscriber, no run, nothing waiting to be durable: safe to unload."""
-        return not (self.subscribers or self.runs or self.queue.busy or self.log.unpublished)
+        return not (self.subscribers or self.runs or self.state.busy or self.log.unpublished)
 
     def append(self, event: pb.SessionEvent) -> pb.SessionEvent:
         """Stamp the event (time, session, seq) and queue it for the durable log."""
@@ -101,27 +95,12 @@ class Session:
         self._durable_waiters.append((seq, future))
         await future
 
-    def remember(self, accepted: pb.MessageAccepted) -> None:
-        """Keep an acceptance for quick idempotent retries."""
-        self.accepted[accepted.message_id] = accepted
-        if len(self.accepted) > ACCEPTED_CACHE:
-            self.accepted.popitem(last=False)
-
-    def retitle(self, text: str) -> None:
-        """A session without a title takes its first message's opening words."""
-        if self.record.title:
-            return
-        title = " ".join(text.split())
-        if len(title) > 80:
-            title = title[:77] + "..."
-        self.record = replace(self.record, title=title)
-
     def to_proto(self) -> pb.Session:
         """The session's summary."""
-        active = self.queue.active or ""
+        active = self.state.queue.active or ""
         return pb.Session(
             session_id=self.session_id,
-            title=self.record.title,
+            title=self.state.title,
             user_id=self.record.user_id,
             created_unix_ms=self.record.created_ms,
             head_seq=self.log.head_seq,
