@@ -143,6 +143,7 @@ class Hub:
                     session.idle_since = now
                 elif now - session.idle_since >= idle_s:
                     del self._sessions[session_id]
+                    log.debug("unloaded idle session %s", session_id)
 
     # -- messages and runs ----------------------------------------------------------
 

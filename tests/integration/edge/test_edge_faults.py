@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import socket
 import urllib.error
 import urllib.request
@@ -174,6 +175,77 @@ async def test_agent_killed_mid_run_then_restarted_the_socket_sees_the_run_end_w
         agent.kill()  # a no-op after the kill above; stops it when the test failed before
         if restarted is not None:
             restarted.stop()
+
+
+async def test_agent_sigterm_mid_run_the_socket_sees_the_run_interrupted_and_goes_on(
+    tmp_path: Path,
+):
+    agent = start_agent_service(tmp_path, *SLOW, "--shutdown-grace-s", "0.2")
+    port = agent.address.rsplit(":", 1)[1]
+    edge = None
+    restarted = None
+    try:
+        edge = start_edge(agent.address, "--upstream-backoff-max-s", "0.3")
+        session = create_session(edge)
+        sid = session["session_id"]
+        client = await EdgeClient.connect(edge.ws_url, token=session["token"])
+        await client.join(sid)
+        run_id = (await client.say(sid, "a long story"))["run_id"]
+        await client.until(lambda f: f["type"] == "chat:response" and f["seq"] >= 10)
+        agent.process.send_signal(signal.SIGTERM)
+        ended = await client.until_complete(sid, run_id)
+        assert ended["finish_reason"] == "interrupted"
+        assert ended["text"] == assembled(client.events(sid), run_id)
+        assert agent.process.wait(timeout=scaled(15)) == 0
+        restarted = start_agent_service(
+            tmp_path, *SLOW, store_path=agent.store_path, listen=f"127.0.0.1:{port}"
+        )
+        ack = await asyncio.wait_for(_retry_say(client, sid, "after the restart"), scaled(20))
+        done = await client.until_complete(sid, ack["run_id"], timeout_s=30)
+        assert done["finish_reason"] == "stop"
+        assert not [f for f in client.frames if f["type"] == "chat:gap"]
+        assert client.seqs(sid) == list(range(1, done["seq"] + 1))
+        await client.close()
+    finally:
+        if edge is not None:
+            edge.stop()
+        agent.kill()
+        if restarted is not None:
+            restarted.stop()
+
+
+async def test_a_session_unloaded_while_nobody_watched_resumes_with_no_gap(tmp_path: Path):
+    agent = start_agent_service(
+        tmp_path,
+        "--demo-tokens-per-s",
+        "0",
+        "--session-idle-unload-s",
+        "0.2",
+        "--log-level",
+        "DEBUG",
+    )
+    edge = None
+    try:
+        edge = start_edge(agent.address, "--room-grace-s", "0.1")
+        session = create_session(edge)
+        sid = session["session_id"]
+        first = await EdgeClient.connect(edge.ws_url, token=session["token"])
+        await first.join(sid)
+        done = await first.until_complete(sid, (await first.say(sid, "hello"))["run_id"])
+        await first.close()
+        await asyncio.sleep(scaled(1.5))  # the room goes, then the agent unloads the session
+        assert f"unloaded idle session {sid}" in agent.text()
+        later = await EdgeClient.connect(edge.ws_url, token=session["token"])
+        await later.join(sid, after_seq=done["seq"] - 2)
+        ack = await later.say(sid, "still there?")
+        again = await later.until_complete(sid, ack["run_id"])
+        assert not [f for f in later.frames if f["type"] == "chat:gap"]
+        assert later.seqs(sid) == list(range(done["seq"] - 1, again["seq"] + 1))
+        await later.close()
+    finally:
+        if edge is not None:
+            edge.stop()
+        agent.stop()
 
 
 def _read(request: urllib.request.Request) -> bytes:
