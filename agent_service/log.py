@@ -14,8 +14,9 @@ for a log that may live outside the process (the Redis backend to come):
   this process the session wakes its subscribers itself.
 - `trim()` drops events older than the retention window.
 
-Backends: `memory://` (in-process, gone at exit: for tests) and
-`sqlite:///PATH` (the default, in the conversation store's file).
+Backends: `memory://` (in-process, gone at exit: for tests),
+`sqlite:///PATH` (the default, in the conversation store's file) and
+`redis://HOST:PORT/DB` (Redis Streams, for several replicas).
 """
 
 from __future__ import annotations
@@ -101,4 +102,10 @@ def open_log(url: str, *, store_url: str = "") -> EventLog:
         from agent_service.log_sqlite import SqliteLog
 
         return SqliteLog(path)
-    raise ValueError(f"unsupported log URL {url!r}: expected memory:// or sqlite:///PATH")
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        from agent_service.log_redis import RedisLog
+
+        return RedisLog(url)
+    raise ValueError(
+        f"unsupported log URL {url!r}: expected memory://, sqlite:///PATH or redis://HOST:PORT"
+    )

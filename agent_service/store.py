@@ -1,6 +1,7 @@
 """The conversation store: durable sessions, messages and run outcomes.
 
-One interface, chosen by URL (`open_store`): `sqlite:///PATH` today. The store
+One interface, chosen by URL (`open_store`): `sqlite:///PATH` (the default) or
+`postgresql://...` (for several replicas). The store
 keeps what becomes the model's context and what history shows; the event log is
 a seam of its own (log.py), which may share the store's file.
 
@@ -143,4 +144,8 @@ def open_store(url: str) -> ConversationStore:
         from agent_service.store_sqlite import SqliteStore
 
         return SqliteStore(url.removeprefix("sqlite://").removeprefix("/"))
-    raise ValueError(f"unsupported store URL {url!r}: expected sqlite:///PATH")
+    if url.startswith(("postgresql://", "postgres://")):
+        from agent_service.store_postgres import PostgresStore
+
+        return PostgresStore(url)
+    raise ValueError(f"unsupported store URL {url!r}: expected sqlite:///PATH or postgresql://...")

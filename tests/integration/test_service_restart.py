@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -16,6 +17,7 @@ import pytest
 
 from agent_relay.v1 import agent_pb2 as pb
 from agent_relay.v1 import agent_pb2_grpc
+from tests.support.backends import postgres_database, redis_prefix
 from tests.support.chat import ChatClient, assembled_text, joined_session
 from tests.support.service import start_agent_service
 from tests.support.timing import scaled
@@ -27,8 +29,26 @@ def seqs(events: list[pb.SessionEvent]) -> list[int]:
     return [e.seq for e in events]
 
 
-async def test_kill_9_mid_run_then_restart_continues_the_log_with_no_gap(tmp_path: Path):
-    first = start_agent_service(tmp_path, *SLOW)
+@pytest.fixture(params=["sqlite", "sqlite+redis", "postgresql+redis"])
+async def log_args(request: pytest.FixtureRequest) -> AsyncIterator[tuple[str, ...]]:
+    """The backends the service runs on: the default SQLite file for both, the SQLite store
+    with the log on Redis Streams, or the scale-out pair (PostgreSQL and Redis)."""
+    if request.param == "sqlite":
+        yield ()
+        return
+    async with redis_prefix() as (url, prefix):
+        log = ("--log-url", f"{url}?prefix={prefix}")
+        if request.param == "sqlite+redis":
+            yield log
+            return
+        async with postgres_database() as store_url:
+            yield (*log, "--store-url", store_url)
+
+
+async def test_kill_9_mid_run_then_restart_continues_the_log_with_no_gap(
+    tmp_path: Path, log_args: tuple[str, ...]
+):
+    first = start_agent_service(tmp_path, *SLOW, *log_args)
     async with grpc.aio.insecure_channel(first.address) as channel:
         stub = agent_pb2_grpc.AgentServiceStub(channel)
         session, chat = await joined_session(stub, "u")
@@ -42,7 +62,7 @@ async def test_kill_9_mid_run_then_restart_continues_the_log_with_no_gap(tmp_pat
     last_seq = seen[-1].seq
     assert seqs(seen) == list(range(1, last_seq + 1))
 
-    second = start_agent_service(tmp_path, *SLOW, store_path=first.store_path)
+    second = start_agent_service(tmp_path, *SLOW, *log_args, store_path=first.store_path)
     try:
         async with grpc.aio.insecure_channel(second.address) as channel:
             stub = agent_pb2_grpc.AgentServiceStub(channel)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,18 +16,36 @@ from agent_service.store import (
     StoredToolCall,
     open_store,
 )
+from tests.support.backends import postgres_database
 
 
-@pytest.fixture(params=["sqlite-file", "sqlite-memory"])
+@pytest.fixture(params=["sqlite-file", "sqlite-memory", "postgresql"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ConversationStore]:
+    if request.param == "postgresql":
+        async with postgres_database() as url:
+            opened = open_store(url)
+            await opened.open()
+            yield opened
+            await opened.close()
+        return
     url = {
         "sqlite-file": f"sqlite:///{tmp_path}/store.sqlite3",
         "sqlite-memory": "sqlite:///:memory:",
     }[request.param]
-    store = open_store(url)
-    await store.open()
-    yield store
-    await store.close()
+    opened = open_store(url)
+    await opened.open()
+    yield opened
+    await opened.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def durable_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A store URL whose contents outlive a connection."""
+    if request.param == "postgresql":
+        async with postgres_database() as url:
+            yield url
+        return
+    yield f"sqlite:///{tmp_path}/store.sqlite3"
 
 
 def user(session: str, message_id: str, run_id: str, text: str = "hi") -> MessageRecord:
@@ -98,9 +117,9 @@ async def test_upsert_replaces_text_and_status(store: ConversationStore) -> None
 
 
 async def test_runs_in_flight_are_found_after_a_reopen_until_they_are_ended(
-    tmp_path: Path,
+    durable_url: str,
 ) -> None:
-    url = f"sqlite:///{tmp_path}/store.sqlite3"
+    url = durable_url
     first = open_store(url)
     await first.open()
     await first.create_session(SessionRecord("s", "u", "", 1))
@@ -131,6 +150,26 @@ async def test_a_run_start_marks_its_queued_message_complete(store: Conversation
     m1 = await store.find_user_message("s", "m1")
     assert m1 is not None and m1.status == "complete"
     assert [r.status for r in await store.runs_in_flight()] == ["running"]
+
+
+async def test_replicas_that_start_at_once_apply_each_migration_exactly_once() -> None:
+    import asyncpg
+
+    from agent_service.store_postgres import MIGRATIONS
+
+    async with postgres_database() as url:
+        stores = [open_store(url) for _ in range(4)]
+        await asyncio.gather(*(s.open() for s in stores))  # all at once: no error, no race
+        await stores[0].create_session(SessionRecord("s", "u", "", 1))
+        again = open_store(url)
+        await again.open()  # idempotent: nothing left to apply, data kept
+        assert await again.get_session("s") == SessionRecord("s", "u", "", 1)
+        db = await asyncpg.connect(url)
+        versions = [r["version"] for r in await db.fetch("SELECT version FROM schema_migrations")]
+        await db.close()
+        assert versions == [v for v, _ in MIGRATIONS]
+        for opened in [*stores, again]:
+            await opened.close()
 
 
 def test_an_unknown_store_url_is_refused() -> None:

@@ -10,6 +10,7 @@ import pytest
 
 from agent_relay.v1 import agent_pb2 as pb
 from agent_service.log import Append, EventLog, SeqConflict, open_log
+from tests.support.backends import redis_prefix
 
 
 def event(session_id: str, seq: int, text: str = "w") -> pb.SessionEvent:
@@ -22,8 +23,15 @@ def events(session_id: str, first: int, last: int) -> list[pb.SessionEvent]:
     return [event(session_id, seq, f"w{seq}") for seq in range(first, last + 1)]
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "redis"])
 async def log(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[EventLog]:
+    if request.param == "redis":
+        async with redis_prefix() as (url, prefix):
+            opened = open_log(f"{url}?prefix={prefix}")
+            await opened.open()
+            yield opened
+            await opened.close()
+        return
     url = {"memory": "memory://", "sqlite": f"sqlite:///{tmp_path}/log.sqlite3"}[request.param]
     opened = open_log(url)
     await opened.open()
@@ -84,10 +92,25 @@ async def test_sqlite_events_outlive_the_connection(tmp_path: Path) -> None:
     await second.close()
 
 
+async def test_redis_events_outlive_the_connection() -> None:
+    async with redis_prefix() as (url, prefix):
+        first = open_log(f"{url}?prefix={prefix}")
+        await first.open()
+        await first.append([Append("a", events("a", 1, 4))])
+        await first.close()
+        second = open_log(f"{url}?prefix={prefix}")
+        await second.open()
+        assert await second.head("a") == 4
+        assert [e.seq for e in await second.read_after("a", 2, 10)] == [3, 4]
+        await second.close()
+
+
 def test_the_default_log_is_the_store_file_or_memory() -> None:
     from agent_service.log_memory import MemoryLog
+    from agent_service.log_redis import RedisLog
     from agent_service.log_sqlite import SqliteLog
 
+    assert isinstance(open_log("redis://127.0.0.1:6379/0"), RedisLog)
     assert isinstance(open_log("", store_url="sqlite:///var/x.sqlite3"), SqliteLog)
     assert isinstance(open_log("", store_url="sqlite:///:memory:"), MemoryLog)
     with pytest.raises(ValueError, match="unsupported log URL"):

@@ -1,0 +1,142 @@
+"""The event log on Redis Streams (`redis://HOST:PORT/DB`), for many machines.
+
+One stream per session, `<prefix>log:<session_id>`, whose entry ids carry the
+seq (`<seq>-0`), and a head key beside it. An append is one Lua script over
+every session of the batch: it checks each session's head against the
+expected seq and only then adds every event, so a batch is all or none and a
+writer that lost track (or another replica that got there first) gets
+SeqConflict instead of forking a log. Retention is bounded by `XTRIM MINID`.
+Readers in any process follow with blocking `XREAD`, which costs nothing per
+idle session.
+
+URL query options: `prefix` (key prefix, default `agent-relay:`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+from urllib.parse import parse_qs, urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from agent_relay.v1 import agent_pb2 as pb
+from agent_service.log import Append, SeqConflict
+
+# KEYS: stream1, head1, stream2, head2, ...; ARGV: n, then per session: expected, count,
+# then every body of every session in order. Returns 1, or an error naming the conflict.
+APPEND = """
+local n = tonumber(ARGV[1])
+local arg = 2
+for i = 1, n do
+  local head = tonumber(redis.call('GET', KEYS[2 * i]) or '0')
+  local expected = tonumber(ARGV[arg])
+  if head + 1 ~= expected then
+    return redis.error_reply('SEQCONFLICT ' .. KEYS[2 * i - 1] .. ' head ' .. head)
+  end
+  arg = arg + 2
+end
+local body = 2 + 2 * n
+arg = 2
+for i = 1, n do
+  local expected = tonumber(ARGV[arg])
+  local count = tonumber(ARGV[arg + 1])
+  for k = 0, count - 1 do
+    redis.call('XADD', KEYS[2 * i - 1], (expected + k) .. '-0', 'e', ARGV[body])
+    body = body + 1
+  end
+  redis.call('SET', KEYS[2 * i], expected + count - 1)
+  arg = arg + 2
+end
+return 1
+"""
+FOLLOW_BLOCK_MS = 5_000
+
+
+def _seq(entry_id: bytes) -> int:
+    return int(entry_id.split(b"-", 1)[0])
+
+
+class RedisLog:
+    """EventLog on Redis Streams."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        options = parse_qs(parts.query)
+        self.prefix = options.get("prefix", ["agent-relay:"])[0]
+        self._url = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+        self._redis: aioredis.Redis | None = None
+        self._append: object = None
+
+    @property
+    def redis(self) -> aioredis.Redis:  # redis-py's replies are loosely typed: Any below
+        if self._redis is None:
+            raise RuntimeError("event log is not open")
+        return self._redis
+
+    def _stream(self, session_id: str) -> str:
+        return f"{self.prefix}log:{session_id}"
+
+    def _head_key(self, session_id: str) -> str:
+        return f"{self.prefix}head:{session_id}"
+
+    async def open(self) -> None:
+        self._redis = aioredis.Redis.from_url(self._url, decode_responses=False)
+        await self._redis.ping()
+        self._append = self._redis.register_script(APPEND)
+
+    async def close(self) -> None:
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None
+
+    async def append(self, batch: Sequence[Append]) -> None:
+        keys: list[str] = []
+        args: list[object] = [len(batch)]
+        bodies: list[bytes] = []
+        for item in batch:
+            keys += [self._stream(item.session_id), self._head_key(item.session_id)]
+            args += [item.expected_seq, len(item.events)]
+            bodies += [e.SerializeToString() for e in item.events]
+        try:
+            await self._append(keys=keys, args=[*args, *bodies])  # type: ignore[operator]
+        except ResponseError as exc:
+            if "SEQCONFLICT" in str(exc):
+                raise SeqConflict(str(exc)) from exc
+            raise
+
+    async def head(self, session_id: str) -> int:
+        value: Any = await self.redis.get(self._head_key(session_id))
+        return int(value or 0)
+
+    async def read_after(
+        self, session_id: str, after_seq: int, limit: int
+    ) -> list[pb.SessionEvent]:
+        entries: Any = await self.redis.xrange(
+            self._stream(session_id), min=f"{after_seq + 1}-0", max="+", count=limit
+        )
+        return [pb.SessionEvent.FromString(fields[b"e"]) for _, fields in entries]
+
+    async def read_tail(self, session_id: str, count: int) -> list[pb.SessionEvent]:
+        if count <= 0:
+            return []
+        entries: Any = await self.redis.xrevrange(self._stream(session_id), count=count)
+        return [pb.SessionEvent.FromString(fields[b"e"]) for _, fields in reversed(entries)]
+
+    async def follow(self, session_id: str, after_seq: int) -> AsyncIterator[list[pb.SessionEvent]]:
+        stream = self._stream(session_id)
+        last = f"{after_seq}-0"
+        while True:
+            reply: Any = await self.redis.xread({stream: last}, count=1000, block=FOLLOW_BLOCK_MS)
+            for _, entries in reply:
+                if entries:
+                    last = f"{_seq(entries[-1][0])}-0"
+                    yield [pb.SessionEvent.FromString(fields[b"e"]) for _, fields in entries]
+
+    async def trim(self, session_id: str, keep_after_seq: int) -> int:
+        return int(
+            await self.redis.xtrim(
+                self._stream(session_id), minid=f"{keep_after_seq + 1}-0", approximate=False
+            )
+        )

@@ -1,0 +1,292 @@
+"""The conversation store on PostgreSQL (`postgresql://...`), for several replicas.
+
+asyncpg with a connection pool. The schema is versioned: MIGRATIONS are applied
+at start, each once, in order, under an advisory lock, so replicas that start
+at the same time neither race nor apply one twice.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+
+from agent_service.store import MessageRecord, RunRecord, SessionRecord, StoredToolCall
+
+# (version, SQL). Append new versions; never edit one that has shipped.
+MIGRATIONS: tuple[tuple[int, str], ...] = (
+    (
+        1,
+        """
+        CREATE TABLE sessions (
+            session_id   TEXT PRIMARY KEY,
+            user_id      TEXT NOT NULL,
+            title        TEXT NOT NULL,
+            created_ms   BIGINT NOT NULL,
+            seq_reserved BIGINT NOT NULL DEFAULT 0
+        );
+        CREATE INDEX sessions_by_user ON sessions (user_id, created_ms);
+        CREATE TABLE runs (
+            run_order       BIGSERIAL PRIMARY KEY,
+            run_id          TEXT NOT NULL UNIQUE,
+            session_id      TEXT NOT NULL REFERENCES sessions (session_id),
+            user_message_id TEXT NOT NULL,
+            status          TEXT NOT NULL,
+            finish_reason   TEXT NOT NULL DEFAULT '',
+            input_tokens    BIGINT NOT NULL DEFAULT 0,
+            output_tokens   BIGINT NOT NULL DEFAULT 0,
+            started_ms      BIGINT NOT NULL DEFAULT 0,
+            ended_ms        BIGINT NOT NULL DEFAULT 0
+        );
+        CREATE INDEX runs_by_status ON runs (status);
+        CREATE TABLE messages (
+            position        BIGSERIAL PRIMARY KEY,
+            session_id      TEXT NOT NULL REFERENCES sessions (session_id),
+            message_id      TEXT NOT NULL,
+            role            TEXT NOT NULL,
+            text            TEXT NOT NULL,
+            run_id          TEXT NOT NULL,
+            status          TEXT NOT NULL,
+            created_ms      BIGINT NOT NULL,
+            tool_calls_json TEXT NOT NULL DEFAULT '[]',
+            call_id         TEXT NOT NULL DEFAULT '',
+            accept_seq      BIGINT NOT NULL DEFAULT 0,
+            UNIQUE (session_id, message_id)
+        );
+        CREATE INDEX messages_by_run ON messages (run_id);
+        """,
+    ),
+)
+MIGRATION_LOCK = 0x61676E74  # pg_advisory_lock key for applying migrations
+
+ORDERED_MESSAGES = """
+SELECT m.* FROM messages m JOIN runs r ON r.run_id = m.run_id
+WHERE m.session_id = $1 {extra}
+ORDER BY r.run_order, CASE m.role WHEN 'user' THEN 0 ELSE 1 END, m.position
+"""
+UPSERT_MESSAGE = """
+INSERT INTO messages (session_id, message_id, role, text, run_id, status, created_ms,
+                      tool_calls_json, call_id, accept_seq)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+ON CONFLICT (session_id, message_id) DO UPDATE
+SET text = EXCLUDED.text, status = EXCLUDED.status, tool_calls_json = EXCLUDED.tool_calls_json
+"""
+
+
+class PostgresStore:
+    """ConversationStore on PostgreSQL."""
+
+    def __init__(self, dsn: str, *, min_size: int = 1, max_size: int = 10) -> None:
+        self._dsn = dsn
+        self._sizes = (min_size, max_size)
+        self._pool: asyncpg.Pool | None = None
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("store is not open")
+        return self._pool
+
+    async def open(self) -> None:
+        self._pool = await asyncpg.create_pool(
+            self._dsn, min_size=self._sizes[0], max_size=self._sizes[1]
+        )
+        async with self.pool.acquire() as db:
+            await migrate(db)
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def runs_in_flight(self) -> list[RunRecord]:
+        rows = await self.pool.fetch(
+            "SELECT * FROM runs WHERE status IN ('queued', 'running') ORDER BY run_order"
+        )
+        return [_run(row) for row in rows]
+
+    async def create_session(self, record: SessionRecord) -> None:
+        await self.pool.execute(
+            "INSERT INTO sessions (session_id, user_id, title, created_ms, seq_reserved) "
+            "VALUES ($1, $2, $3, $4, $5)",
+            record.session_id,
+            record.user_id,
+            record.title,
+            record.created_ms,
+            record.seq_reserved,
+        )
+
+    async def get_session(self, session_id: str) -> SessionRecord | None:
+        row = await self.pool.fetchrow("SELECT * FROM sessions WHERE session_id = $1", session_id)
+        return _session(row) if row else None
+
+    async def list_sessions(
+        self, user_id: str, limit: int, before_ms: int | None
+    ) -> list[SessionRecord]:
+        rows = await self.pool.fetch(
+            "SELECT * FROM sessions WHERE ($1 = '' OR user_id = $1) AND created_ms < $2 "
+            "ORDER BY created_ms DESC, session_id DESC LIMIT $3",
+            user_id,
+            before_ms if before_ms is not None else 2**62,
+            limit,
+        )
+        return [_session(row) for row in rows]
+
+    async def accept_user_message(
+        self, message: MessageRecord, run: RunRecord, *, title: str
+    ) -> None:
+        async with self.pool.acquire() as db, db.transaction():
+            await db.execute(
+                "UPDATE sessions SET title = $1 WHERE session_id = $2 AND title != $1",
+                title,
+                message.session_id,
+            )
+            await db.execute(
+                "INSERT INTO runs (run_id, session_id, user_message_id, status, started_ms) "
+                "VALUES ($1, $2, $3, $4, $5)",
+                run.run_id,
+                run.session_id,
+                run.user_message_id,
+                run.status,
+                run.started_ms,
+            )
+            await db.execute(UPSERT_MESSAGE, *_message_args(message))
+
+    async def find_user_message(self, session_id: str, message_id: str) -> MessageRecord | None:
+        row = await self.pool.fetchrow(
+            "SELECT * FROM messages WHERE session_id = $1 AND message_id = $2 AND role = 'user'",
+            session_id,
+            message_id,
+        )
+        return _message(row) if row else None
+
+    async def note_accept_seq(self, session_id: str, message_id: str, seq: int) -> None:
+        await self.pool.execute(
+            "UPDATE messages SET accept_seq = $1 WHERE session_id = $2 AND message_id = $3",
+            seq,
+            session_id,
+            message_id,
+        )
+
+    async def upsert_message(self, message: MessageRecord) -> None:
+        await self.pool.execute(UPSERT_MESSAGE, *_message_args(message))
+
+    async def update_run(self, run: RunRecord, *, user_message_status: str = "") -> None:
+        async with self.pool.acquire() as db, db.transaction():
+            if user_message_status:
+                await db.execute(
+                    "UPDATE messages SET status = $1 WHERE session_id = $2 AND message_id = $3 "
+                    "AND role = 'user'",
+                    user_message_status,
+                    run.session_id,
+                    run.user_message_id,
+                )
+            await db.execute(
+                "UPDATE runs SET status = $1, finish_reason = $2, input_tokens = $3, "
+                "output_tokens = $4, started_ms = $5, ended_ms = $6 WHERE run_id = $7",
+                run.status,
+                run.finish_reason,
+                run.input_tokens,
+                run.output_tokens,
+                run.started_ms,
+                run.ended_ms,
+                run.run_id,
+            )
+
+    async def list_messages(
+        self, session_id: str, limit: int, after_position: int
+    ) -> list[MessageRecord]:
+        rows = await self.pool.fetch(
+            ORDERED_MESSAGES.format(extra="") + " LIMIT $2 OFFSET $3",
+            session_id,
+            limit,
+            after_position,
+        )
+        return [_message(row) for row in rows]
+
+    async def context_for_run(self, session_id: str, run_id: str) -> Sequence[MessageRecord]:
+        extra = "AND r.run_order <= (SELECT run_order FROM runs WHERE run_id = $2)"
+        rows = await self.pool.fetch(ORDERED_MESSAGES.format(extra=extra), session_id, run_id)
+        return [_message(row) for row in rows]
+
+
+async def migrate(db: Any) -> list[int]:
+    """Apply the migrations this database lacks, under an advisory lock; returns them."""
+    applied: list[int] = []
+    await db.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
+    try:
+        await db.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations "
+            "(version INTEGER PRIMARY KEY, applied_ms BIGINT NOT NULL)"
+        )
+        done = {row["version"] for row in await db.fetch("SELECT version FROM schema_migrations")}
+        for version, sql in MIGRATIONS:
+            if version in done:
+                continue
+            async with db.transaction():
+                await db.execute(sql)
+                await db.execute(
+                    "INSERT INTO schema_migrations (version, applied_ms) "
+                    "VALUES ($1, (extract(epoch from now()) * 1000)::bigint)",
+                    version,
+                )
+            applied.append(version)
+    finally:
+        await db.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
+    return applied
+
+
+def _message_args(m: MessageRecord) -> tuple[object, ...]:
+    calls = json.dumps(
+        [[c.call_id, c.tool_name, c.arguments_json] for c in m.tool_calls], separators=(",", ":")
+    )
+    return (
+        m.session_id,
+        m.message_id,
+        m.role,
+        m.text,
+        m.run_id,
+        m.status,
+        m.created_ms,
+        calls,
+        m.call_id,
+        m.accept_seq,
+    )
+
+
+def _session(row: Any) -> SessionRecord:
+    return SessionRecord(
+        row["session_id"], row["user_id"], row["title"], row["created_ms"], row["seq_reserved"]
+    )
+
+
+def _run(row: Any) -> RunRecord:
+    return RunRecord(
+        run_id=row["run_id"],
+        session_id=row["session_id"],
+        user_message_id=row["user_message_id"],
+        status=row["status"],
+        finish_reason=row["finish_reason"],
+        input_tokens=row["input_tokens"],
+        output_tokens=row["output_tokens"],
+        started_ms=row["started_ms"],
+        ended_ms=row["ended_ms"],
+    )
+
+
+def _message(row: Any) -> MessageRecord:
+    return MessageRecord(
+        session_id=row["session_id"],
+        message_id=row["message_id"],
+        role=row["role"],
+        text=row["text"],
+        run_id=row["run_id"],
+        status=row["status"],
+        created_ms=row["created_ms"],
+        tool_calls=tuple(StoredToolCall(*c) for c in json.loads(row["tool_calls_json"])),
+        call_id=row["call_id"],
+        accept_seq=row["accept_seq"],
+        position=row["position"],
+    )
