@@ -137,7 +137,13 @@ class TokenVerifier:
                 key,
                 algorithms=[algorithm],
                 audience=AUDIENCE,
-                options={"require": ["sub", "exp", "aud"], "verify_exp": False},
+                # times are checked against `now` below, not against PyJWT's own clock
+                options={
+                    "require": ["sub", "exp", "aud"],
+                    "verify_exp": False,
+                    "verify_iat": False,
+                    "verify_nbf": False,
+                },
             )
         except jwt.InvalidAudienceError:
             raise _refused(
@@ -155,6 +161,9 @@ def _caller_from_claims(claims: Mapping[str, Any], now: float) -> Caller:
     exp, sub, users = claims.get("exp"), claims.get("sub"), claims.get("users")
     if not isinstance(exp, int | float) or exp + LEEWAY_S <= now:
         raise _refused("the bearer token has expired", "TOKEN_EXPIRED")
+    nbf = claims.get("nbf", 0)
+    if not isinstance(nbf, int | float) or nbf - LEEWAY_S > now:
+        raise _refused("the bearer token is not valid yet (nbf)", "TOKEN_NOT_YET_VALID")
     if not isinstance(sub, str) or not 0 < len(sub) <= MAX_SUBJECT_CHARS:
         raise _refused("the bearer token's sub must be 1-128 characters", "TOKEN_INVALID")
     scope = claims.get("scope", "")

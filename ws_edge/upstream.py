@@ -50,32 +50,44 @@ def unavailable(detail: str = "the agent service does not answer") -> EdgeError:
     return EdgeError(ErrorCode.UPSTREAM_UNAVAILABLE, detail, 1000)
 
 
-class BearerToken(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.StreamStreamClientInterceptor):  # type: ignore[type-arg]
-    """Adds `authorization: Bearer <token>` to every call: the edge authenticates as itself."""
+def _with_token(details: grpc.aio.ClientCallDetails, entry: tuple[str, str]) -> Any:
+    metadata = grpc.aio.Metadata(*(details.metadata or ()), entry)
+    return grpc.aio.ClientCallDetails(
+        details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+    )
 
-    def __init__(self, token: str) -> None:
-        self._entry = ("authorization", f"Bearer {token}")
 
-    def _with_token(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
-        metadata = grpc.aio.Metadata(*(details.metadata or ()), self._entry)
-        return grpc.aio.ClientCallDetails(
-            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
-        )
+class _UnaryBearer(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
+    def __init__(self, entry: tuple[str, str]) -> None:
+        self._entry = entry
 
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await continuation(self._with_token(details), request)
+        return await continuation(_with_token(details, self._entry), request)
+
+
+class _StreamBearer(grpc.aio.StreamStreamClientInterceptor):  # type: ignore[type-arg]
+    def __init__(self, entry: tuple[str, str]) -> None:
+        self._entry = entry
 
     async def intercept_stream_stream(
         self, continuation: Any, details: Any, request_iterator: Any
     ) -> Any:
-        return await continuation(self._with_token(details), request_iterator)
+        return await continuation(_with_token(details, self._entry), request_iterator)
+
+
+def bearer_token(token: str) -> list[Any]:
+    """Channel interceptors that add `authorization: Bearer <token>` to every call: the edge
+    authenticates as itself. (One object per kind of call: a channel files an interceptor
+    under the first kind it implements only.)"""
+    entry = ("authorization", f"Bearer {token}")
+    return [_UnaryBearer(entry), _StreamBearer(entry)]
 
 
 def make_channel(settings: EdgeSettings) -> grpc.aio.Channel:
     """A channel to the agent service: TLS (and mutual TLS) when configured, and the
     edge's bearer token on every call when it has one."""
     options: list[tuple[str, Any]] = list(_CHANNEL_OPTIONS)
-    interceptors: Any = [BearerToken(settings.upstream_token)] if settings.upstream_token else None
+    interceptors = bearer_token(settings.upstream_token) if settings.upstream_token else None
     if settings.upstream_tls_ca_file is None:
         return grpc.aio.insecure_channel(
             settings.upstream, options=options, interceptors=interceptors
