@@ -44,6 +44,7 @@ STATUSES = {
     "interrupted": pb.MESSAGE_STATUS_INTERRUPTED,
 }
 FINAL_TOOL_UPDATES = frozenset({"completed", "failed", "cancelled"})
+MAX_PAGE_TOKEN = 2**63  # tokens are times or offsets, stored as SQLite's signed 64-bit INTEGER
 
 
 def _unary(
@@ -284,7 +285,7 @@ def _page_token(token: str) -> int:
         value = int(token)
     except ValueError:
         value = -1
-    if value < 0:
+    if not 0 <= value < MAX_PAGE_TOKEN:
         raise InvalidArgument("page_token: not a token this service issued", field="page_token")
     return value
 
