@@ -357,3 +357,27 @@ async def test_on_loopback_without_credentials_everything_is_allowed(tmp_path: P
             assert (await stub.ListSessions(pb.ListSessionsRequest())).sessions
     finally:
         proc.stop()
+
+
+def test_the_terminal_commands_pass_a_grpc_token(service: ServiceProcess) -> None:
+    def tools(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "agent_relay_client",
+                "tools",
+                "--grpc",
+                service.address,
+                *extra,
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=scaled(30),
+        )
+
+    allowed = tools("--grpc-token", token("ops", "read"))
+    assert allowed.returncode == 0 and "calculator" in allowed.stdout
+    refused = tools()
+    assert refused.returncode != 0 and "calculator" not in refused.stdout
