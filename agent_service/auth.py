@@ -22,6 +22,7 @@ a clock.
 from __future__ import annotations
 
 import ipaddress
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,7 @@ KEY_ALGORITHMS = ("RS256", "ES256")
 LEEWAY_S = 5  # clock skew tolerated between the minting host and the service
 MIN_SECRET_BYTES = 32  # RFC 7518 3.2: an HS256 key is at least as long as the hash
 MAX_SUBJECT_CHARS = 128
+CACHED_TOKENS = 4096  # verified tokens remembered: ~1 KiB each
 LOOPBACK_NAMES = frozenset({"localhost", "ip6-localhost"})
 
 
@@ -93,9 +95,14 @@ def parse_identities(entries: Iterable[str]) -> dict[str, frozenset[str]]:
 
 
 class TokenVerifier:
-    """Verifies bearer tokens with the shared secret and/or a public key."""
+    """Verifies bearer tokens with the shared secret and/or a public key.
+
+    A token whose signature checked out is remembered (the newest CACHED_TOKENS), so a
+    backend that sends the same token on every call pays for the signature once; its
+    times are still checked against `now` on every call."""
 
     def __init__(self, secret: str = "", public_key_pem: bytes | None = None) -> None:
+        self._verified: OrderedDict[str, tuple[Caller, float, float]] = OrderedDict()
         if secret and len(secret.encode()) < MIN_SECRET_BYTES:
             raise ValueError(f"the auth JWT secret must be at least {MIN_SECRET_BYTES} bytes")
         self._keys: dict[str, Any] = {}
@@ -120,6 +127,22 @@ class TokenVerifier:
 
     def verify(self, token: str, now: float) -> Caller:
         """The caller a token names. Raises Unauthenticated saying why it is refused."""
+        known = self._verified.get(token)
+        if known is None:
+            known = self._verify_signature(token)
+            self._verified[token] = known
+            if len(self._verified) > CACHED_TOKENS:
+                self._verified.popitem(last=False)
+        else:
+            self._verified.move_to_end(token)
+        caller, exp, nbf = known
+        if exp + LEEWAY_S <= now:
+            raise _refused("the bearer token has expired", "TOKEN_EXPIRED")
+        if nbf - LEEWAY_S > now:
+            raise _refused("the bearer token is not valid yet (nbf)", "TOKEN_NOT_YET_VALID")
+        return caller
+
+    def _verify_signature(self, token: str) -> tuple[Caller, float, float]:
         try:
             algorithm = jwt.get_unverified_header(token).get("alg", "")
         except jwt.PyJWTError:
@@ -154,16 +177,19 @@ class TokenVerifier:
             raise _refused("the bearer token's signature is invalid", "TOKEN_SIGNATURE") from None
         except jwt.PyJWTError as exc:
             raise _refused(f"the bearer token is invalid: {exc}", "TOKEN_INVALID") from None
-        return _caller_from_claims(claims, now)
+        return _caller_from_claims(claims)
 
 
-def _caller_from_claims(claims: Mapping[str, Any], now: float) -> Caller:
-    exp, sub, users = claims.get("exp"), claims.get("sub"), claims.get("users")
-    if not isinstance(exp, int | float) or exp + LEEWAY_S <= now:
-        raise _refused("the bearer token has expired", "TOKEN_EXPIRED")
-    nbf = claims.get("nbf", 0)
-    if not isinstance(nbf, int | float) or nbf - LEEWAY_S > now:
-        raise _refused("the bearer token is not valid yet (nbf)", "TOKEN_NOT_YET_VALID")
+def _caller_from_claims(claims: Mapping[str, Any]) -> tuple[Caller, float, float]:
+    """The caller, `exp` and `nbf` of verified claims (times are checked by the caller)."""
+    exp, nbf, sub, users = (
+        claims.get("exp"),
+        claims.get("nbf", 0),
+        claims.get("sub"),
+        claims.get("users"),
+    )
+    if not isinstance(exp, int | float) or not isinstance(nbf, int | float):
+        raise _refused("the bearer token's exp and nbf must be numbers", "TOKEN_INVALID")
     if not isinstance(sub, str) or not 0 < len(sub) <= MAX_SUBJECT_CHARS:
         raise _refused("the bearer token's sub must be 1-128 characters", "TOKEN_INVALID")
     scope = claims.get("scope", "")
@@ -175,7 +201,7 @@ def _caller_from_claims(claims: Mapping[str, Any], now: float) -> Caller:
         allowed = frozenset(users)
     else:
         raise _refused("the bearer token's users must be a list of user ids", "TOKEN_INVALID")
-    return Caller(sub, parse_scopes(scope), allowed, via="jwt")
+    return Caller(sub, parse_scopes(scope), allowed, via="jwt"), float(exp), float(nbf)
 
 
 def mint_token(

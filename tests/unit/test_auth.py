@@ -201,3 +201,13 @@ def test_another_users_session_looks_like_no_session_at_all() -> None:
         access.require_session_owner(ALICE, "bob", "s_1")
     assert caught.value.message == "no session 's_1'"  # the hub's words for a missing one
     assert caught.value.reason == "SESSION_NOT_FOUND"
+
+
+def test_a_remembered_token_still_expires_on_time() -> None:
+    verifier = TokenVerifier(SECRET)
+    token = mint(ttl_s=60)
+    assert verifier.verify(token, NOW).subject == "backend-1"
+    assert verifier.verify(token, NOW + 30).subject == "backend-1"  # remembered: no re-check
+    with pytest.raises(Unauthenticated) as caught:
+        verifier.verify(token, NOW + 120)
+    assert caught.value.reason == "TOKEN_EXPIRED"
