@@ -335,12 +335,16 @@ def test_random_tool_starts_get_documented_outcomes(world: World, honest: Honest
 
 
 @pytest.mark.parametrize("method", ["Chat", "ExecuteTool"])
+@pytest.mark.parametrize("authenticated", [True, False], ids=["with-auth", "loopback-open"])
 def test_bytes_that_are_no_request_end_the_stream_invalid_argument(
-    world: World, honest: HonestClient, method: str
+    world: World, honest: HonestClient, service: ServiceProcess, method: str, authenticated: bool
 ) -> None:
-    with grpc.insecure_channel(world.service.address) as channel:
+    """Issue 12 item 8: such a Chat stream used to end with OK and no error."""
+    address = world.service.address if authenticated else service.address
+    metadata = world.credentials[0] if authenticated else []
+    with grpc.insecure_channel(address) as channel:
         raw = channel.stream_stream(f"/agent_relay.v1.AgentService/{method}")
-        call = raw(iter([b"\xff\xff\xff\xff not a protobuf"]), metadata=world.credentials[0])
+        call = raw(iter([b"\xff\xff\xff\xff not a protobuf"]), metadata=metadata)
         with pytest.raises(grpc.RpcError) as caught:
             list(call)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
