@@ -6,6 +6,7 @@ with openssl), real grpc.aio clients with certificates of their own.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ from agent_relay.v1 import agent_pb2 as pb
 from agent_relay.v1 import agent_pb2_grpc
 from agent_service.auth import mint_token
 from tests.integration.edge.test_edge_tls import make_ca, make_cert
+from tests.support.edge import EdgeClient, create_session, start_edge
 from tests.support.service import ServiceProcess, start_agent_service
 from ws_edge.upstream import bearer_token
 
@@ -131,3 +133,29 @@ async def test_a_client_without_a_certificate_cannot_connect(
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await agent_pb2_grpc.AgentServiceStub(ch).ListTools(pb.ListToolsRequest(), timeout=5)
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_the_edge_can_authenticate_with_its_client_certificate(
+    service: ServiceProcess, pki: dict[str, tuple[Path, Path]]
+) -> None:
+    key, cert = pki["edge"]
+    edge = start_edge(
+        service.address,
+        "--upstream-tls-ca-file",
+        str(pki["ca"][1]),
+        "--upstream-tls-cert-file",
+        str(cert),
+        "--upstream-tls-key-file",
+        str(key),
+    )
+    try:
+        created = await asyncio.to_thread(create_session, edge)  # for a new anonymous user
+        client = await EdgeClient.connect(edge.ws_url, token=created["token"])
+        try:
+            assert (await client.join(created["session_id"]))["type"] == "ack"
+            assert (await client.say(created["session_id"], "hello"))["type"] == "ack"
+            await client.until_complete(created["session_id"])
+        finally:
+            await client.close()
+    finally:
+        edge.stop()
