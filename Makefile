@@ -62,6 +62,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/edge_bench.py
 	$(BIN)/python bench/telemetry_bench.py --e2e
 	$(BIN)/python bench/client_bench.py
+	$(BIN)/python bench/auth_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -20,6 +20,8 @@ from collections.abc import AsyncIterator
 from google.rpc import code_pb2, status_pb2
 
 from agent_relay.v1 import agent_pb2 as pb
+from agent_service import access
+from agent_service.auth_interceptor import current_caller
 from agent_service.errors import InvalidArgument, OutOfRangeError, ServiceError, ok_status, require
 from agent_service.eventlog import OutOfRange
 from agent_service.hub import Hub
@@ -53,6 +55,7 @@ class ChatStream:
         self.half_closed = False
         self._last_of_session: dict[str, asyncio.Task[None]] = {}
         self._in_flight: set[asyncio.Task[None]] = set()
+        self.caller = current_caller()  # read here, in the RPC's own task
 
     async def read(self, requests: AsyncIterator[pb.ChatRequest]) -> None:
         """Carry out commands until the client half-closes its side and every command
@@ -116,6 +119,7 @@ class ChatStream:
             reply.left.CopyFrom(result)
 
     async def _carry_out(self, request: pb.ChatRequest) -> object:
+        await access.authorize_command(self.caller, self.hub, request)
         which = request.WhichOneof("command")
         if which == "join":
             return await self._join(request.join)

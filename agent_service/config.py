@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent_service.auth import MIN_SECRET_BYTES, parse_identities
 from relay_shared.settings import field, load_settings
 from relay_shared.telemetry import parse_listen
 
@@ -69,6 +70,24 @@ class ServiceSettings:
     tls_client_ca_file: Path | None = field(
         None, "PEM CA bundle: require client certificates (mTLS)"
     )
+    auth_jwt_secret: str = field(
+        "",
+        "HS256 secret (at least 32 bytes) of backend bearer tokens; when any credential is "
+        "configured every call needs one (mint tokens with `agent-relay token`)",
+    )
+    auth_jwt_public_key_file: Path | None = field(
+        None, "PEM public key (RSA or EC P-256): also accept RS256/ES256 bearer tokens"
+    )
+    mtls_identities: tuple[str, ...] = field(
+        (),
+        "client-certificate identities, comma-separated NAME=SCOPES (e.g. edge=read chat admin); "
+        "NAME is the certificate's common name or a SAN; needs tls_client_ca_file",
+    )
+    insecure_allow_unauthenticated: bool = field(
+        False,
+        "allow listening beyond loopback with no credentials configured: anyone who reaches "
+        "the port may do anything",
+    )
     log_level: str = field("INFO", "DEBUG, INFO, WARNING or ERROR")
     metrics_listen: str = field(
         "127.0.0.1:9464", "host:port of the Prometheus /metrics endpoint (port 0: any; empty: off)"
@@ -88,6 +107,16 @@ class ServiceSettings:
         parse_listen(self.metrics_listen)  # raises ValueError for a malformed address
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("tls_cert_file and tls_key_file go together")
+        if self.auth_jwt_secret and len(self.auth_jwt_secret.encode()) < MIN_SECRET_BYTES:
+            raise ValueError(f"auth_jwt_secret must be at least {MIN_SECRET_BYTES} bytes")
+        parse_identities(self.mtls_identities)  # raises ValueError for a malformed entry
+        if self.mtls_identities and self.tls_client_ca_file is None:
+            raise ValueError("mtls_identities needs tls_client_ca_file (client certificates)")
+
+    @property
+    def credentials_configured(self) -> bool:
+        """Whether callers must authenticate (else every call is allowed, see auth.py)."""
+        return bool(self.auth_jwt_secret or self.auth_jwt_public_key_file or self.mtls_identities)
 
 
 def load(

@@ -8,6 +8,8 @@
     +-- FailedPrecondition            FAILED_PRECONDITION (busy session, gone run)
     +-- OutOfRangeError               OUT_OF_RANGE (resume beyond the head)
     +-- Unavailable                   UNAVAILABLE (shutting down; retry elsewhere)
+    +-- Unauthenticated               UNAUTHENTICATED (no, a bad or an expired credential)
+    +-- PermissionDenied              PERMISSION_DENIED (a scope or a user the credential lacks)
 
 Failures inside a run (model errors, tool failures) are not exceptions at this
 boundary: they are events in the stream (RunError, ToolFailed), so the stream
@@ -29,11 +31,19 @@ class ServiceError(Exception):
 
     code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
 
-    def __init__(self, message: str, *, reason: str = "", field: str = "") -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str = "",
+        field: str = "",
+        metadata: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.reason = reason or type(self).__name__.upper()
         self.field = field
+        self.metadata = metadata or {}  # ErrorInfo.metadata: e.g. the scope that was missing
 
     def to_status(self) -> status_pb2.Status:
         """The rich status: code, message and one detail (BadRequest or ErrorInfo)."""
@@ -49,7 +59,11 @@ class ServiceError(Exception):
                 )
             )
         else:
-            detail.Pack(error_details_pb2.ErrorInfo(reason=self.reason, domain=ERROR_DOMAIN))
+            detail.Pack(
+                error_details_pb2.ErrorInfo(
+                    reason=self.reason, domain=ERROR_DOMAIN, metadata=self.metadata
+                )
+            )
         return status_pb2.Status(code=self.code.value[0], message=self.message, details=[detail])
 
 
@@ -75,6 +89,14 @@ class OutOfRangeError(ServiceError):
 
 class Unavailable(ServiceError):
     code = grpc.StatusCode.UNAVAILABLE
+
+
+class Unauthenticated(ServiceError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(ServiceError):
+    code = grpc.StatusCode.PERMISSION_DENIED
 
 
 def ok_status() -> status_pb2.Status:

@@ -21,6 +21,8 @@ from grpc_reflection.v1alpha import reflection
 
 from agent_relay.v1 import agent_pb2, agent_pb2_grpc
 from agent_service.agent import AgentLoop
+from agent_service.auth import Authenticator, TokenVerifier, listen_refusal, parse_identities
+from agent_service.auth_interceptor import AuthInterceptor
 from agent_service.config import ServiceSettings
 from agent_service.hub import Hub
 from agent_service.log import EventLog, open_log
@@ -86,6 +88,20 @@ def _credentials(settings: ServiceSettings) -> grpc.ServerCredentials | None:
     )
 
 
+class InsecureListen(Exception):
+    """The settings would serve everyone, unauthenticated, beyond loopback."""
+
+
+def authenticator(settings: ServiceSettings) -> Authenticator:
+    """The credentials the settings accept (none configured: every call is allowed)."""
+    verifier = None
+    if settings.auth_jwt_secret or settings.auth_jwt_public_key_file is not None:
+        verifier = TokenVerifier.from_files(
+            settings.auth_jwt_secret, settings.auth_jwt_public_key_file
+        )
+    return Authenticator(verifier, parse_identities(settings.mtls_identities))
+
+
 async def create_server(
     settings: ServiceSettings,
     telemetry: Telemetry | None = None,
@@ -97,7 +113,15 @@ async def create_server(
 
     With `telemetry`, calls get rpc.* spans and metrics and runs their spans and
     metrics (see relay_shared.grpc_telemetry and agent_telemetry). `tools` replaces
-    the built-in registry (start from build_registry(settings) to keep them)."""
+    the built-in registry (start from build_registry(settings) to keep them).
+    Raises InsecureListen for an unauthenticated listener beyond loopback."""
+    refusal = listen_refusal(
+        settings.listen,
+        credentials=settings.credentials_configured,
+        insecure_allowed=settings.insecure_allow_unauthenticated,
+    )
+    if refusal is not None:
+        raise InsecureListen(refusal)
     store = open_store(settings.store_url)
     await store.open()
     event_log = open_log(settings.log_url, store_url=settings.store_url)
@@ -109,8 +133,11 @@ async def create_server(
     hub = Hub(settings, store, event_log, tools, run_body)
     hub.start()
     await recover(hub)
+    # auth innermost: the telemetry interceptors see (and count) its refusals
+    interceptors = [*(server_interceptors(telemetry) if telemetry is not None else [])]
+    interceptors.append(AuthInterceptor(authenticator(settings)))
     server = grpc.aio.server(
-        interceptors=server_interceptors(telemetry) if telemetry is not None else None,
+        interceptors=interceptors,
         options=[
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -176,6 +203,16 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = load(argv)
     configure_logging(settings.log_level)
+    refusal = listen_refusal(
+        settings.listen,
+        credentials=settings.credentials_configured,
+        insecure_allowed=settings.insecure_allow_unauthenticated,
+    )
+    if refusal is not None:
+        print(f"agent_service: {refusal}", file=sys.stderr)
+        return 2
+    if not settings.credentials_configured:
+        log.info("no credentials configured: every gRPC caller may do anything")
     telemetry = setup_telemetry("agent_service")
     try:
         with contextlib.suppress(KeyboardInterrupt):

@@ -15,10 +15,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_status import rpc_status
 
 from agent_relay.v1 import agent_pb2 as pb
 from agent_relay.v1 import agent_pb2_grpc
+from agent_service import access
+from agent_service.auth_interceptor import current_caller
 from agent_service.chat_stream import ChatStream
 from agent_service.errors import AlreadyExists, InvalidArgument, ServiceError, require
 from agent_service.hub import Hub
@@ -41,6 +44,7 @@ STATUSES = {
     "interrupted": pb.MESSAGE_STATUS_INTERRUPTED,
 }
 FINAL_TOOL_UPDATES = frozenset({"completed", "failed", "cancelled"})
+MAX_PAGE_TOKEN = 2**63  # tokens are times or offsets, stored as SQLite's signed 64-bit INTEGER
 
 
 def _unary(
@@ -79,6 +83,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
                     yield response
                     continue
                 if reader.done() and (reader.exception() is not None or stream.done()):
+                    if (failure := reader.exception()) is not None:
+                        await _end_for_failed_read(context, failure)
                     return
                 await stream.subscriber.wake.wait()
         finally:
@@ -91,7 +97,11 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
         context: Context,
     ) -> AsyncIterator[pb.ExecuteToolResponse]:
         requests = aiter(request_iterator)
-        first = await anext(requests, None)
+        try:
+            first = await anext(requests, None)
+        except DecodeError as exc:
+            await _abort(context, _undecodable(exc))
+            return
         if first is None or first.WhichOneof("command") != "start":
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, "start: the first request must start a tool call"
@@ -141,6 +151,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
     async def Cancel(self, request: pb.CancelRequest, context: Context) -> pb.CancelResponse:
         target = request.WhichOneof("target")
         require(target is not None, "target", "run_id or call_id is required")
+        await access.authorize_cancel(current_caller(), self.hub, request)
         if target == "run_id":
             require(bool(request.session_id), "session_id", "is required")
             cancelled = await self.hub.cancel_run(request.session_id, request.run_id)
@@ -152,12 +163,14 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
     async def CreateSession(self, request: pb.CreateSessionRequest, context: Context) -> pb.Session:
         require(len(request.user_id) <= 128, "user_id", "at most 128 characters")
         require(len(request.title) <= 200, "title", "at most 200 characters")
-        rt = await self.hub.create_session(request.user_id, request.title)
+        user_id = access.own_user(current_caller(), request.user_id, "user_id")
+        rt = await self.hub.create_session(user_id, request.title)
         return rt.to_proto()
 
     @_unary
     async def GetSession(self, request: pb.GetSessionRequest, context: Context) -> pb.Session:
         require(bool(request.session_id), "session_id", "is required")
+        await access.authorize_session(current_caller(), self.hub, request.session_id)
         return (await self.hub.session(request.session_id)).to_proto()
 
     @_unary
@@ -166,7 +179,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
     ) -> pb.ListSessionsResponse:
         limit = min(request.page_size or 50, 500)
         before = _page_token(request.page_token) or None
-        records = await self.hub.store.list_sessions(request.user_id, limit + 1, before)
+        user_id = access.own_user(current_caller(), request.user_id, "user_id")
+        records = await self.hub.store.list_sessions(user_id, limit + 1, before)
         response = pb.ListSessionsResponse()
         for record in records[:limit]:
             rt = self.hub.loaded_session(record.session_id)
@@ -191,6 +205,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
         self, request: pb.ListMessagesRequest, context: Context
     ) -> pb.ListMessagesResponse:
         require(bool(request.session_id), "session_id", "is required")
+        await access.authorize_session(current_caller(), self.hub, request.session_id)
         rt = await self.hub.session(request.session_id)
         limit = min(request.page_size or 200, 1000)
         offset = _page_token(request.page_token)
@@ -245,6 +260,18 @@ async def _abort(context: Context, error: ServiceError) -> None:
     await context.abort(status.code, status.details, status.trailing_metadata)
 
 
+async def _end_for_failed_read(context: Context, failure: BaseException) -> None:
+    """The request stream failed: bytes that are no request are the caller's INVALID_ARGUMENT;
+    anything else propagates (UNKNOWN), never a silent OK."""
+    if isinstance(failure, DecodeError):
+        await _abort(context, _undecodable(failure))
+    raise failure
+
+
+def _undecodable(error: DecodeError) -> InvalidArgument:
+    return InvalidArgument(f"request: not a valid message of this RPC ({error})", field="request")
+
+
 async def _read_tool_cancels(
     requests: AsyncIterator[pb.ExecuteToolRequest], runner: ToolCallRunner
 ) -> None:
@@ -261,7 +288,7 @@ def _page_token(token: str) -> int:
         value = int(token)
     except ValueError:
         value = -1
-    if value < 0:
+    if not 0 <= value < MAX_PAGE_TOKEN:
         raise InvalidArgument("page_token: not a token this service issued", field="page_token")
     return value
 

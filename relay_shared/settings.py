@@ -55,10 +55,13 @@ def _converter(annotation: Any) -> Any:
 def build_parser(cls: type[Any], prog: str, description: str) -> argparse.ArgumentParser:
     """An argparse parser with one flag per field; every flag defaults to 'not given'."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
+    hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
         env = ENV_PREFIX + f.name.upper()
         help_text = f"{f.metadata.get('help', '')} [env {env}; default {f.default!r}]"
+        # a boolean flag alone means true (`--insecure-allow-unauthenticated`)
+        boolean: dict[str, Any] = {"nargs": "?", "const": "true"} if hints[f.name] is bool else {}
         parser.add_argument(
             flag,
             dest=f.name,
@@ -66,6 +69,7 @@ def build_parser(cls: type[Any], prog: str, description: str) -> argparse.Argume
             metavar=f.name.upper(),
             type=str,
             help=help_text.replace("%", "%%"),
+            **boolean,
         )
     return parser
 

@@ -27,6 +27,11 @@ class EdgeSettings:
     upstream_tls_server_name: str = field(
         "", "TLS name to expect from the agent (default: its host)"
     )
+    upstream_token: str = field(
+        "",
+        "bearer token the edge presents to the agent service (it acts for its users: mint it with "
+        "`agent-relay token --sub edge --scope 'read chat admin'`); empty: none",
+    )
     tls_cert_file: Path | None = field(None, "PEM certificate: serve https:// and wss:// when set")
     tls_key_file: Path | None = field(None, "PEM private key for tls_cert_file")
     jwt_secret: str = field("", "HS256 key for session tokens (empty: random per process)")

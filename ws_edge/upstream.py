@@ -50,11 +50,48 @@ def unavailable(detail: str = "the agent service does not answer") -> EdgeError:
     return EdgeError(ErrorCode.UPSTREAM_UNAVAILABLE, detail, 1000)
 
 
+def _with_token(details: grpc.aio.ClientCallDetails, entry: tuple[str, str]) -> Any:
+    metadata = grpc.aio.Metadata(*(details.metadata or ()), entry)
+    return grpc.aio.ClientCallDetails(
+        details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+    )
+
+
+class _UnaryBearer(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
+    def __init__(self, entry: tuple[str, str]) -> None:
+        self._entry = entry
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(_with_token(details, self._entry), request)
+
+
+class _StreamBearer(grpc.aio.StreamStreamClientInterceptor):  # type: ignore[type-arg]
+    def __init__(self, entry: tuple[str, str]) -> None:
+        self._entry = entry
+
+    async def intercept_stream_stream(
+        self, continuation: Any, details: Any, request_iterator: Any
+    ) -> Any:
+        return await continuation(_with_token(details, self._entry), request_iterator)
+
+
+def bearer_token(token: str) -> list[Any]:
+    """Channel interceptors that add `authorization: Bearer <token>` to every call: the edge
+    authenticates as itself. (One object per kind of call: a channel files an interceptor
+    under the first kind it implements only.)"""
+    entry = ("authorization", f"Bearer {token}")
+    return [_UnaryBearer(entry), _StreamBearer(entry)]
+
+
 def make_channel(settings: EdgeSettings) -> grpc.aio.Channel:
-    """A channel to the agent service: TLS (and mutual TLS) when configured."""
+    """A channel to the agent service: TLS (and mutual TLS) when configured, and the
+    edge's bearer token on every call when it has one."""
     options: list[tuple[str, Any]] = list(_CHANNEL_OPTIONS)
+    interceptors = bearer_token(settings.upstream_token) if settings.upstream_token else None
     if settings.upstream_tls_ca_file is None:
-        return grpc.aio.insecure_channel(settings.upstream, options=options)
+        return grpc.aio.insecure_channel(
+            settings.upstream, options=options, interceptors=interceptors
+        )
     root = settings.upstream_tls_ca_file.read_bytes()
     key = cert = None
     if settings.upstream_tls_cert_file is not None and settings.upstream_tls_key_file is not None:
@@ -65,7 +102,9 @@ def make_channel(settings: EdgeSettings) -> grpc.aio.Channel:
     )
     if settings.upstream_tls_server_name:
         options.append(("grpc.ssl_target_name_override", settings.upstream_tls_server_name))
-    return grpc.aio.secure_channel(settings.upstream, creds, options=options)
+    return grpc.aio.secure_channel(
+        settings.upstream, creds, options=options, interceptors=interceptors
+    )
 
 
 class UpstreamSlot:
@@ -154,7 +193,10 @@ class UpstreamSlot:
                 self.responses += 1
                 self._dispatch(response)
         except grpc.aio.AioRpcError as exc:
-            log.warning("upstream slot %d: stream broke: %s", self.index, exc.code())
+            if exc.code() in _REFUSED:
+                log.error("upstream slot %d: %s", self.index, _refused_message(exc))
+            else:
+                log.warning("upstream slot %d: stream broke: %s", self.index, exc.code())
         finally:
             call.cancel()
             self._mark_down()
@@ -246,4 +288,18 @@ async def unary(call: Awaitable[Any]) -> Any:
     try:
         return await call
     except grpc.aio.AioRpcError as exc:
+        if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+            # the edge's own credential, not the user's: the user can do nothing about it
+            log.error("%s", _refused_message(exc))
+            raise unavailable("the agent service refused the edge's credentials") from None
         raise error_from_grpc(exc.code(), exc.details() or "") from None
+
+
+_REFUSED = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+
+
+def _refused_message(exc: grpc.aio.AioRpcError) -> str:
+    return (
+        f"the agent service refused the edge ({exc.code().name}: {exc.details()}); "
+        "check --upstream-token (it needs the scopes read chat admin)"
+    )

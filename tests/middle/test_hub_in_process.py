@@ -11,6 +11,8 @@ import pytest
 
 from agent_relay.v1 import agent_pb2 as pb
 from agent_service.agent import AgentLoop, context_from_history
+from agent_service.auth import OPEN_CALLER
+from agent_service.auth_interceptor import _caller
 from agent_service.chat_stream import ChatStream
 from agent_service.config import ServiceSettings, load
 from agent_service.hub import Hub
@@ -59,6 +61,7 @@ async def test_a_slow_session_load_does_not_delay_other_sessions_on_the_stream(h
     for session_id in ("slow", "fast"):
         await hub.store.create_session(SessionRecord(session_id, "u", "", 1))
     SlowLoads.slow = {"slow"}
+    _caller.set(OPEN_CALLER)  # what the interceptor does for a call on a loopback listener
     stream = ChatStream(hub)
     reader = asyncio.create_task(
         stream.read(

@@ -82,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
             + ("" if edge else f" (default {DEFAULT_GRPC})"),
         )
         p.add_argument(
+            "--grpc-token",
+            default=os.environ.get("AGENT_RELAY_GRPC_TOKEN", ""),
+            help="bearer token for a gRPC service that requires one (`agent-relay token`)",
+        )
+        p.add_argument(
             "--state-dir",
             type=Path,
             default=_default_state_dir(),
@@ -172,7 +177,7 @@ def _outbox_path(state_dir: Path, target: str) -> Path:
 
 async def tools_command(args: argparse.Namespace, out: TextIO) -> int:
     """Print the agent's tools."""
-    async with AgentClient(args.grpc) as agent:
+    async with AgentClient(args.grpc, token=args.grpc_token or None) as agent:
         tools = await agent.list_tools()
     if args.json:
         out.write(json.dumps([t.__dict__ for t in tools], indent=2) + "\n")
@@ -189,7 +194,7 @@ async def tools_command(args: argparse.Namespace, out: TextIO) -> int:
 async def history_command(args: argparse.Namespace, out: TextIO) -> int:
     """Print a session's messages."""
     if args.grpc:
-        async with AgentClient(args.grpc) as agent:
+        async with AgentClient(args.grpc, token=args.grpc_token or None) as agent:
             history = await agent.history(args.session)
     else:
         token = args.token or TokenStore(args.state_dir, args.edge_url).get(args.session)
@@ -230,7 +235,7 @@ async def _open_backend(args: argparse.Namespace) -> tuple[ResilientChat, str, A
     """
     args.state_dir.mkdir(parents=True, exist_ok=True)
     if args.grpc:
-        agent = AgentClient(args.grpc)
+        agent = AgentClient(args.grpc, token=args.grpc_token or None)
         try:
             if args.session:
                 session_id = (await agent.get_session(args.session)).session_id

@@ -259,7 +259,10 @@ class AgentClient:
     """An async client of AgentService. Use as `async with AgentClient(target) as agent:`.
 
     `target` is `host:port`. `metadata` goes with every call. `timeout_s` bounds every
-    unary RPC (streams are unbounded: a run may take long).
+    unary RPC (streams are unbounded: a run may take long). `token` is a bearer token
+    for a service that requires credentials (`agent-relay token` mints one); it goes
+    with every call as `authorization: Bearer <token>`. `credentials` are the channel's
+    TLS credentials (with a client certificate for mTLS: grpc.ssl_channel_credentials).
     """
 
     def __init__(
@@ -269,9 +272,12 @@ class AgentClient:
         metadata: Sequence[tuple[str, str]] = (),
         timeout_s: float = 30.0,
         credentials: grpc.ChannelCredentials | None = None,
+        token: str | None = None,
     ) -> None:
         self.target = target
         self.metadata = tuple(metadata)
+        if token:
+            self.metadata += (("authorization", f"Bearer {token}"),)
         self.timeout_s = timeout_s
         if credentials is None:
             self._channel = grpc.aio.insecure_channel(target)
