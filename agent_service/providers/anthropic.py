@@ -66,15 +66,22 @@ class AnthropicProvider:
         self._max_tokens = max_tokens
         self._base_url = base_url
         self._read_timeout_s = read_timeout_s
-        self._client = anthropic.AsyncAnthropic(
-            api_key=api_key or None,
-            base_url=base_url,
-            max_retries=max_retries,
-            # read: the longest silence between two events (or before the first)
-            timeout=anthropic.Timeout(read_timeout_s, connect=connect_timeout_s),
-            # the agent records the GenAI span of each model call itself
-            open_telemetry=False,
-        )
+        self._no_credentials = ""
+        try:
+            self._client: anthropic.AsyncAnthropic | None = anthropic.AsyncAnthropic(
+                api_key=api_key or None,
+                base_url=base_url,
+                max_retries=max_retries,
+                # read: the longest silence between two events (or before the first)
+                timeout=anthropic.Timeout(read_timeout_s, connect=connect_timeout_s),
+                # the agent records the GenAI span of each model call itself
+                open_telemetry=False,
+            )
+        except anthropic.CredentialsError as exc:
+            # a profile named but not found: each run says so (as for a refused key)
+            # rather than the service failing to start
+            self._client = None
+            self._no_credentials = str(exc)
 
     @classmethod
     def from_settings(cls, settings: ServiceSettings) -> AnthropicProvider:
@@ -101,12 +108,19 @@ class AnthropicProvider:
 
     async def aclose(self) -> None:
         """Close the connection pool."""
-        await self._client.close()
+        if self._client is not None:
+            await self._client.close()
 
     async def stream(
         self, conversation: Sequence[ChatMessage], tools: Sequence[ToolSpec]
     ) -> AsyncIterator[ModelEvent]:
         """Stream one model step (see the module docstring for its events and errors)."""
+        if self._client is None:
+            raise ModelError(
+                "model_unauthorized",
+                f"no credentials for the anthropic provider ({self._no_credentials}); "
+                f"set {KEY_SETTING}",
+            )
         request = to_request(conversation)
         started = False
         called_tools = False

@@ -583,3 +583,23 @@ async def test_a_run_cancelled_during_a_tool_call_leaves_a_valid_context(
     second_turns = fake.requests[1].body["messages"]
     assert [m["role"] for m in second_turns] == ["user", "assistant", "user"]
     assert second_turns[2]["content"][0]["tool_use_id"] == "toolu_slow"
+
+
+@pytest.mark.parametrize("config_dir", ["named, empty", "none"])
+async def test_no_key_anywhere_is_unauthorized(
+    fake: FakeAnthropic, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, config_dir: str
+) -> None:
+    for name in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    for name in ("ANTHROPIC_IDENTITY_TOKEN", "ANTHROPIC_IDENTITY_TOKEN_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no profile on disk either
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    if config_dir == "named, empty":
+        monkeypatch.setenv("ANTHROPIC_CONFIG_DIR", str(tmp_path))
+    else:
+        monkeypatch.delenv("ANTHROPIC_CONFIG_DIR", raising=False)
+    error = await model_error_of(fake, api_key="")
+    assert (error.code, error.retryable) == ("model_unauthorized", False)
+    assert "ANTHROPIC_API_KEY" in error.message
+    assert fake.requests == []  # refused before any request
