@@ -37,7 +37,12 @@ from agent_service.providers.base import (
     TextDelta,
     ToolCallRequested,
 )
-from agent_service.providers.http_errors import error_for_status, error_in_stream, stream_cut
+from agent_service.providers.endpoint import endpoint_of
+from agent_service.providers.http_errors import (
+    error_for_status,
+    error_in_stream,
+    stream_cut,
+)
 from agent_service.tools.base import ToolSpec
 
 KEY_SETTING = "anthropic_api_key (or ANTHROPIC_API_KEY)"
@@ -105,6 +110,11 @@ class AnthropicProvider:
     def model(self) -> str:
         """The model name asked for."""
         return self._model
+
+    @property
+    def server_address(self) -> tuple[str, int]:
+        """The endpoint's host and port (for the GenAI spans' server.address / .port)."""
+        return endpoint_of(self._base_url)
 
     async def aclose(self) -> None:
         """Close the connection pool."""

@@ -39,6 +39,7 @@ from openai.types.chat import (
 
 from agent_service.config import ServiceSettings
 from agent_service.providers.base import ChatMessage, ModelError, ModelEvent
+from agent_service.providers.endpoint import endpoint_of
 from agent_service.providers.http_errors import (
     MAX_ERROR_TEXT,
     error_for_status,
@@ -157,6 +158,11 @@ class OpenAIProvider:
     def model(self) -> str:
         """The model name asked for."""
         return self._model
+
+    @property
+    def server_address(self) -> tuple[str, int]:
+        """The endpoint's host and port (for the GenAI spans' server.address / .port)."""
+        return endpoint_of(self._base_url)
 
     async def aclose(self) -> None:
         """Close the connection pool."""

@@ -16,6 +16,7 @@ from agent_service.providers.base import (
     ToolCallRequested,
     Usage,
 )
+from agent_service.providers.endpoint import endpoint_of
 from agent_service.providers.http_errors import (
     error_for_status,
     error_in_stream,
@@ -137,3 +138,15 @@ def test_errors_inside_a_stream(kind: str, code: str, retryable: bool) -> None:
     error = error_in_stream(kind, "went wrong")
     assert (error.code, error.retryable) == (code, retryable)
     assert "went wrong" in error.message
+
+
+@pytest.mark.parametrize(
+    ("url", "endpoint"),
+    [
+        ("https://api.openai.com/v1", ("api.openai.com", 443)),
+        ("http://127.0.0.1:11434/v1", ("127.0.0.1", 11434)),
+        ("http://localhost/v1", ("localhost", 80)),
+    ],
+)
+def test_the_endpoint_a_base_url_names(url: str, endpoint: tuple[str, int]) -> None:
+    assert endpoint_of(url) == endpoint
