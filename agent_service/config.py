@@ -11,7 +11,7 @@ from relay_shared.settings import field, load_settings
 from relay_shared.telemetry import parse_listen
 
 BUSY_POLICIES = ("queue", "reject", "interrupt")
-MODEL_PROVIDERS = ("demo", "openai")
+MODEL_PROVIDERS = ("demo", "openai", "anthropic")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,7 +34,7 @@ class ServiceSettings:
         "in the background and a resume from before them gets a gap",
     )
     busy_policy: str = field("queue", "a message during an active run: queue, reject or interrupt")
-    model: str = field("demo", "model provider: demo (built in, no network) or openai")
+    model: str = field("demo", "model provider: demo (built in, no network), openai or anthropic")
     demo_tokens_per_s: float = field(
         30.0, "demo model speed in words per second; 0 = as fast as possible"
     )
@@ -42,6 +42,21 @@ class ServiceSettings:
     openai_base_url: str = field("https://api.openai.com/v1", "OpenAI-compatible endpoint")
     openai_api_key: str = field("", "API key for the openai provider (or OPENAI_API_KEY)")
     openai_model: str = field("gpt-4o-mini", "model name for the openai provider")
+    anthropic_base_url: str = field("https://api.anthropic.com", "Anthropic Messages API endpoint")
+    anthropic_api_key: str = field("", "API key for the anthropic provider (or ANTHROPIC_API_KEY)")
+    anthropic_model: str = field("claude-sonnet-4-5", "model name for the anthropic provider")
+    anthropic_max_tokens: int = field(
+        4096, "anthropic provider: the most tokens one model step may write (the API requires it)"
+    )
+    model_max_retries: int = field(
+        2, "openai and anthropic: retries of a failed request (429, 5xx, connection), by the SDK"
+    )
+    model_connect_timeout_s: float = field(
+        10.0, "openai and anthropic: seconds to connect to the model endpoint"
+    )
+    model_read_timeout_s: float = field(
+        120.0, "openai and anthropic: longest silence from the model, in seconds, before a timeout"
+    )
     max_steps: int = field(8, "model steps (calls) per run before it ends with max_steps")
     run_timeout_s: float = field(
         600.0, "a run still going after this long ends with a timeout error"
@@ -98,6 +113,12 @@ class ServiceSettings:
             raise ValueError(f"busy_policy must be one of {', '.join(BUSY_POLICIES)}")
         if self.model not in MODEL_PROVIDERS:
             raise ValueError(f"model must be one of {', '.join(MODEL_PROVIDERS)}")
+        if self.anthropic_max_tokens < 1:
+            raise ValueError("anthropic_max_tokens must be at least 1")
+        if self.model_max_retries < 0:
+            raise ValueError("model_max_retries must be 0 or more")
+        if self.model_connect_timeout_s <= 0 or self.model_read_timeout_s <= 0:
+            raise ValueError("model_connect_timeout_s and model_read_timeout_s must be positive")
         if self.retention_events < 1:
             raise ValueError("retention_events must be at least 1")
         if self.max_steps < 1:

@@ -70,9 +70,14 @@ class RunningService:
 def make_provider(settings: ServiceSettings) -> ModelProvider:
     """The model provider the settings name."""
     if settings.model == "openai":
-        from agent_service.providers.openai import OpenAIProvider  # type: ignore[import-not-found,unused-ignore]
+        from agent_service.providers.openai import OpenAIProvider
 
         provider: ModelProvider = OpenAIProvider.from_settings(settings)
+        return provider
+    if settings.model == "anthropic":
+        from agent_service.providers.anthropic import AnthropicProvider
+
+        provider = AnthropicProvider.from_settings(settings)
         return provider
     return DemoModel(tokens_per_s=settings.demo_tokens_per_s, reply_words=settings.demo_reply_words)
 

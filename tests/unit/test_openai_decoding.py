@@ -1,10 +1,13 @@
-"""The openai provider's pure parts: SSE decoding, step assembly, error mapping."""
+"""The pure parts the SDK-based providers keep: tool-call assembly from the openai SDK's
+chunks, and the mapping of HTTP failures to ModelError."""
 
 from __future__ import annotations
 
 import email.utils
+from typing import Any
 
 import pytest
+from openai.types.chat import ChatCompletionChunk
 
 from agent_service.providers.base import (
     ModelError,
@@ -13,31 +16,44 @@ from agent_service.providers.base import (
     ToolCallRequested,
     Usage,
 )
-from agent_service.providers.openai import (
-    SseDecoder,
-    StepAssembler,
+from agent_service.providers.endpoint import endpoint_of
+from agent_service.providers.http_errors import (
     error_for_status,
+    error_in_stream,
     parse_retry_after_ms,
 )
+from agent_service.providers.openai_chunks import StepAssembler
 
 
-def test_sse_events_lines_and_fields() -> None:
-    decoder = SseDecoder()
-    assert decoder.feed(b': comment\r\nevent: x\r\ndata: {"a"') == []
-    assert decoder.feed(b": 1}\r\n\r\ndata:no-space\n") == ['{"a": 1}']
-    assert decoder.feed(b"data: second line\n\n\n") == ["no-space\nsecond line"]
-    assert decoder.feed(b"data: [DONE]") == []
-    assert decoder.end() == ["[DONE]"]
+def sdk_chunk(**fields: Any) -> ChatCompletionChunk:
+    """A chunk as the SDK builds it from a server's JSON (no validation, as the SDK does)."""
+    base: dict[str, Any] = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "m-2024",
+        "choices": [],
+    }
+    base.update(fields)
+    return ChatCompletionChunk.construct(**base)
 
 
-def test_sse_refuses_an_endless_line() -> None:
-    decoder = SseDecoder()
-    with pytest.raises(ModelError):
-        decoder.feed(b"data: " + b"x" * (4 * 1024 * 1024 + 1))
+def delta_chunk(finish: str | None = None, index: int = 0, **delta: Any) -> ChatCompletionChunk:
+    return sdk_chunk(choices=[{"index": index, "delta": delta, "finish_reason": finish}])
 
 
-def delta_chunk(**delta: object) -> dict[str, object]:
-    return {"choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+def test_pieces_of_calls_are_joined_in_index_order() -> None:
+    step = StepAssembler()
+    step.feed(delta_chunk(tool_calls=[{"index": 1, "id": "b", "function": {"name": "long_task"}}]))
+    step.feed(delta_chunk(tool_calls=[{"index": 0, "id": "a", "function": {"name": "calculator"}}]))
+    for piece in ('{"expr', 'ession": ', '"1"}'):
+        step.feed(delta_chunk(tool_calls=[{"index": 0, "function": {"arguments": piece}}]))
+    step.feed(delta_chunk(finish="tool_calls"))
+    assert step.finish() == [
+        ToolCallRequested("a", "calculator", '{"expression": "1"}'),
+        ToolCallRequested("b", "long_task", "{}"),
+        StepFinished("tool_calls", Usage(), "chatcmpl-1", "m-2024"),
+    ]
 
 
 def test_calls_without_index_or_id_are_still_assembled() -> None:
@@ -45,26 +61,26 @@ def test_calls_without_index_or_id_are_still_assembled() -> None:
     call = {"id": "x", "function": {"name": "calculator", "arguments": '{"expression": "1"}'}}
     assert step.feed(delta_chunk(tool_calls=[call])) == []
     assert step.feed(delta_chunk(tool_calls=[{"function": {"name": "long_task"}}])) == []
-    step.feed({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    step.feed(delta_chunk(finish="stop"))
     events = step.finish()
     assert events[0] == ToolCallRequested("x", "calculator", '{"expression": "1"}')
     second = events[1]
     assert isinstance(second, ToolCallRequested)
     assert second.name == "long_task" and second.arguments_json == "{}"
     assert second.call_id.startswith("call_")
-    assert events[2] == StepFinished("tool_calls")  # calls made: tool_calls whatever it said
+    assert isinstance(events[2], StepFinished)
+    assert events[2].reason == "tool_calls"  # calls made: tool_calls whatever it said
 
 
 def test_text_usage_and_other_choices() -> None:
     step = StepAssembler()
     assert step.feed(delta_chunk(content="hi")) == [TextDelta("hi")]
-    other = {"choices": [{"index": 1, "delta": {"content": "ignored"}}]}
-    assert step.feed(other) == []
+    assert step.feed(delta_chunk(index=1, content="ignored")) == []
     assert not step.finished
-    step.feed({"choices": [{"index": 0, "delta": {}, "finish_reason": "content_filter"}]})
-    step.feed({"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 2}})
+    step.feed(delta_chunk(finish="content_filter"))
+    step.feed(sdk_chunk(usage={"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}))
     assert step.finished
-    assert step.finish() == [StepFinished("stop", Usage(5, 2))]
+    assert step.finish() == [StepFinished("stop", Usage(5, 2), "chatcmpl-1", "m-2024")]
 
 
 def test_a_call_without_a_name_is_an_error() -> None:
@@ -95,11 +111,42 @@ def test_retry_after_forms() -> None:
         (408, "model_unavailable", True),
         (500, "model_unavailable", True),
         (503, "model_unavailable", True),
+        (529, "model_unavailable", True),
         (400, "model_error", False),
         (404, "model_error", False),
     ],
 )
 def test_status_mapping(status: int, code: str, retryable: bool) -> None:
-    error = error_for_status(status, {}, '{"error": {"message": "why"}}', now_s=0)
+    body = '{"error": {"message": "why"}}'
+    error = error_for_status(status, {}, body, key_setting="the_key", now_s=0)
     assert (error.code, error.retryable) == (code, retryable)
     assert f"HTTP {status}" in error.message and "(why)" in error.message
+
+
+@pytest.mark.parametrize(
+    ("kind", "code", "retryable"),
+    [
+        ("server_error", "model_unavailable", True),
+        ("overloaded_error", "model_unavailable", True),
+        ("api_error", "model_unavailable", True),
+        ("rate_limit_error", "model_rate_limited", True),
+        ("invalid_request_error", "model_error", False),
+        ("", "model_error", False),
+    ],
+)
+def test_errors_inside_a_stream(kind: str, code: str, retryable: bool) -> None:
+    error = error_in_stream(kind, "went wrong")
+    assert (error.code, error.retryable) == (code, retryable)
+    assert "went wrong" in error.message
+
+
+@pytest.mark.parametrize(
+    ("url", "endpoint"),
+    [
+        ("https://api.openai.com/v1", ("api.openai.com", 443)),
+        ("http://127.0.0.1:11434/v1", ("127.0.0.1", 11434)),
+        ("http://localhost/v1", ("localhost", 80)),
+    ],
+)
+def test_the_endpoint_a_base_url_names(url: str, endpoint: tuple[str, int]) -> None:
+    assert endpoint_of(url) == endpoint
