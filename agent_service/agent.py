@@ -33,9 +33,9 @@ from agent_service.providers.base import (
     TextDelta,
     ToolCallRequested,
 )
+from agent_service.run_supervisor import RunHandle
 from agent_service.session import Session
 from agent_service.store import ConversationStore, MessageRecord, RunRecord, StoredToolCall
-from agent_service.supervisor import RunHandle
 from agent_service.tools.base import ToolRegistry
 from agent_service.tools.executor import ToolCallRunner, ToolOutcome
 from relay_shared.agent_telemetry import AgentTelemetry

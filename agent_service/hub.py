@@ -26,6 +26,7 @@ from agent_service.eventlog import SessionLog
 from agent_service.ids import new_id, now_ms
 from agent_service.log import EventLog
 from agent_service.log_writer import LogWriter
+from agent_service.run_supervisor import LiveReply, RunHandle, RunSupervisor
 from agent_service.runs import BusyPolicy
 from agent_service.session import Session
 from agent_service.session_state import (
@@ -40,7 +41,6 @@ from agent_service.session_state import (
     completion_of_unstarted,
 )
 from agent_service.store import ConversationStore, MessageRecord, RunRecord, SessionRecord
-from agent_service.supervisor import LiveReply, RunHandle, RunSupervisor
 from agent_service.tools.base import ToolRegistry
 from agent_service.tools.executor import ToolCallRunner
 

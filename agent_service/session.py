@@ -17,9 +17,9 @@ from agent_relay.v1 import agent_pb2 as pb
 from agent_service.eventlog import SessionLog
 from agent_service.ids import now_ms
 from agent_service.log_writer import LogWriter
+from agent_service.run_supervisor import RunHandle
 from agent_service.session_state import SessionState
 from agent_service.store import SessionRecord
-from agent_service.supervisor import RunHandle
 
 
 class Subscriber:
