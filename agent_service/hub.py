@@ -82,12 +82,19 @@ class Hub:
 
     # -- sessions ---------------------------------------------------------------
 
-    async def create_session(self, user_id: str, title: str) -> Session:
-        """Create, store and load a new session."""
+    async def create_session(self, user_id: str, title: str) -> pb.Session:
+        """Create and store a new session. It is loaded where it is first used, which may be
+        another replica."""
         self._check_accepting()
         record = SessionRecord(new_id("s"), user_id, title, now_ms())
         await self.store.create_session(record)
-        return await self.session(record.session_id)
+        return pb.Session(
+            session_id=record.session_id,
+            title=title,
+            user_id=user_id,
+            created_unix_ms=record.created_ms,
+            run_state=pb.RUN_STATE_IDLE,
+        )
 
     async def session(self, session_id: str) -> Session:
         """The loaded session. Raises NotFound when it does not exist."""

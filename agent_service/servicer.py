@@ -164,8 +164,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
         require(len(request.user_id) <= 128, "user_id", "at most 128 characters")
         require(len(request.title) <= 200, "title", "at most 200 characters")
         user_id = access.own_user(current_caller(), request.user_id, "user_id")
-        rt = await self.hub.create_session(user_id, request.title)
-        return rt.to_proto()
+        return await self.hub.create_session(user_id, request.title)
 
     @_unary
     async def GetSession(self, request: pb.GetSessionRequest, context: Context) -> pb.Session:

@@ -295,7 +295,7 @@ async def list_messages(request: web.Request) -> web.Response:
             page_size = int(request.query.get("page_size", "0"))
         except ValueError:
             raise EdgeError(ErrorCode.INVALID_FIELD, "page_size must be an integer") from None
-        stub = request.app[HUB].upstream.any_stub()
+        stub = request.app[HUB].stub_for(session_id)
         reply = await unary(
             stub.ListMessages(
                 pb.ListMessagesRequest(

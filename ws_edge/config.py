@@ -16,8 +16,15 @@ class EdgeSettings:
     """Everything the edge can be told. Flags (--batch-ms) and AGENT_RELAY_* variables set it."""
 
     listen: str = field("127.0.0.1:8080", "host:port the edge listens on (port 0: any free port)")
-    upstream: str = field("127.0.0.1:50051", "host:port of the agent service's gRPC server")
-    upstream_channels: int = field(2, "gRPC channels to the agent service, one Chat stream each")
+    upstream: str = field(
+        "127.0.0.1:50051",
+        "the agent service's gRPC address, or several replicas: host:port,host:port (a name "
+        "that resolves to several addresses is several replicas)",
+    )
+    upstream_channels: int = field(2, "gRPC channels to each agent replica, one Chat stream each")
+    upstream_resolve_interval_s: float = field(
+        30.0, "how often upstream host names are resolved again (0: only at start)"
+    )
     upstream_backoff_base_s: float = field(0.1, "first reconnect delay to the agent service")
     upstream_backoff_max_s: float = field(2.0, "longest reconnect delay to the agent service")
     command_timeout_s: float = field(10.0, "how long a command may wait for the agent's reply")
@@ -101,6 +108,7 @@ class EdgeSettings:
                 raise ValueError(f"{name} must be at least 1")
         if ":" not in self.listen or ":" not in self.upstream:
             raise ValueError("listen and upstream are host:port")
+        parse_targets(self.upstream)  # raises ValueError naming a malformed target
 
     @property
     def listen_host(self) -> str:
@@ -120,3 +128,16 @@ def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         prog="python -m ws_edge",
         description="Run the WebSocket edge in front of the agent service.",
     )
+
+
+def parse_targets(upstream: str) -> list[tuple[str, int]]:
+    """`host:port,host:port` (IPv6 hosts in brackets) as (host, port) pairs. Raises ValueError."""
+    targets = []
+    for item in filter(None, (part.strip() for part in upstream.split(","))):
+        host, sep, port = item.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"upstream target {item!r} is not host:port")
+        targets.append((host.strip("[]"), int(port)))
+    if not targets:
+        raise ValueError("upstream names no target")
+    return targets

@@ -38,6 +38,9 @@ from ws_edge.room import (
 from ws_edge.upstream import UpstreamPool, UpstreamSlot
 
 if TYPE_CHECKING:
+    from agent_relay.v1 import agent_pb2_grpc
+
+if TYPE_CHECKING:
     from ws_edge.connection import Connection
 
 log = logging.getLogger(__name__)
@@ -66,6 +69,7 @@ class Hub:
         self._loop = asyncio.get_running_loop()
         self.clock = clock or self._loop.time
         self.rooms: dict[str, Room] = {}
+        self._room_slots: dict[str, UpstreamSlot] = {}  # the slot each room is subscribed on
         self._timers: dict[str, _RoomTimers] = {}
         self.connections: dict[str, Connection] = {}
         self._members: dict[str, set[str]] = defaultdict(set)  # session id -> socket ids
@@ -251,8 +255,18 @@ class Hub:
 
     # -- upstream --------------------------------------------------------------------------
 
+    def _slot_of(self, session_id: str, *, assign: bool = False) -> UpstreamSlot:
+        """The slot a session's room is subscribed on; when it has none (or it is down), the
+        slot that ranks first for the session now, which becomes the room's with `assign`."""
+        slot = self._room_slots.get(session_id)
+        if slot is None or not slot.up:
+            slot = self.upstream.slot_for(session_id)
+            if assign:
+                self._room_slots[session_id] = slot
+        return slot
+
     async def _subscribe(self, room: Room, after_seq: int) -> None:
-        slot = self.upstream.slot_for(room.session_id)
+        slot = self._slot_of(room.session_id, assign=True)
         request = pb.ChatRequest(
             join=pb.JoinSession(session_id=room.session_id, after_seq=after_seq)
         )
@@ -270,28 +284,40 @@ class Hub:
             self._apply(room, room.receive_joined(reply.joined.head_seq, self.clock()))
 
     def _retry_subscribe(self, room: Room) -> None:
-        if self.rooms.get(room.session_id) is room and self.upstream.slot_for(room.session_id).up:
+        if self.rooms.get(room.session_id) is room and self._slot_of(room.session_id).up:
             self._apply(room, room.receive_upstream_restored(self.clock()))
 
     async def _unsubscribe(self, session_id: str) -> None:
         if session_id in self.rooms:
             return  # a new room for the session exists already: it needs the subscription
-        slot = self.upstream.slot_for(session_id)
+        slot = self._room_slots.pop(session_id, None)
+        if slot is None:
+            return
         try:
             await slot.command(pb.ChatRequest(leave=pb.LeaveSession(session_id=session_id)))
         except EdgeError:
             pass  # the stream is gone, and the subscription with it
 
-    def _rooms_of(self, slot: UpstreamSlot) -> list[Room]:
-        return [room for sid, room in self.rooms.items() if self.upstream.slot_for(sid) is slot]
-
     def _slot_up(self, slot: UpstreamSlot) -> None:
-        for room in self._rooms_of(slot):
-            self._apply(room, room.receive_upstream_restored(self.clock()))
+        """A stream opened: rooms that lost theirs resubscribe (on the slot that now ranks
+        first for each); rooms on other live slots stay where they are."""
+        for session_id, room in list(self.rooms.items()):
+            if room.state is RoomState.UPSTREAM_LOST:
+                self._room_slots.pop(session_id, None)
+                self._apply(room, room.receive_upstream_restored(self.clock()))
 
     def _slot_down(self, slot: UpstreamSlot) -> None:
-        for room in self._rooms_of(slot):
+        """A stream broke: its rooms are told, and move at once to another live slot if any
+        (another replica); otherwise they wait for one to come up."""
+        moved = [sid for sid, on in self._room_slots.items() if on is slot]
+        for session_id in moved:
+            del self._room_slots[session_id]
+            room = self.rooms.get(session_id)
+            if room is None:
+                continue
             self._apply(room, room.receive_upstream_lost(self.clock()))
+            if any(other.up for other in self.upstream.slots):
+                self._apply(room, room.receive_upstream_restored(self.clock()))
 
     def _slot_response(self, slot: UpstreamSlot, response: pb.ChatResponse) -> None:
         now = self.clock()
@@ -305,7 +331,11 @@ class Hub:
 
     async def command(self, session_id: str, request: pb.ChatRequest) -> pb.CommandReply:
         """Send a command on the session's upstream stream; raises EdgeError."""
-        return await self.upstream.slot_for(session_id).command(request)
+        return await self._slot_of(session_id).command(request)
+
+    def stub_for(self, session_id: str) -> agent_pb2_grpc.AgentServiceStub:
+        """A stub for a unary call about a session: the replica its room is on."""
+        return self._slot_of(session_id).stub
 
     def members(self, session_id: str) -> set[str]:
         return self._members.get(session_id, set())

@@ -1,8 +1,15 @@
-"""The edge's connection to the agent service: a few gRPC channels, one Chat stream each.
+"""The edge's connections to the agent service replicas: a few gRPC channels, one Chat
+stream each.
 
-Rooms are multiplexed over the slots (a session always maps to the same slot),
-so one gRPC message carries events of many sessions and an idle socket costs
-no stream. Each slot keeps its stream open: it checks the service's health,
+`--upstream` names one or more targets (`host:port,host:port`); a host name that
+resolves to several addresses is several replicas, and names are resolved again
+every `upstream_resolve_interval_s`. Each address gets `upstream_channels`
+slots. Rooms are multiplexed over the slots, so one gRPC message carries events
+of many sessions and an idle socket costs no stream. A session goes to the slot
+that ranks first for it among the slots that are up (rendezvous hashing: a
+slot that dies moves only its own sessions, each to the next in its ranking).
+
+Each slot keeps its stream open: it checks the service's health,
 opens `Chat`, calls `on_up` (the hub resubscribes the slot's rooms at their
 last seq), reads until the stream breaks, calls `on_down` (the hub tells the
 sockets), and tries again after a full-jitter backoff.
@@ -18,6 +25,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import socket
 import zlib
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -28,7 +36,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from agent_relay.v1 import agent_pb2 as pb
 from agent_relay.v1 import agent_pb2_grpc
 from ws_edge.backoff import backoff_s
-from ws_edge.config import EdgeSettings
+from ws_edge.config import EdgeSettings, parse_targets
 from ws_edge.errors import EdgeError, ErrorCode, error_from_grpc
 
 log = logging.getLogger(__name__)
@@ -83,15 +91,32 @@ def bearer_token(token: str) -> list[Any]:
     return [_UnaryBearer(entry), _StreamBearer(entry)]
 
 
-def make_channel(settings: EdgeSettings) -> grpc.aio.Channel:
-    """A channel to the agent service: TLS (and mutual TLS) when configured, and the
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def resolve_targets(targets: list[tuple[str, int]]) -> list[tuple[str, str]]:
+    """Every (address, TLS name) the targets stand for: an IP stays itself, a name gives
+    each address it resolves to (or itself, for gRPC to resolve, when it resolves to none)."""
+    found: dict[str, str] = {}
+    for host, port in targets:
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError:
+            infos = []
+        addresses = sorted({str(info[4][0]) for info in infos}) or [host]
+        for address in addresses:
+            found.setdefault(_address(address, port), host)
+    return sorted(found.items())
+
+
+def make_channel(settings: EdgeSettings, address: str, tls_name: str = "") -> grpc.aio.Channel:
+    """A channel to one agent replica: TLS (and mutual TLS) when configured, and the
     edge's bearer token on every call when it has one."""
     options: list[tuple[str, Any]] = list(_CHANNEL_OPTIONS)
     interceptors = bearer_token(settings.upstream_token) if settings.upstream_token else None
     if settings.upstream_tls_ca_file is None:
-        return grpc.aio.insecure_channel(
-            settings.upstream, options=options, interceptors=interceptors
-        )
+        return grpc.aio.insecure_channel(address, options=options, interceptors=interceptors)
     root = settings.upstream_tls_ca_file.read_bytes()
     key = cert = None
     if settings.upstream_tls_cert_file is not None and settings.upstream_tls_key_file is not None:
@@ -100,11 +125,10 @@ def make_channel(settings: EdgeSettings) -> grpc.aio.Channel:
     creds = grpc.ssl_channel_credentials(
         root_certificates=root, private_key=key, certificate_chain=cert
     )
-    if settings.upstream_tls_server_name:
-        options.append(("grpc.ssl_target_name_override", settings.upstream_tls_server_name))
-    return grpc.aio.secure_channel(
-        settings.upstream, creds, options=options, interceptors=interceptors
-    )
+    name = settings.upstream_tls_server_name or (tls_name if tls_name not in address else "")
+    if name:
+        options.append(("grpc.ssl_target_name_override", name))
+    return grpc.aio.secure_channel(address, creds, options=options, interceptors=interceptors)
 
 
 class UpstreamSlot:
@@ -118,9 +142,13 @@ class UpstreamSlot:
         on_up: OnUp,
         on_down: OnDown,
         on_response: OnResponse,
+        address: str = "",
+        tls_name: str = "",
     ) -> None:
         self.index = index
-        self.channel = make_channel(settings)
+        self.address = address or settings.upstream
+        self.key = f"{self.address}#{index}"  # what rendezvous hashing ranks
+        self.channel = make_channel(settings, self.address, tls_name)
         self.stub = agent_pb2_grpc.AgentServiceStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
         self._settings = settings
@@ -244,43 +272,96 @@ class UpstreamSlot:
 
 
 class UpstreamPool:
-    """The slots, and which one carries a session."""
+    """The slots of every replica, and which one carries a session (module docstring)."""
 
     def __init__(
         self, settings: EdgeSettings, *, on_up: OnUp, on_down: OnDown, on_response: OnResponse
     ) -> None:
-        self.slots = [
-            UpstreamSlot(i, settings, on_up=on_up, on_down=on_down, on_response=on_response)
-            for i in range(settings.upstream_channels)
-        ]
-        self._rr = itertools.cycle(self.slots)
+        self._settings = settings
+        self._callbacks = {"on_up": on_up, "on_down": on_down, "on_response": on_response}
+        self._targets = parse_targets(settings.upstream)
+        self._by_address: dict[str, list[UpstreamSlot]] = {}
+        self._indexes = itertools.count()
+        self._resolver: asyncio.Task[None] | None = None
+        self._started = False
+        self._add(resolve_targets(self._targets))
+        self._rr = itertools.count()
+
+    @property
+    def slots(self) -> list[UpstreamSlot]:
+        return [slot for slots in self._by_address.values() for slot in slots]
+
+    def _add(self, found: list[tuple[str, str]]) -> None:
+        for address, tls_name in found:
+            if address in self._by_address:
+                continue
+            slots = [
+                UpstreamSlot(
+                    next(self._indexes),
+                    self._settings,
+                    address=address,
+                    tls_name=tls_name,
+                    **self._callbacks,  # type: ignore[arg-type]
+                )
+                for _ in range(self._settings.upstream_channels)
+            ]
+            self._by_address[address] = slots
+            if self._started:
+                for slot in slots:
+                    slot.start()
+            log.info("upstream: %d channels to %s", len(slots), address)
 
     def start(self) -> None:
+        self._started = True
         for slot in self.slots:
             slot.start()
+        if self._settings.upstream_resolve_interval_s > 0:
+            self._resolver = asyncio.create_task(self._resolve_again(), name="upstream-resolve")
+
+    async def _resolve_again(self) -> None:
+        """Follow DNS: new addresses get slots; addresses gone lose theirs (their rooms move)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self._settings.upstream_resolve_interval_s)
+            found = await loop.run_in_executor(None, resolve_targets, self._targets)
+            self._add(found)
+            gone = set(self._by_address) - {address for address, _ in found}
+            for address in gone:
+                for slot in self._by_address.pop(address):
+                    await slot.stop()
+                log.info("upstream: %s no longer resolves; its rooms move", address)
 
     async def stop(self) -> None:
+        if self._resolver is not None:
+            self._resolver.cancel()
         await asyncio.gather(*(slot.stop() for slot in self.slots))
 
     async def wait_up(self, timeout_s: float) -> bool:
-        """Wait (bounded) until every slot's stream is open; False if some are not."""
+        """Wait (bounded) until some slot's stream is open; False if none is."""
+        waits = [asyncio.ensure_future(slot.became_up.wait()) for slot in self.slots]
         try:
-            await asyncio.wait_for(
-                asyncio.gather(*(slot.became_up.wait() for slot in self.slots)), timeout_s
-            )
-        except TimeoutError:
-            return False
-        return True
+            done, _ = await asyncio.wait(waits, timeout=timeout_s, return_when="FIRST_COMPLETED")
+        finally:
+            for wait in waits:
+                wait.cancel()
+        return bool(done)
 
     def slot_for(self, session_id: str) -> UpstreamSlot:
-        return self.slots[zlib.crc32(session_id.encode()) % len(self.slots)]
+        """The slot that ranks first for the session among those up (among all when none is)."""
+        slots = self.slots
+        candidates = [slot for slot in slots if slot.up] or slots
+        return max(candidates, key=lambda slot: zlib.crc32(f"{session_id}|{slot.key}".encode()))
 
     def any_stub(self) -> agent_pb2_grpc.AgentServiceStub:
-        """A stub for unary calls, spread over the channels."""
-        return next(self._rr).stub
+        """A stub for unary calls about no session, spread over the slots that are up."""
+        slots = [slot for slot in self.slots if slot.up] or self.slots
+        return slots[next(self._rr) % len(slots)].stub
 
     async def ready(self, timeout_s: float = 1.0) -> bool:
-        return await self.slots[0].healthy(timeout_s)
+        """Whether some replica answers its health check as SERVING."""
+        by_replica = [slots[0] for slots in self._by_address.values()]
+        checks = await asyncio.gather(*(slot.healthy(timeout_s) for slot in by_replica))
+        return any(checks)
 
 
 async def unary(call: Awaitable[Any]) -> Any:

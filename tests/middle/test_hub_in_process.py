@@ -90,7 +90,7 @@ async def test_a_slow_session_load_does_not_delay_other_sessions_on_the_stream(h
 
 
 async def test_cancel_with_a_tool_call_in_flight_stores_a_result_for_the_call(hub: Hub) -> None:
-    session = await hub.create_session("u", "")
+    session = await hub.session((await hub.create_session("u", "")).session_id)
     args = json.dumps({"seconds": 30})
     accepted = await hub.send_message(
         session.session_id, "m1", f"/tool long_task {args}", policy=None
