@@ -27,6 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from agent_relay.v1 import agent_pb2 as pb
 from agent_relay.v1 import agent_pb2_grpc
+from relay_shared.grpc_telemetry import client_interceptors
 from ws_edge.backoff import backoff_s
 from ws_edge.config import EdgeSettings
 from ws_edge.errors import EdgeError, ErrorCode, error_from_grpc
@@ -53,8 +54,12 @@ def unavailable(detail: str = "the agent service does not answer") -> EdgeError:
 def make_channel(settings: EdgeSettings) -> grpc.aio.Channel:
     """A channel to the agent service: TLS (and mutual TLS) when configured."""
     options: list[tuple[str, Any]] = list(_CHANNEL_OPTIONS)
+    # unary calls (CreateSession, ...) get a client span and carry its traceparent
+    interceptors = client_interceptors(settings.upstream)
     if settings.upstream_tls_ca_file is None:
-        return grpc.aio.insecure_channel(settings.upstream, options=options)
+        return grpc.aio.insecure_channel(
+            settings.upstream, options=options, interceptors=interceptors
+        )
     root = settings.upstream_tls_ca_file.read_bytes()
     key = cert = None
     if settings.upstream_tls_cert_file is not None and settings.upstream_tls_key_file is not None:
@@ -65,7 +70,9 @@ def make_channel(settings: EdgeSettings) -> grpc.aio.Channel:
     )
     if settings.upstream_tls_server_name:
         options.append(("grpc.ssl_target_name_override", settings.upstream_tls_server_name))
-    return grpc.aio.secure_channel(settings.upstream, creds, options=options)
+    return grpc.aio.secure_channel(
+        settings.upstream, creds, options=options, interceptors=interceptors
+    )
 
 
 class UpstreamSlot:

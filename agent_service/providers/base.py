@@ -59,6 +59,8 @@ class StepFinished:
 
     reason: Literal["stop", "tool_calls", "length"]
     usage: Usage = field(default_factory=Usage)
+    response_model: str = ""  # the model that answered, when the provider names it
+    response_id: str = ""  # the provider's id of this response, when it has one
 
 
 ModelEvent = TextDelta | ToolCallRequested | StepFinished

@@ -29,6 +29,7 @@ import asyncio
 import hashlib
 import json
 import re
+import uuid
 from collections.abc import AsyncIterator, Sequence
 
 from agent_service.providers.base import (
@@ -99,6 +100,10 @@ class DemoModel:
     def name(self) -> str:
         return "demo"
 
+    def _response(self) -> tuple[str, str]:
+        """The response's model and id, as a remote model's API reports them."""
+        return self.name, f"demo-{uuid.uuid4().hex[:24]}"
+
     async def aclose(self) -> None:
         return None
 
@@ -111,7 +116,7 @@ class DemoModel:
             words = _summary(conversation).split(" ")
             async for delta in self._words(words):
                 yield delta
-            yield StepFinished("stop", Usage(input_tokens, len(words)))
+            yield StepFinished("stop", Usage(input_tokens, len(words)), *self._response())
             return
         if last.content.strip() == "/fail":
             raise ModelError("model_error", "the demo model was asked to fail (/fail)")
@@ -127,12 +132,12 @@ class DemoModel:
                 yield ToolCallRequested(
                     f"call_{digest}_{len(conversation)}_{index}", name, json.dumps(args)
                 )
-            yield StepFinished("tool_calls", Usage(input_tokens, len(words)))
+            yield StepFinished("tool_calls", Usage(input_tokens, len(words)), *self._response())
             return
         words = _plain_reply(last.content, self._reply_words)
         async for delta in self._words(words):
             yield delta
-        yield StepFinished("stop", Usage(input_tokens, len(words)))
+        yield StepFinished("stop", Usage(input_tokens, len(words)), *self._response())
 
     async def _words(self, words: list[str]) -> AsyncIterator[TextDelta]:
         """One word per delta, paced by a schedule (time spent elsewhere does not slow
