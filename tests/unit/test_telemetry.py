@@ -115,7 +115,11 @@ def test_console_exporting_turns_tracing_on(monkeypatch):
     [
         ({"OTEL_TRACES_EXPORTER": "no-such-exporter"}, "no-such-exporter", False),
         ({"OTEL_TRACES_EXPORTER": "console,no-such-exporter"}, "no-such-exporter", True),
-        ({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "pigeon"}, "pigeon", False),
+        (
+            {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "pigeon"},
+            "pigeon",
+            False,
+        ),
         ({"OTEL_METRICS_EXPORTER": "no-such-metrics"}, "no-such-metrics", False),
     ],
 )
