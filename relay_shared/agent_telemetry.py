@@ -73,17 +73,21 @@ class ToolResult(Protocol):
 
 
 class ProviderLike(Protocol):
-    """A model provider as telemetry sees it: its `name`; optionally `model` and
-    `base_url` (or an SDK client's `_client.base_url`) for the server address."""
+    """A model provider as telemetry sees it: its `name`; optionally `model`, and
+    `server_address` (HOST, PORT) or a `base_url` for server.address / server.port."""
 
     @property
     def name(self) -> str: ...
 
 
 def provider_server(provider: object) -> tuple[str, int | None]:
-    """server.address and server.port of a provider: its base URL's host and port
-    (the scheme's default port when the URL names none), else its name (an
-    in-process model such as `demo`)."""
+    """server.address and server.port of a provider: its `server_address` (host, port),
+    else its base URL's host and port (the scheme's default port when the URL names
+    none), else its name (an in-process model such as `demo`)."""
+    declared = getattr(provider, "server_address", None)
+    if isinstance(declared, tuple) and len(declared) == 2 and declared[0]:
+        host, port = declared
+        return str(host), int(port) if isinstance(port, int) else None
     base_url = getattr(provider, "base_url", None)
     if base_url is None:
         base_url = getattr(getattr(provider, "_client", None), "base_url", None)

@@ -59,8 +59,8 @@ class StepFinished:
 
     reason: Literal["stop", "tool_calls", "length"]
     usage: Usage = field(default_factory=Usage)
-    response_model: str = ""  # the model that answered, when the provider names it
-    response_id: str = ""  # the provider's id of this response, when it has one
+    response_id: str = ""  # the API's id of this response, when it gives one
+    response_model: str = ""  # the model that answered, as the API names it
 
 
 ModelEvent = TextDelta | ToolCallRequested | StepFinished

@@ -195,8 +195,6 @@ class StepAssembler:
 
     finish_reason: str | None = None
     usage: Usage = field(default_factory=Usage)
-    response_model: str = ""
-    response_id: str = ""
     _calls: dict[int, _PendingCall] = field(default_factory=dict)
 
     @property
@@ -213,8 +211,6 @@ class StepAssembler:
                 input_tokens=int(chunk["usage"].get("prompt_tokens") or 0),
                 output_tokens=int(chunk["usage"].get("completion_tokens") or 0),
             )
-        self.response_model = str(chunk.get("model") or self.response_model)
-        self.response_id = str(chunk.get("id") or self.response_id)
         events: list[ModelEvent] = []
         for choice in chunk.get("choices") or []:
             if choice.get("index", 0) != 0:
@@ -245,7 +241,7 @@ class StepAssembler:
         reason = _FINISH_REASONS.get(self.finish_reason or "stop", "stop")
         if self._calls:
             reason = "tool_calls"  # some servers say "stop" after tool calls
-        events.append(StepFinished(reason, self.usage, self.response_model, self.response_id))
+        events.append(StepFinished(reason=reason, usage=self.usage))
         return events
 
     def _take_call_piece(self, piece: Mapping[str, Any]) -> None:
@@ -363,7 +359,6 @@ class OpenAIProvider:
         connect_timeout_s: float = 10.0,
         read_timeout_s: float = 120.0,
     ) -> None:
-        self.base_url = base_url  # server.address and server.port on the model spans
         self._url = base_url.rstrip("/") + "/chat/completions"
         self._api_key = api_key
         self._model = model

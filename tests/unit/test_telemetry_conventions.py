@@ -171,6 +171,7 @@ def provider(name: str, **attributes: object) -> object:
     ("provider", "server"),
     [
         (provider("demo"), ("demo", None)),
+        (provider("openai", server_address=("api.x.test", 8443)), ("api.x.test", 8443)),
         (provider("openai", base_url="https://api.x.test/v1"), ("api.x.test", 443)),
         (provider("openai", base_url="http://[::1]:9000/v1"), ("::1", 9000)),
         (provider("anthropic", _client=provider("c", base_url="http://h:81")), ("h", 81)),
