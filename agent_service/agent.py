@@ -202,24 +202,23 @@ class RunExecution:
         reply.begin(step.message_id)
         provider = self.provider
         stream = provider.stream(conversation, specs)  # type: ignore[arg-type]
-        model = str(getattr(provider, "model", "") or provider.name)
-        with self.telemetry.model_call(provider=provider.name, model=model, step=index) as call:
+        with self.telemetry.model_call(
+            provider=provider, step=index, conversation=conversation
+        ) as call:
             async with contextlib.aclosing(stream):  # type: ignore[type-var]
                 async for item in stream:
+                    call.saw(item)
                     if isinstance(item, TextDelta):
                         if item.text:
-                            call.saw_output()
                             step.text.append(item.text)
                             event = self.emit(
                                 response_delta=pb.ResponseDelta(text=item.text, step=index)
                             )
                             reply.add(item.text, event.seq)
                     elif isinstance(item, ToolCallRequested):
-                        call.saw_output()
                         step.calls.append(item)
                     elif isinstance(item, StepFinished):
                         usage = item.usage
-                        call.finished(item.reason, usage.input_tokens, usage.output_tokens)
                         self.input_tokens += usage.input_tokens
                         self.output_tokens += usage.output_tokens
         self.step = None  # from here on, an early end must not add its text twice
@@ -261,7 +260,12 @@ class RunExecution:
             self.run.tools[runner.call_id] = runner
         tasks = [
             asyncio.create_task(
-                self.telemetry.tool_call(tool_name=r.tool_name, call_id=r.call_id, run=r.run()),
+                self.telemetry.tool_call(
+                    tool_name=r.tool_name,
+                    call_id=r.call_id,
+                    run=r.run(),
+                    arguments_json=r.arguments_json,
+                ),
                 name=f"tool {r.call_id}",
             )
             for r in runners

@@ -34,7 +34,7 @@ from agent_service.store import ConversationStore, open_store
 from agent_service.tools.base import ToolRegistry
 from agent_service.tools.builtins import build_registry
 from relay_shared.agent_telemetry import AgentTelemetry
-from relay_shared.grpc_telemetry import server_interceptors
+from relay_shared.grpc_telemetry import bind_server_address, server_interceptors
 from relay_shared.telemetry import Telemetry, parse_listen, setup_telemetry
 
 log = logging.getLogger(__name__)
@@ -165,6 +165,7 @@ async def create_server(
         port = server.add_secure_port(settings.listen, credentials)
     if port == 0:
         raise OSError(f"could not listen on {settings.listen}")
+    bind_server_address(interceptors, settings.listen, port)  # server.address/port on rpc spans
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     return RunningService(server, port, hub, store, event_log, provider, health_servicer)

@@ -131,7 +131,10 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
         )
         self.hub.direct_calls[call_id] = runner
         traced = self.telemetry.tool_call(
-            tool_name=start.tool_name, call_id=call_id, run=runner.run()
+            tool_name=start.tool_name,
+            call_id=call_id,
+            run=runner.run(),
+            arguments_json=start.arguments_json,
         )
         task = asyncio.create_task(traced, name=f"tool {call_id}")
         reader = asyncio.create_task(_read_tool_cancels(requests, runner))

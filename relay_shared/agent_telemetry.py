@@ -4,31 +4,46 @@ A run's span continues the trace of the message that started it: its parent is
 the W3C context the message carried (`SendMessage.trace_context`, one per
 message because a Chat stream multiplexes many sessions and messages, so the
 stream's own gRPC metadata cannot say which trace a message belongs to). Below
-it hang a span per model call (`chat <model>`, gen_ai.* attributes, time to
-first token) and a span per tool call (`execute_tool <name>`, outcome).
+it hang a span per model call (`chat <model>`, gen_ai.* attributes: provider,
+request and response model, response id, server address and port, finish
+reasons, tokens, `gen_ai.response.time_to_first_chunk`) and a span per tool call
+(`execute_tool <name>`, outcome). With content capture on
+(`OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true`, see
+relay_shared.content_telemetry) they also carry the messages, tool arguments
+and results.
 
 Span status is ERROR only for faults of the service (a run that ended in
 `error`, a model call that failed, a tool that crashed); a cancel, a timeout
 of a tool or bad tool arguments are outcomes, recorded as attributes.
 
 Metrics (shown on /metrics as agent_relay_runs_total and so on):
-`agent_relay.runs` by outcome, `agent_relay.run.duration`,
-`agent_relay.model.time_to_first_token`, `gen_ai.client.operation.duration`,
-`gen_ai.client.token.usage`, `agent_relay.tool.duration` by tool and outcome.
+`agent_relay.runs` by outcome, `agent_relay.run.duration`, the GenAI client
+metrics `gen_ai.client.operation.duration`, `gen_ai.client.token.usage` and
+`gen_ai.client.operation.time_to_first_chunk` (the names of semantic
+conventions v1.41, the last release; the GenAI repository's unreleased main
+renames the inference ones `gen_ai.client.inference.*`), and
+`agent_relay.tool.duration` by tool and outcome. The model metrics carry the
+span's attributes (provider, request and response model, server address and
+port, error.type) and are recorded in the span's context, so their exemplars
+link to it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import time
-from collections.abc import Awaitable, Iterator, Mapping
-from typing import Protocol
+from collections.abc import Awaitable, Iterator, Mapping, Sequence
+from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from opentelemetry import metrics, trace
 from opentelemetry.propagate import extract
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from relay_shared import content_telemetry as content
+from relay_shared.content_telemetry import MessageLike, ToolCallLike
 from relay_shared.telemetry import Telemetry
 
 SCOPE = "agent_relay.agent"
@@ -57,32 +72,121 @@ class ToolResult(Protocol):
     def code(self) -> str: ...
 
 
-class ModelCall:
-    """One model call's span and timings; the agent loop reports what it sees."""
+class ProviderLike(Protocol):
+    """A model provider as telemetry sees it: its `name`; optionally `model`, and
+    `server_address` (HOST, PORT) or a `base_url` for server.address / server.port."""
 
-    def __init__(self, span: trace.Span, attributes: dict[str, str], owner: AgentTelemetry) -> None:
+    @property
+    def name(self) -> str: ...
+
+
+def provider_server(provider: object) -> tuple[str, int | None]:
+    """server.address and server.port of a provider: its `server_address` (host, port),
+    else its base URL's host and port (the scheme's default port when the URL names
+    none), else its name (an in-process model such as `demo`)."""
+    declared = getattr(provider, "server_address", None)
+    if isinstance(declared, tuple) and len(declared) == 2 and declared[0]:
+        host, port = declared
+        return str(host), int(port) if isinstance(port, int) else None
+    base_url = getattr(provider, "base_url", None)
+    if base_url is None:
+        base_url = getattr(getattr(provider, "_client", None), "base_url", None)
+    if base_url:
+        parts = urlsplit(str(base_url))
+        if parts.hostname:
+            default = 443 if parts.scheme == "https" else 80
+            return parts.hostname, parts.port or default
+    return str(getattr(provider, "name", "") or "unknown"), None
+
+
+# the run being traced in this task (model calls add to its captured input and output)
+_current_run: contextvars.ContextVar[RunTrace | None] = contextvars.ContextVar(
+    "agent_relay_run_trace", default=None
+)
+
+
+class ModelCall:
+    """One model call's span and timings; the agent loop reports each streamed item
+    with `saw(item)` (or `saw_output()` and `finished()`)."""
+
+    def __init__(
+        self,
+        span: trace.Span,
+        attributes: dict[str, Any],
+        owner: AgentTelemetry,
+        capture: bool,
+    ) -> None:
         self.span = span
         self.attributes = attributes
         self.started = time.perf_counter()
-        self.first_token_s: float | None = None
+        self.first_chunk_s: float | None = None
         self.input_tokens = 0
         self.output_tokens = 0
+        self.finish_reason = ""
         self._owner = owner
+        self._capture = capture
+        self._text: list[str] = []
+        self._calls: list[ToolCallLike] = []
+
+    def saw(self, item: object) -> None:
+        """One item of the model's stream: text, a tool call, or the step's end
+        (StepFinished: reason, usage, and `response_model` / `response_id` when the
+        provider reports them)."""
+        self.saw_output()
+        text = getattr(item, "text", None)
+        if isinstance(text, str):
+            if self._capture:
+                self._text.append(text)
+            return
+        if hasattr(item, "arguments_json"):
+            if self._capture:
+                self._calls.append(item)  # type: ignore[arg-type]
+            return
+        usage = getattr(item, "usage", None)
+        if hasattr(item, "reason"):
+            self.finished(
+                str(getattr(item, "reason", "")),
+                int(getattr(usage, "input_tokens", 0) or 0),
+                int(getattr(usage, "output_tokens", 0) or 0),
+                response_model=str(getattr(item, "response_model", "") or ""),
+                response_id=str(getattr(item, "response_id", "") or ""),
+            )
 
     def saw_output(self) -> None:
-        """The model produced text or a tool call: the first one sets time to first token."""
-        if self.first_token_s is None:
-            self.first_token_s = time.perf_counter() - self.started
-            self.span.set_attribute("agent_relay.time_to_first_token_ms", self.first_token_s * 1e3)
-            self._owner.time_to_first_token.record(self.first_token_s, self.attributes)
+        """The first chunk of the response arrived (the first call sets time to first chunk)."""
+        if self.first_chunk_s is None:
+            self.first_chunk_s = time.perf_counter() - self.started
+            self.span.set_attribute("gen_ai.response.time_to_first_chunk", self.first_chunk_s)
 
-    def finished(self, reason: str, input_tokens: int, output_tokens: int) -> None:
-        """The step's end: why it stopped and the tokens it used."""
+    def finished(
+        self,
+        reason: str,
+        input_tokens: int,
+        output_tokens: int,
+        *,
+        response_model: str = "",
+        response_id: str = "",
+    ) -> None:
+        """The step's end: why it stopped, the tokens it used, and the response's model
+        and id when the provider names them."""
         self.input_tokens += input_tokens
         self.output_tokens += output_tokens
-        self.span.set_attribute("gen_ai.response.finish_reasons", (reason,))
-        self.span.set_attribute("gen_ai.usage.input_tokens", self.input_tokens)
-        self.span.set_attribute("gen_ai.usage.output_tokens", self.output_tokens)
+        self.finish_reason = reason
+        span = self.span
+        span.set_attribute("gen_ai.response.finish_reasons", (reason,))
+        span.set_attribute("gen_ai.usage.input_tokens", self.input_tokens)
+        span.set_attribute("gen_ai.usage.output_tokens", self.output_tokens)
+        if response_model:
+            span.set_attribute("gen_ai.response.model", response_model)
+            self.attributes["gen_ai.response.model"] = response_model
+        if response_id:
+            span.set_attribute("gen_ai.response.id", response_id)
+        if self._capture:
+            text = "".join(self._text)
+            span.set_attributes(content.model_output_attributes(text, self._calls, reason))
+            run = _current_run.get()
+            if run is not None and text:
+                run.output_text.append(text)
 
 
 class RunTrace:
@@ -92,6 +196,8 @@ class RunTrace:
         self.span = span
         self.started = time.perf_counter()
         self._owner = owner
+        self.input_text: str | None = None  # with capture on: the user's message
+        self.output_text: list[str] = []  # with capture on: every step's text
 
     def ended(self, outcome: str, error_code: str = "", message: str = "") -> None:
         """The run's finish reason (stop, cancelled, error, interrupted, max_steps)."""
@@ -100,6 +206,10 @@ class RunTrace:
             self.span.set_attribute("error.type", error_code)
         if outcome in FAULT_OUTCOMES:
             self.span.set_status(Status(StatusCode.ERROR, message or error_code))
+        if self._owner.capture_content:
+            if self.input_text is not None:
+                self.span.set_attributes(content.text_attributes("input", self.input_text))
+            self.span.set_attributes(content.text_attributes("output", "".join(self.output_text)))
         attributes = {"outcome": outcome}
         self._owner.runs.add(1, attributes)
         self._owner.run_duration.record(time.perf_counter() - self.started, attributes)
@@ -107,15 +217,20 @@ class RunTrace:
 
 class AgentTelemetry:
     """Tracer and instruments of the agent loop. `AgentTelemetry(None)`: the global API
-    providers (no-op unless a process installed its own)."""
+    providers (no-op unless a process installed its own). `capture_content` (default:
+    the OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT variable) puts messages,
+    tool arguments and results on the spans."""
 
-    def __init__(self, telemetry: Telemetry | None) -> None:
+    def __init__(self, telemetry: Telemetry | None, *, capture_content: bool | None = None) -> None:
         if telemetry is None:
             self.tracer = trace.get_tracer(SCOPE)
             meter = metrics.get_meter(SCOPE)
         else:
             self.tracer = telemetry.tracer(SCOPE)
             meter = telemetry.meter(SCOPE)
+        self.capture_content = (
+            content.capture_message_content() if capture_content is None else capture_content
+        )
         self.runs = meter.create_counter(
             "agent_relay.runs", unit="{run}", description="Runs ended, by outcome."
         )
@@ -125,10 +240,10 @@ class AgentTelemetry:
             description="Runs from start to completion, by outcome.",
             explicit_bucket_boundaries_advisory=LONG_BUCKETS_S,
         )
-        self.time_to_first_token = meter.create_histogram(
-            "agent_relay.model.time_to_first_token",
+        self.time_to_first_chunk = meter.create_histogram(
+            "gen_ai.client.operation.time_to_first_chunk",
             unit="s",
-            description="From a model call's start to its first text or tool call.",
+            description="From a model call's request to the first chunk of its streamed response.",
             explicit_bucket_boundaries_advisory=LATENCY_BUCKETS_S,
         )
         self.model_duration = meter.create_histogram(
@@ -176,24 +291,54 @@ class AgentTelemetry:
             record_exception=False,
             set_status_on_exception=False,
         ) as span:
-            yield RunTrace(span, self)
+            run_trace = RunTrace(span, self)
+            token = _current_run.set(run_trace)
+            try:
+                yield run_trace
+            finally:
+                _current_run.reset(token)
 
     @contextlib.contextmanager
-    def model_call(self, *, provider: str, model: str, step: int) -> Iterator[ModelCall]:
-        """A span for one model call, current inside the `with`; a raised error marks it."""
-        attributes = {
+    def model_call(
+        self,
+        *,
+        provider: ProviderLike | str,
+        step: int,
+        model: str = "",
+        conversation: Sequence[MessageLike] = (),
+    ) -> Iterator[ModelCall]:
+        """A span for one model call to `provider` (a provider object, or its name), current
+        inside the `with`; a raised error marks it. `conversation` is what the model reads
+        (captured only with content capture on)."""
+        if isinstance(provider, str):
+            name, address, port = provider, provider, None
+            model = model or provider
+        else:
+            name = provider.name
+            model = model or str(getattr(provider, "model", "") or name)
+            address, port = provider_server(provider)
+        attributes: dict[str, Any] = {
             "gen_ai.operation.name": "chat",
-            "gen_ai.provider.name": provider,
+            "gen_ai.provider.name": name,
             "gen_ai.request.model": model,
+            "server.address": address,
         }
+        if port is not None:
+            attributes["server.port"] = port
+        span_attributes = {**attributes, "gen_ai.request.stream": True, "agent_relay.step": step}
+        if self.capture_content:
+            span_attributes.update(content.model_input_attributes(conversation))
+            run = _current_run.get()
+            if run is not None and run.input_text is None:
+                run.input_text = _last_user_text(conversation)
         with self.tracer.start_as_current_span(
             f"chat {model}",
             kind=SpanKind.CLIENT,
-            attributes={**attributes, "agent_relay.step": step},
+            attributes=span_attributes,
             record_exception=False,
             set_status_on_exception=False,
         ) as span:
-            call = ModelCall(span, attributes, self)
+            call = ModelCall(span, attributes, self, self.capture_content)
             error_type = ""
             try:
                 yield call
@@ -207,20 +352,32 @@ class AgentTelemetry:
                     span.set_status(Status(StatusCode.ERROR, str(exc) or error_type))
                 raise
             finally:
-                done = {**attributes, "error.type": error_type} if error_type else attributes
-                self.model_duration.record(time.perf_counter() - call.started, done)
-                if call.input_tokens or call.output_tokens:
-                    self.token_usage.record(
-                        call.input_tokens, {**attributes, "gen_ai.token.type": "input"}
-                    )
-                    self.token_usage.record(
-                        call.output_tokens, {**attributes, "gen_ai.token.type": "output"}
-                    )
+                self._record_model_metrics(call, error_type)
+
+    def _record_model_metrics(self, call: ModelCall, error_type: str) -> None:
+        """The model call's metrics, in its span's context (for the exemplars)."""
+        in_span = trace.set_span_in_context(call.span)
+        attributes = call.attributes
+        done = {**attributes, "error.type": error_type} if error_type else attributes
+        self.model_duration.record(time.perf_counter() - call.started, done, context=in_span)
+        if call.first_chunk_s is not None:
+            self.time_to_first_chunk.record(call.first_chunk_s, attributes, context=in_span)
+        if call.input_tokens or call.output_tokens:
+            for kind, count in (("input", call.input_tokens), ("output", call.output_tokens)):
+                self.token_usage.record(
+                    count, {**attributes, "gen_ai.token.type": kind}, context=in_span
+                )
 
     async def tool_call(
-        self, *, tool_name: str, call_id: str, run: Awaitable[ToolResult]
+        self,
+        *,
+        tool_name: str,
+        call_id: str,
+        run: Awaitable[ToolResult],
+        arguments_json: str = "",
     ) -> ToolResult:
-        """Await `run` (a tool call that never raises) inside its span; record its outcome."""
+        """Await `run` (a tool call that never raises) inside its span; record its outcome.
+        With content capture on, the span also carries `arguments_json` and the result."""
         started = time.perf_counter()
         with self.tracer.start_as_current_span(
             f"execute_tool {tool_name}",
@@ -229,6 +386,7 @@ class AgentTelemetry:
                 "gen_ai.operation.name": "execute_tool",
                 "gen_ai.tool.name": tool_name,
                 "gen_ai.tool.call.id": call_id,
+                "gen_ai.tool.type": "function",
             },
             record_exception=True,
             set_status_on_exception=True,
@@ -239,11 +397,19 @@ class AgentTelemetry:
                 span.set_attribute("error.type", outcome.code)
             if outcome.status == "failed" and outcome.code in TOOL_FAULT_CODES:
                 span.set_status(Status(StatusCode.ERROR, f"tool failed: {outcome.code}"))
-        self.tool_duration.record(
-            time.perf_counter() - started,
-            {"gen_ai.tool.name": tool_name, "outcome": outcome.status},
-        )
+            if self.capture_content:
+                result = str(getattr(outcome, "result", ""))
+                span.set_attributes(content.tool_attributes(arguments_json, result))
+            self.tool_duration.record(
+                time.perf_counter() - started,
+                {"gen_ai.tool.name": tool_name, "outcome": outcome.status},
+                context=trace.set_span_in_context(span),
+            )
         return outcome
+
+
+def _last_user_text(conversation: Sequence[MessageLike]) -> str:
+    return next((m.content for m in reversed(conversation) if m.role == "user"), "")
 
 
 def _is_cancel(exc: BaseException) -> bool:

@@ -5,7 +5,18 @@ frame's `traceparent` when it has one (else the root of a new trace). Its
 context goes on to the agent in `SendMessage.trace_context`, where the run's
 span hangs below it. There is no span for a connection or a room: they live
 for hours. With tracing off, the frame's own `traceparent`/`tracestate` pass
-through untouched, so the agent's logs still name the client's trace.
+through untouched (and are current while the frame is handled), so the
+agent's logs and the edge's still name the client's trace.
+
+A frame the edge refuses before it goes anywhere (`not_joined`, `rate_limited`,
+`forbidden`, `bad_frame`, ...) gets a short span of its own
+(`EdgeTelemetry.refused()`), named for the frame's type (`chat:message`,
+`join`, ...; `frame` when it could not be decoded), with `error.type` = the
+code; one refused after the agent was asked carries `error.type` on its
+`chat:message` span. Status ERROR only for the edge's or the agent's faults.
+
+With `OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true` a
+`chat:message` span also carries the message's text as `input.value`.
 
 Metrics cost the hot path two integer additions per frame: the counters are
 plain ints read by OpenTelemetry's observable instruments only when /metrics
@@ -20,14 +31,19 @@ is scraped (or a metric exporter collects). Shown in Prometheus format as:
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
+from opentelemetry import context as otel_context
 from opentelemetry import metrics, propagate, trace
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from relay_shared.content_telemetry import capture_message_content, text_attributes
 from relay_shared.telemetry import Telemetry
+
+log = logging.getLogger("ws_edge.frames")
 
 SCOPE = "agent_relay.edge"
 # edge error codes that are faults of the edge or the agent (span status ERROR);
@@ -73,13 +89,18 @@ class EdgeTelemetry:
     read and write loops; `gauge()` is called once per gauge at start-up.
     """
 
-    def __init__(self, telemetry: Telemetry | None) -> None:
-        """With None: counts are kept but shown nowhere, and no span is made."""
+    def __init__(self, telemetry: Telemetry | None, *, capture_content: bool | None = None) -> None:
+        """With None: counts are kept but shown nowhere, and no span is made.
+        `capture_content` defaults to OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT."""
         self.telemetry = telemetry
         self.tracing = telemetry is not None and telemetry.tracing
         self.tracer = telemetry.tracer(SCOPE) if telemetry is not None else trace.NoOpTracer()
+        self.capture_content = (
+            capture_message_content() if capture_content is None else capture_content
+        )
         self.counts = _Counts()
         self._meter = telemetry.meter(SCOPE) if telemetry is not None else metrics.NoOpMeter(SCOPE)
+        self.meter = self._meter  # for the edge's other instruments (HTTP requests)
         self._meter.create_observable_counter(
             "agent_relay.edge.frames",
             callbacks=[self._observe_frames],
@@ -104,6 +125,15 @@ class EdgeTelemetry:
         if self.telemetry is None:
             return b"", "text/plain; version=0.0.4; charset=utf-8"
         return self.telemetry.metrics_text()
+
+    def exposition(
+        self, accept: str = "", accept_encoding: str = ""
+    ) -> tuple[bytes, dict[str, str]]:
+        """A /metrics answer negotiated from `Accept` (OpenMetrics with exemplars, or text)
+        and `Accept-Encoding` (gzip); an empty body when no telemetry was set up."""
+        if self.telemetry is None:
+            return b"", {}
+        return self.telemetry.exposition(accept, accept_encoding)
 
     # -- counting (hot path) --------------------------------------------------------------
 
@@ -163,8 +193,10 @@ class EdgeTelemetry:
         *,
         session_id: str,
         message_id: str,
+        text: str | None = None,
     ) -> Iterator[MessageTrace]:
-        """The span of one chat:message frame, current inside the `with`.
+        """The span of one chat:message frame, current inside the `with`. `text` (the
+        message) goes on the span only with content capture on.
 
         Yields the MessageTrace whose `trace_context` (W3C `traceparent`, and
         `tracestate` when there is one) the SendMessage must carry.
@@ -173,21 +205,71 @@ class EdgeTelemetry:
         if tracestate and traceparent:
             carrier["tracestate"] = tracestate
         if not self.tracing:
-            yield MessageTrace(carrier)
+            if not carrier:
+                yield MessageTrace(carrier)
+                return
+            # the client's ids stay current: the edge's log lines about the frame name them
+            token = otel_context.attach(propagate.extract(carrier))
+            try:
+                yield MessageTrace(carrier)
+            finally:
+                otel_context.detach(token)
             return
-        parent = propagate.extract(carrier) if carrier else None
+        # no traceparent: a new trace, whatever context the socket's task holds
+        parent = propagate.extract(carrier) if carrier else otel_context.Context()
+        attributes = {
+            "network.protocol.name": "websocket",
+            "agent_relay.session.id": session_id,
+            "agent_relay.message.id": message_id,
+        }
+        if self.capture_content and text is not None:
+            attributes.update(text_attributes("input", text))
         with self.tracer.start_as_current_span(
             "chat:message",
             context=parent,
             kind=SpanKind.SERVER,
-            attributes={
-                "network.protocol.name": "websocket",
-                "agent_relay.session.id": session_id,
-                "agent_relay.message.id": message_id,
-            },
+            attributes=attributes,
             record_exception=True,
             set_status_on_exception=True,
         ) as span:
             outgoing: dict[str, str] = {}
             propagate.inject(outgoing)
             yield MessageTrace(outgoing, span)
+
+    def refused(self, code: str, frame: object | None = None) -> None:
+        """A client frame refused with edge error `code` before it went anywhere: a span
+        of its own (see the module docstring); `frame` is the decoded frame, if any."""
+        if not self.tracing:
+            log.debug("refused a frame: %s", code)
+            return
+        frame_type = _frame_type(frame)
+        traceparent = getattr(frame, "traceparent", None)
+        carrier = {"traceparent": traceparent} if isinstance(traceparent, str) else {}
+        attributes = {
+            "network.protocol.name": "websocket",
+            "agent_relay.frame.type": frame_type,
+            "error.type": code,
+        }
+        for attribute, field_name in (
+            ("agent_relay.session.id", "session_id"),
+            ("agent_relay.message.id", "message_id"),
+        ):
+            value = getattr(frame, field_name, None)
+            if isinstance(value, str) and value:
+                attributes[attribute] = value
+        with self.tracer.start_as_current_span(
+            frame_type,
+            context=propagate.extract(carrier) if carrier else otel_context.Context(),
+            kind=SpanKind.SERVER,
+            attributes=attributes,
+        ) as span:
+            if code in FAULT_CODES:
+                span.set_status(Status(StatusCode.ERROR, code))
+            log.debug("refused %s: %s", frame_type, code)
+
+
+def _frame_type(frame: object | None) -> str:
+    """A decoded frame's `type` tag (`chat:message`, `join`, ...); `frame` when undecoded."""
+    config = getattr(type(frame), "__struct_config__", None) if frame is not None else None
+    tag = getattr(config, "tag", None)
+    return tag if isinstance(tag, str) else "frame"

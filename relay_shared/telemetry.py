@@ -12,9 +12,15 @@ exporter registry (the same names `opentelemetry-instrument` accepts):
   endpoint is, `otlp` is meant. With none of these set, tracing is off: no SDK
   tracer provider is installed, spans cost what the API's no-op costs, and an
   incoming `traceparent` is still passed on (the no-op keeps the parent's ids).
-- metrics: always kept in-process for Prometheus (`Telemetry.metrics_text()`);
-  also pushed when `OTEL_METRICS_EXPORTER` names exporters.
+- metrics: always kept in-process for Prometheus (`Telemetry.metrics_text()`,
+  `Telemetry.exposition()` with OpenMetrics, gzip and exemplars: see
+  relay_shared.prometheus_telemetry); also pushed when `OTEL_METRICS_EXPORTER`
+  names exporters. Histograms keep exemplars (the trace of a measurement made
+  inside a sampled span) while tracing is on, unless `OTEL_METRICS_EXEMPLAR_FILTER`
+  says otherwise.
 - `OTEL_SDK_DISABLED=true` turns exporting off whatever else is set.
+- An exporter name or OTLP protocol that nothing provides is logged as one
+  ERROR line naming it; the process goes on without that exporter.
 
 The providers are installed as OpenTelemetry's global ones (one per process),
 so instrumentation libraries find them. Logs: `configure_json_logging` writes
@@ -33,7 +39,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from opentelemetry import metrics, trace
-from opentelemetry.exporter.prometheus import PrometheusMetricReader
 
 # The SDK's own resolution of OTEL_*_EXPORTER and OTEL_EXPORTER_OTLP_PROTOCOL into
 # exporter classes (entry points), as `opentelemetry-instrument` does it; private
@@ -50,6 +55,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, start_wsgi_server
+
+from relay_shared.prometheus_telemetry import ExemplarPrometheusReader, exposition
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +119,13 @@ class Telemetry:
         """The Prometheus exposition of every instrument, and its content type."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
+    def exposition(
+        self, accept: str = "", accept_encoding: str = ""
+    ) -> tuple[bytes, dict[str, str]]:
+        """A /metrics answer (body, headers) negotiated from the request's `Accept`
+        (OpenMetrics, with exemplars, or text 0.0.4) and `Accept-Encoding` (gzip)."""
+        return exposition(self.registry, accept, accept_encoding)
+
     def serve_metrics(self, host: str, port: int) -> tuple[str, int]:
         """Serve the Prometheus text over HTTP from a thread; returns the bound host and port.
 
@@ -139,16 +153,15 @@ def setup_telemetry(service_name: str, *, install_global: bool = True) -> Teleme
     `service_name` is the resource's `service.name` unless OTEL_SERVICE_NAME says
     otherwise. With `install_global`, the providers become OpenTelemetry's
     global ones (set once per process: later calls keep the first ones there).
-    Raises RuntimeError for an exporter name or OTLP protocol nobody provides.
+    An exporter name or OTLP protocol nobody provides is logged (one line) and left out.
     """
     attributes = {} if os.environ.get("OTEL_SERVICE_NAME") else {"service.name": service_name}
     resource = Resource.create(attributes)
-    span_exporters, metric_exporters, _ = _import_exporters(
-        trace_exporter_names(), metric_exporter_names(), []
-    )
+    span_exporters = _exporters("traces", trace_exporter_names)
+    metric_exporters = _exporters("metrics", metric_exporter_names)
     registry = CollectorRegistry(auto_describe=True)
     ProcessCollector(registry=registry)
-    readers: list[MetricReader] = [PrometheusMetricReader(registry=registry)]
+    readers: list[MetricReader] = [ExemplarPrometheusReader(registry)]
     for exporter_class in metric_exporters.values():
         exporter = exporter_class()
         readers.append(
@@ -156,10 +169,14 @@ def setup_telemetry(service_name: str, *, install_global: bool = True) -> Teleme
             if isinstance(exporter, MetricReader)
             else PeriodicExportingMetricReader(exporter)
         )
-    # exemplars cost a quarter of each measurement, and Prometheus text does not carry them:
-    # off unless asked for by OTEL_METRICS_EXEMPLAR_FILTER
+    # Exemplars link a histogram to the trace of one of its measurements: the SDK's default
+    # (a sampled span's measurements) while spans are exported; with tracing off there is
+    # no trace to link to, so off (a quarter of each measurement's cost) unless
+    # OTEL_METRICS_EXEMPLAR_FILTER asks.
     exemplars = (
-        None if os.environ.get("OTEL_METRICS_EXEMPLAR_FILTER") else AlwaysOffExemplarFilter()
+        None
+        if span_exporters or os.environ.get("OTEL_METRICS_EXEMPLAR_FILTER")
+        else AlwaysOffExemplarFilter()
     )
     meter_provider = MeterProvider(
         resource=resource, metric_readers=readers, exemplar_filter=exemplars
@@ -177,6 +194,33 @@ def setup_telemetry(service_name: str, *, install_global: bool = True) -> Teleme
     if tracer_provider is not None:
         log.info("exporting spans with %s", ", ".join(span_exporters))
     return telemetry
+
+
+def _exporters(signal: str, names: Any) -> dict[str, Any]:
+    """The exporter classes `names()` asks for; one that nothing provides is logged as one
+    line and left out (a typo in OTEL_* must not stop the service)."""
+    try:
+        wanted: list[str] = names()
+    except (RuntimeError, ValueError) as exc:  # an unknown OTEL_EXPORTER_OTLP_PROTOCOL
+        log.error("no %s exporter: %s", signal, exc)
+        return {}
+    found: dict[str, Any] = {}
+    for name in wanted:
+        try:
+            traces, pushed, _ = _import_exporters(
+                [name] if signal == "traces" else [], [name] if signal == "metrics" else [], []
+            )
+        except (RuntimeError, ValueError, ImportError) as exc:
+            log.error(
+                "unknown %s exporter %r (OTEL_%s_EXPORTER): %s; going on without it",
+                signal,
+                name,
+                signal.upper(),
+                exc,
+            )
+            continue
+        found.update(traces if signal == "traces" else pushed)
+    return found
 
 
 def parse_listen(address: str) -> tuple[str, int] | None:

@@ -29,6 +29,7 @@ from ws_edge.connection import Connection
 from ws_edge.errors import CloseCode, EdgeError, ErrorCode
 from ws_edge.events import message_to_dict
 from ws_edge.frames import PROTOCOL, SUPPORTED_PROTOCOLS, welcome_frame
+from ws_edge.http_tracing import install_http_tracing
 from ws_edge.hub import Hub
 from ws_edge.upstream import unary
 
@@ -69,6 +70,7 @@ def create_app(*, settings: EdgeSettings, telemetry: Telemetry | None = None) ->
     app = web.Application(client_max_size=64 * 1024)
     app[SETTINGS] = settings
     app[TELEMETRY] = EdgeTelemetry(telemetry)
+    install_http_tracing(app, app[TELEMETRY])  # a span, a metric, a log line per request
     secret = settings.jwt_secret
     if not secret:
         log.warning("no jwt_secret set: using a random one; tokens die with this process")
@@ -364,11 +366,14 @@ def _register_gauges(telemetry: EdgeTelemetry, hub: Hub) -> None:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus text: OpenTelemetry's instruments when telemetry is set up, else a few
-    gauges read directly."""
-    body, content_type = request.app[TELEMETRY].metrics_text()
+    """OpenTelemetry's instruments when telemetry is set up (OpenMetrics with exemplars
+    when Accept asks for it, gzip when Accept-Encoding allows), else a few gauges read
+    directly."""
+    body, headers = request.app[TELEMETRY].exposition(
+        request.headers.get(hdrs.ACCEPT, ""), request.headers.get(hdrs.ACCEPT_ENCODING, "")
+    )
     if body:
-        return web.Response(body=body, headers={"Content-Type": content_type})
+        return web.Response(body=body, headers=headers)
     hub = request.app[HUB]
     up = sum(1 for slot in hub.upstream.slots if slot.up)
     lines = [

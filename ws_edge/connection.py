@@ -230,7 +230,7 @@ class Connection:
         try:
             self._dispatch(frame, now)
         except EdgeError as error:
-            self._refuse(frame.id, error, now)
+            self._refuse(frame.id, error, now, frame)
 
     def receive_binary(self) -> None:
         self._refuse(
@@ -239,7 +239,10 @@ class Connection:
             self.hub.clock(),
         )
 
-    def _refuse(self, ref: str | None, error: EdgeError, now: float) -> None:
+    def _refuse(
+        self, ref: str | None, error: EdgeError, now: float, frame: ClientFrame | None = None
+    ) -> None:
+        self.hub.telemetry.refused(str(error.code), frame)  # a span with error.type = the code
         self.reply_error(ref, error)
         if self._abuse.strike(now):
             self.close(CloseCode.POLICY_VIOLATION, "too many rejected frames")
@@ -311,6 +314,7 @@ class Connection:
         try:
             claims = self._authority.verify(frame.token, self._wall())
         except TokenError as exc:
+            self.hub.telemetry.refused(str(ErrorCode.UNAUTHENTICATED), frame)
             self.reply_error(frame.id, EdgeError(ErrorCode.UNAUTHENTICATED, str(exc)))
             if self.claims is None:
                 self.close(CloseCode.TOKEN_INVALID, str(exc))
@@ -323,6 +327,7 @@ class Connection:
                 >= self.hub.settings.max_connections_per_user
             ):
                 self.hub.telemetry.rate_limited("connections")
+                self.hub.telemetry.refused(str(ErrorCode.RATE_LIMITED), frame)
                 self.reply_error(
                     frame.id,
                     EdgeError(ErrorCode.RATE_LIMITED, "too many connections for this user"),
@@ -349,6 +354,7 @@ class Connection:
             frame.tracestate,
             session_id=frame.session_id,
             message_id=frame.message_id,
+            text=frame.text,
         ) as traced:
             request = pb.ChatRequest(
                 send=pb.SendMessage(

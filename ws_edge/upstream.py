@@ -35,6 +35,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from agent_relay.v1 import agent_pb2 as pb
 from agent_relay.v1 import agent_pb2_grpc
+from relay_shared.grpc_telemetry import client_interceptors
 from ws_edge.backoff import backoff_s
 from ws_edge.config import EdgeSettings, parse_targets
 from ws_edge.errors import EdgeError, ErrorCode, error_from_grpc
@@ -114,7 +115,11 @@ def make_channel(settings: EdgeSettings, address: str, tls_name: str = "") -> gr
     """A channel to one agent replica: TLS (and mutual TLS) when configured, and the
     edge's bearer token on every call when it has one."""
     options: list[tuple[str, Any]] = list(_CHANNEL_OPTIONS)
-    interceptors = bearer_token(settings.upstream_token) if settings.upstream_token else None
+    # unary calls (CreateSession, ...) get a client span and carry its traceparent
+    interceptors = [
+        *client_interceptors(address),
+        *(bearer_token(settings.upstream_token) if settings.upstream_token else []),
+    ]
     if settings.upstream_tls_ca_file is None:
         return grpc.aio.insecure_channel(address, options=options, interceptors=interceptors)
     root = settings.upstream_tls_ca_file.read_bytes()

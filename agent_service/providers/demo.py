@@ -29,6 +29,7 @@ import asyncio
 import hashlib
 import json
 import re
+import uuid
 from collections.abc import AsyncIterator, Sequence
 
 from agent_service.providers.base import (
@@ -88,6 +89,11 @@ def requested_tools(text: str) -> list[tuple[str, dict[str, object]]]:
     return calls
 
 
+def _response_id() -> str:
+    """A fresh id for one step's response, as a remote model's API gives one."""
+    return f"demo-{uuid.uuid4().hex[:24]}"
+
+
 class DemoModel:
     """The scripted model. See the module docstring for what it understands."""
 
@@ -111,7 +117,12 @@ class DemoModel:
             words = _summary(conversation).split(" ")
             async for delta in self._words(words):
                 yield delta
-            yield StepFinished("stop", Usage(input_tokens, len(words)))
+            yield StepFinished(
+                "stop",
+                Usage(input_tokens, len(words)),
+                response_id=_response_id(),
+                response_model=self.name,
+            )
             return
         if last.content.strip() == "/fail":
             raise ModelError("model_error", "the demo model was asked to fail (/fail)")
@@ -127,12 +138,22 @@ class DemoModel:
                 yield ToolCallRequested(
                     f"call_{digest}_{len(conversation)}_{index}", name, json.dumps(args)
                 )
-            yield StepFinished("tool_calls", Usage(input_tokens, len(words)))
+            yield StepFinished(
+                "tool_calls",
+                Usage(input_tokens, len(words)),
+                response_id=_response_id(),
+                response_model=self.name,
+            )
             return
         words = _plain_reply(last.content, self._reply_words)
         async for delta in self._words(words):
             yield delta
-        yield StepFinished("stop", Usage(input_tokens, len(words)))
+        yield StepFinished(
+            "stop",
+            Usage(input_tokens, len(words)),
+            response_id=_response_id(),
+            response_model=self.name,
+        )
 
     async def _words(self, words: list[str]) -> AsyncIterator[TextDelta]:
         """One word per delta, paced by a schedule (time spent elsewhere does not slow

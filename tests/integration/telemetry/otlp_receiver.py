@@ -38,6 +38,7 @@ class ReceivedSpan:
     kind: int
     status_code: int
     attributes: dict[str, Any]
+    events: tuple[tuple[str, dict[str, Any]], ...] = ()  # (name, attributes) in order
 
 
 def _value(v: AnyValue) -> Any:
@@ -72,6 +73,10 @@ class SpanStore:
                             kind=s.kind,
                             status_code=s.status.code,
                             attributes={a.key: _value(a.value) for a in s.attributes},
+                            events=tuple(
+                                (e.name, {a.key: _value(a.value) for a in e.attributes})
+                                for e in s.events
+                            ),
                         )
                     )
         with self._lock:

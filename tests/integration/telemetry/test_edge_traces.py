@@ -56,6 +56,8 @@ async def test_the_trace_runs_from_the_client_span_through_the_edge_to_the_tool_
 ):
     store = receiver_grpc.store
     receiver_http = OtlpHttpReceiver(store)
+    # content capture is opt-in: left unset here, no span may carry a prompt or a result
+    monkeypatch.delenv("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", raising=False)
     service_env = {
         "OTEL_TRACES_EXPORTER": "otlp",
         "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
@@ -100,6 +102,11 @@ async def test_the_trace_runs_from_the_client_span_through_the_edge_to_the_tool_
         assert tool.attributes["agent_relay.tool.outcome"] == "completed"
         models = [s for s in trace if s.name.startswith("chat ")]
         assert len(models) == 2 and all(m.parent_span_id == run.span_id for m in models)
+        captured = {"gen_ai.input.messages", "gen_ai.output.messages", "gen_ai.system_instructions",
+                    "gen_ai.tool.call.arguments", "gen_ai.tool.call.result", "input.value",
+                    "output.value"}  # fmt: skip
+        assert not [(s.name, k) for s in trace for k in s.attributes if k in captured]
+        assert all(m.attributes["gen_ai.response.model"] == "demo" for m in models)
 
         started = store.wait_for(
             lambda spans: any(

@@ -109,7 +109,7 @@ async def test_one_trace_from_the_client_span_down_to_each_tool_call(
         assert first["gen_ai.operation.name"] == "chat"
         assert first["gen_ai.provider.name"] == "demo"
         assert first["gen_ai.request.model"]
-        assert first["agent_relay.time_to_first_token_ms"] >= 0
+        assert first["gen_ai.response.time_to_first_chunk"] >= 0
         assert first["gen_ai.response.finish_reasons"] == ("tool_calls",)
         assert first["gen_ai.usage.input_tokens"] > 0 and first["gen_ai.usage.output_tokens"] > 0
         tools = by_name(spans, "execute_tool calculator")
@@ -122,7 +122,8 @@ async def test_one_trace_from_the_client_span_down_to_each_tool_call(
         # the unary call got an rpc span, child of the context sent in its metadata
         (create,) = [s for s in spans if s.name.endswith("AgentService/CreateSession")]
         assert create.parent_span_id == client_span and create.kind == SPAN_KIND_SERVER
-        assert create.attributes["rpc.system"] == "grpc"
+        assert create.name == "agent_relay.v1.AgentService/CreateSession"  # no leading slash
+        assert create.attributes["rpc.system.name"] == "grpc"
         (get,) = [s for s in spans if s.name.endswith("AgentService/GetSession")]
         assert get.status_code == STATUS_UNSET  # a refused request is not a server fault
         # no span for the long-lived Chat stream, nor for health checks polled all day
@@ -138,7 +139,7 @@ async def test_one_trace_from_the_client_span_down_to_each_tool_call(
         samples = scrape(metrics_at)
         assert value(samples, "agent_relay_runs_total", outcome="stop") == 1
         assert value(samples, "agent_relay_run_duration_seconds_count", outcome="stop") == 1
-        assert value(samples, "agent_relay_model_time_to_first_token_seconds_count") == 2
+        assert value(samples, "gen_ai_client_operation_time_to_first_chunk_seconds_count") == 2
         tool = "gen_ai_tool_name"
         calc = {tool: "calculator"}
         assert (
