@@ -87,15 +87,15 @@ run: $(STAMP) $(WEB_BUILD)
 test: $(CHROMIUM) $(STAMP) $(WEB_BUILD) test-web lint-proto breaking
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
-# buf lint (STANDARD + COMMENTS, exceptions in proto/buf.yaml) and buf format
+# buf lint (STANDARD + COMMENTS, exceptions in proto/buf.yaml)
 lint-proto: $(TOOLS_DEPS)
 	$(BUF) lint proto
-	$(BUF) format --diff --exit-code proto
 
 breaking: $(STAMP) $(TOOLS_DEPS)
 	BUF=$(BUF) $(BIN)/python proto/breaking.py
 
 lint: $(STAMP) $(WEB_DEPS) lint-proto
+	$(BUF) format --diff --exit-code proto
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy agent_service ws_edge relay_shared clients/python/agent_relay_client

@@ -241,6 +241,16 @@ def test_a_signal_to_the_supervisor_stops_both_and_frees_both_ports(
     assert port_refuses(supervised.edge_url.removeprefix("http://"))
 
 
+def test_kill_9_of_the_supervisor_leaves_no_orphan(supervised: SupervisedRun) -> None:
+    """The children get SIGTERM from the kernel when the supervisor dies (PR_SET_PDEATHSIG)."""
+    children = supervised.children()
+    assert set(children) == {"agent_service", "ws_edge"}
+    supervised.stop(signal.SIGKILL)
+    eventually(lambda: not any(alive(pid) for pid in children.values()))
+    eventually(lambda: port_refuses(supervised.grpc_address))
+    assert port_refuses(supervised.edge_url.removeprefix("http://"))
+
+
 def test_a_second_run_names_the_port_in_use_in_one_line(
     supervised: SupervisedRun, tmp_path: Path
 ) -> None:
