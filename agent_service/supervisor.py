@@ -8,7 +8,8 @@ LOG_DIR/<child>.log instead, so the terminal stays readable.
 The rules:
 
 - Before anything starts, each fixed port is checked: one that is in use is a
-  one-line error naming it, and the exit code is 1.
+  one-line error naming it, and the exit code is 1. So is a data folder (token
+  secret, logs) that the demo's file tools could read.
 - The agent service starts first; the edge starts once the service listens. A
   port 0 is resolved by the first start and kept for the restarts, so that the
   edge's upstream address stays right.
@@ -38,12 +39,14 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO
 
+from agent_service.config import load as load_service
 from agent_service.run_config import RunSettings, load
+from agent_service.tools.builtins import service_data
 
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 READY_MARK = " listening on "  # both children print `NAME listening on ADDRESS` first
@@ -128,6 +131,31 @@ def port_problem(listen: str, role: str) -> str | None:
                     )
                 return f"cannot listen on {listen} ({role}): {exc.strerror}"
     return None
+
+
+def exposed_data_problem(settings: RunSettings, env: Mapping[str, str]) -> str | None:
+    """None unless the file tools could read var_dir (the token secret, the logs):
+    the workspace holds it and the service excludes only the store's own folder."""
+    workspace = settings.workspace_dir.resolve()
+    var_dir = settings.var_dir.resolve()
+    if var_dir == workspace:
+        return _exposed(settings)
+    if not var_dir.is_relative_to(workspace):
+        return None
+    if any(part.startswith(".") for part in var_dir.relative_to(workspace).parts):
+        return None  # hidden: the file tools never read it
+    service = replace(load_service([], env), workspace_dir=settings.workspace_dir)
+    if any(var_dir.is_relative_to(Path(p).resolve()) for p in service_data(service)):
+        return None
+    return _exposed(settings)
+
+
+def _exposed(settings: RunSettings) -> str:
+    return (
+        f"{settings.var_dir} (the token secret, the logs) lies inside the workspace "
+        f"{settings.workspace_dir} and the store is elsewhere, so the file tools could read "
+        "it: keep the store in it (the default) or choose another --workspace-dir or --var-dir"
+    )
 
 
 def _die_with_parent_hook() -> Callable[[], None] | None:
@@ -366,6 +394,10 @@ class Supervisor:
                 print(f"agent-relay run: {problem}", file=sys.stderr, flush=True)
                 return 1
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        exposed = exposed_data_problem(settings, env)
+        if exposed is not None:
+            print(f"agent-relay run: {exposed}", file=sys.stderr, flush=True)
+            return 1
         if "AGENT_RELAY_JWT_SECRET" not in env:
             env["AGENT_RELAY_JWT_SECRET"] = token_secret(settings.var_dir)
         loop = asyncio.get_running_loop()

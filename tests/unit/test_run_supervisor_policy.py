@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from agent_service.run_config import RunSettings, load
-from agent_service.supervisor import RestartPolicy, address_of, describe_exit, split_listen
+from agent_service.supervisor import (
+    RestartPolicy,
+    address_of,
+    describe_exit,
+    exposed_data_problem,
+    split_listen,
+)
 
 POLICY = RestartPolicy(initial_s=0.5, max_s=10.0, stable_s=10.0, max_failures=8)
 
@@ -48,3 +56,21 @@ def test_settings_refuse_nonsense() -> None:
         load(["--service-listen", "50051"])
     with pytest.raises(SystemExit):
         load(["--restart-initial-s", "5", "--restart-max-s", "1"])
+
+
+def test_the_data_folder_must_stay_out_of_the_file_tools_reach(tmp_path: Path) -> None:
+    """Under `make run` the workspace is the repository: var/ (token secret, logs) is out
+    of reach only because the store lives there, and the service excludes its folder."""
+    workspace, var_dir = tmp_path, tmp_path / "var"
+    settings = RunSettings(workspace_dir=workspace, var_dir=var_dir)
+    store_in_var = {"AGENT_RELAY_STORE_URL": f"sqlite:///{var_dir}/agent-relay.sqlite3"}
+    store_elsewhere = {"AGENT_RELAY_STORE_URL": f"sqlite:///{tmp_path.parent}/x.sqlite3"}
+    assert exposed_data_problem(settings, store_in_var) is None
+    problem = exposed_data_problem(settings, store_elsewhere)
+    assert problem is not None and "the file tools could read it" in problem
+    outside = RunSettings(workspace_dir=workspace / "docs", var_dir=var_dir)
+    assert exposed_data_problem(outside, store_elsewhere) is None
+    hidden = RunSettings(workspace_dir=workspace, var_dir=workspace / ".data")
+    assert exposed_data_problem(hidden, store_elsewhere) is None
+    same = RunSettings(workspace_dir=workspace, var_dir=workspace)
+    assert exposed_data_problem(same, store_in_var) is not None
