@@ -39,7 +39,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO
@@ -51,6 +51,7 @@ from agent_service.tools.builtins import service_data
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 READY_MARK = " listening on "  # both children print `NAME listening on ADDRESS` first
 LOG_TAIL_LINES = 8  # shown when a child fails before it ever listened
+STDOUT_CHUNK_BYTES = 65_536
 
 
 # --------------------------------------------------------------------------- pure
@@ -236,16 +237,19 @@ class Child:
         self._preexec = _die_with_parent_hook()
 
     async def supervise(self) -> None:
-        """Start, wait, restart with backoff; return once stopped or given up."""
+        """Start, wait, restart with backoff; return once stopped (see `stop`) or
+        given up. A stop ends the running process: SIGTERM, SIGKILL past
+        stop_timeout_s."""
         failures, starts = 0, 0
         while not self._stop.is_set():
             starts += 1
             started_at = time.monotonic()
             returncode, listened = await self._run_once(restart=starts > 1)
+            how = describe_exit(returncode)
             if self._stop.is_set():
+                self._terminal.say(f"{self.spec.name} stopped ({how})")
                 return
             uptime_s = time.monotonic() - started_at
-            how = describe_exit(returncode)
             if not listened and starts == 1:
                 self._give_up(f"{self.spec.name} did not start ({how}):\n{self._log_tail()}")
                 return
@@ -262,22 +266,12 @@ class Child:
             )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), delay_s)
+        if starts:
+            self._terminal.say(f"{self.spec.name} stopped (it was waiting to restart)")
 
-    async def stop(self, timeout_s: float) -> None:
-        """SIGTERM, then SIGKILL (its whole process group) past timeout_s."""
+    def stop(self) -> None:
+        """Ask `supervise` to end the process and return (await its task)."""
         self._stop.set()
-        process = self._process
-        if process is None or process.returncode is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(process.wait(), timeout_s)
-        except TimeoutError:
-            self._terminal.say(f"{self.spec.name} did not stop within {timeout_s:.0f} s: killed")
-            self.kill()
-            await process.wait()
-        self._terminal.say(f"{self.spec.name} stopped ({describe_exit(process.returncode or 0)})")
 
     def kill(self) -> None:
         """SIGKILL its process group now (it leads its own session)."""
@@ -302,41 +296,60 @@ class Child:
                 preexec_fn=self._preexec,
             )
             pump = asyncio.create_task(self._pump(process, log, restart=restart))
-            listened = await self._wait_ready(process)
+            listened = await self._first_of(self.ready.wait(), self._settings.ready_timeout_s)
             if not listened and process.returncode is None and not self._stop.is_set():
                 self._terminal.say(
                     f"{self.spec.name} did not listen within "
                     f"{self._settings.ready_timeout_s:.0f} s: killed"
                 )
                 self.kill()
+            await self._first_of(process.wait(), None)
+            if process.returncode is None:  # asked to stop
+                await self._terminate(process)
             returncode = await process.wait()
             await pump
         return returncode, listened
 
-    async def _wait_ready(self, process: asyncio.subprocess.Process) -> bool:
-        waits = {
-            asyncio.ensure_future(self.ready.wait()),
-            asyncio.ensure_future(process.wait()),
-            asyncio.ensure_future(self._stop.wait()),
-        }
+    async def _terminate(self, process: asyncio.subprocess.Process) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+        timeout_s = self._settings.stop_timeout_s
+        try:
+            await asyncio.wait_for(process.wait(), timeout_s)
+        except TimeoutError:
+            self._terminal.say(f"{self.spec.name} did not stop within {timeout_s:.0f} s: killed")
+            self.kill()
+
+    async def _first_of(self, awaitable: Awaitable[object], timeout_s: float | None) -> bool:
+        """Wait for awaitable, a stop, the process's exit or the timeout, whichever
+        comes first; True if it was the awaitable."""
+        process = self._process
+        assert process is not None
+        wanted = asyncio.ensure_future(awaitable)
+        others = {asyncio.ensure_future(self._stop.wait()), asyncio.ensure_future(process.wait())}
         try:
             await asyncio.wait(
-                waits,
-                timeout=self._settings.ready_timeout_s,
-                return_when=asyncio.FIRST_COMPLETED,
+                {wanted, *others}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
             )
         finally:
-            for waiting in waits:
+            for waiting in (wanted, *others):
                 waiting.cancel()
-        return self.ready.is_set()
+        return wanted.done() and not wanted.cancelled()
 
     async def _pump(
         self, process: asyncio.subprocess.Process, log: IO[bytes], *, restart: bool
     ) -> None:
         """Copy the child's stdout into its log; at its first ready line, say so and
         mark it ready."""
-        assert process.stdout is not None
-        async for raw in process.stdout:
+        stdout = process.stdout
+        assert stdout is not None
+        while True:
+            try:
+                raw = await stdout.readline()
+            except ValueError:  # a line past the reader's limit: copy what is buffered
+                raw = await stdout.read(STDOUT_CHUNK_BYTES)
+            if not raw:
+                return
             log.write(raw)
             log.flush()
             line = raw.decode(errors="replace")
@@ -414,7 +427,7 @@ class Supervisor:
         )
         children = self._children
         children.append(service)
-        tasks = [asyncio.create_task(service.supervise())]
+        tasks = [self._supervise(service)]
         try:
             if await self._until_ready(service, tasks[0]):
                 upstream = service.listen
@@ -428,15 +441,14 @@ class Supervisor:
                     env,
                 )
                 children.append(edge)
-                tasks.append(asyncio.create_task(edge.supervise()))
+                tasks.append(self._supervise(edge))
                 if await self._until_ready(edge, tasks[1]):
                     self._banner(service, edge)
             await self._stopping.wait()
         finally:
-            for child in reversed(children):
-                await child.stop(settings.stop_timeout_s)
-            for task in tasks:
-                await task
+            for child, task in reversed(list(zip(children, tasks, strict=True))):
+                child.stop()  # the edge first: it drains its sockets while the service is up
+                await asyncio.gather(task, return_exceptions=True)
             for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
                 loop.remove_signal_handler(signum)
         if self._failure is not None:
@@ -444,6 +456,17 @@ class Supervisor:
             return 1
         self._terminal.say("stopped")
         return 0
+
+    def _supervise(self, child: Child) -> asyncio.Task[None]:
+        task = asyncio.create_task(child.supervise())
+
+        def ended(done: asyncio.Task[None]) -> None:
+            # a bug in supervision must stop the run, not leave it waiting forever
+            if not done.cancelled() and done.exception() is not None:
+                self._give_up(f"supervising {child.spec.name} failed: {done.exception()!r}")
+
+        task.add_done_callback(ended)
+        return task
 
     def _child(self, spec: ChildSpec, env: dict[str, str]) -> Child:
         return Child(spec, self._settings, env, self._terminal, self._give_up)
@@ -467,11 +490,16 @@ class Supervisor:
             f"logs: {service.log_path} and {edge.log_path}\n"
         )
 
+    def request_stop(self, reason: str) -> None:
+        """Stop both children, in order, as a signal does; `run` then returns 0."""
+        if not self._stopping.is_set():
+            self._terminal.say(f"stopping ({reason})")
+        self._stopping.set()
+
     def _on_signal(self, signum: int) -> None:
         self._signals += 1
         if self._signals == 1:
-            self._terminal.say(f"stopping ({signal.Signals(signum).name})")
-            self._stopping.set()
+            self.request_stop(signal.Signals(signum).name)
         else:  # a second Ctrl-C: no more waiting
             self._terminal.say("stopping now: killing the children")
             for child in self._children:

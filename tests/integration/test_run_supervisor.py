@@ -313,6 +313,8 @@ async def test_a_crash_loop_backs_off_up_to_the_cap_then_gives_up(tmp_path: Path
         "0.3",
         "--restart-max-failures",
         "5",
+        "--restart-stable-s",
+        "60",  # however slow the machine, each of these runs counts as a crash
     )
     assert code == 1
     delays = [
@@ -323,6 +325,37 @@ async def test_a_crash_loop_backs_off_up_to_the_cap_then_gives_up(tmp_path: Path
     assert "agent_service keeps crashing (5 times in a row, last: exit code 3); giving up" in out
     log = (tmp_path / "var" / "logs" / "agent_service.log").read_text()
     assert log.count("agent_service listening on") == 5
+
+
+async def test_a_stop_during_a_restart_delay_ends_the_run_at_once(tmp_path: Path) -> None:
+    settings = load(
+        [
+            "--var-dir",
+            str(tmp_path / "var"),
+            "--service-listen",
+            "127.0.0.1:0",
+            "--edge-listen",
+            "127.0.0.1:0",
+            "--restart-initial-s",
+            "600",
+            "--restart-max-s",
+            "600",
+        ]
+    )
+    out = io.StringIO()
+    crashes = "print('agent_service listening on 127.0.0.1:9', flush=True); raise SystemExit(3)"
+    supervisor = Supervisor(
+        settings, service_argv=lambda listen: fake_child(crashes), terminal=Terminal(out)
+    )
+    running = asyncio.create_task(supervisor.run())
+    for _ in range(int(scaled(60) / 0.05)):  # bounded: about a minute
+        if "restarting in 600.0 s" in out.getvalue():
+            break
+        await asyncio.sleep(0.05)
+    assert "restarting in 600.0 s" in out.getvalue()
+    supervisor.request_stop("test")
+    assert await asyncio.wait_for(running, scaled(30)) == 0
+    assert "agent_service stopped (it was waiting to restart)" in out.getvalue()
 
 
 async def test_a_child_that_never_listens_stops_the_run_with_its_error(tmp_path: Path) -> None:
