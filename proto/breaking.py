@@ -3,7 +3,8 @@
 What it compares with (the first that applies):
 
 1. the git revision given as the argument or in AGENT_RELAY_BREAKING_AGAINST;
-2. `main`, when it exists and is not the commit checked out (a branch under work);
+2. `main` (or `origin/main`), when it exists and is not the commit checked out
+   (a branch under work);
 3. `HEAD~1`, on main itself (CI checks out the main it is about to land);
 4. nothing: without git history there is no earlier version, and it says so and
    exits 0.
@@ -43,9 +44,12 @@ def choose_base(
     head = resolve("HEAD")
     if head is None:
         return None, "no git history: nothing to compare with"
-    main = resolve("main")
-    if main is not None and main != head:
-        return "main", "main"
+    for name in ("main", "origin/main"):  # a clone of a branch has only origin/main
+        main = resolve(name)
+        if main is not None:
+            if main != head:
+                return name, name
+            break
     if resolve("HEAD~1") is not None:
         return "HEAD~1", "HEAD~1 (the commit before this one on main)"
     return None, "a single commit: nothing to compare with"

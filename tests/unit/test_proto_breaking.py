@@ -41,6 +41,11 @@ def test_a_branch_is_compared_with_main() -> None:
     assert base == "main"
 
 
+def test_a_clone_of_a_branch_is_compared_with_origin_main() -> None:
+    base, _ = breaking.choose_base(None, resolver({"HEAD": "a", "origin/main": "b"}))
+    assert base == "origin/main"
+
+
 def test_main_itself_is_compared_with_the_commit_before() -> None:
     base, _ = breaking.choose_base(None, resolver({"HEAD": "a", "main": "a", "HEAD~1": "c"}))
     assert base == "HEAD~1"
