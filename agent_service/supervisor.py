@@ -202,10 +202,9 @@ class Terminal:
 
 @dataclass(frozen=True)
 class ChildSpec:
-    """One supervised program: its name, what its port is for, how to start it."""
+    """One supervised program: its name, where it listens, how to start it."""
 
     name: str
-    role: str
     listen: str
     argv: Callable[[str], list[str]]  # the command line, given the address to listen on
 
@@ -398,18 +397,10 @@ class Supervisor:
     async def run(self) -> int:
         """0 after a stop by signal; 1 when a port is taken or a child gave up."""
         settings = self._settings
-        for listen, role in (
-            (settings.service_listen, "the agent service's gRPC API"),
-            (settings.edge_listen, "the edge: web UI and WebSocket"),
-        ):
-            problem = port_problem(listen, role)
-            if problem is not None:
-                print(f"agent-relay run: {problem}", file=sys.stderr, flush=True)
-                return 1
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        exposed = exposed_data_problem(settings, env)
-        if exposed is not None:
-            print(f"agent-relay run: {exposed}", file=sys.stderr, flush=True)
+        problem = self._preflight(env)
+        if problem is not None:
+            print(f"agent-relay run: {problem}", file=sys.stderr, flush=True)
             return 1
         if "AGENT_RELAY_JWT_SECRET" not in env:
             env["AGENT_RELAY_JWT_SECRET"] = token_secret(settings.var_dir)
@@ -419,7 +410,6 @@ class Supervisor:
         service = self._child(
             ChildSpec(
                 "agent_service",
-                "the agent service's gRPC API",
                 settings.service_listen,
                 self._service_argv,
             ),
@@ -434,7 +424,6 @@ class Supervisor:
                 edge = self._child(
                     ChildSpec(
                         "ws_edge",
-                        "the edge",
                         settings.edge_listen,
                         lambda listen: self._edge_argv(listen, upstream),
                     ),
@@ -456,6 +445,15 @@ class Supervisor:
             return 1
         self._terminal.say("stopped")
         return 0
+
+    def _preflight(self, env: Mapping[str, str]) -> str | None:
+        """Why the run cannot start (a port in use, data in reach), before any start."""
+        settings = self._settings
+        return (
+            port_problem(settings.service_listen, "the agent service's gRPC API")
+            or port_problem(settings.edge_listen, "the edge: web UI and WebSocket")
+            or exposed_data_problem(settings, env)
+        )
 
     def _supervise(self, child: Child) -> asyncio.Task[None]:
         task = asyncio.create_task(child.supervise())
