@@ -4,15 +4,20 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 WEB    := clients/web
+TOOLS  := tools
+BUF    := $(TOOLS)/node_modules/.bin/buf
+# the browser the end-to-end tests drive (Debian's package; never `playwright install`)
+CHROMIUM := /usr/bin/chromium
 
-.PHONY: help install proto run test test-py lint bench clean web test-web
+.PHONY: help install proto run test test-py lint lint-proto breaking bench clean web test-web tools chromium
 
 help:
 	@echo "make run    set up and start the whole system (agent service + edge + web UI)"
 	@echo "make test   set up and run every test suite"
 	@echo "make web    build the web UI (npm ci + vite) when its sources changed"
 	@echo "make proto  regenerate gen/python from proto/"
-	@echo "make lint   ruff + mypy --strict"
+	@echo "make lint   ruff + mypy --strict + buf lint"
+	@echo "make breaking  buf breaking: proto/ against main (or the commit before)"
 	@echo "make bench  the benchmarks in bench/"
 
 $(STAMP): pyproject.toml
@@ -39,6 +44,36 @@ $(WEB_BUILD): $(WEB_DEPS) $(WEB_SRC)
 
 web: $(WEB_BUILD)
 
+# buf (npm @bufbuild/buf, pinned in tools/package-lock.json)
+TOOLS_DEPS := $(TOOLS)/node_modules/.ci-stamp
+
+$(TOOLS_DEPS): $(TOOLS)/package.json $(TOOLS)/package-lock.json
+	cd $(TOOLS) && npm ci --no-audit --no-fund
+	touch $@
+
+tools: $(TOOLS_DEPS)
+
+# Chromium for the browser tests: installed where this user can (root with apt),
+# otherwise make stops here with the command to run, before anything else.
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "make: $(CHROMIUM) is missing; installing Debian's chromium package"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get update -qq && apt-get install -y -qq chromium; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+		echo "make: the browser tests need Chromium at $(CHROMIUM). Install it, then run make again:" >&2; \
+		echo "    sudo apt-get update && sudo apt-get install -y chromium" >&2; \
+		exit 1; \
+	else \
+		echo "make: the browser tests need Chromium at $(CHROMIUM), and this machine has no apt-get." >&2; \
+		echo "    Install Chromium with this system's package manager so that $(CHROMIUM) exists" >&2; \
+		echo "    (Debian/Ubuntu: sudo apt-get install -y chromium), then run make again." >&2; \
+		exit 1; \
+	fi
+	@test -x $(CHROMIUM) || { echo "make: $(CHROMIUM) is still missing after the install" >&2; exit 1; }
+
+chromium: $(CHROMIUM)
+
 test-web: $(WEB_DEPS)
 	cd $(WEB) && npx vitest run
 
@@ -48,13 +83,22 @@ proto: $(STAMP)
 run: $(STAMP) $(WEB_BUILD)
 	$(BIN)/agent-relay run
 
-test: $(STAMP) $(WEB_BUILD) test-web
+# Chromium first: a machine without it stops at once, not after the installs.
+test: $(CHROMIUM) $(STAMP) $(WEB_BUILD) test-web lint-proto breaking
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
-lint: $(STAMP) $(WEB_DEPS)
+# buf lint (STANDARD + COMMENTS, exceptions in proto/buf.yaml)
+lint-proto: $(TOOLS_DEPS)
+	$(BUF) lint proto
+
+breaking: $(STAMP) $(TOOLS_DEPS)
+	BUF=$(BUF) $(BIN)/python proto/breaking.py
+
+lint: $(STAMP) $(WEB_DEPS) lint-proto
+	$(BUF) format --diff --exit-code proto
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy agent_service ws_edge clients/python/agent_relay_client
+	$(BIN)/mypy agent_service ws_edge relay_shared clients/python/agent_relay_client
 	cd $(WEB) && npm run typecheck
 
 bench: $(STAMP)
@@ -65,4 +109,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/auth_bench.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(TOOLS)/node_modules

@@ -1,6 +1,7 @@
 """`agent-relay`: one command for every part of the system.
 
-    agent-relay run       the whole system on this machine (service + edge + web UI)
+    agent-relay run       the whole system on this machine (service + edge + web UI),
+                          restarted when a part crashes; Ctrl-C, SIGTERM or SIGHUP stop it
     agent-relay serve     the agent gRPC service (same as python -m agent_service)
     agent-relay edge      the WebSocket edge (same as python -m ws_edge)
     agent-relay chat      the terminal chat
@@ -14,15 +15,10 @@
 from __future__ import annotations
 
 import os
-import secrets
-import signal
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
 
 USAGE = __doc__ or ""
 
@@ -43,7 +39,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return int(edge_main(rest))
     if command == "run":
-        return run_all(rest)
+        from agent_service.supervisor import main as run_main
+
+        return run_main(rest)
     if command == "token":
         return mint_token_command(rest)
     if command in {"chat", "tools", "history"}:
@@ -104,69 +102,6 @@ def mint_token_command(argv: Sequence[str]) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     print(token)
-    return 0
-
-
-def _copy(stream: TextIO) -> None:
-    for line in stream:
-        print(line, end="", flush=True)
-
-
-def _start(name: str, argv: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
-    """Start a child process and wait for its `... listening on HOST:PORT` line."""
-    process = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=env)
-    assert process.stdout is not None
-    for line in process.stdout:
-        print(line, end="", flush=True)
-        if "listening on" in line:
-            # keep copying its output, so the pipe never fills and blocks the child
-            threading.Thread(target=_copy, args=(process.stdout,), daemon=True).start()
-            return process, line.rsplit("listening on", 1)[1].strip()
-    raise RuntimeError(f"{name} exited before it listened (exit code {process.wait()})")
-
-
-def run_all(argv: Sequence[str]) -> int:
-    """Start the agent service and the edge with the embedded defaults; Ctrl-C stops both.
-
-    Extra arguments go to the edge. The edge's token secret is kept in var/ so
-    that tokens (and the browser's saved conversations) survive a restart.
-    """
-    env = dict(os.environ)
-    secret_file = Path("var/jwt-secret")
-    if "AGENT_RELAY_JWT_SECRET" not in env:
-        secret_file.parent.mkdir(parents=True, exist_ok=True)
-        if not secret_file.exists():
-            secret_file.write_text(secrets.token_urlsafe(32))
-            secret_file.chmod(0o600)
-        env["AGENT_RELAY_JWT_SECRET"] = secret_file.read_text().strip()
-    # the demo's file tools read the project's documentation unless told otherwise
-    env.setdefault("AGENT_RELAY_WORKSPACE_DIR", "docs")
-    service, address = _start("agent_service", [sys.executable, "-m", "agent_service"], env)
-    children = [service]
-    try:
-        edge, edge_address = _start(
-            "ws_edge", [sys.executable, "-m", "ws_edge", "--upstream", address, *argv], env
-        )
-        children.append(edge)
-        url = edge_address if "://" in edge_address else f"http://{edge_address}"
-        print(
-            f"\nagent-relay is running: open {url.rstrip('/')}/ (Ctrl-C stops it)\n"
-            f"gRPC API on {address}; try: grpcurl -plaintext {address} list\n",
-            flush=True,
-        )
-        while all(child.poll() is None for child in children):
-            time.sleep(0.2)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        for child in reversed(children):
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        for child in reversed(children):
-            try:
-                child.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                child.kill()
     return 0
 
 

@@ -16,14 +16,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health_pb2
 
 from agent_relay.v1 import agent_pb2, agent_pb2_grpc
 from agent_service.agent import AgentLoop
 from agent_service.auth import Authenticator, TokenVerifier, listen_refusal, parse_identities
 from agent_service.auth_interceptor import AuthInterceptor
 from agent_service.config import ServiceSettings
+from agent_service.grpc_tooling import add_health, add_reflection
 from agent_service.hub import Hub
 from agent_service.log import EventLog, open_log
 from agent_service.providers.base import ModelProvider
@@ -39,7 +39,6 @@ from relay_shared.telemetry import Telemetry, parse_listen, setup_telemetry
 
 log = logging.getLogger(__name__)
 
-HealthServicer: Any = health.aio.HealthServicer  # type: ignore[attr-defined]
 SERVICE_NAME = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
@@ -150,21 +149,29 @@ async def create_server(
             ("grpc.keepalive_timeout_ms", 10_000),
             ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
             ("grpc.keepalive_permit_without_calls", 1),
+            # grpc sets SO_REUSEPORT by default: a second service on a port in use
+            # would share it instead of failing to start
+            ("grpc.so_reuseport", 0),
         ],
     )
     agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(hub, agent_telemetry), server)
-    health_servicer = HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    health_servicer = add_health(server)
+    add_reflection(server, SERVICE_NAME)
     credentials = _credentials(settings)
-    if credentials is None:
-        port = server.add_insecure_port(settings.listen)
-    else:
-        port = server.add_secure_port(settings.listen, credentials)
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(settings.listen)
+        else:
+            port = server.add_secure_port(settings.listen, credentials)
+    except RuntimeError:  # grpc's "Failed to bind": taken (SO_REUSEPORT is off) or not ours
+        port = 0
     if port == 0:
-        raise OSError(f"could not listen on {settings.listen}")
+        # the store's thread and the hub's tasks would keep the process alive
+        await hub.shutdown(0.0)
+        await provider.aclose()
+        await event_log.close()
+        await store.close()
+        raise OSError(f"cannot listen on {settings.listen}: the address is in use or not available")
     bind_server_address(interceptors, settings.listen, port)  # server.address/port on rpc spans
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
@@ -223,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(serve(settings, telemetry))
+    except OSError as exc:  # a port in use: one line, not a traceback
+        print(f"agent_service: {exc}", file=sys.stderr, flush=True)
+        return 1
     finally:
         telemetry.shutdown()  # flushes the spans still waiting for export
     return 0

@@ -1,6 +1,8 @@
 """Generate the Python code for the contract: `make proto` runs this.
 
-The output lands in gen/python (never edited by hand). tests/unit/test_proto_fresh.py
+The output lands in gen/python (never edited by hand). Only agent_relay/ is
+generated: google/rpc/status.proto is vendored for a standalone compile, and its
+Python code comes from the googleapis-common-protos package. tests/unit/test_proto_fresh.py
 runs generate() into a temporary folder and fails when the committed files differ.
 """
 
@@ -18,12 +20,10 @@ DEFAULT_OUT = PROTO_ROOT.parent / "gen" / "python"
 
 
 def _include_dirs() -> list[str]:
-    """The folders holding google/protobuf/*.proto and google/rpc/*.proto."""
+    """proto/ (our files and the vendored google/rpc/status.proto), then the
+    well-known types (google/protobuf/*.proto) that grpcio-tools ships."""
     well_known = str(resources.files("grpc_tools") / "_proto")
-    import google.rpc.status_pb2 as status_pb2
-
-    googleapis = str(Path(status_pb2.__file__).resolve().parents[2])
-    return [str(PROTO_ROOT), well_known, googleapis]
+    return [str(PROTO_ROOT), well_known]
 
 
 def generate(out_dir: Path) -> list[Path]:
