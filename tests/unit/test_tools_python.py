@@ -4,6 +4,8 @@ and that cancellation and limits leave no process behind."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import logging
 import os
 import re
 import signal
@@ -323,3 +325,19 @@ def test_sandbox_settings() -> None:
     read_only = Sandbox.from_setting("landlock", abi_version=lambda: 1).read_only
     assert "/usr" in read_only and sys.base_prefix in read_only
     assert not any(Path(p) in Path.cwd().parents or Path(p) == Path.cwd() for p in read_only)
+
+
+async def test_a_timeout_logs_no_unretrieved_exception(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The output readers are cancelled at the wall limit; an unawaited gather of them
+    # used to log "_GatheringFuture exception was never retrieved" as an ERROR.
+    registry = registry_for(tmp_path, python_timeout_s=1.0)
+    code = "import time\nprint('waiting', flush=True)\ntime.sleep(60)"
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        call = await run_tool(registry, "python", {"code": code})
+        await asyncio.sleep(0)
+        gc.collect()  # the log is written when the forgotten future is collected
+    call.assert_shape("failed")
+    assert call.final.failed.code == "limit_exceeded"
+    assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []

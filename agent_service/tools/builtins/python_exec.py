@@ -316,24 +316,24 @@ class PythonRunner:
     async def _supervise(self, proc: asyncio.subprocess.Process, ctx: ToolContext) -> str:
         collector = OutputCollector(self.limits.output_bytes)
         assert proc.stdout is not None and proc.stderr is not None
-        pumps = asyncio.gather(
-            self._pump(proc, proc.stdout, "stdout", collector, ctx),
-            self._pump(proc, proc.stderr, "stderr", collector, ctx),
-        )
+        pumps = {
+            asyncio.create_task(self._pump(proc, proc.stdout, "stdout", collector, ctx)),
+            asyncio.create_task(self._pump(proc, proc.stderr, "stderr", collector, ctx)),
+        }
         note = ""
         try:
             async with asyncio.timeout(self.limits.wall_s):
                 await _child_exit(proc)
                 _kill_group(proc.pid)  # what it left behind would hold the pipes open
-                done, _ = await asyncio.wait({pumps}, timeout=PIPE_GRACE_S)
-                if not done:
+                _, pending = await asyncio.wait(pumps, timeout=PIPE_GRACE_S)
+                if pending:
                     note = "[stopped reading: a process that left the group holds the output open]"
         except TimeoutError:
             raise ToolError(
                 f"wall-time limit of {self.limits.wall_s:g} s exceeded", "limit_exceeded"
             ) from None
         finally:
-            pumps.cancel()
+            await _stop(pumps)
         if collector.overflowed:
             raise ToolError(
                 f"output limit of {self.limits.output_bytes} bytes exceeded; the process was "
@@ -420,16 +420,27 @@ async def _drain_and_reap(proc: asyncio.subprocess.Process) -> None:
     await _child_exit(proc)
     # A reader whose buffer is full stops reading its pipe, and asyncio reports the end
     # only once both pipes close: drain what is left, unless an escaped process holds them.
-    drains = asyncio.gather(_drain(proc.stdout), _drain(proc.stderr))
-    done, _ = await asyncio.wait({drains}, timeout=DRAIN_GRACE_S)
-    if not done:
-        drains.cancel()
+    drains = {asyncio.create_task(_drain(proc.stdout)), asyncio.create_task(_drain(proc.stderr))}
+    _, pending = await asyncio.wait(drains, timeout=DRAIN_GRACE_S)
+    await _stop(drains)
+    if pending:
         log.warning("python tool: pid %d's pipes are held open by an escaped process", proc.pid)
         # Close our ends, or they stay open (and read) as long as that process lives.
         # asyncio has no public close for a Process; its transport's close() is the way.
         transport = getattr(proc, "_transport", None)
         if transport is not None:
             transport.close()
+
+
+async def _stop(tasks: set[asyncio.Task[None]]) -> None:
+    """Cancel the tasks and wait for them to end, retrieving each one's outcome: a gather
+    cancelled and left unawaited would log "exception was never retrieved" instead."""
+    for task in tasks:
+        task.cancel()
+    await asyncio.wait(tasks)
+    for task in tasks:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("python tool: reading output failed", exc_info=task.exception())
 
 
 async def _drain(pipe: asyncio.StreamReader | None) -> None:
