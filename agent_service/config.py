@@ -52,6 +52,11 @@ class ServiceSettings:
         "python tool: confine each run with Landlock (no files outside its folder, no TCP, no "
         "signals out): auto (when the kernel has it), landlock (required) or off",
     )
+    tool_worker_processes: int = field(
+        2,
+        "CPU-bound tools (the calculator) run in up to this many worker processes, off the "
+        "event loop and killed at their timeout; more calls at once wait for a free one",
+    )
     partial_flush_interval_s: float = field(
         0.5, "how often a streaming reply's partial text is written to the store"
     )
