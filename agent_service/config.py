@@ -52,6 +52,27 @@ class ServiceSettings:
         "python tool: confine each run with Landlock (no files outside its folder, no TCP, no "
         "signals out): auto (when the kernel has it), landlock (required) or off",
     )
+    python_isolation: str = field(
+        "auto",
+        "python tool: run each program in new PID, network and mount namespaces as a uid of "
+        "its own, with a seccomp filter (no network of any kind, no process outlives the call, "
+        "a size-bounded folder, a process limit): auto (when the kernel allows it, checked at "
+        "start-up), required or off",
+    )
+    python_disk_mb: int = field(
+        32, "python tool, with isolation: size of each run's folder (a tmpfs), in MiB"
+    )
+    python_max_processes: int = field(
+        32, "python tool, with isolation: processes one run may have at once"
+    )
+    python_max_concurrent: int = field(
+        8, "python tool: programs running at once in the service; one more gets `busy`"
+    )
+    python_uid_base: int = field(
+        2_000_000_000,
+        "python tool, with isolation as root: run i of those at once runs as uid (and gid) "
+        "python_uid_base + i, owning nothing on the system",
+    )
     tool_worker_processes: int = field(
         2,
         "CPU-bound tools (the calculator) run in up to this many worker processes, off the "

@@ -1,28 +1,35 @@
-"""The `python` tool: run a snippet in a separate, limited Python process.
+"""The `python` tool: run a snippet in a separate, limited, sandboxed Python process.
 
 The snippet runs in `sys.executable -I -u` (isolated: no user site, no PYTHON*
 variables, unbuffered output) started in a new session, so it and anything it
-spawns form one process group. A small bootstrap inside the child sets the
-resource limits on itself before running the snippet: that keeps the limits
-out of a `preexec_fn`, which is unsafe in the threaded gRPC server.
+spawns form one process group. sandbox_child.py, loaded by a short stub, sets up
+the child: the confinement the Sandbox says, the resource limits, then the
+snippet. Doing that inside the child keeps it out of a `preexec_fn`, which is
+unsafe in the threaded gRPC server.
 
 Limits and how a breach is reported (ToolError code `limit_exceeded`, the
 message naming the limit):
 - CPU time: RLIMIT_CPU; the kernel sends SIGXCPU (SIGKILL at the hard limit).
-- memory: RLIMIT_AS; the bootstrap turns an uncaught MemoryError into a
-  distinct exit status.
+- memory: RLIMIT_AS; the child turns an uncaught MemoryError into a distinct
+  exit status.
 - wall time: python_timeout_s, measured here.
 - output: stdout + stderr bytes; past python_output_bytes the group is killed.
+- disk: RLIMIT_FSIZE per file; with isolation also a tmpfs of python_disk_mb for
+  the folder (a write past it fails with ENOSPC inside the snippet).
+- processes: with isolation, RLIMIT_NPROC of python_max_processes for the
+  call's own uid (fork fails with EAGAIN inside the snippet).
+- calls at once: python_max_concurrent for the whole service; one more fails at
+  once with code `busy`.
 
-The working folder is a fresh empty temporary folder, removed afterwards, and
-the environment is built from scratch (PATH, LANG, HOME and TMPDIR pointing at
-that folder), so no secret of the service's environment reaches the snippet.
-Where the kernel has Landlock (python_sandbox, see landlock.py), the child also
-confines itself: it reads only the Python installation and system libraries,
-writes only its folder, and can neither open TCP connections nor signal
-processes outside its sandbox.
+The working folder is a fresh temporary folder holding only the snippet, removed
+afterwards, and the environment is built from scratch (PATH, LANG, HOME and
+TMPDIR pointing at that folder), so no secret of the service's environment
+reaches the snippet. Isolation (python_isolation: new PID, network and mount
+namespaces, an unprivileged uid, a seccomp socket filter; see sandbox_child.py)
+and Landlock (python_sandbox, see landlock.py) are used where the kernel allows.
 Whatever way the call ends (result, limit, timeout, cancellation), the whole
-process group gets SIGKILL and the child is reaped before the call returns.
+process group gets SIGKILL and the child is reaped before the call returns;
+with isolation, the PID namespace takes every other descendant with it.
 """
 
 from __future__ import annotations
@@ -30,10 +37,12 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
+import json
 import logging
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
@@ -42,69 +51,31 @@ from typing import Any, Literal
 
 from agent_service.config import ServiceSettings
 from agent_service.tools.base import ToolContext, ToolError, ToolRegistry, ToolSpec
-from agent_service.tools.builtins import landlock
+from agent_service.tools.builtins import landlock, sandbox_child, seccomp_filter
 
 log = logging.getLogger(__name__)
 
 SNIPPET_NAME = "snippet.py"
 MIN_MEMORY_MB = 64  # below this the interpreter itself may not start
-EXIT_MEMORY = 86  # the bootstrap's exit status for an uncaught MemoryError
-EXIT_NO_SANDBOX = 87  # the bootstrap's exit status when the sandbox cannot be set up
+EXIT_MEMORY = sandbox_child.EXIT_MEMORY
+EXIT_NO_SANDBOX = sandbox_child.EXIT_NO_SANDBOX
 READ_CHUNK_BYTES = 65_536
 OUTPUT_COALESCE_S = 0.02  # while output flows, at most one output event per stream per 20 ms
 EXIT_POLL_S = 0.02  # how often to look whether the child exited with its pipes still held
 PIPE_GRACE_S = 1.0  # after the child's exit, how long its pipes may take to close
 DRAIN_GRACE_S = 0.25  # after the final kill, how long draining the pipes may take
+PROBE_TIMEOUT_S = 20.0  # the start-up check that isolation works
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 
-# Runs in the child before the snippet: limits first, then the snippet as __main__.
-# argv: snippet path, CPU seconds, address-space bytes, largest file bytes, then the
-# sandbox: mode, landlock.py's path, read-only, read-write and device paths (":"-joined).
-BOOTSTRAP = f"""
-import resource, sys
-_path, _cpu, _mem, _fsize = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-resource.setrlimit(resource.RLIMIT_CPU, (_cpu, _cpu + 1))
-resource.setrlimit(resource.RLIMIT_AS, (_mem, _mem))
-resource.setrlimit(resource.RLIMIT_FSIZE, (_fsize, _fsize))
-resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-def _confine():
-    import os
-    landlock = {{"__name__": "_agent_relay_landlock"}}
-    with open(sys.argv[6], encoding="utf-8") as f:
-        exec(compile(f.read(), sys.argv[6], "exec"), landlock)
-    read_only, read_write, devices = (a.split(os.pathsep) if a else [] for a in sys.argv[7:10])
-    try:
-        landlock["restrict"](read_only, read_write, devices)
-    except OSError as exc:
-        os.write(2, f"the sandbox could not be set up: {{exc}}\\n".encode())
-        os._exit({EXIT_NO_SANDBOX})
-    roots = [r.rstrip("/") + "/" for r in read_only]
-    sys.path[:] = [p for p in sys.path if any((p + "/").startswith(r) for r in roots)]
-if sys.argv[5] == "landlock":
-    _confine()
-def _main():
-    import linecache, os, types
-    with open(_path, encoding="utf-8") as f:
-        source = f.read()
-    os.remove(_path)  # the snippet starts in an empty folder
-    linecache.cache["<snippet>"] = (len(source), None, source.splitlines(True), "<snippet>")
-    module = types.ModuleType("__main__")
-    sys.modules["__main__"] = module
-    sys.argv = ["<snippet>"]
-    try:
-        exec(compile(source, "<snippet>", "exec"), module.__dict__)
-    except MemoryError:
-        os.write(2, b"MemoryError: the snippet ran out of memory\\n")
-        os._exit({EXIT_MEMORY})
-    except SystemExit:
-        raise
-    except BaseException as exc:
-        import traceback
-        tb = exc.__traceback__.tb_next if exc.__traceback__ else None
-        traceback.print_exception(type(exc), exc, tb)
-        sys.exit(1)
-_main()
-"""
+# Loads sandbox_child.py by path (the child must not import the project) and hands it
+# the run's configuration: argv is the file's path, then the configuration as JSON.
+STUB = (
+    "import sys\n"
+    "_g = {'__name__': '_agent_relay_sandbox'}\n"
+    "with open(sys.argv[1], encoding='utf-8') as _f:\n"
+    "    exec(compile(_f.read(), sys.argv[1], 'exec'), _g)\n"
+    "_g['main'](sys.argv[2])\n"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +87,9 @@ class PythonLimits:
     wall_s: float
     output_bytes: int
     file_bytes: int = 16 * 1024 * 1024  # largest file the snippet may write in its folder
+    disk_mb: int = 32  # the folder's size, with isolation
+    max_processes: int = 32  # processes of the call's uid at once, with isolation
+    max_concurrent: int = 8  # calls at once, service-wide
 
     def __post_init__(self) -> None:
         if self.cpu_s < 1:
@@ -126,6 +100,12 @@ class PythonLimits:
             raise ValueError("python_timeout_s must be more than 0")
         if self.output_bytes < 1:
             raise ValueError("python_output_bytes must be at least 1")
+        if self.disk_mb < 1:
+            raise ValueError("python_disk_mb must be at least 1")
+        if self.max_processes < 2:
+            raise ValueError("python_max_processes must be at least 2 (the snippet and one)")
+        if self.max_concurrent < 1:
+            raise ValueError("python_max_concurrent must be at least 1")
 
     @classmethod
     def from_settings(cls, settings: ServiceSettings) -> PythonLimits:
@@ -135,6 +115,9 @@ class PythonLimits:
             memory_mb=settings.python_memory_mb,
             wall_s=settings.python_timeout_s,
             output_bytes=settings.python_output_bytes,
+            disk_mb=settings.python_disk_mb,
+            max_processes=settings.python_max_processes,
+            max_concurrent=settings.python_max_concurrent,
         )
 
 
@@ -146,21 +129,27 @@ SYSTEM_READ_ONLY = (
 )  # fmt: skip
 DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
 SANDBOX_SETTINGS = ("auto", "landlock", "off")
+ISOLATION_SETTINGS = ("auto", "required", "off")
 
 
 @dataclass(frozen=True, slots=True)
 class Sandbox:
-    """How a snippet is confined: Landlock (see landlock.py) or not at all."""
+    """How a snippet is confined: Landlock (see landlock.py) or not, and whether it is
+    isolated (namespaces, its own uid, seccomp: see sandbox_child.py)."""
 
     mode: Literal["landlock", "off"]
     read_only: tuple[str, ...] = ()
     devices: tuple[str, ...] = DEVICES
+    isolated: bool = False
+    seccomp_bpf: bytes = b""
+    uid_base: int | None = None  # root: call slot i runs as uid_base + i
 
     @classmethod
     def from_setting(
         cls, setting: str, abi_version: Callable[[], int] = landlock.abi_version
     ) -> Sandbox:
-        """The sandbox python_sandbox asks for. Raises ValueError when it cannot be had."""
+        """The Landlock part python_sandbox asks for. Raises ValueError when it cannot be
+        had. Not isolated: see isolate()."""
         if setting not in SANDBOX_SETTINGS:
             raise ValueError(f"python_sandbox must be one of {', '.join(SANDBOX_SETTINGS)}")
         if setting == "off":
@@ -172,20 +161,63 @@ class Sandbox:
             return cls("off")
         return cls("landlock", read_only=python_read_only())
 
+    def isolate(
+        self,
+        setting: str,
+        uid_base: int,
+        probe: Callable[[Sandbox], str | None] | None = None,
+    ) -> Sandbox:
+        """This sandbox plus the isolation python_isolation asks for. `probe` runs a
+        trivial program so and returns None, or why it failed. Raises ValueError when
+        isolation is required and cannot be had; `auto` falls back with a warning."""
+        if setting not in ISOLATION_SETTINGS:
+            raise ValueError(f"python_isolation must be one of {', '.join(ISOLATION_SETTINGS)}")
+        if setting == "off":
+            return self
+        bpf = seccomp_filter.socket_filter() or b""
+        isolated = Sandbox(
+            self.mode,
+            self.read_only,
+            self.devices,
+            isolated=True,
+            seccomp_bpf=bpf,
+            uid_base=uid_base if os.geteuid() == 0 else None,
+        )
+        problem = (probe or probe_sandbox)(isolated)
+        if problem is None:
+            return isolated
+        if setting == "required":
+            raise ValueError(f"python_isolation=required, but it does not work here: {problem}")
+        log.warning(
+            "python tool: no isolation (%s); snippets have the network, and processes "
+            "that leave their group can outlive the call",
+            problem,
+        )
+        return self
+
     @property
     def confined(self) -> bool:
-        """True when snippets run confined."""
+        """True when snippets run under Landlock."""
         return self.mode == "landlock"
 
-    def argv(self, workdir: str) -> list[str]:
-        """The bootstrap's sandbox arguments for one run in workdir."""
-        return [
-            self.mode,
-            landlock.__file__,
-            os.pathsep.join(self.read_only),
-            workdir,
-            os.pathsep.join(self.devices),
-        ]
+    def config(self, workdir: str, limits: PythonLimits, slot: int) -> dict[str, Any]:
+        """sandbox_child.main()'s configuration for one run in workdir."""
+        return {
+            "snippet": os.path.join(workdir, SNIPPET_NAME),
+            "workdir": workdir,
+            "cpu_s": limits.cpu_s,
+            "memory_bytes": limits.memory_mb * 1024 * 1024,
+            "file_bytes": limits.file_bytes,
+            "disk_bytes": limits.disk_mb * 1024 * 1024,
+            "max_processes": limits.max_processes if self.isolated else 0,
+            "namespaces": self.isolated,
+            "uid": self.uid_base + slot if self.isolated and self.uid_base is not None else None,
+            "seccomp_bpf": self.seccomp_bpf.hex(),
+            "landlock": landlock.__file__ if self.confined else "",
+            "read_only": list(self.read_only),
+            "devices": list(self.devices),
+            "service_pid": os.getpid(),
+        }
 
 
 def python_read_only() -> tuple[str, ...]:
@@ -194,6 +226,54 @@ def python_read_only() -> tuple[str, ...]:
     prefixes = {sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix}
     paths = [*SYSTEM_READ_ONLY, *sorted(prefixes)]
     return tuple(dict.fromkeys(p for p in paths if os.pathsep not in p))
+
+
+def child_argv(python: str, config: dict[str, Any]) -> list[str]:
+    """The command line of one run."""
+    return [python, "-I", "-u", "-c", STUB, sandbox_child.__file__, json.dumps(config)]
+
+
+def probe_sandbox(sandbox: Sandbox, python: str = sys.executable) -> str | None:
+    """Run `pass` under the sandbox (blocking; at start-up). None, or why it failed."""
+    limits = PythonLimits(cpu_s=5, memory_mb=256, wall_s=PROBE_TIMEOUT_S, output_bytes=4096)
+    workdir = _prepare_workdir("pass\n")
+    try:
+        done = subprocess.run(
+            child_argv(python, sandbox.config(workdir, limits, 0)),
+            cwd=workdir,
+            env=minimal_env(workdir),
+            capture_output=True,
+            timeout=PROBE_TIMEOUT_S,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return str(exc)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if done.returncode != 0:
+        reason = done.stderr.decode(errors="replace").strip().splitlines()
+        return reason[-1] if reason else f"exit status {done.returncode}"
+    return None
+
+
+class CallSlots:
+    """Which of max_concurrent call slots are taken. Does no I/O.
+
+    A slot's number names the uid its call runs as, so two calls at once never
+    share a process count (RLIMIT_NPROC counts per uid)."""
+
+    def __init__(self, size: int) -> None:
+        self._free = list(range(size - 1, -1, -1))
+        self.size = size
+
+    def take(self) -> int | None:
+        """The lowest free slot, or None when all are taken."""
+        return self._free.pop() if self._free else None
+
+    def give_back(self, slot: int) -> None:
+        """Free a slot taken before."""
+        self._free.append(slot)
+        self._free.sort(reverse=True)
 
 
 @dataclass
@@ -271,7 +351,7 @@ def format_result(output: str, returncode: int) -> str:
 
 
 class PythonRunner:
-    """Runs snippets under fixed limits. One instance serves every call."""
+    """Runs snippets under fixed limits. One instance serves every call of the service."""
 
     def __init__(
         self, limits: PythonLimits, sandbox: Sandbox, *, python: str = sys.executable
@@ -279,32 +359,38 @@ class PythonRunner:
         self.limits = limits
         self.sandbox = sandbox
         self.python = python
+        self.slots = CallSlots(limits.max_concurrent)
 
     async def run(self, code: str, ctx: ToolContext) -> str:
         """Run one snippet to its end; output streams through ctx. Raises ToolError."""
+        slot = self.slots.take()
+        if slot is None:
+            raise ToolError(
+                f"busy: {self.slots.size} python programs are running already, the most "
+                "this service runs at once; try again shortly",
+                "busy",
+            )
+        try:
+            return await self._run_in_slot(code, ctx, slot)
+        finally:
+            self.slots.give_back(slot)
+
+    async def _run_in_slot(self, code: str, ctx: ToolContext, slot: int) -> str:
         workdir = _prepare_workdir(code)
         proc: asyncio.subprocess.Process | None = None
         try:
-            proc = await self._spawn(workdir)
+            proc = await self._spawn(workdir, slot)
             return await self._supervise(proc, ctx)
         finally:
             if proc is not None:
                 await _kill_group_and_reap(proc)
             shutil.rmtree(workdir, ignore_errors=True)
 
-    async def _spawn(self, workdir: str) -> asyncio.subprocess.Process:
-        limits = self.limits
+    async def _spawn(self, workdir: str, slot: int) -> asyncio.subprocess.Process:
+        config = self.sandbox.config(workdir, self.limits, slot)
+        argv = child_argv(self.python, config)
         return await asyncio.create_subprocess_exec(
-            self.python,
-            "-I",
-            "-u",
-            "-c",
-            BOOTSTRAP,
-            SNIPPET_NAME,  # relative to its folder, which is the working folder
-            str(limits.cpu_s),
-            str(limits.memory_mb * 1024 * 1024),
-            str(limits.file_bytes),
-            *self.sandbox.argv(workdir),
+            *argv,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
@@ -448,23 +534,40 @@ async def _drain(pipe: asyncio.StreamReader | None) -> None:
         pass
 
 
+def describe_sandbox(limits: PythonLimits, sandbox: Sandbox) -> str:
+    """What the sandbox guarantees, in the words of the tool's description: only what
+    this service's sandbox actually does."""
+    said = []
+    if sandbox.isolated:
+        said.append(
+            "It has no network access of any kind, and it and every process it starts are "
+            f"ended when the call ends; it may run at most {limits.max_processes} processes "
+            f"and its folder holds at most {limits.disk_mb} MiB."
+        )
+    if sandbox.confined:
+        tcp = " nor open TCP connections" if landlock.abi_version() >= 4 else ""
+        said.append(
+            "It sees no files but its own folder, the Python installation and the system "
+            f"libraries, and cannot signal processes outside its sandbox{tcp}."
+        )
+    if not sandbox.isolated:
+        said.append("Processes it starts are killed with its process group when the call ends.")
+    return " ".join(said)
+
+
 def spec(limits: PythonLimits, sandbox: Sandbox) -> ToolSpec:
     """The python tool's spec; its timeout is a backstop behind the wall-time limit."""
-    confined = (
-        " It has no network access and sees no files but its own folder, the Python "
-        "installation and the system libraries."
-        if sandbox.confined
-        else ""
-    )
     return ToolSpec(
         name="python",
         description=(
             "Run a Python 3 program in a fresh, separate process and return what it printed "
             "(stdout and stderr) and its exit status. Use print() to show results. Each call "
             "starts from scratch in an empty temporary folder, with the standard library and "
-            f"no environment variables.{confined} Limits: {limits.cpu_s} s of CPU, "
-            f"{limits.memory_mb} MiB of memory, {limits.wall_s:g} s of wall time, "
-            f"{limits.output_bytes} bytes of output."
+            f"no environment variables. {describe_sandbox(limits, sandbox)} Limits: "
+            f"{limits.cpu_s} s of CPU, {limits.memory_mb} MiB of memory, {limits.wall_s:g} s "
+            f"of wall time, {limits.output_bytes} bytes of output, {limits.file_bytes} bytes "
+            f"per file; at most {limits.max_concurrent} programs run at once in this service "
+            "(one more gets a `busy` error)."
         ),
         parameters={
             "type": "object",
@@ -478,11 +581,15 @@ def spec(limits: PythonLimits, sandbox: Sandbox) -> ToolSpec:
     )
 
 
+def sandbox_from_settings(settings: ServiceSettings) -> Sandbox:
+    """The sandbox the settings ask for, checked on this kernel. Raises ValueError."""
+    landlocked = Sandbox.from_setting(settings.python_sandbox)
+    return landlocked.isolate(settings.python_isolation, settings.python_uid_base)
+
+
 def register(registry: ToolRegistry, settings: ServiceSettings) -> PythonRunner:
     """Add the python tool to a registry, limited as the settings say."""
-    runner = PythonRunner(
-        PythonLimits.from_settings(settings), Sandbox.from_setting(settings.python_sandbox)
-    )
+    runner = PythonRunner(PythonLimits.from_settings(settings), sandbox_from_settings(settings))
 
     async def python(args: dict[str, Any], ctx: ToolContext) -> str:
         return await runner.run(args["code"], ctx)
