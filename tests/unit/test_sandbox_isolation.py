@@ -5,7 +5,11 @@ programs running at once."""
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import socket
+import subprocess
+import sysconfig
 import uuid
 from pathlib import Path
 
@@ -236,3 +240,66 @@ def test_isolation_settings_and_fallback() -> None:
         base.isolate("required", 1000, probe=lambda s: "unshare: EPERM")
     with pytest.raises(ValueError, match="python_isolation must be one of"):
         base.isolate("chroot", 1000)
+
+
+SYSTEM_PYTHON = Path("/usr/bin/python3")
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("setpriv") or not SYSTEM_PYTHON.exists(),
+    reason="needs root (to become nobody), setpriv and a system Python",
+)
+def test_a_service_that_is_not_root_gets_isolation_in_a_user_namespace() -> None:
+    # The service as uid nobody: no uid to switch to, so the namespaces come inside a user
+    # namespace, and RLIMIT_NPROC counts that namespace's processes. A system Python, which
+    # nobody can read (the project's may live under /root).
+    repo = Path(__file__).resolve().parents[2]
+    paths = [str(repo), str(repo / "gen" / "python"), sysconfig.get_paths()["purelib"]]
+    harness = (
+        "import asyncio, sys\n"
+        f"sys.path[:0] = {paths!r}\n"
+        "from agent_service.tools.builtins.python_exec import PythonLimits, PythonRunner, Sandbox\n"
+        "class Ctx:\n"
+        "    call_id, cancelled = 'c', False\n"
+        "    def progress(self, *a): pass\n"
+        "    def output(self, *a): pass\n"
+        "sandbox = Sandbox.from_setting('off').isolate('required', 0)\n"
+        "limits = PythonLimits(cpu_s=5, memory_mb=256, wall_s=30, output_bytes=10_000,\n"
+        "                      max_processes=6)\n"
+        "print(asyncio.run(PythonRunner(limits, sandbox).run(sys.stdin.read(), Ctx())))\n"
+    )
+    snippet = (
+        "import os, socket, time\n"
+        "print('uid', os.getuid())\n"
+        "try:\n"
+        "    socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'x', ('127.0.0.1', 9))\n"
+        "    print('udp allowed')\n"
+        "except OSError:\n"
+        "    print('udp refused')\n"
+        "forked = 0\n"
+        "try:\n"
+        "    for _ in range(50):\n"
+        "        if os.fork() == 0:\n"
+        "            time.sleep(60)\n"
+        "            os._exit(0)\n"
+        "        forked += 1\n"
+        "except OSError:\n"
+        "    print('fork refused')\n"
+        "print('forked', forked)\n"
+    )
+    as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    done = subprocess.run(
+        [*as_nobody, str(SYSTEM_PYTHON), "-I", "-c", harness],
+        input=snippet,
+        capture_output=True,
+        text=True,
+        timeout=scaled(60),
+        cwd="/",  # nobody may not enter the test's own folders
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    seen = outcomes(done.stdout)
+    assert seen["uid"] == "0"  # root inside its user namespace, nobody outside
+    assert seen["udp"] == "refused"
+    assert seen["fork"] == "refused"
+    assert int(seen["forked"]) < 6
