@@ -70,8 +70,9 @@ class ServiceSettings:
     )
     python_uid_base: int = field(
         2_000_000_000,
-        "python tool, with isolation as root: run i of those at once runs as uid (and gid) "
-        "python_uid_base + i, owning nothing on the system",
+        "python tool, with isolation as root: the first of the uids (and gids) programs run "
+        "as, owning nothing on the system; each service process takes python_max_concurrent "
+        "of them (the block its pid picks among 65536), one per program running at once",
     )
     tool_worker_processes: int = field(
         2,

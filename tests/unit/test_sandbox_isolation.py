@@ -303,3 +303,12 @@ def test_a_service_that_is_not_root_gets_isolation_in_a_user_namespace() -> None
     assert seen["udp"] == "refused"
     assert seen["fork"] == "refused"
     assert int(seen["forked"]) < 6
+
+
+def test_each_call_slot_has_a_uid_of_its_own() -> None:
+    sandbox = Sandbox("off", isolated=True, uid_base=2_000_000_000)
+    uids = {sandbox.uid(slot, 8) for slot in range(8)}
+    assert len(uids) == 8 and min(uids) >= 2_000_000_000
+    assert Sandbox("off").uid(0, 8) is None  # not isolated: no uid switch
+    with pytest.raises(ValueError, match="python_uid_base"):
+        sandbox_from_settings(ServiceSettings(python_uid_base=2**32 - 100))

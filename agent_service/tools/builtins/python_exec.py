@@ -65,6 +65,8 @@ EXIT_POLL_S = 0.02  # how often to look whether the child exited with its pipes 
 PIPE_GRACE_S = 1.0  # after the child's exit, how long its pipes may take to close
 DRAIN_GRACE_S = 0.25  # after the final kill, how long draining the pipes may take
 PROBE_TIMEOUT_S = 20.0  # the start-up check that isolation works
+UID_BLOCKS = 65_536  # blocks of python_max_concurrent uids above python_uid_base, one per pid
+MAX_UID = 2**32 - 2  # (uid_t)-1 means "unchanged"
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 # Loads sandbox_child.py by path (the child must not import the project) and hands it
@@ -200,6 +202,15 @@ class Sandbox:
         """True when snippets run under Landlock."""
         return self.mode == "landlock"
 
+    def uid(self, slot: int, slots: int) -> int | None:
+        """The uid call slot `slot` of `slots` runs as, or None (no uid switch).
+
+        Each service process takes a block of uids of its own (by its pid), so that two
+        services on one machine do not share a uid, and with it a process count."""
+        if not self.isolated or self.uid_base is None:
+            return None
+        return self.uid_base + (os.getpid() % UID_BLOCKS) * slots + slot
+
     def config(self, workdir: str, limits: PythonLimits, slot: int) -> dict[str, Any]:
         """sandbox_child.main()'s configuration for one run in workdir."""
         return {
@@ -211,7 +222,7 @@ class Sandbox:
             "disk_bytes": limits.disk_mb * 1024 * 1024,
             "max_processes": limits.max_processes if self.isolated else 0,
             "namespaces": self.isolated,
-            "uid": self.uid_base + slot if self.isolated and self.uid_base is not None else None,
+            "uid": self.uid(slot, limits.max_concurrent),
             "seccomp_bpf": self.seccomp_bpf.hex(),
             "landlock": landlock.__file__ if self.confined else "",
             "read_only": list(self.read_only),
@@ -583,6 +594,10 @@ def spec(limits: PythonLimits, sandbox: Sandbox) -> ToolSpec:
 
 def sandbox_from_settings(settings: ServiceSettings) -> Sandbox:
     """The sandbox the settings ask for, checked on this kernel. Raises ValueError."""
+    if settings.python_uid_base + UID_BLOCKS * settings.python_max_concurrent > MAX_UID:
+        raise ValueError(
+            f"python_uid_base + {UID_BLOCKS} * python_max_concurrent must stay below {MAX_UID}"
+        )
     landlocked = Sandbox.from_setting(settings.python_sandbox)
     return landlocked.isolate(settings.python_isolation, settings.python_uid_base)
 
