@@ -9,20 +9,24 @@ at once and replaced on demand. `fn` and its arguments must be picklable (a
 module-level function); a ToolError it raises arrives as a ToolError, any other
 exception as a ToolError with code `internal`.
 
-Workers come from a `forkserver` (a clean process forks them): forking the
-threaded gRPC server itself is unsafe. At most `max_workers` calls run at once;
-more wait their turn (still within their own timeout).
+Each worker is a fresh `python -I` that imports what it runs by name (with the
+service's sys.path), so no fork of the threaded gRPC server happens, and the
+service's main module is never run again (multiprocessing's spawn and forkserver
+would re-import it). Calls and replies are pickled over two pipes. At most
+`max_workers` calls run at once; more wait their turn (within their own timeout).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
-import multiprocessing
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
 from typing import Any, TypeVar
 
 from agent_service.tools.base import ToolError
@@ -31,6 +35,14 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# The worker's whole start: the service's import path, then serve() on the two pipes.
+WORKER_BOOT = (
+    "import json, sys\n"
+    "sys.path[:] = json.loads(sys.argv[1])\n"
+    "from agent_service.tools.workers import serve\n"
+    "serve(int(sys.argv[2]), int(sys.argv[3]))\n"
+)
+
 
 class ProcessWorkers:
     """A small pool of worker processes. Use from one event loop."""
@@ -38,7 +50,6 @@ class ProcessWorkers:
     def __init__(self, max_workers: int) -> None:
         if max_workers < 1:
             raise ValueError("max_workers must be at least 1")
-        self._context = multiprocessing.get_context("forkserver")
         self._slots = asyncio.Semaphore(max_workers)
         self._idle: list[_Worker] = []
 
@@ -48,7 +59,7 @@ class ProcessWorkers:
             worker = self._idle.pop() if self._idle else await self._start()
             try:
                 reply = await worker.call(fn, args)
-            except EOFError:
+            except (EOFError, OSError):
                 worker.kill()
                 raise ToolError("the worker process died", "internal") from None
             except BaseException:
@@ -64,29 +75,43 @@ class ProcessWorkers:
             self._idle.pop().kill()
 
     async def _start(self) -> _Worker:
-        ours, theirs = self._context.Pipe()
-        process = self._context.Process(target=_serve, args=(theirs,), daemon=True)
-        await asyncio.to_thread(process.start)  # the first start launches the forkserver
-        theirs.close()
-        return _Worker(process, ours)
+        calls_r, calls_w = os.pipe()
+        replies_r, replies_w = os.pipe()
+        try:
+            argv = [sys.executable, "-I", "-c", WORKER_BOOT, json.dumps(sys.path)]
+            process = await asyncio.to_thread(
+                subprocess.Popen,
+                [*argv, str(calls_r), str(replies_w)],
+                stdin=subprocess.DEVNULL,
+                pass_fds=(calls_r, replies_w),
+            )
+        except BaseException:
+            os.close(calls_w)
+            os.close(replies_r)
+            raise
+        finally:
+            os.close(calls_r)
+            os.close(replies_w)
+        return _Worker(
+            process, Connection(calls_w, readable=False), Connection(replies_r, writable=False)
+        )
 
 
 class _Worker:
     """One worker process and our end of its pipe."""
 
-    def __init__(self, process: BaseProcess, conn: Connection) -> None:
+    def __init__(
+        self, process: subprocess.Popen[bytes], calls: Connection, replies: Connection
+    ) -> None:
         self.process = process
-        self.conn = conn
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid
+        self.calls = calls
+        self.replies = replies
 
     async def call(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> tuple[Any, ...]:
-        self.conn.send((fn, args))
+        self.calls.send((fn, args))  # small: a function's name and its arguments
         loop = asyncio.get_running_loop()
         readable: asyncio.Future[None] = loop.create_future()
-        fd = self.conn.fileno()
+        fd = self.replies.fileno()
 
         def wake() -> None:
             if not readable.done():
@@ -97,14 +122,15 @@ class _Worker:
             await readable
         finally:
             loop.remove_reader(fd)
-        reply: tuple[Any, ...] = self.conn.recv()  # EOFError when the worker died
+        reply: tuple[Any, ...] = self.replies.recv()  # EOFError when the worker died
         return reply
 
     def kill(self) -> None:
-        with contextlib.suppress(OSError, ValueError):
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
             self.process.kill()
-            self.process.join(timeout=1.0)  # SIGKILL: reaped at once
-        self.conn.close()
+            self.process.wait(timeout=1.0)  # SIGKILL: reaped at once
+        self.calls.close()
+        self.replies.close()
 
 
 def _unwrap(reply: tuple[Any, ...]) -> Any:
@@ -116,11 +142,12 @@ def _unwrap(reply: tuple[Any, ...]) -> Any:
     raise ToolError(reply[1], "internal")
 
 
-def _serve(conn: Connection) -> None:
-    """The worker's loop: one call at a time until the pipe closes."""
+def serve(calls_fd: int, replies_fd: int) -> None:
+    """The worker's loop: one call at a time until the calls pipe closes."""
+    calls, replies = Connection(calls_fd, writable=False), Connection(replies_fd, readable=False)
     while True:
         try:
-            fn, args = conn.recv()
+            fn, args = calls.recv()
         except (EOFError, OSError):
             return
         try:
@@ -129,4 +156,4 @@ def _serve(conn: Connection) -> None:
             reply = ("tool_error", exc.message, exc.code)
         except Exception as exc:  # reported to the caller, not fatal to the worker
             reply = ("error", f"{type(exc).__name__}: {exc}")
-        conn.send(reply)
+        replies.send(reply)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from tool_test_support import scaled, wait_gone
@@ -64,3 +67,26 @@ async def test_errors_come_back_as_tool_errors() -> None:
     assert caught.value.code == "internal" and "KeyError" in caught.value.message
     assert await workers.run(sum, [1, 2, 3]) == 6  # the worker survived both
     workers.close()
+
+
+def test_a_script_without_a_main_guard_can_use_the_workers(tmp_path: Path) -> None:
+    # multiprocessing's spawn and forkserver re-run the main module in each worker: a
+    # script that builds the registry at its top level then started itself again there.
+    script = tmp_path / "script.py"
+    script.write_text(
+        "import asyncio\n"
+        "from agent_service.tools.workers import ProcessWorkers\n"
+        "print('started', flush=True)\n"
+        "print(asyncio.run(ProcessWorkers(1).run(sum, [2, 2])))\n"
+    )
+    repo = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=scaled(60),
+        cwd=repo,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "started\n4\n"  # the script ran once
