@@ -23,7 +23,7 @@ from tool_test_support import (
 )
 
 from agent_service.config import ServiceSettings
-from agent_service.tools.builtins.python_exec import Sandbox, sandbox_from_settings
+from agent_service.tools.builtins.python_sandbox import Sandbox, sandbox_from_settings
 
 ISOLATED = sandbox_from_settings(ServiceSettings(python_sandbox="off")).isolated
 needs_isolation = pytest.mark.skipif(

@@ -24,7 +24,8 @@ from tool_test_support import (
 )
 
 from agent_service.tools.builtins import landlock
-from agent_service.tools.builtins.python_exec import OutputCollector, Sandbox
+from agent_service.tools.builtins.python_exec import OutputCollector
+from agent_service.tools.builtins.python_sandbox import Sandbox
 
 PIDS = re.compile(r"pid=(\d+)")
 CWD = re.compile(r"cwd=(\S+)")

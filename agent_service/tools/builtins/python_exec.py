@@ -26,7 +26,8 @@ afterwards, and the environment is built from scratch (PATH, LANG, HOME and
 TMPDIR pointing at that folder), so no secret of the service's environment
 reaches the snippet. Isolation (python_isolation: new PID, network and mount
 namespaces, an unprivileged uid, a seccomp socket filter; see sandbox_child.py)
-and Landlock (python_sandbox, see landlock.py) are used where the kernel allows.
+and Landlock (python_sandbox, see landlock.py) are used where the kernel allows:
+python_sandbox.py decides which, at start-up.
 Whatever way the call ends (result, limit, timeout, cancellation), the whole
 process group gets SIGKILL and the child is reaped before the call returns;
 with isolation, the PID namespace takes every other descendant with it.
@@ -37,26 +38,30 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
-import json
 import logging
 import os
 import shutil
 import signal
-import subprocess
 import sys
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from agent_service.config import ServiceSettings
 from agent_service.tools.base import ToolContext, ToolError, ToolRegistry, ToolSpec
-from agent_service.tools.builtins import landlock, sandbox_child, seccomp_filter
+from agent_service.tools.builtins import landlock, sandbox_child
+from agent_service.tools.builtins.python_sandbox import (
+    PythonLimits,
+    Sandbox,
+    child_argv,
+    minimal_env,
+    prepare_workdir,
+    sandbox_from_settings,
+)
+
+__all__ = ["OutputCollector", "PythonLimits", "PythonRunner", "Sandbox", "register", "spec"]
 
 log = logging.getLogger(__name__)
 
-SNIPPET_NAME = "snippet.py"
-MIN_MEMORY_MB = 64  # below this the interpreter itself may not start
 EXIT_MEMORY = sandbox_child.EXIT_MEMORY
 EXIT_NO_SANDBOX = sandbox_child.EXIT_NO_SANDBOX
 READ_CHUNK_BYTES = 65_536
@@ -64,207 +69,6 @@ OUTPUT_COALESCE_S = 0.02  # while output flows, at most one output event per str
 EXIT_POLL_S = 0.02  # how often to look whether the child exited with its pipes still held
 PIPE_GRACE_S = 1.0  # after the child's exit, how long its pipes may take to close
 DRAIN_GRACE_S = 0.25  # after the final kill, how long draining the pipes may take
-PROBE_TIMEOUT_S = 20.0  # the start-up check that isolation works
-UID_BLOCKS = 65_536  # blocks of python_max_concurrent uids above python_uid_base, one per pid
-MAX_UID = 2**32 - 2  # (uid_t)-1 means "unchanged"
-SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
-
-# Loads sandbox_child.py by path (the child must not import the project) and hands it
-# the run's configuration: argv is the file's path, then the configuration as JSON.
-STUB = (
-    "import sys\n"
-    "_g = {'__name__': '_agent_relay_sandbox'}\n"
-    "with open(sys.argv[1], encoding='utf-8') as _f:\n"
-    "    exec(compile(_f.read(), sys.argv[1], 'exec'), _g)\n"
-    "_g['main'](sys.argv[2])\n"
-)
-
-
-@dataclass(frozen=True, slots=True)
-class PythonLimits:
-    """The limits of one snippet run."""
-
-    cpu_s: int
-    memory_mb: int
-    wall_s: float
-    output_bytes: int
-    file_bytes: int = 16 * 1024 * 1024  # largest file the snippet may write in its folder
-    disk_mb: int = 32  # the folder's size, with isolation
-    max_processes: int = 32  # processes of the call's uid at once, with isolation
-    max_concurrent: int = 8  # calls at once, service-wide
-
-    def __post_init__(self) -> None:
-        if self.cpu_s < 1:
-            raise ValueError("python_cpu_s must be at least 1")
-        if self.memory_mb < MIN_MEMORY_MB:
-            raise ValueError(f"python_memory_mb must be at least {MIN_MEMORY_MB} (Python's own)")
-        if self.wall_s <= 0:
-            raise ValueError("python_timeout_s must be more than 0")
-        if self.output_bytes < 1:
-            raise ValueError("python_output_bytes must be at least 1")
-        if self.disk_mb < 1:
-            raise ValueError("python_disk_mb must be at least 1")
-        if self.max_processes < 2:
-            raise ValueError("python_max_processes must be at least 2 (the snippet and one)")
-        if self.max_concurrent < 1:
-            raise ValueError("python_max_concurrent must be at least 1")
-
-    @classmethod
-    def from_settings(cls, settings: ServiceSettings) -> PythonLimits:
-        """The limits the service is configured with."""
-        return cls(
-            cpu_s=settings.python_cpu_s,
-            memory_mb=settings.python_memory_mb,
-            wall_s=settings.python_timeout_s,
-            output_bytes=settings.python_output_bytes,
-            disk_mb=settings.python_disk_mb,
-            max_processes=settings.python_max_processes,
-            max_concurrent=settings.python_max_concurrent,
-        )
-
-
-SYSTEM_READ_ONLY = (
-    "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64",
-    "/etc/ld.so.cache", "/etc/localtime", "/etc/ssl", "/etc/ca-certificates", "/etc/passwd",
-    "/etc/group", "/etc/nsswitch.conf", "/etc/hosts", "/etc/resolv.conf", "/etc/host.conf",
-    "/etc/gai.conf", "/etc/mime.types", "/etc/os-release",
-)  # fmt: skip
-DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
-SANDBOX_SETTINGS = ("auto", "landlock", "off")
-ISOLATION_SETTINGS = ("auto", "required", "off")
-
-
-@dataclass(frozen=True, slots=True)
-class Sandbox:
-    """How a snippet is confined: Landlock (see landlock.py) or not, and whether it is
-    isolated (namespaces, its own uid, seccomp: see sandbox_child.py)."""
-
-    mode: Literal["landlock", "off"]
-    read_only: tuple[str, ...] = ()
-    devices: tuple[str, ...] = DEVICES
-    isolated: bool = False
-    seccomp_bpf: bytes = b""
-    uid_base: int | None = None  # root: call slot i runs as uid_base + i
-
-    @classmethod
-    def from_setting(
-        cls, setting: str, abi_version: Callable[[], int] = landlock.abi_version
-    ) -> Sandbox:
-        """The Landlock part python_sandbox asks for. Raises ValueError when it cannot be
-        had. Not isolated: see isolate()."""
-        if setting not in SANDBOX_SETTINGS:
-            raise ValueError(f"python_sandbox must be one of {', '.join(SANDBOX_SETTINGS)}")
-        if setting == "off":
-            return cls("off")
-        if abi_version() < 1:
-            if setting == "landlock":
-                raise ValueError("python_sandbox=landlock, but this kernel has no Landlock")
-            log.warning("python tool: this kernel has no Landlock; snippets run unconfined")
-            return cls("off")
-        return cls("landlock", read_only=python_read_only())
-
-    def isolate(
-        self,
-        setting: str,
-        uid_base: int,
-        probe: Callable[[Sandbox], str | None] | None = None,
-    ) -> Sandbox:
-        """This sandbox plus the isolation python_isolation asks for. `probe` runs a
-        trivial program so and returns None, or why it failed. Raises ValueError when
-        isolation is required and cannot be had; `auto` falls back with a warning."""
-        if setting not in ISOLATION_SETTINGS:
-            raise ValueError(f"python_isolation must be one of {', '.join(ISOLATION_SETTINGS)}")
-        if setting == "off":
-            return self
-        bpf = seccomp_filter.socket_filter() or b""
-        isolated = Sandbox(
-            self.mode,
-            self.read_only,
-            self.devices,
-            isolated=True,
-            seccomp_bpf=bpf,
-            uid_base=uid_base if os.geteuid() == 0 else None,
-        )
-        problem = (probe or probe_sandbox)(isolated)
-        if problem is None:
-            return isolated
-        if setting == "required":
-            raise ValueError(f"python_isolation=required, but it does not work here: {problem}")
-        log.warning(
-            "python tool: no isolation (%s); snippets have the network, and processes "
-            "that leave their group can outlive the call",
-            problem,
-        )
-        return self
-
-    @property
-    def confined(self) -> bool:
-        """True when snippets run under Landlock."""
-        return self.mode == "landlock"
-
-    def uid(self, slot: int, slots: int) -> int | None:
-        """The uid call slot `slot` of `slots` runs as, or None (no uid switch).
-
-        Each service process takes a block of uids of its own (by its pid), so that two
-        services on one machine do not share a uid, and with it a process count."""
-        if not self.isolated or self.uid_base is None:
-            return None
-        return self.uid_base + (os.getpid() % UID_BLOCKS) * slots + slot
-
-    def config(self, workdir: str, limits: PythonLimits, slot: int) -> dict[str, Any]:
-        """sandbox_child.main()'s configuration for one run in workdir."""
-        return {
-            "snippet": os.path.join(workdir, SNIPPET_NAME),
-            "workdir": workdir,
-            "cpu_s": limits.cpu_s,
-            "memory_bytes": limits.memory_mb * 1024 * 1024,
-            "file_bytes": limits.file_bytes,
-            "disk_bytes": limits.disk_mb * 1024 * 1024,
-            "max_processes": limits.max_processes if self.isolated else 0,
-            "namespaces": self.isolated,
-            "uid": self.uid(slot, limits.max_concurrent),
-            "seccomp_bpf": self.seccomp_bpf.hex(),
-            "landlock": landlock.__file__ if self.confined else "",
-            "read_only": list(self.read_only),
-            "devices": list(self.devices),
-            "service_pid": os.getpid(),
-        }
-
-
-def python_read_only() -> tuple[str, ...]:
-    """What a confined snippet may read: the system's programs and libraries and the
-    Python installation (with a virtual environment's packages, not the project)."""
-    prefixes = {sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix}
-    paths = [*SYSTEM_READ_ONLY, *sorted(prefixes)]
-    return tuple(dict.fromkeys(p for p in paths if os.pathsep not in p))
-
-
-def child_argv(python: str, config: dict[str, Any]) -> list[str]:
-    """The command line of one run."""
-    return [python, "-I", "-u", "-c", STUB, sandbox_child.__file__, json.dumps(config)]
-
-
-def probe_sandbox(sandbox: Sandbox, python: str = sys.executable) -> str | None:
-    """Run `pass` under the sandbox (blocking; at start-up). None, or why it failed."""
-    limits = PythonLimits(cpu_s=5, memory_mb=256, wall_s=PROBE_TIMEOUT_S, output_bytes=4096)
-    workdir = _prepare_workdir("pass\n")
-    try:
-        done = subprocess.run(
-            child_argv(python, sandbox.config(workdir, limits, 0)),
-            cwd=workdir,
-            env=minimal_env(workdir),
-            capture_output=True,
-            timeout=PROBE_TIMEOUT_S,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return str(exc)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    if done.returncode != 0:
-        reason = done.stderr.decode(errors="replace").strip().splitlines()
-        return reason[-1] if reason else f"exit status {done.returncode}"
-    return None
 
 
 class CallSlots:
@@ -344,11 +148,6 @@ def describe_exit(returncode: int, limits: PythonLimits) -> ToolError | None:
     return None
 
 
-def minimal_env(home: str) -> dict[str, str]:
-    """The child's whole environment: nothing is inherited from the service."""
-    return {"PATH": SAFE_PATH, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "HOME": home, "TMPDIR": home}
-
-
 def format_result(output: str, returncode: int) -> str:
     """What the model reads: the output, then the exit status."""
     if returncode < 0:
@@ -387,7 +186,7 @@ class PythonRunner:
             self.slots.give_back(slot)
 
     async def _run_in_slot(self, code: str, ctx: ToolContext, slot: int) -> str:
-        workdir = _prepare_workdir(code)
+        workdir = prepare_workdir(code)
         proc: asyncio.subprocess.Process | None = None
         try:
             proc = await self._spawn(workdir, slot)
@@ -487,15 +286,6 @@ async def _child_exit(proc: asyncio.subprocess.Process) -> None:
         waiter.cancel()
 
 
-def _prepare_workdir(code: str) -> str:
-    """A new folder holding only the snippet (the child deletes it before running it)."""
-    workdir = tempfile.mkdtemp(prefix="agent-relay-python-")
-    snippet = os.path.join(workdir, SNIPPET_NAME)
-    with open(snippet, "w", encoding="utf-8") as f:
-        f.write(code)
-    return workdir
-
-
 def _kill_group(pgid: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
@@ -590,16 +380,6 @@ def spec(limits: PythonLimits, sandbox: Sandbox) -> ToolSpec:
         },
         timeout_s=limits.wall_s + 10.0,
     )
-
-
-def sandbox_from_settings(settings: ServiceSettings) -> Sandbox:
-    """The sandbox the settings ask for, checked on this kernel. Raises ValueError."""
-    if settings.python_uid_base + UID_BLOCKS * settings.python_max_concurrent > MAX_UID:
-        raise ValueError(
-            f"python_uid_base + {UID_BLOCKS} * python_max_concurrent must stay below {MAX_UID}"
-        )
-    landlocked = Sandbox.from_setting(settings.python_sandbox)
-    return landlocked.isolate(settings.python_isolation, settings.python_uid_base)
 
 
 def register(registry: ToolRegistry, settings: ServiceSettings) -> PythonRunner:
