@@ -229,6 +229,7 @@ def test_the_description_says_what_the_sandbox_does(tmp_path: Path) -> None:
     landlock_only = registry_for(tmp_path, python_isolation="off").get("python")
     assert landlock_only is not None
     assert "no network" not in landlock_only.spec.description  # Landlock stops TCP only
+    assert "it may reach the network" in landlock_only.spec.description
 
 
 def test_isolation_settings_and_fallback() -> None:

@@ -352,7 +352,12 @@ def describe_sandbox(limits: PythonLimits, sandbox: Sandbox) -> str:
             f"libraries, and cannot signal processes outside its sandbox{tcp}."
         )
     if not sandbox.isolated:
-        said.append("Processes it starts are killed with its process group when the call ends.")
+        but_tcp = " other than by TCP" if sandbox.confined and landlock.abi_version() >= 4 else ""
+        said.append(
+            f"It is not isolated on this machine: it may reach the network{but_tcp}, and "
+            "processes it starts are killed with its process group when the call ends, "
+            "unless they leave that group."
+        )
     return " ".join(said)
 
 
