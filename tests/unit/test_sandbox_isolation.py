@@ -70,7 +70,13 @@ attempt('icmp', icmp)
 attempt('ping', ping)
 attempt('packet', packet)
 attempt('netlink', netlink)
+def io_uring():  # an io_uring can open sockets without socket(); x86_64 and arm64 number
+    import ctypes
+    params = ctypes.create_string_buffer(120)
+    if ctypes.CDLL(None, use_errno=True).syscall(425, 1, params) < 0:
+        raise OSError(ctypes.get_errno(), 'io_uring_setup')
 attempt('unix', lambda: [s.close() for s in socket.socketpair()])
+attempt('io_uring', io_uring)
 """
 
 
@@ -97,7 +103,7 @@ async def test_no_network_of_any_kind(tmp_path: Path, landlock: str) -> None:
         listener.close()
         server.close()
         await server.wait_closed()
-    refused = ["udp4", "udp6", "tcp", "icmp", "ping", "packet", "netlink"]
+    refused = ["udp4", "udp6", "tcp", "icmp", "ping", "packet", "netlink", "io_uring"]
     assert {name: seen[name] for name in refused} == dict.fromkeys(refused, "refused")
     assert seen["unix"] == "allowed"  # a socketpair (multiprocessing and the like) works
 
