@@ -1,8 +1,8 @@
 """The python tool's child: confine itself, then run the snippet (standard library only).
 
-python_exec.py starts `python -I -u -c STUB THIS_FILE CONFIG_JSON`; the stub
-loads this file by path and calls `main(config)`. With `namespaces` set, the
-process tree is:
+python_exec.py starts `python -I -u -c STUB THIS_FILE CONFIG_JSON` (the command
+line python_sandbox.py builds); the stub loads this file by path and calls
+`main(config)`. With `namespaces` set, the process tree is:
 
     launcher (the service's direct child; waits, then relays the exit status)
      └─ init  (PID 1 of new PID, network, mount, IPC and UTS namespaces: reaps)
