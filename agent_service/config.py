@@ -74,6 +74,33 @@ class ServiceSettings:
         "python tool: confine each run with Landlock (no files outside its folder, no TCP, no "
         "signals out): auto (when the kernel has it), landlock (required) or off",
     )
+    python_isolation: str = field(
+        "auto",
+        "python tool: run each program in new PID, network and mount namespaces as a uid of "
+        "its own, with a seccomp filter (no network of any kind, no process outlives the call, "
+        "a size-bounded folder, a process limit): auto (when the kernel allows it, checked at "
+        "start-up), required or off",
+    )
+    python_disk_mb: int = field(
+        32, "python tool, with isolation: size of each run's folder (a tmpfs), in MiB"
+    )
+    python_max_processes: int = field(
+        32, "python tool, with isolation: processes one run may have at once"
+    )
+    python_max_concurrent: int = field(
+        8, "python tool: programs running at once in the service; one more gets `busy`"
+    )
+    python_uid_base: int = field(
+        2_000_000_000,
+        "python tool, with isolation as root: the first of the uids (and gids) programs run "
+        "as, owning nothing on the system; each service process takes python_max_concurrent "
+        "of them (the block its pid picks among 65536), one per program running at once",
+    )
+    tool_worker_processes: int = field(
+        2,
+        "CPU-bound tools (the calculator) run in up to this many worker processes, off the "
+        "event loop and killed at their timeout; more calls at once wait for a free one",
+    )
     session_idle_unload_s: float = field(
         600.0,
         "a session with no subscriber and no run for this long is unloaded from memory "

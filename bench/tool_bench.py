@@ -8,11 +8,12 @@ Three tables, each row beside a baseline measured in the same run:
    from sending StartTool to receiving `started` and to the final event, beside a
    bare grpc.aio server (another process) that answers StartTool with `started`
    and `completed` at once.
-3. The python tool: a whole call of `pass` (with and without its Landlock sandbox)
-   and the time to the first output of `print(1)`, beside spawning `python -c pass`
-   and `python -I -c pass` with asyncio.
+3. The python tool: a whole call of `pass` unconfined, with Landlock only, and with
+   Landlock plus isolation (namespaces, own uid, seccomp: the default), and the time
+   to the first output of `print(1)`, beside spawning `python -c pass` and
+   `python -I -c pass` with asyncio.
 
-    .venv/bin/python bench/tool_bench.py [--calls 300] [--spawns 30]
+    .venv/bin/python bench/tool_bench.py [--calls 300] [--spawns 30] [--python-only]
 """
 
 from __future__ import annotations
@@ -209,8 +210,12 @@ async def python_tool(code: str, registry: object) -> tuple[float, float]:
 
 async def python_startup(spawns: int) -> list[list[object]]:
     registry = build_registry(ServiceSettings(workspace_dir=REPO))
-    unconfined = build_registry(ServiceSettings(workspace_dir=REPO, python_sandbox="off"))
+    landlock_only = build_registry(ServiceSettings(workspace_dir=REPO, python_isolation="off"))
+    unconfined = build_registry(
+        ServiceSettings(workspace_dir=REPO, python_sandbox="off", python_isolation="off")
+    )
     tool_pass_off: list[float] = []
+    tool_pass_landlock: list[float] = []
     bare: list[float] = []
     isolated: list[float] = []
     tool_pass: list[float] = []
@@ -220,18 +225,25 @@ async def python_startup(spawns: int) -> list[list[object]]:
         isolated.append(await spawn(sys.executable, "-I", "-c", "pass"))
         tool_pass.append((await python_tool("pass", registry))[1])
         tool_pass_off.append((await python_tool("pass", unconfined))[1])
+        tool_pass_landlock.append((await python_tool("pass", landlock_only))[1])
         tool_first_output.append((await python_tool("print(1)", registry))[0])
     return [
         ["baseline: spawn + wait `python -c pass`", summary_ms(bare)],
         ["baseline: spawn + wait `python -I -c pass`", summary_ms(isolated)],
         ["python tool, unconfined: `pass`, request to `completed`", summary_ms(tool_pass_off)],
-        ["python tool: `pass`, request to `completed`", summary_ms(tool_pass)],
+        ["python tool, Landlock only: `pass`, to `completed`", summary_ms(tool_pass_landlock)],
+        ["python tool, Landlock + isolation: `pass`, to `completed`", summary_ms(tool_pass)],
         ["python tool: `print(1)`, request to first output", summary_ms(tool_first_output)],
     ]
 
 
-async def main(calls: int, spawns: int) -> None:
+async def main(calls: int, spawns: int, python_only: bool = False) -> None:
     header = ["path", "p50 / p99 ms"]
+    if python_only:
+        table(
+            f"The python tool's start-up, {spawns} runs each", header, await python_startup(spawns)
+        )
+        return
     table(
         f"In process, {calls} sequential calls", ["path", "p50 / p99 us"], await in_process(calls)
     )
@@ -243,9 +255,11 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--calls", type=int, default=300, help="tool calls per row")
     parser.add_argument("--spawns", type=int, default=30, help="process spawns per row")
+    parser.add_argument("--python-only", action="store_true", help="only the python table")
     parser.add_argument("--serve-bare", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_bare:
         asyncio.run(serve_bare())
     else:
-        asyncio.run(main(max(1, min(args.calls, 5_000)), max(1, min(args.spawns, 500))))
+        calls, spawns = max(1, min(args.calls, 5_000)), max(1, min(args.spawns, 500))
+        asyncio.run(main(calls, spawns, args.python_only))

@@ -4,7 +4,10 @@ A tool is an async function `fn(args, ctx) -> str`: it gets its validated
 arguments (a dict) and a ToolContext through which it reports progress, streams
 output and sees that it was cancelled; it returns the result the model reads.
 Cancellation and timeouts arrive as asyncio.CancelledError inside the function:
-a tool that owns a subprocess kills it in its `finally`.
+a tool that owns a subprocess kills it in its `finally`. They can only arrive at
+an `await`, so a tool must never block the event loop: blocking I/O goes to
+`asyncio.to_thread`, CPU-bound work to a process (tools/workers.py), where it
+can be killed.
 
 Registering one of your own::
 

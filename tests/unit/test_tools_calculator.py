@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 from pathlib import Path
 
 import pytest
-from tool_test_support import registry_for, run_tool
+from tool_test_support import registry_for, run_tool, scaled
 
 from agent_service.tools.base import ToolError
-from agent_service.tools.builtins.calculator import evaluate, format_number
+from agent_service.tools.builtins.calculator import MAX_ROUND_DIGITS, evaluate, format_number
 
 
 @pytest.mark.parametrize(
@@ -112,3 +113,39 @@ async def test_schema_problems_are_named(tmp_path: Path) -> None:
     assert call.kinds == ["started", "failed"]
     assert call.final.failed.code == "invalid_arguments"
     assert "'expression' is a required property" in call.final.failed.message
+
+
+async def ticks_within(count: int, bound_s: float) -> int:
+    """How many of `count` 10 ms sleeps the loop completed within bound_s of loop time."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + bound_s
+    done = 0
+    while done < count and loop.time() < deadline:
+        await asyncio.sleep(0.01)
+        done += 1
+    return done if loop.time() <= deadline else done - 1
+
+
+async def test_a_huge_round_neither_blocks_the_loop_nor_outlives_the_timeout(
+    tmp_path: Path,
+) -> None:
+    # round(1, -10000000) computed 10**10000000 on the event loop: about 9 s during which
+    # nothing else ran and the 5 s tool timeout could not fire.
+    registry = registry_for(tmp_path)
+    call = asyncio.create_task(
+        run_tool(registry, "calculator", {"expression": "round(1, -10000000)"})
+    )
+    await asyncio.sleep(0)  # the call has started
+    assert await ticks_within(20, scaled(3.0)) == 20  # 0.2 s on an idle loop
+    outcome = await call
+    assert outcome.kinds == ["started", "failed"]
+    assert outcome.final.failed.code == "limit_exceeded"
+    assert "round()" in outcome.final.failed.message
+
+
+def test_round_digits_are_bounded() -> None:
+    assert evaluate("round(123456, -3)") == 123000
+    assert evaluate(f"round(1.5, {MAX_ROUND_DIGITS})") == 1.5
+    with pytest.raises(ToolError) as caught:
+        evaluate(f"round(1, -{MAX_ROUND_DIGITS + 1})")
+    assert caught.value.code == "limit_exceeded"

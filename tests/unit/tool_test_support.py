@@ -122,3 +122,35 @@ async def wait_gone(pid: int, timeout_s: float = 5.0) -> bool:
             return True
         await asyncio.sleep(0.02)
     return process_gone(pid)
+
+
+def host_processes(marker: str) -> list[int]:
+    """Live processes (zombies aside) whose command line holds marker, seen from the host.
+
+    A sandboxed program's own pid means nothing here (it runs in a PID namespace of its
+    own), so tests mark its processes instead: by an argument they pass, or by the run's
+    folder, which the child's command line names.
+    """
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().decode(errors="replace")
+        except OSError:
+            continue
+        if marker in cmdline and not process_gone(int(entry)):
+            found.append(int(entry))
+    return found
+
+
+async def wait_no_processes(marker: str, timeout_s: float = 5.0) -> list[int]:
+    """Poll until no live process holds marker; returns those still there at the end."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + scaled(timeout_s)
+    while loop.time() < deadline:
+        if not host_processes(marker):
+            return []
+        await asyncio.sleep(0.02)
+    return host_processes(marker)

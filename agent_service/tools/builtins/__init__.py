@@ -19,6 +19,7 @@ from agent_service.tools.builtins import (
     search_files,
 )
 from agent_service.tools.builtins.workspace import Workspace
+from agent_service.tools.workers import ProcessWorkers
 
 STORE_SUFFIXES = ("", "-wal", "-shm", "-journal")  # a SQLite database and its side files
 
@@ -48,7 +49,7 @@ def build_registry(settings: ServiceSettings) -> ToolRegistry:
     registry = ToolRegistry()
     settings.workspace_dir.mkdir(parents=True, exist_ok=True)
     workspace = Workspace.at(settings.workspace_dir, excluded=service_data(settings))
-    calculator.register(registry)
+    calculator.register(registry, ProcessWorkers(settings.tool_worker_processes))
     python_exec.register(registry, settings)
     search_files.register(registry, workspace)
     read_file.register(registry, workspace)

@@ -8,6 +8,10 @@ the size of integers (so `9**9**9` is refused before it is computed) and the
 argument of `factorial` are capped, and each refusal is a ToolError with code
 `limit_exceeded`. Malformed input is `invalid_arguments`; a math error such as
 division by zero is `error`.
+
+The tool runs `calculate()` in a worker process (see tools/workers.py), never on
+the service's event loop, so whatever an expression costs, the loop keeps
+serving and the tool's 5 s timeout holds: the worker is killed when it fires.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from agent_service.tools.base import ToolContext, ToolError, ToolRegistry, ToolSpec
+from agent_service.tools.workers import ProcessWorkers
 
 Number = int | float
 
@@ -26,6 +31,7 @@ MAX_EXPRESSION_CHARS = 1_000
 MAX_INT_BITS = 4_096  # about 1,233 decimal digits: plenty for a calculator, cheap to compute
 MAX_FACTORIAL = 1_000
 MAX_DEPTH = 60  # nested operators and calls; deeper trees are refused before walking
+MAX_ROUND_DIGITS = 400  # round(x, -n) computes 10**n: past a float's range it means nothing
 
 _BINARY: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
     ast.Add: operator.add,
@@ -58,8 +64,12 @@ def _log(x: Number, base: Number = math.e) -> float:
     return math.log(x, base)
 
 
-def _round(x: Number, ndigits: int | None = None) -> Number:
-    return round(x) if ndigits is None else round(x, int(ndigits))
+def _round(x: Number, ndigits: Number | None = None) -> Number:
+    if ndigits is None:
+        return round(x)
+    if abs(ndigits) > MAX_ROUND_DIGITS:
+        raise ToolError(f"round() is limited to |digits| <= {MAX_ROUND_DIGITS}", "limit_exceeded")
+    return round(x, int(ndigits))
 
 
 _FUNCTIONS: dict[str, Callable[..., Number]] = {
@@ -232,11 +242,15 @@ SPEC = ToolSpec(
 )
 
 
-async def calculator(args: dict[str, Any], ctx: ToolContext) -> str:
-    """Evaluate args["expression"]; the result is the value as text."""
-    return format_number(evaluate(args["expression"]))
+def calculate(expression: str) -> str:
+    """The value of expression as the tool's result text. Raises ToolError."""
+    return format_number(evaluate(expression))
 
 
-def register(registry: ToolRegistry) -> None:
-    """Add the calculator to a registry."""
+def register(registry: ToolRegistry, workers: ProcessWorkers) -> None:
+    """Add the calculator to a registry; its evaluations run in workers' processes."""
+
+    async def calculator(args: dict[str, Any], ctx: ToolContext) -> str:
+        return await workers.run(calculate, args["expression"])
+
     registry.register(SPEC, calculator)

@@ -1,28 +1,36 @@
-"""The `python` tool: run a snippet in a separate, limited Python process.
+"""The `python` tool: run a snippet in a separate, limited, sandboxed Python process.
 
 The snippet runs in `sys.executable -I -u` (isolated: no user site, no PYTHON*
 variables, unbuffered output) started in a new session, so it and anything it
-spawns form one process group. A small bootstrap inside the child sets the
-resource limits on itself before running the snippet: that keeps the limits
-out of a `preexec_fn`, which is unsafe in the threaded gRPC server.
+spawns form one process group. sandbox_child.py, loaded by a short stub, sets up
+the child: the confinement the Sandbox says, the resource limits, then the
+snippet. Doing that inside the child keeps it out of a `preexec_fn`, which is
+unsafe in the threaded gRPC server.
 
 Limits and how a breach is reported (ToolError code `limit_exceeded`, the
 message naming the limit):
 - CPU time: RLIMIT_CPU; the kernel sends SIGXCPU (SIGKILL at the hard limit).
-- memory: RLIMIT_AS; the bootstrap turns an uncaught MemoryError into a
-  distinct exit status.
+- memory: RLIMIT_AS; the child turns an uncaught MemoryError into a distinct
+  exit status.
 - wall time: python_timeout_s, measured here.
 - output: stdout + stderr bytes; past python_output_bytes the group is killed.
+- disk: RLIMIT_FSIZE per file; with isolation also a tmpfs of python_disk_mb for
+  the folder (a write past it fails with ENOSPC inside the snippet).
+- processes: with isolation, RLIMIT_NPROC of python_max_processes for the
+  call's own uid (fork fails with EAGAIN inside the snippet).
+- calls at once: python_max_concurrent for the whole service; one more fails at
+  once with code `busy`.
 
-The working folder is a fresh empty temporary folder, removed afterwards, and
-the environment is built from scratch (PATH, LANG, HOME and TMPDIR pointing at
-that folder), so no secret of the service's environment reaches the snippet.
-Where the kernel has Landlock (python_sandbox, see landlock.py), the child also
-confines itself: it reads only the Python installation and system libraries,
-writes only its folder, and can neither open TCP connections nor signal
-processes outside its sandbox.
+The working folder is a fresh temporary folder holding only the snippet, removed
+afterwards, and the environment is built from scratch (PATH, LANG, HOME and
+TMPDIR pointing at that folder), so no secret of the service's environment
+reaches the snippet. Isolation (python_isolation: new PID, network and mount
+namespaces, an unprivileged uid, a seccomp socket filter; see sandbox_child.py)
+and Landlock (python_sandbox, see landlock.py) are used where the kernel allows:
+python_sandbox.py decides which, at start-up.
 Whatever way the call ends (result, limit, timeout, cancellation), the whole
-process group gets SIGKILL and the child is reaped before the call returns.
+process group gets SIGKILL and the child is reaped before the call returns;
+with isolation, the PID namespace takes every other descendant with it.
 """
 
 from __future__ import annotations
@@ -35,165 +43,52 @@ import os
 import shutil
 import signal
 import sys
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from agent_service.config import ServiceSettings
 from agent_service.tools.base import ToolContext, ToolError, ToolRegistry, ToolSpec
-from agent_service.tools.builtins import landlock
+from agent_service.tools.builtins import landlock, sandbox_child
+from agent_service.tools.builtins.python_sandbox import (
+    PythonLimits,
+    Sandbox,
+    child_argv,
+    minimal_env,
+    prepare_workdir,
+    sandbox_from_settings,
+)
+
+__all__ = ["OutputCollector", "PythonLimits", "PythonRunner", "Sandbox", "register", "spec"]
 
 log = logging.getLogger(__name__)
 
-SNIPPET_NAME = "snippet.py"
-MIN_MEMORY_MB = 64  # below this the interpreter itself may not start
-EXIT_MEMORY = 86  # the bootstrap's exit status for an uncaught MemoryError
-EXIT_NO_SANDBOX = 87  # the bootstrap's exit status when the sandbox cannot be set up
+EXIT_MEMORY = sandbox_child.EXIT_MEMORY
+EXIT_NO_SANDBOX = sandbox_child.EXIT_NO_SANDBOX
 READ_CHUNK_BYTES = 65_536
 OUTPUT_COALESCE_S = 0.02  # while output flows, at most one output event per stream per 20 ms
 EXIT_POLL_S = 0.02  # how often to look whether the child exited with its pipes still held
 PIPE_GRACE_S = 1.0  # after the child's exit, how long its pipes may take to close
 DRAIN_GRACE_S = 0.25  # after the final kill, how long draining the pipes may take
-SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
-
-# Runs in the child before the snippet: limits first, then the snippet as __main__.
-# argv: snippet path, CPU seconds, address-space bytes, largest file bytes, then the
-# sandbox: mode, landlock.py's path, read-only, read-write and device paths (":"-joined).
-BOOTSTRAP = f"""
-import resource, sys
-_path, _cpu, _mem, _fsize = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-resource.setrlimit(resource.RLIMIT_CPU, (_cpu, _cpu + 1))
-resource.setrlimit(resource.RLIMIT_AS, (_mem, _mem))
-resource.setrlimit(resource.RLIMIT_FSIZE, (_fsize, _fsize))
-resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-def _confine():
-    import os
-    landlock = {{"__name__": "_agent_relay_landlock"}}
-    with open(sys.argv[6], encoding="utf-8") as f:
-        exec(compile(f.read(), sys.argv[6], "exec"), landlock)
-    read_only, read_write, devices = (a.split(os.pathsep) if a else [] for a in sys.argv[7:10])
-    try:
-        landlock["restrict"](read_only, read_write, devices)
-    except OSError as exc:
-        os.write(2, f"the sandbox could not be set up: {{exc}}\\n".encode())
-        os._exit({EXIT_NO_SANDBOX})
-    roots = [r.rstrip("/") + "/" for r in read_only]
-    sys.path[:] = [p for p in sys.path if any((p + "/").startswith(r) for r in roots)]
-if sys.argv[5] == "landlock":
-    _confine()
-def _main():
-    import linecache, os, types
-    with open(_path, encoding="utf-8") as f:
-        source = f.read()
-    os.remove(_path)  # the snippet starts in an empty folder
-    linecache.cache["<snippet>"] = (len(source), None, source.splitlines(True), "<snippet>")
-    module = types.ModuleType("__main__")
-    sys.modules["__main__"] = module
-    sys.argv = ["<snippet>"]
-    try:
-        exec(compile(source, "<snippet>", "exec"), module.__dict__)
-    except MemoryError:
-        os.write(2, b"MemoryError: the snippet ran out of memory\\n")
-        os._exit({EXIT_MEMORY})
-    except SystemExit:
-        raise
-    except BaseException as exc:
-        import traceback
-        tb = exc.__traceback__.tb_next if exc.__traceback__ else None
-        traceback.print_exception(type(exc), exc, tb)
-        sys.exit(1)
-_main()
-"""
 
 
-@dataclass(frozen=True, slots=True)
-class PythonLimits:
-    """The limits of one snippet run."""
+class CallSlots:
+    """Which of max_concurrent call slots are taken. Does no I/O.
 
-    cpu_s: int
-    memory_mb: int
-    wall_s: float
-    output_bytes: int
-    file_bytes: int = 16 * 1024 * 1024  # largest file the snippet may write in its folder
+    A slot's number names the uid its call runs as, so two calls at once never
+    share a process count (RLIMIT_NPROC counts per uid)."""
 
-    def __post_init__(self) -> None:
-        if self.cpu_s < 1:
-            raise ValueError("python_cpu_s must be at least 1")
-        if self.memory_mb < MIN_MEMORY_MB:
-            raise ValueError(f"python_memory_mb must be at least {MIN_MEMORY_MB} (Python's own)")
-        if self.wall_s <= 0:
-            raise ValueError("python_timeout_s must be more than 0")
-        if self.output_bytes < 1:
-            raise ValueError("python_output_bytes must be at least 1")
+    def __init__(self, size: int) -> None:
+        self._free = list(range(size - 1, -1, -1))
+        self.size = size
 
-    @classmethod
-    def from_settings(cls, settings: ServiceSettings) -> PythonLimits:
-        """The limits the service is configured with."""
-        return cls(
-            cpu_s=settings.python_cpu_s,
-            memory_mb=settings.python_memory_mb,
-            wall_s=settings.python_timeout_s,
-            output_bytes=settings.python_output_bytes,
-        )
+    def take(self) -> int | None:
+        """The lowest free slot, or None when all are taken."""
+        return self._free.pop() if self._free else None
 
-
-SYSTEM_READ_ONLY = (
-    "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64",
-    "/etc/ld.so.cache", "/etc/localtime", "/etc/ssl", "/etc/ca-certificates", "/etc/passwd",
-    "/etc/group", "/etc/nsswitch.conf", "/etc/hosts", "/etc/resolv.conf", "/etc/host.conf",
-    "/etc/gai.conf", "/etc/mime.types", "/etc/os-release",
-)  # fmt: skip
-DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
-SANDBOX_SETTINGS = ("auto", "landlock", "off")
-
-
-@dataclass(frozen=True, slots=True)
-class Sandbox:
-    """How a snippet is confined: Landlock (see landlock.py) or not at all."""
-
-    mode: Literal["landlock", "off"]
-    read_only: tuple[str, ...] = ()
-    devices: tuple[str, ...] = DEVICES
-
-    @classmethod
-    def from_setting(
-        cls, setting: str, abi_version: Callable[[], int] = landlock.abi_version
-    ) -> Sandbox:
-        """The sandbox python_sandbox asks for. Raises ValueError when it cannot be had."""
-        if setting not in SANDBOX_SETTINGS:
-            raise ValueError(f"python_sandbox must be one of {', '.join(SANDBOX_SETTINGS)}")
-        if setting == "off":
-            return cls("off")
-        if abi_version() < 1:
-            if setting == "landlock":
-                raise ValueError("python_sandbox=landlock, but this kernel has no Landlock")
-            log.warning("python tool: this kernel has no Landlock; snippets run unconfined")
-            return cls("off")
-        return cls("landlock", read_only=python_read_only())
-
-    @property
-    def confined(self) -> bool:
-        """True when snippets run confined."""
-        return self.mode == "landlock"
-
-    def argv(self, workdir: str) -> list[str]:
-        """The bootstrap's sandbox arguments for one run in workdir."""
-        return [
-            self.mode,
-            landlock.__file__,
-            os.pathsep.join(self.read_only),
-            workdir,
-            os.pathsep.join(self.devices),
-        ]
-
-
-def python_read_only() -> tuple[str, ...]:
-    """What a confined snippet may read: the system's programs and libraries and the
-    Python installation (with a virtual environment's packages, not the project)."""
-    prefixes = {sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix}
-    paths = [*SYSTEM_READ_ONLY, *sorted(prefixes)]
-    return tuple(dict.fromkeys(p for p in paths if os.pathsep not in p))
+    def give_back(self, slot: int) -> None:
+        """Free a slot taken before."""
+        self._free.append(slot)
+        self._free.sort(reverse=True)
 
 
 @dataclass
@@ -253,11 +148,6 @@ def describe_exit(returncode: int, limits: PythonLimits) -> ToolError | None:
     return None
 
 
-def minimal_env(home: str) -> dict[str, str]:
-    """The child's whole environment: nothing is inherited from the service."""
-    return {"PATH": SAFE_PATH, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "HOME": home, "TMPDIR": home}
-
-
 def format_result(output: str, returncode: int) -> str:
     """What the model reads: the output, then the exit status."""
     if returncode < 0:
@@ -271,7 +161,7 @@ def format_result(output: str, returncode: int) -> str:
 
 
 class PythonRunner:
-    """Runs snippets under fixed limits. One instance serves every call."""
+    """Runs snippets under fixed limits. One instance serves every call of the service."""
 
     def __init__(
         self, limits: PythonLimits, sandbox: Sandbox, *, python: str = sys.executable
@@ -279,32 +169,38 @@ class PythonRunner:
         self.limits = limits
         self.sandbox = sandbox
         self.python = python
+        self.slots = CallSlots(limits.max_concurrent)
 
     async def run(self, code: str, ctx: ToolContext) -> str:
         """Run one snippet to its end; output streams through ctx. Raises ToolError."""
-        workdir = _prepare_workdir(code)
+        slot = self.slots.take()
+        if slot is None:
+            raise ToolError(
+                f"busy: {self.slots.size} python programs are running already, the most "
+                "this service runs at once; try again shortly",
+                "busy",
+            )
+        try:
+            return await self._run_in_slot(code, ctx, slot)
+        finally:
+            self.slots.give_back(slot)
+
+    async def _run_in_slot(self, code: str, ctx: ToolContext, slot: int) -> str:
+        workdir = prepare_workdir(code)
         proc: asyncio.subprocess.Process | None = None
         try:
-            proc = await self._spawn(workdir)
+            proc = await self._spawn(workdir, slot)
             return await self._supervise(proc, ctx)
         finally:
             if proc is not None:
                 await _kill_group_and_reap(proc)
             shutil.rmtree(workdir, ignore_errors=True)
 
-    async def _spawn(self, workdir: str) -> asyncio.subprocess.Process:
-        limits = self.limits
+    async def _spawn(self, workdir: str, slot: int) -> asyncio.subprocess.Process:
+        config = self.sandbox.config(workdir, self.limits, slot)
+        argv = child_argv(self.python, config)
         return await asyncio.create_subprocess_exec(
-            self.python,
-            "-I",
-            "-u",
-            "-c",
-            BOOTSTRAP,
-            SNIPPET_NAME,  # relative to its folder, which is the working folder
-            str(limits.cpu_s),
-            str(limits.memory_mb * 1024 * 1024),
-            str(limits.file_bytes),
-            *self.sandbox.argv(workdir),
+            *argv,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
@@ -316,24 +212,24 @@ class PythonRunner:
     async def _supervise(self, proc: asyncio.subprocess.Process, ctx: ToolContext) -> str:
         collector = OutputCollector(self.limits.output_bytes)
         assert proc.stdout is not None and proc.stderr is not None
-        pumps = asyncio.gather(
-            self._pump(proc, proc.stdout, "stdout", collector, ctx),
-            self._pump(proc, proc.stderr, "stderr", collector, ctx),
-        )
+        pumps = {
+            asyncio.create_task(self._pump(proc, proc.stdout, "stdout", collector, ctx)),
+            asyncio.create_task(self._pump(proc, proc.stderr, "stderr", collector, ctx)),
+        }
         note = ""
         try:
             async with asyncio.timeout(self.limits.wall_s):
                 await _child_exit(proc)
                 _kill_group(proc.pid)  # what it left behind would hold the pipes open
-                done, _ = await asyncio.wait({pumps}, timeout=PIPE_GRACE_S)
-                if not done:
+                _, pending = await asyncio.wait(pumps, timeout=PIPE_GRACE_S)
+                if pending:
                     note = "[stopped reading: a process that left the group holds the output open]"
         except TimeoutError:
             raise ToolError(
                 f"wall-time limit of {self.limits.wall_s:g} s exceeded", "limit_exceeded"
             ) from None
         finally:
-            pumps.cancel()
+            await _stop(pumps)
         if collector.overflowed:
             raise ToolError(
                 f"output limit of {self.limits.output_bytes} bytes exceeded; the process was "
@@ -390,15 +286,6 @@ async def _child_exit(proc: asyncio.subprocess.Process) -> None:
         waiter.cancel()
 
 
-def _prepare_workdir(code: str) -> str:
-    """A new folder holding only the snippet (the child deletes it before running it)."""
-    workdir = tempfile.mkdtemp(prefix="agent-relay-python-")
-    snippet = os.path.join(workdir, SNIPPET_NAME)
-    with open(snippet, "w", encoding="utf-8") as f:
-        f.write(code)
-    return workdir
-
-
 def _kill_group(pgid: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
@@ -420,10 +307,10 @@ async def _drain_and_reap(proc: asyncio.subprocess.Process) -> None:
     await _child_exit(proc)
     # A reader whose buffer is full stops reading its pipe, and asyncio reports the end
     # only once both pipes close: drain what is left, unless an escaped process holds them.
-    drains = asyncio.gather(_drain(proc.stdout), _drain(proc.stderr))
-    done, _ = await asyncio.wait({drains}, timeout=DRAIN_GRACE_S)
-    if not done:
-        drains.cancel()
+    drains = {asyncio.create_task(_drain(proc.stdout)), asyncio.create_task(_drain(proc.stderr))}
+    _, pending = await asyncio.wait(drains, timeout=DRAIN_GRACE_S)
+    await _stop(drains)
+    if pending:
         log.warning("python tool: pid %d's pipes are held open by an escaped process", proc.pid)
         # Close our ends, or they stay open (and read) as long as that process lives.
         # asyncio has no public close for a Process; its transport's close() is the way.
@@ -432,28 +319,61 @@ async def _drain_and_reap(proc: asyncio.subprocess.Process) -> None:
             transport.close()
 
 
+async def _stop(tasks: set[asyncio.Task[None]]) -> None:
+    """Cancel the tasks and wait for them to end, retrieving each one's outcome: a gather
+    cancelled and left unawaited would log "exception was never retrieved" instead."""
+    for task in tasks:
+        task.cancel()
+    await asyncio.wait(tasks)
+    for task in tasks:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("python tool: reading output failed", exc_info=task.exception())
+
+
 async def _drain(pipe: asyncio.StreamReader | None) -> None:
     while pipe is not None and await pipe.read(READ_CHUNK_BYTES):
         pass
 
 
+def describe_sandbox(limits: PythonLimits, sandbox: Sandbox) -> str:
+    """What the sandbox guarantees, in the words of the tool's description: only what
+    this service's sandbox actually does."""
+    said = []
+    if sandbox.isolated:
+        said.append(
+            "It has no network access of any kind, and it and every process it starts are "
+            f"ended when the call ends; it may run at most {limits.max_processes} processes "
+            f"and its folder holds at most {limits.disk_mb} MiB."
+        )
+    if sandbox.confined:
+        tcp = " nor open TCP connections" if landlock.abi_version() >= 4 else ""
+        said.append(
+            "It sees no files but its own folder, the Python installation and the system "
+            f"libraries, and cannot signal processes outside its sandbox{tcp}."
+        )
+    if not sandbox.isolated:
+        but_tcp = " other than by TCP" if sandbox.confined and landlock.abi_version() >= 4 else ""
+        said.append(
+            f"It is not isolated on this machine: it may reach the network{but_tcp}, and "
+            "processes it starts are killed with its process group when the call ends, "
+            "unless they leave that group."
+        )
+    return " ".join(said)
+
+
 def spec(limits: PythonLimits, sandbox: Sandbox) -> ToolSpec:
     """The python tool's spec; its timeout is a backstop behind the wall-time limit."""
-    confined = (
-        " It has no network access and sees no files but its own folder, the Python "
-        "installation and the system libraries."
-        if sandbox.confined
-        else ""
-    )
     return ToolSpec(
         name="python",
         description=(
             "Run a Python 3 program in a fresh, separate process and return what it printed "
             "(stdout and stderr) and its exit status. Use print() to show results. Each call "
             "starts from scratch in an empty temporary folder, with the standard library and "
-            f"no environment variables.{confined} Limits: {limits.cpu_s} s of CPU, "
-            f"{limits.memory_mb} MiB of memory, {limits.wall_s:g} s of wall time, "
-            f"{limits.output_bytes} bytes of output."
+            f"no environment variables. {describe_sandbox(limits, sandbox)} Limits: "
+            f"{limits.cpu_s} s of CPU, {limits.memory_mb} MiB of memory, {limits.wall_s:g} s "
+            f"of wall time, {limits.output_bytes} bytes of output, {limits.file_bytes} bytes "
+            f"per file; at most {limits.max_concurrent} programs run at once in this service "
+            "(one more gets a `busy` error)."
         ),
         parameters={
             "type": "object",
@@ -469,9 +389,7 @@ def spec(limits: PythonLimits, sandbox: Sandbox) -> ToolSpec:
 
 def register(registry: ToolRegistry, settings: ServiceSettings) -> PythonRunner:
     """Add the python tool to a registry, limited as the settings say."""
-    runner = PythonRunner(
-        PythonLimits.from_settings(settings), Sandbox.from_setting(settings.python_sandbox)
-    )
+    runner = PythonRunner(PythonLimits.from_settings(settings), sandbox_from_settings(settings))
 
     async def python(args: dict[str, Any], ctx: ToolContext) -> str:
         return await runner.run(args["code"], ctx)

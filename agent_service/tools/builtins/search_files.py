@@ -6,7 +6,10 @@ usual bulky folders (`node_modules`, `__pycache__`), binary files and files
 larger than MAX_FILE_BYTES, and never reads outside the workspace. The walk
 runs in a worker thread; each match streams as an output event (stream
 `result`, "path:line: text") as soon as it is found, and the tool's result
-lists them all. Cancellation stops the walk between files.
+lists them all. Cancellation stops the walk between files. The glob is bounded
+(MAX_GLOB_CHARS, MAX_GLOB_WILDCARDS) and matched by glob_match.py, whose cost
+is at most the pattern's length times the path's: no pattern can stall the walk,
+nor, through the GIL, the service's event loop.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from agent_service.tools.base import ToolContext, ToolError, ToolRegistry, ToolSpec
+from agent_service.tools.builtins.glob_match import Glob
 from agent_service.tools.builtins.workspace import Workspace, check_relative, looks_binary
 
 DEFAULT_GLOB = "**/*"
@@ -30,6 +33,8 @@ LIMIT_MAX_RESULTS = 1_000
 MAX_FILE_BYTES = 2 * 1024 * 1024
 MAX_LINE_CHARS = 200  # a matching line is shown up to this many characters
 SKIP_DIRS = frozenset({"node_modules", "__pycache__"})
+MAX_GLOB_CHARS = 256
+MAX_GLOB_WILDCARDS = 24  # `*`, `?` and `[` characters together
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,45 +60,25 @@ class SearchStats:
     hit_limit: bool = False
 
 
-def compile_glob(pattern: str) -> re.Pattern[str]:
-    """A regex for a glob over workspace-relative paths. Raises ToolError.
+def compile_glob(pattern: str) -> Glob:
+    """The glob over workspace-relative paths (see glob_match.py). Raises ToolError.
 
     `*` and `?` stay within one folder level, `**` spans any number of levels,
     `[abc]` / `[!abc]` are character classes; a pattern without `/` (`*.py`)
-    matches file names at any depth.
+    matches file names at any depth. A pattern longer than MAX_GLOB_CHARS or with
+    more than MAX_GLOB_WILDCARDS wildcards is refused (`invalid_arguments`).
     """
+    if len(pattern) > MAX_GLOB_CHARS:
+        raise ToolError(f"glob is longer than {MAX_GLOB_CHARS} characters", "invalid_arguments")
     text = check_relative(pattern, what="glob").as_posix()
+    if sum(text.count(char) for char in "*?[") > MAX_GLOB_WILDCARDS:
+        raise ToolError(
+            f"glob has more than {MAX_GLOB_WILDCARDS} wildcards; name the files more plainly",
+            "invalid_arguments",
+        )
     if "/" not in text and text != "**":
         text = "**/" + text
-    parts = text.split("/")
-    regex = ""
-    for i, part in enumerate(parts):
-        last = i == len(parts) - 1
-        if part == "**":
-            regex += ".*" if last else "(?:[^/]+/)*"
-        else:
-            regex += _translate_segment(part) + ("" if last else "/")
-    return re.compile(regex + r"\Z")
-
-
-def _translate_segment(segment: str) -> str:
-    out, i = [], 0
-    while i < len(segment):
-        char = segment[i]
-        if char == "*":
-            out.append("[^/]*")
-        elif char == "?":
-            out.append("[^/]")
-        elif char == "[" and (end := segment.find("]", i + 2)) != -1:
-            body = segment[i + 1 : end]
-            negate = body.startswith("!")
-            body = re.escape(body[1:] if negate else body).replace(r"\-", "-")
-            out.append(f"[{'^' if negate else ''}{body}]")
-            i = end
-        else:
-            out.append(re.escape(char))
-        i += 1
-    return "".join(out)
+    return Glob.parse(text)
 
 
 def match_lines(path: str, text: str, needle: str) -> list[Match]:
@@ -111,7 +96,7 @@ def match_lines(path: str, text: str, needle: str) -> list[Match]:
 def search_tree(
     workspace: Workspace,
     query: str,
-    glob: re.Pattern[str],
+    glob: Glob,
     max_results: int,
     on_match: Callable[[Match], None],
     stop: threading.Event,
@@ -218,7 +203,8 @@ def spec() -> ToolSpec:
             "Search the text files of the workspace folder for a literal string "
             "(case-insensitive) and list the matching lines as 'path:line: text'. `glob` limits "
             "which files are searched, relative to the workspace: '**/*' (default) for all, "
-            "'*.py' for Python files at any depth, 'src/**/*.ts' under src. Hidden, binary and "
+            "'*.py' for Python files at any depth, 'src/**/*.ts' under src (at most "
+            f"{MAX_GLOB_WILDCARDS} wildcards). Hidden, binary and "
             "very large files are skipped. Use read_file to see a whole file."
         ),
         parameters={
@@ -233,6 +219,7 @@ def spec() -> ToolSpec:
                 "glob": {
                     "type": "string",
                     "minLength": 1,
+                    "maxLength": MAX_GLOB_CHARS,
                     "default": DEFAULT_GLOB,
                     "description": "Which files to search (default '**/*')",
                 },
