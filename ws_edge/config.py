@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from relay_shared.settings import field, load_settings
+from ws_edge import codes_gen
 
 DELIVERY_MODES = ("stream", "final")
 
@@ -18,8 +19,14 @@ class EdgeSettings:
     listen: str = field("127.0.0.1:8080", "host:port the edge listens on (port 0: any free port)")
     upstream: str = field("127.0.0.1:50051", "host:port of the agent service's gRPC server")
     upstream_channels: int = field(2, "gRPC channels to the agent service, one Chat stream each")
-    upstream_backoff_base_s: float = field(0.1, "first reconnect delay to the agent service")
-    upstream_backoff_max_s: float = field(2.0, "longest reconnect delay to the agent service")
+    # The defaults are the clients' own backoff (proto/agent_relay/v1/codes.json): one policy.
+    upstream_backoff_base_s: float = field(
+        codes_gen.BACKOFF_BASE_MS / 1000,
+        "ceiling of the first reconnect delay to the agent service",
+    )
+    upstream_backoff_max_s: float = field(
+        codes_gen.BACKOFF_CAP_MS / 1000, "longest reconnect delay to the agent service"
+    )
     command_timeout_s: float = field(10.0, "how long a command may wait for the agent's reply")
     upstream_tls_ca_file: Path | None = field(None, "PEM CA bundle: use TLS to the agent service")
     upstream_tls_cert_file: Path | None = field(None, "PEM client certificate for mutual TLS")

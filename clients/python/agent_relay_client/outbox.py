@@ -22,11 +22,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from agent_relay_client import codes_gen
 from agent_relay_client.errors import ProtocolError
 
 _FORMAT_VERSION = 1
-# Reply codes worth sending again later; every other error drops the message (and reports it).
-RETRY_CODES = frozenset({"rate_limited", "upstream_unavailable", "internal"})
+# Reply codes worth sending again later (the spec's retryable set, codes.json); every other
+# error, `busy` included, drops the message and reports it.
+RETRY_CODES = codes_gen.RETRYABLE_ERROR_CODES
 
 
 @dataclass(slots=True)
@@ -123,7 +125,7 @@ class Outbox:
             return "unknown"
         if code in RETRY_CODES:
             entry.in_flight = False
-            entry.not_before_ms = now_ms + max(retry_after_ms, 500)
+            entry.not_before_ms = now_ms + max(retry_after_ms, codes_gen.MIN_MESSAGE_RETRY_MS)
             self._save()
             return "retry"
         del self._entries[message_id]
