@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from agent_relay_client import codes_gen
 from agent_relay_client.conversation import Conversation, HistoryMessage, Outcome
 from agent_relay_client.errors import is_retryable
-from agent_relay_client.events import SessionEvent
+from agent_relay_client.events import MessageAccepted, SessionEvent
 from agent_relay_client.outbox import ErrorOutcome, Outbox, OutboxEntry
 
 
@@ -180,6 +180,10 @@ class SessionCore:
         if outcome is Outcome.GAP and event.session_id not in self._loading:
             self._loading.add(event.session_id)
             return outcome, [LoadHistory(event.session_id)]
+        if outcome is Outcome.APPLIED and isinstance(event, MessageAccepted):
+            # The log says the service has it (a replay after a lost ack): it leaves the
+            # outbox, so it is not sent again on the next connection.
+            self.outbox.receive_ack(event.message_id)
         return outcome, []
 
     def receive_history(
@@ -201,7 +205,10 @@ class SessionCore:
 
     def receive_sent(self, message_id: str) -> OutboxEntry | None:
         """The service accepted a message (now or before): it leaves the outbox."""
-        return self.outbox.receive_ack(message_id)
+        entry = self.outbox.receive_ack(message_id)
+        for conv in self.conversations.values():
+            conv.accept_local_message(message_id)
+        return entry
 
     def receive_send_failed(
         self, message_id: str, code: str, message: str, retry_after_ms: int, now_ms: float
