@@ -834,8 +834,10 @@ export class WebSocketService {
       // the connection timeout: give it up and wait for the network instead.
       this.socketFailed(ClientCloseCode.CONNECT_TIMEOUT, "offline");
     } else if (!online && this.connection.state === "connected") {
-      // The socket may be dead without knowing it: check now rather than at the next tick.
-      if (this.checkLink()) this.scheduleHeartbeat();
+      // The browser says the network is gone: the socket cannot carry anything, and it
+      // would take two silent intervals to prove it. Close it now and wait for the
+      // network; the resume by seq makes the reconnect lossless if it was a blip.
+      this.socketFailed(ClientCloseCode.HEARTBEAT_TIMEOUT, "offline");
     }
   }
 
