@@ -46,7 +46,9 @@ class OutboxEntry:
     in_flight: bool = False  # sent on the current connection, reply pending (not persisted)
 
 
-ErrorOutcome = Literal["retry", "dropped", "unknown"]
+ErrorOutcome = Literal["retry", "reauth", "dropped", "unknown"]
+# Times an entry refused as `unauthenticated` waits for new credentials before it is dropped.
+MAX_REAUTH_ATTEMPTS = 5
 
 
 class Outbox:
@@ -119,10 +121,17 @@ class Outbox:
     def receive_error(
         self, message_id: str, code: str, retry_after_ms: int, now_ms: float
     ) -> ErrorOutcome:
-        """The service refused the message. Retryable codes wait and retry; others drop it."""
+        """The service refused the message. Retryable codes wait and retry; `unauthenticated`
+        waits too while the driver renews the credentials ("reauth", at most
+        MAX_REAUTH_ATTEMPTS sends); every other code drops it."""
         entry = self._entries.get(message_id)
         if entry is None:
             return "unknown"
+        if code == "unauthenticated" and entry.attempts < MAX_REAUTH_ATTEMPTS:
+            entry.in_flight = False
+            entry.not_before_ms = now_ms + max(retry_after_ms, codes_gen.MIN_MESSAGE_RETRY_MS)
+            self._save()
+            return "reauth"
         if code in RETRY_CODES:
             entry.in_flight = False
             entry.not_before_ms = now_ms + max(retry_after_ms, codes_gen.MIN_MESSAGE_RETRY_MS)

@@ -465,6 +465,8 @@ class ResilientChat:
             outcome = self.core.receive_send_failed(
                 entry.message_id, exc.code, exc.message, exc.retry_after_ms, self._now_ms()
             )
+            if outcome == "reauth":  # the token lapsed, not the message's fault: renew it
+                self._spawn(self._refresh_credentials())
             if outcome == "dropped":
                 self._publish(MessageRejected(entry.session_id, entry.message_id, exc))
             return

@@ -213,7 +213,8 @@ class SessionCore:
     def receive_send_failed(
         self, message_id: str, code: str, message: str, retry_after_ms: int, now_ms: float
     ) -> ErrorOutcome:
-        """The service refused a message: retry later, or drop it and mark it rejected."""
+        """The service refused a message: retry later ("retry"; "reauth" once the driver renewed
+        the credentials), or drop it and mark it rejected ("dropped")."""
         entry = next((e for e in self.outbox.entries() if e.message_id == message_id), None)
         outcome = self.outbox.receive_error(message_id, code, retry_after_ms, now_ms)
         if outcome == "dropped" and entry is not None:

@@ -31,7 +31,10 @@ export interface OutboxEntry {
  * or drops it (any other code, `busy` included). In-flight marks, attempts and
  * retry times are per page and not persisted: they mean nothing after a reload.
  */
-export type ErrorOutcome = "retry" | "dropped" | "unknown";
+export type ErrorOutcome = "retry" | "reauth" | "dropped" | "unknown";
+
+/** Times an entry refused as `unauthenticated` waits for new credentials before it is dropped. */
+export const MAX_REAUTH_ATTEMPTS = 5;
 
 export class Outbox {
   /** What was last read or written: used when the storage refuses a write. */
@@ -119,11 +122,20 @@ export class Outbox {
     return entry ? this.remove(entry.sessionId, messageId) : undefined;
   }
 
-  /** The server refused the message: retryable codes wait and retry; others drop it. */
+  /**
+   * The server refused the message: retryable codes wait and retry; `unauthenticated` waits
+   * too while the driver renews the token ("reauth", at most MAX_REAUTH_ATTEMPTS sends);
+   * every other code drops it.
+   */
   receiveError(messageId: string, code: string, retryAfterMs: number, nowMs: number): ErrorOutcome {
     const entry = this.load().find((e) => e.messageId === messageId);
     if (!entry) return "unknown";
     this.inFlight.delete(messageId);
+    if (code === "unauthenticated" && this.attemptsOf(messageId) < MAX_REAUTH_ATTEMPTS) {
+      // The token lapsed, not the message's fault: it waits while the driver renews it.
+      this.notBefore.set(messageId, nowMs + Math.max(retryAfterMs, POLICY.minMessageRetryMs));
+      return "reauth";
+    }
     if (isRetryableError(code)) {
       this.notBefore.set(messageId, nowMs + Math.max(retryAfterMs, POLICY.minMessageRetryMs));
       return "retry";

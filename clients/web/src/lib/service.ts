@@ -575,14 +575,6 @@ export class WebSocketService {
   }
 
   private messageRefused(messageId: string, error: ServiceError): void {
-    if (error.code === ErrorCode.UNAUTHENTICATED) {
-      // The token lapsed under us, not the message's fault: renew it, then the outbox goes again.
-      this.core.outbox.release(messageId);
-      const sessionId = this.connection.sessionId;
-      const token = sessionId ? this.options.tokens.get(sessionId) : undefined;
-      if (sessionId && token) void this.refreshToken(sessionId, token).then((fresh) => fresh && this.reauth(fresh));
-      return;
-    }
     if (error.code === ErrorCode.NOT_JOINED && this.core.outbox.attemptsOf(messageId) < MAX_NOT_JOINED_RESENDS) {
       this.carryOut(this.core.receiveNotJoined(messageId));
       return;
@@ -591,6 +583,12 @@ export class WebSocketService {
     this.sync();
     if (outcome === "dropped") this.settle(messageId, error);
     else this.scheduleDue();
+    if (outcome === "reauth") {
+      // The token lapsed under us: renew it; the message goes again when due.
+      const sessionId = this.connection.sessionId;
+      const token = sessionId ? this.options.tokens.get(sessionId) : undefined;
+      if (sessionId && token) void this.refreshToken(sessionId, token).then((fresh) => fresh && this.reauth(fresh));
+    }
   }
 
   // ------------------------------------------------------------------ carrying out the core's commands

@@ -220,7 +220,7 @@ export class SessionCore {
   receiveSendFailed(messageId: string, code: string, message: string, retryAfterMs: number, nowMs: number): ErrorOutcome {
     const entry = this.outbox.entries().find((e) => e.messageId === messageId);
     const outcome = this.outbox.receiveError(messageId, code, retryAfterMs, nowMs);
-    if (entry && outcome === "retry") this.update(entry.sessionId, (c) => setMessageState(c, messageId, "queued"));
+    if (entry && (outcome === "retry" || outcome === "reauth")) this.update(entry.sessionId, (c) => setMessageState(c, messageId, "queued"));
     if (entry && outcome === "dropped") {
       this.update(entry.sessionId, (c) => setMessageState(c, messageId, "failed", message || code));
     }
