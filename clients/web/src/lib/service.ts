@@ -25,8 +25,7 @@
  * through `onError` and through the promises of `sendMessage`, `cancelRun` and
  * `cancelTool`.
  */
-import type { RelayApi } from "./api";
-import { DEFAULT_BACKOFF, type BackoffOptions } from "./backoff";
+import { DEFAULT_BACKOFF } from "./backoff";
 import { type Clock, type NetworkMonitor, Timers, browserNetwork, systemClock } from "./clock";
 import { ClientCloseCode, ClientErrorCode, ErrorCode, POLICY, isRetryableError } from "./codes";
 import { ConnectionMachine, type Decision, linkDead } from "./connectionMachine";
@@ -37,91 +36,28 @@ import type { AckFrame, BusyPolicy, ClientFrame, ErrorFrame, ServerFrame } from 
 import { isSessionEvent, parseServerFrame } from "./protocol";
 import { tokenRefreshDelayMs } from "./reconnect";
 import { type Command, SessionCore } from "./sessionCore";
-import type { StoredToken, TokenStore } from "./sessions";
+import type { StoredToken } from "./sessions";
 import { ConversationSnapshots } from "./snapshots";
+import { watchEnvironment } from "./environment";
 import { type KeyValueStorage, MemoryStorage } from "./storage";
 import { type Transport, type TransportFactory, browserTransport } from "./transport";
+import {
+  type ConnectionInfo,
+  type ConnectionState,
+  type SendResult,
+  type ServiceSnapshot,
+  ServiceError,
+  type WebSocketServiceOptions,
+} from "./serviceTypes";
 
-export type ConnectionState = "idle" | "connecting" | "connected" | "reconnecting" | "disconnected";
-
-export interface ConnectionInfo {
-  state: ConnectionState;
-  sessionId?: string;
-  /** Failed attempts since the last successful auth (the connection machine's counter). */
-  attempt: number;
-  /** When reconnecting on a timer: the next attempt's time (ms since the epoch). */
-  retryAt?: number;
-  /** What the browser says about the network; while false, no attempt is made. */
-  online: boolean;
-  /** The close code that led here, when a socket closed. */
-  closeCode?: number;
-  /** Why, in words. */
-  reason?: string;
-}
-
-/** A failure reported through `onError` and as a promise rejection. */
-export class ServiceError extends Error {
-  constructor(
-    readonly code: string,
-    message: string,
-    readonly retryable = false,
-    readonly retryAfterMs?: number,
-  ) {
-    super(message);
-    this.name = "ServiceError";
-  }
-}
-
-/** What `sendMessage` resolves with once the server accepted the message. */
-export interface SendResult {
-  messageId: string;
-  runId?: string;
-  seq?: number;
-  /** The message waits behind an active run. */
-  queued: boolean;
-  /** The id had been accepted before (a resend after a lost ack). */
-  duplicate: boolean;
-}
-
-export interface ServiceSnapshot {
-  connection: ConnectionInfo;
-  /** The connected session's conversation, or undefined before `connect`. */
-  conversation: Conversation | undefined;
-}
-
-export interface WebSocketServiceOptions {
-  /** The edge's WebSocket URL, e.g. `ws://host:port/ws`. */
-  url: string;
-  api: RelayApi;
-  tokens: TokenStore;
-  /** Default: `localStorage`-shaped in-memory storage. Pass `localStorage` in browsers. */
-  storage?: KeyValueStorage;
-  transport?: TransportFactory;
-  clock?: Clock;
-  network?: NetworkMonitor;
-  /** Uniform in [0, 1): jitter. */
-  random?: () => number;
-  /** Unique ids for messages (UUIDs by default). */
-  newId?: () => string;
-  backoff?: BackoffOptions;
-  /** From opening the socket to the join's ack; past it the attempt counts as failed. Default 10 s. */
-  connectTimeoutMs?: number;
-  /**
-   * Heartbeat ping period; default the edge's `heartbeat_ms` from `welcome`, else 15 s. A link
-   * that carried no frame for 2 periods is dead (`linkDead`, the Python client's rule).
-   */
-  pingIntervalMs?: number;
-  /** @deprecated Ignored: the dead-link rule is 2 ping periods of silence, in both clients. */
-  pongTimeoutMs?: number;
-  /** After a 1012 (edge draining), reconnect within [0, this). Default 1 s. */
-  restartJitterMs?: number;
-  /** Refresh the token this long before it expires. Default 60 s. */
-  tokenRefreshMarginMs?: number;
-  /** Conversation snapshots are written at most this often. Default 250 ms. */
-  persistDelayMs?: number;
-  /** Attach a W3C `traceparent` to each message. Default true. */
-  traceMessages?: boolean;
-}
+export {
+  type ConnectionInfo,
+  type ConnectionState,
+  type SendResult,
+  type ServiceSnapshot,
+  type WebSocketServiceOptions,
+  ServiceError,
+} from "./serviceTypes";
 
 type Pending =
   | { kind: "auth" }
@@ -169,8 +105,7 @@ export class WebSocketService {
   private readonly waiters = new Map<string, Waiter[]>();
 
   private readonly timers: Timers;
-  private unsubscribeNetwork: (() => void) | undefined;
-  private removePageHide: (() => void) | undefined;
+  private stopWatching: (() => void) | undefined;
 
   private readonly subscribers = new Set<() => void>();
   private readonly messageListeners = new Listeners<[ChatMessage]>();
@@ -312,10 +247,8 @@ export class WebSocketService {
     this.dropSocket(ClientCloseCode.CLIENT_DISCONNECT, "client disconnect");
     this.machine.receiveStop();
     this.timers.clearAll();
-    this.unsubscribeNetwork?.();
-    this.unsubscribeNetwork = undefined;
-    this.removePageHide?.();
-    this.removePageHide = undefined;
+    this.stopWatching?.();
+    this.stopWatching = undefined;
     this.rejectWaiters(new ServiceError(ClientErrorCode.DISCONNECTED, "disconnected; the message stays queued"));
     if (this.connection.state !== "idle" && this.connection.state !== "disconnected") {
       this.setConnection({ state: "disconnected", reason: "disconnected by the client" });
@@ -791,19 +724,11 @@ export class WebSocketService {
   // ------------------------------------------------------------------ environment
 
   private listenToEnvironment(): void {
-    if (!this.unsubscribeNetwork) this.unsubscribeNetwork = this.network.subscribe((online) => this.networkChanged(online));
-    if (!this.removePageHide && typeof window !== "undefined") {
-      const flush = (): void => this.flushPersist();
-      const visible = (): void => {
-        if (document.visibilityState === "visible") this.becameVisible();
-      };
-      window.addEventListener("pagehide", flush);
-      document.addEventListener("visibilitychange", visible);
-      this.removePageHide = () => {
-        window.removeEventListener("pagehide", flush);
-        document.removeEventListener("visibilitychange", visible);
-      };
-    }
+    this.stopWatching ??= watchEnvironment(this.network, {
+      network: (online) => this.networkChanged(online),
+      visible: () => this.becameVisible(),
+      pageHide: () => this.flushPersist(),
+    });
   }
 
   /**
