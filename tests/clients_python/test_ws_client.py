@@ -14,6 +14,7 @@ from agent_relay_client.connection import State
 from agent_relay_client.conversation import Conversation
 from agent_relay_client.events import ResponseDelta, RunCompleted, ToolExecution
 from agent_relay_client.resilient import (
+    ClientError,
     EventApplied,
     HistoryLoaded,
     MessageSent,
@@ -23,7 +24,7 @@ from agent_relay_client.resilient import (
 from agent_relay_client.ws import EdgeClient
 from tests.clients_python.tcp_proxy import CuttableProxy
 from tests.support.edge import EdgeProcess, make_token, start_edge
-from tests.support.service import start_agent_service
+from tests.support.service import ServiceProcess, start_agent_service
 from tests.support.timing import scaled
 
 
@@ -364,3 +365,34 @@ async def test_cancel_a_tool_call_then_the_run_through_the_edge(edge: EdgeProces
         assert conv.assistant_for_run(second.event.run_id).status == "cancelled"  # type: ignore[union-attr]
         assert_exact(rec.seqs[session], conv, second.event)
         await rec.close()
+
+
+async def test_a_position_past_the_log_reloads_history_instead_of_unfollowing(
+    edge: EdgeProcess, service: ServiceProcess
+) -> None:
+    """The edge now says `out_of_range` (as the gRPC client does), so the WebSocket client
+    reacts as the gRPC one: it reloads history and joins after it (it used to get
+    `invalid_field` and stop following the session)."""
+    fresh = start_edge(service.address)  # no room yet: the join goes to the service
+    try:
+        async with EdgeClient(edge.url) as writer:
+            wrec = Recorder(writer)
+            session = await writer.create_session()
+            await writer.follow(session)
+            await writer.send(session, "remember this")
+            done = await wrec.completed(session)
+            head = writer.conversation(session).last_seq
+            await wrec.close()
+            async with EdgeClient(fresh.url, token=writer.token) as reader:
+                rec = Recorder(reader)
+                reader.rewind(session, head + 500)  # a position the log never reached
+                await rec.until(lambda u: isinstance(u, HistoryLoaded))
+                assert not [u for u in rec.updates if isinstance(u, ClientError)]
+                conv = reader.conversation(session)
+                assert conv.last_seq == head
+                assert [m.role for m in conv.messages] == ["user", "assistant"]
+                assert conv.messages[-1].text == done.text
+                await eventually(lambda: reader.core.is_joined(session))
+                await rec.close()
+    finally:
+        fresh.stop()
