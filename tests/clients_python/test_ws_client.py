@@ -382,6 +382,12 @@ async def test_a_position_past_the_log_reloads_history_instead_of_unfollowing(
             await writer.send(session, "remember this")
             done = await wrec.completed(session)
             head = writer.conversation(session).last_seq
+            # The same on an edge whose room for the session is live (it used to accept the
+            # position silently and then skip every event up to it).
+            writer.rewind(session, head + 500)
+            await wrec.until(lambda u: isinstance(u, HistoryLoaded))
+            assert writer.conversation(session).last_seq == head
+            assert not [u for u in wrec.updates if isinstance(u, ClientError)]
             await wrec.close()
             async with EdgeClient(fresh.url, token=writer.token) as reader:
                 rec = Recorder(reader)
