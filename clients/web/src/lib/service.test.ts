@@ -551,6 +551,22 @@ describe("resume, dedup and gaps", () => {
     expect(last().lastOf("join").after_seq).toBe(2);
   });
 
+  it("reloads history when the join is refused as out_of_range, then joins after it", async () => {
+    const { service, last, api, states } = setup();
+    api.history = { as_of_seq: 3, messages: [{ message_id: "u_1", role: "user", text: "kept", status: "complete" }] };
+    service.connect(SID);
+    last().accept();
+    last().push({ type: "ack", ref: last().lastOf("auth").id });
+    last().push({ type: "error", ref: last().lastOf("join").id, code: "out_of_range", message: "after_seq 9 is beyond 3" });
+    await vi.advanceTimersByTimeAsync(0);
+    expect(api.historyCalls).toBe(1);
+    expect(last().framesOf("join")).toHaveLength(2);
+    expect(last().lastOf("join").after_seq).toBe(3);
+    last().push({ type: "ack", ref: last().lastOf("join").id, head_seq: 3 });
+    expect(states).toEqual(["connecting", "connected"]);
+    expect(service.getSnapshot().conversation?.messages.map((m) => m.text)).toEqual(["kept"]);
+  });
+
   it("does not resend a message the edge refused as busy: it is shown as failed", async () => {
     const { service, last } = setup();
     service.connect(SID);
