@@ -17,6 +17,7 @@ from agent_relay_client.resilient import (
     ClientError,
     EventApplied,
     HistoryLoaded,
+    MessageRejected,
     MessageSent,
     StateChanged,
     Update,
@@ -402,3 +403,25 @@ async def test_a_position_past_the_log_reloads_history_instead_of_unfollowing(
                 await rec.close()
     finally:
         fresh.stop()
+
+
+async def test_a_busy_refusal_is_shown_once_and_never_resent(edge: EdgeProcess) -> None:
+    """`busy` (busy_policy reject while a run is active) is an answer for the user: the edge
+    no longer marks it retryable, and the client drops it from the outbox at once."""
+    async with EdgeClient(edge.url) as client:
+        rec = Recorder(client)
+        session = await client.create_session()
+        await client.follow(session)
+        await client.send(session, "a long answer, please")
+        await rec.until(
+            lambda u: isinstance(u, EventApplied) and isinstance(u.event, ResponseDelta)
+        )
+        refused = await client.send(session, "me too", busy_policy="reject")
+        update = await rec.until(lambda u: isinstance(u, MessageRejected))
+        assert isinstance(update, MessageRejected) and update.message_id == refused
+        assert update.error.code == "busy" and not update.error.retryable
+        assert refused not in client.core.outbox
+        await rec.completed(session)
+        sent = [u for u in rec.updates if isinstance(u, MessageSent)]
+        assert refused not in [u.accepted.message_id for u in sent]
+        await rec.close()
