@@ -58,7 +58,7 @@ def test_service_killed_mid_reply_shows_it_interrupted_then_carries_on(
     wait_streaming_text(page, 120)
     service.kill_and_restart()
     reply = last_assistant(page)
-    # interrupted, not failed: the state the Python client gives it too (clients/spec/interrupted.json)
+    # interrupted, not failed: the Python client says so too (clients/spec/interrupted.json)
     expect(reply).to_have_attribute("data-state", "interrupted", timeout=WAIT_MS)
     expect(reply.get_by_role("alert")).to_have_text("The service stopped during this reply.")
     expect(reply).to_contain_text("You said")
