@@ -15,7 +15,7 @@ help:
 	@echo "make run    set up and start the whole system (agent service + edge + web UI)"
 	@echo "make test   set up and run every test suite"
 	@echo "make web    build the web UI (npm ci + vite) when its sources changed"
-	@echo "make proto  regenerate gen/python from proto/"
+	@echo "make proto  regenerate gen/python and the code tables from proto/"
 	@echo "make lint   ruff + mypy --strict + buf lint"
 	@echo "make breaking  buf breaking: proto/ against main (or the commit before)"
 	@echo "make bench  the benchmarks in bench/"
@@ -79,6 +79,7 @@ test-web: $(WEB_DEPS)
 
 proto: $(STAMP)
 	$(BIN)/python proto/generate.py
+	$(BIN)/python proto/generate_codes.py
 
 run: $(STAMP) $(WEB_BUILD)
 	$(BIN)/agent-relay run

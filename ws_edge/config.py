@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from relay_shared.settings import field, load_settings
+from ws_edge import codes_gen
 
 DELIVERY_MODES = ("stream", "final")
 
@@ -25,7 +26,13 @@ class EdgeSettings:
     upstream_resolve_interval_s: float = field(
         30.0, "how often upstream host names are resolved again (0: only at start)"
     )
-    upstream_backoff_base_s: float = field(0.1, "first reconnect delay to the agent service")
+    # The clients' backoff (proto/agent_relay/v1/codes.json): the same full-jitter rule and
+    # base. The cap is lower: an edge has one link per replica, not a herd of browsers to
+    # spread, and every second it waits is a second every user of that replica waits.
+    upstream_backoff_base_s: float = field(
+        codes_gen.BACKOFF_BASE_MS / 1000,
+        "ceiling of the first reconnect delay to the agent service",
+    )
     upstream_backoff_max_s: float = field(2.0, "longest reconnect delay to the agent service")
     command_timeout_s: float = field(10.0, "how long a command may wait for the agent's reply")
     upstream_tls_ca_file: Path | None = field(None, "PEM CA bundle: use TLS to the agent service")

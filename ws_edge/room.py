@@ -247,6 +247,11 @@ class Room:
             self._next_seq = self._base_seq = self._head_seq = after_seq
             self._next_seq += 1
             effects.append(SubscribeUpstream(self.session_id, after_seq))
+        elif self.state is RoomState.LIVE and after_seq > self._head_seq:
+            # A position the log never reached (the service lost its log, or a stale client):
+            # refuse it as the service would (OUT_OF_RANGE), never follow silently from it,
+            # which would drop every event up to that position as already seen.
+            return self._join_refused(socket_id, ref, after_seq, now)
         self._flush(now, effects)
         last = self.last_seq
         sub = _Subscriber(after_seq, prefs)
@@ -265,6 +270,19 @@ class Room:
         else:
             self._waiting[socket_id] = ref
         effects.extend(replay)
+        return effects
+
+    def _join_refused(
+        self, socket_id: str, ref: str | None, after_seq: int, now: float
+    ) -> list[Effect]:
+        error = EdgeError(
+            ErrorCode.OUT_OF_RANGE,
+            f"after_seq {after_seq} is beyond the session's head {self._head_seq}",
+        )
+        effects: list[Effect] = [RejectJoin(socket_id, ref, error)]
+        if not self._subs:  # its own earlier join was replaced: the room is empty now
+            self._empty_since = now
+            effects.append(ExpireAt(now + self._grace_s))
         return effects
 
     def leave(self, socket_id: str, now: float) -> list[Effect]:

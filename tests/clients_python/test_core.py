@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 
 from agent_relay_client.backoff import BackoffPolicy, CloseAdvice, advise_close
-from agent_relay_client.connection import ConnectionMachine, GiveUp, Reconnect, State
+from agent_relay_client.connection import (
+    ConnectionMachine,
+    GiveUp,
+    Reconnect,
+    RefreshToken,
+    State,
+)
 from agent_relay_client.conversation import SENDING, Conversation, HistoryMessage, Outcome
 from agent_relay_client.errors import (
     Busy,
@@ -70,7 +76,11 @@ def test_backoff_rejects_nonsense() -> None:
         (4001, CloseAdvice.RECONNECT),
         (4499, CloseAdvice.RECONNECT),
         (4500, CloseAdvice.STOP),
-        (4501, CloseAdvice.STOP),
+        (4501, CloseAdvice.REFRESH_TOKEN),  # renew the token, then reconnect (codes.json)
+        (1003, CloseAdvice.STOP),
+        (1007, CloseAdvice.STOP),
+        (1010, CloseAdvice.STOP),
+        (3000, CloseAdvice.RECONNECT),  # unknown, outside 4xxx: reconnect with backoff
         (4509, CloseAdvice.STOP),
         (4999, CloseAdvice.STOP),
     ],
@@ -128,7 +138,17 @@ def test_restart_close_reconnects_at_once_with_small_jitter() -> None:
     assert decision == Reconnect(delay_s=pytest.approx(0.45), attempt=0)
 
 
-@pytest.mark.parametrize("code", [1000, 1008, 4501, 4503, 4509])
+def test_a_refused_token_asks_for_a_renewal_once_then_stops() -> None:
+    m = machine([0.0])
+    m.receive_start()
+    m.receive_connected()
+    assert m.receive_closed(4501, "expired") == RefreshToken(attempt=0)
+    m.receive_attempt()
+    assert m.receive_closed(4501, "still bad") == GiveUp(4501, "still bad")
+    assert m.state is State.DISCONNECTED
+
+
+@pytest.mark.parametrize("code", [1000, 1003, 1007, 1008, 1010, 4503, 4509])
 def test_closes_that_say_stop_disconnect_for_good(code: int) -> None:
     m = machine([])
     m.receive_start()

@@ -14,8 +14,10 @@ from agent_relay_client.connection import State
 from agent_relay_client.conversation import Conversation
 from agent_relay_client.events import ResponseDelta, RunCompleted, ToolExecution
 from agent_relay_client.resilient import (
+    ClientError,
     EventApplied,
     HistoryLoaded,
+    MessageRejected,
     MessageSent,
     StateChanged,
     Update,
@@ -23,7 +25,7 @@ from agent_relay_client.resilient import (
 from agent_relay_client.ws import EdgeClient
 from tests.clients_python.tcp_proxy import CuttableProxy
 from tests.support.edge import EdgeProcess, make_token, start_edge
-from tests.support.service import start_agent_service
+from tests.support.service import ServiceProcess, start_agent_service
 from tests.support.timing import scaled
 
 
@@ -363,4 +365,63 @@ async def test_cancel_a_tool_call_then_the_run_through_the_edge(edge: EdgeProces
         assert second.event.finish_reason == "cancelled"
         assert conv.assistant_for_run(second.event.run_id).status == "cancelled"  # type: ignore[union-attr]
         assert_exact(rec.seqs[session], conv, second.event)
+        await rec.close()
+
+
+async def test_a_position_past_the_log_reloads_history_instead_of_unfollowing(
+    edge: EdgeProcess, service: ServiceProcess
+) -> None:
+    """The edge now says `out_of_range` (as the gRPC client does), so the WebSocket client
+    reacts as the gRPC one: it reloads history and joins after it (it used to get
+    `invalid_field` and stop following the session)."""
+    fresh = start_edge(service.address)  # no room yet: the join goes to the service
+    try:
+        async with EdgeClient(edge.url) as writer:
+            wrec = Recorder(writer)
+            session = await writer.create_session()
+            await writer.follow(session)
+            await writer.send(session, "remember this")
+            done = await wrec.completed(session)
+            head = writer.conversation(session).last_seq
+            # The same on an edge whose room for the session is live (it used to accept the
+            # position silently and then skip every event up to it).
+            writer.rewind(session, head + 500)
+            await wrec.until(lambda u: isinstance(u, HistoryLoaded))
+            assert writer.conversation(session).last_seq == head
+            assert not [u for u in wrec.updates if isinstance(u, ClientError)]
+            await wrec.close()
+            async with EdgeClient(fresh.url, token=writer.token) as reader:
+                rec = Recorder(reader)
+                reader.rewind(session, head + 500)  # a position the log never reached
+                await rec.until(lambda u: isinstance(u, HistoryLoaded))
+                assert not [u for u in rec.updates if isinstance(u, ClientError)]
+                conv = reader.conversation(session)
+                assert conv.last_seq == head
+                assert [m.role for m in conv.messages] == ["user", "assistant"]
+                assert conv.messages[-1].text == done.text
+                await eventually(lambda: reader.core.is_joined(session))
+                await rec.close()
+    finally:
+        fresh.stop()
+
+
+async def test_a_busy_refusal_is_shown_once_and_never_resent(edge: EdgeProcess) -> None:
+    """`busy` (busy_policy reject while a run is active) is an answer for the user: the edge
+    no longer marks it retryable, and the client drops it from the outbox at once."""
+    async with EdgeClient(edge.url) as client:
+        rec = Recorder(client)
+        session = await client.create_session()
+        await client.follow(session)
+        await client.send(session, "a long answer, please")
+        await rec.until(
+            lambda u: isinstance(u, EventApplied) and isinstance(u.event, ResponseDelta)
+        )
+        refused = await client.send(session, "me too", busy_policy="reject")
+        update = await rec.until(lambda u: isinstance(u, MessageRejected))
+        assert isinstance(update, MessageRejected) and update.message_id == refused
+        assert update.error.code == "busy" and not update.error.retryable
+        assert refused not in client.core.outbox
+        await rec.completed(session)
+        sent = [u for u in rec.updates if isinstance(u, MessageSent)]
+        assert refused not in [u.accepted.message_id for u in sent]
         await rec.close()

@@ -1,6 +1,8 @@
 """Full-jitter exponential backoff, and what each WebSocket close code asks of a client.
 
-Pure: the random source is passed in, so tests pick the numbers.
+Pure: the random source is passed in, so tests pick the numbers. The numbers and the
+close-code table are the protocol's (proto/agent_relay/v1/codes.json, generated into
+`codes_gen`), the same for the edge and the TypeScript client.
 """
 
 from __future__ import annotations
@@ -9,14 +11,17 @@ import enum
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from agent_relay_client import codes_gen
+
 
 @dataclass(frozen=True, kw_only=True)
 class BackoffPolicy:
     """How long to wait before reconnect attempt number `attempt` (0-based)."""
 
-    base_s: float = 0.5  # the ceiling of the first wait
-    cap_s: float = 15.0  # no wait is longer than this
-    restart_cap_s: float = 1.0  # ceiling of the wait after 1012 (the edge restarts: go at once)
+    base_s: float = codes_gen.BACKOFF_BASE_MS / 1000  # the ceiling of the first wait
+    cap_s: float = codes_gen.BACKOFF_CAP_MS / 1000  # no wait is longer than this
+    # Ceiling of the wait after 1012 (the edge restarts: go at once, spread a little).
+    restart_cap_s: float = codes_gen.RESTART_JITTER_MS / 1000
 
     def __post_init__(self) -> None:
         if not 0 < self.base_s <= self.cap_s:
@@ -42,16 +47,11 @@ class CloseAdvice(enum.Enum):
     STOP = "stop"  # do not reconnect: normal close, policy, or credentials that will fail again
     RECONNECT_NOW = "reconnect_now"  # the edge is restarting: reconnect at once, with jitter
     RECONNECT = "reconnect"  # reconnect after backoff and resume by seq
-
-
-_STOP_CODES = frozenset({1000, 1002, 1003, 1007, 1008, 1009, 1010})
+    REFRESH_TOKEN = "refresh_token"  # renew the token, then reconnect at once
 
 
 def advise_close(code: int) -> CloseAdvice:
-    """The advice for one close code. Unknown codes reconnect with backoff: losing a
-    conversation to an unexpected code is worse than one wasted attempt."""
-    if code in _STOP_CODES or 4500 <= code <= 4999:
-        return CloseAdvice.STOP
-    if code == 1012:
-        return CloseAdvice.RECONNECT_NOW
-    return CloseAdvice.RECONNECT
+    """The advice for one close code: the spec's table, then its ranges (4000-4499 reconnect,
+    4500-4999 stop); any other unknown code reconnects with backoff, because losing a
+    conversation to an unexpected code is worse than one backed-off attempt."""
+    return CloseAdvice(codes_gen.close_action(code))

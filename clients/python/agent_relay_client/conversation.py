@@ -181,6 +181,12 @@ class Conversation:
             self.messages.append(item)
         return item
 
+    def accept_local_message(self, message_id: str) -> None:
+        """The service acked a typed message (its MessageAccepted may follow, or came first)."""
+        item = self.find(message_id)
+        if item is not None and item.status == SENDING:
+            item.status = "complete"
+
     def reject_local_message(self, message_id: str, error: str) -> None:
         """The service refused a typed message for good."""
         item = self.find(message_id)

@@ -10,21 +10,29 @@
     └── RequestError                 one command or RPC was refused; the connection stays
         │                            (.code, .message, .retryable, .retry_after_ms)
         ├── InvalidRequest           bad_frame, invalid_field, frame_too_large /
-        │                            INVALID_ARGUMENT, OUT_OF_RANGE
+        │   │                        INVALID_ARGUMENT
+        │   ├── OutOfRange           out_of_range / OUT_OF_RANGE: the log restarted below the
+        │   │                        position asked for: reload history and join after it
+        │   └── AlreadyExists        already_exists / ALREADY_EXISTS
         ├── Unauthenticated          unauthenticated / UNAUTHENTICATED: get a new token
         ├── PermissionDenied         forbidden / PERMISSION_DENIED
         ├── NotFound                 not_found, not_joined / NOT_FOUND
-        ├── Busy                     busy / FAILED_PRECONDITION, ABORTED (a run is active)
+        ├── Busy                     busy / FAILED_PRECONDITION (a run is active): not retried
         ├── RateLimited              rate_limited / RESOURCE_EXHAUSTED: wait retry_after_ms
         └── Unavailable              upstream_unavailable, internal / UNAVAILABLE, INTERNAL,
-                                     DEADLINE_EXCEEDED, UNKNOWN...: retry later
+                                     DEADLINE_EXCEEDED, ABORTED, UNKNOWN...: retry later
 
 Both transports map to the same tree: `error_from_code()` takes an edge error
 code (docs/protocol.md), `grpc.error_from_rpc()` a gRPC status. `.code` always
-holds the edge's snake_case code, so callers branch on one vocabulary.
+holds the edge's snake_case code, so callers branch on one vocabulary. Which
+status gives which code, which codes are retryable and which class each code
+raises are generated from proto/agent_relay/v1/codes.json (`codes_gen`), the
+source the edge's tables come from too.
 """
 
 from __future__ import annotations
+
+from agent_relay_client import codes_gen
 
 
 class AgentRelayError(Exception):
@@ -79,6 +87,14 @@ class InvalidRequest(RequestError):
     """The request was malformed or a field was out of range; do not retry it unchanged."""
 
 
+class OutOfRange(InvalidRequest):
+    """A join asked for a position beyond the session's log: reload history, join after it."""
+
+
+class AlreadyExists(InvalidRequest):
+    """The thing to create exists already."""
+
+
 class Unauthenticated(RequestError):
     """No valid credentials, or they expired. Authenticate again."""
 
@@ -103,24 +119,39 @@ class Unavailable(RequestError):
     """The service did not answer, or failed inside. Retry later."""
 
 
+_CLASSES: dict[str, type[RequestError]] = {
+    cls.__name__: cls
+    for cls in (
+        InvalidRequest,
+        OutOfRange,
+        AlreadyExists,
+        Unauthenticated,
+        PermissionDenied,
+        NotFound,
+        Busy,
+        RateLimited,
+        Unavailable,
+    )
+}
 _BY_CODE: dict[str, type[RequestError]] = {
-    "bad_frame": InvalidRequest,
-    "invalid_field": InvalidRequest,
-    "frame_too_large": InvalidRequest,
-    "unauthenticated": Unauthenticated,
-    "forbidden": PermissionDenied,
-    "not_found": NotFound,
-    "not_joined": NotFound,
-    "busy": Busy,
-    "rate_limited": RateLimited,
-    "upstream_unavailable": Unavailable,
-    "internal": Unavailable,
+    code: _CLASSES[name] for code, name in codes_gen.CLIENT_ERROR_CLASS.items()
 }
 
 
+def is_retryable(code: str) -> bool:
+    """Whether a refusal with this code may succeed when sent again later (one table for the
+    edge and both clients: `busy` is an answer for the user, never retried)."""
+    return code in codes_gen.RETRYABLE_ERROR_CODES
+
+
 def error_from_code(
-    code: str, message: str = "", *, retryable: bool = False, retry_after_ms: int = 0
+    code: str, message: str = "", *, retryable: bool | None = None, retry_after_ms: int = 0
 ) -> RequestError:
-    """The exception for an edge error code (an `error` frame). Unknown codes give Unavailable."""
+    """The exception for an edge error code (an `error` frame). Unknown codes give Unavailable.
+
+    `retryable` is the spec's (`is_retryable`); the argument is accepted for callers that pass
+    the frame's flag, and ignored, so one rule decides in every client.
+    """
+    del retryable
     cls = _BY_CODE.get(code, Unavailable)
-    return cls(code, message, retryable=retryable, retry_after_ms=retry_after_ms)
+    return cls(code, message, retryable=is_retryable(code), retry_after_ms=retry_after_ms)

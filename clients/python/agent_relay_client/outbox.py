@@ -22,11 +22,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from agent_relay_client import codes_gen
 from agent_relay_client.errors import ProtocolError
 
 _FORMAT_VERSION = 1
-# Reply codes worth sending again later; every other error drops the message (and reports it).
-RETRY_CODES = frozenset({"rate_limited", "upstream_unavailable", "internal"})
+# Reply codes worth sending again later (the spec's retryable set, codes.json); every other
+# error, `busy` included, drops the message and reports it.
+RETRY_CODES = codes_gen.RETRYABLE_ERROR_CODES
 
 
 @dataclass(slots=True)
@@ -44,7 +46,9 @@ class OutboxEntry:
     in_flight: bool = False  # sent on the current connection, reply pending (not persisted)
 
 
-ErrorOutcome = Literal["retry", "dropped", "unknown"]
+ErrorOutcome = Literal["retry", "reauth", "dropped", "unknown"]
+# Times an entry refused as `unauthenticated` waits for new credentials before it is dropped.
+MAX_REAUTH_ATTEMPTS = 5
 
 
 class Outbox:
@@ -117,13 +121,20 @@ class Outbox:
     def receive_error(
         self, message_id: str, code: str, retry_after_ms: int, now_ms: float
     ) -> ErrorOutcome:
-        """The service refused the message. Retryable codes wait and retry; others drop it."""
+        """The service refused the message. Retryable codes wait and retry; `unauthenticated`
+        waits too while the driver renews the credentials ("reauth", at most
+        MAX_REAUTH_ATTEMPTS sends); every other code drops it."""
         entry = self._entries.get(message_id)
         if entry is None:
             return "unknown"
+        if code == "unauthenticated" and entry.attempts < MAX_REAUTH_ATTEMPTS:
+            entry.in_flight = False
+            entry.not_before_ms = now_ms + max(retry_after_ms, codes_gen.MIN_MESSAGE_RETRY_MS)
+            self._save()
+            return "reauth"
         if code in RETRY_CODES:
             entry.in_flight = False
-            entry.not_before_ms = now_ms + max(retry_after_ms, 500)
+            entry.not_before_ms = now_ms + max(retry_after_ms, codes_gen.MIN_MESSAGE_RETRY_MS)
             self._save()
             return "retry"
         del self._entries[message_id]

@@ -12,11 +12,11 @@ from typing import Any
 
 import grpc
 from google.protobuf import message as _pb_message
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from agent_relay.v1 import agent_pb2 as pb
-from agent_relay_client import errors
+from agent_relay_client import codes_gen, errors
 from agent_relay_client.conversation import HistoryMessage
 from agent_relay_client.events import (
     MessageAccepted,
@@ -32,36 +32,25 @@ from agent_relay_client.events import (
 
 # ----- errors: gRPC status -> the package's tree ----------------------------------------------
 
-_BY_STATUS: dict[int, tuple[type[errors.RequestError], str]] = {
-    code_pb2.INVALID_ARGUMENT: (errors.InvalidRequest, "invalid_field"),
-    code_pb2.OUT_OF_RANGE: (errors.InvalidRequest, "out_of_range"),
-    code_pb2.ALREADY_EXISTS: (errors.InvalidRequest, "already_exists"),
-    code_pb2.UNAUTHENTICATED: (errors.Unauthenticated, "unauthenticated"),
-    code_pb2.PERMISSION_DENIED: (errors.PermissionDenied, "forbidden"),
-    code_pb2.NOT_FOUND: (errors.NotFound, "not_found"),
-    code_pb2.FAILED_PRECONDITION: (errors.Busy, "busy"),
-    code_pb2.ABORTED: (errors.Busy, "busy"),
-    code_pb2.RESOURCE_EXHAUSTED: (errors.RateLimited, "rate_limited"),
-    code_pb2.UNAVAILABLE: (errors.Unavailable, "upstream_unavailable"),
-}
-_RETRYABLE = {code_pb2.UNAVAILABLE, code_pb2.RESOURCE_EXHAUSTED, code_pb2.ABORTED}
+_STATUS_NAMES = {s.value[0]: s.name for s in grpc.StatusCode}
+
+
+def _code_for_status(status_code: int) -> str:
+    """The edge's error code for a gRPC status number (the spec's table, as at the edge)."""
+    name = _STATUS_NAMES.get(status_code)
+    return codes_gen.error_code_for_grpc(name) if name else codes_gen.DEFAULT_ERROR_CODE
 
 
 def error_from_status(status: status_pb2.Status) -> errors.RequestError:
     """The exception for a google.rpc.Status (a Chat command's error reply, or an RPC's)."""
-    cls, code = _BY_STATUS.get(status.code, (errors.Unavailable, "internal"))
+    code = _code_for_status(status.code)
     retry_after_ms = 0
     for detail in status.details:
         if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
             info = error_details_pb2.RetryInfo()
             detail.Unpack(info)
             retry_after_ms = info.retry_delay.seconds * 1000 + info.retry_delay.nanos // 1_000_000
-    return cls(
-        code,
-        status.message,
-        retryable=status.code in _RETRYABLE or cls is errors.Unavailable,
-        retry_after_ms=retry_after_ms,
-    )
+    return errors.error_from_code(code, status.message, retry_after_ms=retry_after_ms)
 
 
 def error_from_rpc(exc: grpc.aio.AioRpcError) -> errors.AgentRelayError:

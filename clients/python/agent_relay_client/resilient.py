@@ -25,7 +25,7 @@ from typing import Any, Protocol
 from opentelemetry import propagate
 
 from agent_relay_client.backoff import BackoffPolicy
-from agent_relay_client.connection import ConnectionMachine, GiveUp, State
+from agent_relay_client.connection import ConnectionMachine, GiveUp, RefreshToken, State
 from agent_relay_client.conversation import Conversation, HistoryMessage, Outcome
 from agent_relay_client.errors import (
     AgentRelayError,
@@ -345,9 +345,27 @@ class ResilientChat:
                 for queue in self._listeners:
                     queue.put_nowait(None)
                 return
-            self._publish(StateChanged(State.RECONNECTING, code, reason))
-            await asyncio.sleep(decision.delay_s)
+            if isinstance(decision, RefreshToken):
+                # Renew first: a token that cannot be renewed stops without a reconnect.
+                if not await self._refresh_credentials():
+                    self.machine.receive_stop()
+                    self.closed_by = GiveUp(code, f"the token was refused: {reason}".strip(": "))
+                    self._stopped.set()
+                    self._publish(StateChanged(State.DISCONNECTED, code, self.closed_by.reason))
+                    for queue in self._listeners:
+                        queue.put_nowait(None)
+                    return
+                self._publish(StateChanged(State.RECONNECTING, code, reason))
+            else:
+                self._publish(StateChanged(State.RECONNECTING, code, reason))
+                await asyncio.sleep(decision.delay_s)
             self.machine.receive_attempt()
+
+    async def _refresh_credentials(self) -> bool:
+        """Renew the credentials after the edge refused them (4501); False: cannot, stop.
+
+        This driver has none to renew; the WebSocket client renews its token."""
+        return False
 
     async def _one_connection(self) -> tuple[int, str]:
         """Open a link, serve it until it drops; returns the close code and reason."""
@@ -419,13 +437,12 @@ class ResilientChat:
             try:
                 await link.join(command.session_id, command.after_seq)
             except RequestError as exc:
-                if exc.code == "out_of_range":
-                    # The log restarted below our position (its service lost it): what we
-                    # hold may be stale. Rebuild from history and join after that.
-                    await self._reload(link, command.session_id)
-                    return
-                self.core.receive_join_failed(command.session_id)
-                self._publish(ClientError(exc, command.session_id))
+                commands = self.core.receive_join_failed(
+                    command.session_id, exc.code, exc.retry_after_ms, self._now_ms()
+                )
+                if command.session_id not in self.core.conversations:  # unfollowed
+                    self._publish(ClientError(exc, command.session_id))
+                await self._carry_out(link, commands)
                 return
             await self._carry_out(
                 link, self.core.receive_joined(command.session_id, self._now_ms())
@@ -448,6 +465,8 @@ class ResilientChat:
             outcome = self.core.receive_send_failed(
                 entry.message_id, exc.code, exc.message, exc.retry_after_ms, self._now_ms()
             )
+            if outcome == "reauth":  # the token lapsed, not the message's fault: renew it
+                self._spawn(self._refresh_credentials())
             if outcome == "dropped":
                 self._publish(MessageRejected(entry.session_id, entry.message_id, exc))
             return

@@ -13,8 +13,14 @@ The rules it keeps: every followed session is joined again after a reconnect at
 its last processed seq (so nothing is missed or repeated); an outbox entry is
 sent once per connection, only after its session is joined (entries an earlier
 run of the client left in the outbox file go out once their session is followed
-again); a hole in the log reloads history and rejoins after the history's
-`as_of_seq`.
+again); a hole in the log (a `chat:gap`, or a `seq` that skips ahead) drops
+events until history is reloaded, then leaves and joins again after the
+history's `as_of_seq`; a refused join reloads history (`out_of_range`), retries
+later (a retryable code) or unfollows (any other).
+
+clients/web/src/lib/sessionCore.ts is the same core in TypeScript; the scenario
+files in clients/spec/ run against both (tests/clients_python/test_spec.py,
+clients/web/src/lib/spec.test.ts).
 """
 
 from __future__ import annotations
@@ -23,8 +29,10 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from agent_relay_client import codes_gen
 from agent_relay_client.conversation import Conversation, HistoryMessage, Outcome
-from agent_relay_client.events import SessionEvent
+from agent_relay_client.errors import is_retryable
+from agent_relay_client.events import MessageAccepted, SessionEvent
 from agent_relay_client.outbox import ErrorOutcome, Outbox, OutboxEntry
 
 
@@ -76,6 +84,7 @@ class SessionCore:
         self._joined: set[str] = set()  # sessions whose join was acked on this connection
         self._joining: set[str] = set()  # join sent, reply pending
         self._loading: set[str] = set()  # history requested after a gap
+        self._join_due: dict[str, float] = {}  # refused joins to try again, and when (ms)
 
     # ----- what the user does ---------------------------------------------------------------
 
@@ -119,6 +128,7 @@ class SessionCore:
         self.connected = True
         self._joined.clear()
         self._joining.clear()
+        self._join_due.clear()
         return [self._join(sid) for sid in self.conversations if sid not in self._loading]
 
     def receive_disconnected(self) -> None:
@@ -137,10 +147,29 @@ class SessionCore:
         self._joined.add(session_id)
         return self.take_due(now_ms)
 
-    def receive_join_failed(self, session_id: str) -> None:
-        """A join was refused (for example forbidden): the session is no longer followed."""
+    def receive_join_failed(
+        self, session_id: str, code: str = "", retry_after_ms: int = 0, now_ms: float = 0.0
+    ) -> list[Command]:
+        """A join was refused. The code decides (the same rule as the TypeScript client):
+
+        - `out_of_range` (the log restarted below our position): reload history, then join
+          after it;
+        - a retryable code (codes.json): join again once `retry_after_ms` (at least
+          MIN_MESSAGE_RETRY_MS) has passed, through `take_due()`;
+        - any other (for example `forbidden`): the session is no longer followed.
+        """
         self._joining.discard(session_id)
+        if session_id not in self.conversations:
+            return []
+        if code == "out_of_range":
+            self._loading.add(session_id)
+            return [LoadHistory(session_id)]
+        if is_retryable(code):
+            wait = max(retry_after_ms, codes_gen.MIN_MESSAGE_RETRY_MS)
+            self._join_due[session_id] = now_ms + wait
+            return []
         self.conversations.pop(session_id, None)
+        return []
 
     def receive_event(self, event: SessionEvent) -> tuple[Outcome, list[Command]]:
         """One event from the transport. A gap asks for history."""
@@ -151,6 +180,10 @@ class SessionCore:
         if outcome is Outcome.GAP and event.session_id not in self._loading:
             self._loading.add(event.session_id)
             return outcome, [LoadHistory(event.session_id)]
+        if outcome is Outcome.APPLIED and isinstance(event, MessageAccepted):
+            # The log says the service has it (a replay after a lost ack): it leaves the
+            # outbox, so it is not sent again on the next connection.
+            self.outbox.receive_ack(event.message_id)
         return outcome, []
 
     def receive_history(
@@ -172,12 +205,16 @@ class SessionCore:
 
     def receive_sent(self, message_id: str) -> OutboxEntry | None:
         """The service accepted a message (now or before): it leaves the outbox."""
-        return self.outbox.receive_ack(message_id)
+        entry = self.outbox.receive_ack(message_id)
+        for conv in self.conversations.values():
+            conv.accept_local_message(message_id)
+        return entry
 
     def receive_send_failed(
         self, message_id: str, code: str, message: str, retry_after_ms: int, now_ms: float
     ) -> ErrorOutcome:
-        """The service refused a message: retry later, or drop it and mark it rejected."""
+        """The service refused a message: retry later ("retry"; "reauth" once the driver renewed
+        the credentials), or drop it and mark it rejected ("dropped")."""
         entry = next((e for e in self.outbox.entries() if e.message_id == message_id), None)
         outcome = self.outbox.receive_error(message_id, code, retry_after_ms, now_ms)
         if outcome == "dropped" and entry is not None:
@@ -199,14 +236,26 @@ class SessionCore:
         return [self._join(entry.session_id)]
 
     def take_due(self, now_ms: float) -> list[Command]:
-        """Outbox entries of joined sessions that may go out now."""
+        """Joins refused for a while, then outbox entries of joined sessions, due now."""
         if not self.connected:
             return []
-        return [Send(e) for e in self.outbox.take_due(self._joined, now_ms)]
+        rejoin: list[Command] = []
+        for sid, due in list(self._join_due.items()):
+            if due <= now_ms:
+                del self._join_due[sid]
+                if sid in self.conversations:
+                    rejoin.append(self._join(sid))
+        return rejoin + [Send(e) for e in self.outbox.take_due(self._joined, now_ms)]
 
     def next_due_ms(self) -> float | None:
-        """When the next waiting outbox entry may go out (None: nothing waits)."""
-        return self.outbox.next_due_ms(self._joined) if self.connected else None
+        """When the next refused join or waiting outbox entry may go (None: nothing waits)."""
+        if not self.connected:
+            return None
+        times = list(self._join_due.values())
+        entry_due = self.outbox.next_due_ms(self._joined)
+        if entry_due is not None:
+            times.append(entry_due)
+        return min(times) if times else None
 
     def is_joined(self, session_id: str) -> bool:
         """True once the session's join was acked on this connection."""

@@ -16,11 +16,11 @@ What it keeps (docs/protocol.md): the `agent-relay.v1` subprotocol; `auth`
 right after `welcome`; every followed session joined again after a reconnect
 with `after_seq` = the last seq processed, so no event is missed or repeated;
 user messages with client ids in an outbox (optionally a JSON file) sent once
-per connection until acked; close codes honoured (1000/1008/45xx stop, 1012
-reconnects at once, the rest back off with full jitter); a `chat:gap` reloads
-history over HTTP and rejoins at its `as_of_seq`; an application ping every
-`heartbeat_ms`, and a connection that stays silent for two of them is dropped
-and replaced.
+per connection until acked; close codes honoured as codes.json says (1000/1008/45xx
+stop, 4501 renews the token and reconnects, 1012 reconnects at once, the rest back off
+with full jitter); a `chat:gap` reloads history over HTTP and rejoins at its
+`as_of_seq`; an application ping every `heartbeat_ms`, and a connection that stays
+silent for two of them is dropped and replaced.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ import aiohttp
 
 from agent_relay_client import errors
 from agent_relay_client.backoff import BackoffPolicy
+from agent_relay_client.connection import link_dead
 from agent_relay_client.conversation import HistoryMessage
 from agent_relay_client.events import (
     Ack,
@@ -227,10 +228,10 @@ class EdgeLink:
         return True
 
     async def _ping_loop(self, interval_s: float) -> None:
-        """Ping each interval; a socket silent for two intervals is dead (4001: reconnect)."""
+        """Ping each interval; a silent socket is dead (`link_dead`; 4001: reconnect)."""
         while True:
             await asyncio.sleep(interval_s)
-            if time.monotonic() - self.last_frame_at > 2 * interval_s:
+            if link_dead(self.last_frame_at * 1000, time.monotonic() * 1000, interval_s * 1000):
                 # No close handshake: the path is dead, and the driver closes the link.
                 self._fail(errors.TransportError("heartbeat timeout", code=4001))
                 return
@@ -458,6 +459,14 @@ class EdgeClient(ResilientChat):
         if ack is not None and ack.expires_at and self._refresher is None:
             self._refresher = asyncio.create_task(self._refresh_before(ack.expires_at))
         return self.link
+
+    async def _refresh_credentials(self) -> bool:
+        """The edge refused the token (4501): swap it for a fresh one, once per refusal."""
+        try:
+            await self.refresh_token()
+        except errors.AgentRelayError:
+            return False
+        return True
 
     async def _refresh_before(self, expires_at: float) -> None:
         """Keep the token fresh: swap it when most of its lifetime has passed, again and again."""

@@ -86,7 +86,7 @@ export const MessageView = memo(function MessageView({
         )}
       </div>
       {message.state === "cancelled" && <div className="meta">Stopped</div>}
-      {message.state === "failed" && (
+      {(message.state === "failed" || message.state === "interrupted") && (
         <div className="meta error" role="alert">
           {message.error ?? "The reply failed"}
         </div>

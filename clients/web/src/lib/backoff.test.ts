@@ -1,8 +1,12 @@
 import { describe, expect, it } from "vitest";
-import { backoff, backoffCeiling } from "./backoff";
+import { DEFAULT_BACKOFF, backoff, backoffCeiling } from "./backoff";
 import { closeAction, isRetryableError } from "./codes";
 
 describe("backoff", () => {
+  it("defaults to the protocol's policy: 250 ms base, 15 s cap (the Python client's)", () => {
+    expect(DEFAULT_BACKOFF).toEqual({ baseMs: 250, maxMs: 15_000 });
+  });
+
   const options = { baseMs: 500, maxMs: 30_000 };
 
   it("doubles the ceiling per attempt up to the maximum", () => {
@@ -14,7 +18,7 @@ describe("backoff", () => {
     for (let attempt = 0; attempt < 12; attempt++) {
       const ceiling = backoffCeiling(attempt, options);
       expect(backoff(attempt, options, () => 0)).toBe(0);
-      expect(backoff(attempt, options, () => 0.999999)).toBe(ceiling - 1);
+      expect(backoff(attempt, options, () => 0.999999)).toBeCloseTo(ceiling * 0.999999, 6);
       expect(backoff(attempt, options, () => 0.5)).toBe(ceiling / 2);
     }
   });
@@ -40,22 +44,21 @@ describe("backoff", () => {
 });
 
 describe("close codes", () => {
-  it("groups close codes by what the client does", () => {
+  it("groups close codes by what the client does (codes.json: the table, then the range)", () => {
     const table = Object.fromEntries(
-      [1000, 1001, 1006, 1008, 1009, 1011, 1012, 1013, 4000, 4001, 4499, 4500, 4501, 4503, 4509, 4999, 3000].map(
+      [1000, 1001, 1003, 1006, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 4000, 4001, 4499, 4500, 4501, 4503, 4509, 4999, 3000].map(
         (code) => [code, closeAction(code)],
       ),
     );
     expect(table).toEqual({
-      1000: "stop", 1001: "backoff", 1006: "backoff", 1008: "stop", 1009: "stop", 1011: "backoff",
-      1012: "soon", 1013: "backoff", 4000: "backoff", 4001: "backoff", 4499: "backoff", 4500: "stop",
-      4501: "stop", 4503: "stop", 4509: "stop", 4999: "stop", 3000: "backoff",
+      1000: "stop", 1001: "reconnect", 1003: "stop", 1006: "reconnect", 1007: "stop", 1008: "stop", 1009: "stop",
+      1010: "stop", 1011: "reconnect", 1012: "reconnect_now", 1013: "reconnect", 4000: "reconnect", 4001: "reconnect",
+      4499: "reconnect", 4500: "stop", 4501: "refresh_token", 4503: "stop", 4509: "stop", 4999: "stop", 3000: "reconnect",
     });
   });
 
-  it("knows which reply errors are retryable, and lets the server's flag win", () => {
-    expect(["busy", "rate_limited", "upstream_unavailable", "internal"].every((c) => isRetryableError(c))).toBe(true);
-    expect(["bad_frame", "invalid_field", "forbidden", "not_found"].some((c) => isRetryableError(c))).toBe(false);
-    expect(isRetryableError("internal", false)).toBe(false);
+  it("knows which reply errors are retryable: one table, and busy is not in it", () => {
+    expect(["rate_limited", "upstream_unavailable", "internal"].every((c) => isRetryableError(c))).toBe(true);
+    expect(["busy", "bad_frame", "invalid_field", "forbidden", "not_found", "out_of_range", "already_exists"].some((c) => isRetryableError(c))).toBe(false);
   });
 });

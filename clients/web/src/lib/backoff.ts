@@ -1,3 +1,5 @@
+import { POLICY } from "./codes";
+
 /** Settings of the reconnect backoff. */
 export interface BackoffOptions {
   /** Ceiling of the first retry's delay, in milliseconds. */
@@ -6,11 +8,12 @@ export interface BackoffOptions {
   maxMs: number;
 }
 
-export const DEFAULT_BACKOFF: BackoffOptions = { baseMs: 500, maxMs: 30_000 };
+/** The protocol's policy (proto/agent_relay/v1/codes.json): the same in the Python client and the edge. */
+export const DEFAULT_BACKOFF: BackoffOptions = { baseMs: POLICY.backoffBaseMs, maxMs: POLICY.backoffCapMs };
 
 /**
  * Full-jitter exponential backoff: a delay drawn uniformly from
- * `[0, min(maxMs, baseMs * 2**attempt))`.
+ * `[0, min(maxMs, baseMs * 2**attempt))` (not rounded, like the Python client's).
  *
  * `attempt` counts failed attempts since the last success, from 0. `random`
  * returns a number in [0, 1) (injected so tests are deterministic). Full jitter
@@ -22,9 +25,7 @@ export function backoff(
   options: BackoffOptions = DEFAULT_BACKOFF,
   random: () => number = Math.random,
 ): number {
-  const exponent = Math.max(0, Math.min(attempt, 30));
-  const ceiling = Math.min(options.maxMs, options.baseMs * 2 ** exponent);
-  return Math.floor(random() * ceiling);
+  return random() * backoffCeiling(attempt, options);
 }
 
 /** The ceiling `backoff(attempt)` draws below: for showing and testing bounds. */

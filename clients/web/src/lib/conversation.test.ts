@@ -23,7 +23,7 @@ describe("conversationFromHistory", () => {
       ["user", "long task 2s", "sent"],
       ["assistant", "Calling long_task.Done.", "complete"],
       ["user", "and then?", "sent"],
-      ["assistant", "Partial", "failed"],
+      ["assistant", "Partial", "interrupted"], // interrupted, not failed: the Python client's state
     ]);
     expect(c.messages[1]!.parts).toEqual([
       { kind: "text", text: "Calling long_task." },

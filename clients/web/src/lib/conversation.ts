@@ -22,7 +22,8 @@ import type {
  * Where a message stands.
  * User messages: queued (in the outbox, not yet on a socket) -> sending (on a
  * socket, no ack yet) -> sent (accepted by the server) | failed (refused).
- * Assistant messages: streaming -> complete | cancelled | failed.
+ * Assistant messages: streaming -> complete | cancelled | failed | interrupted
+ * (the service stopped during the reply; the Python client says the same).
  */
 export type MessageState =
   | "queued"
@@ -31,7 +32,8 @@ export type MessageState =
   | "streaming"
   | "complete"
   | "cancelled"
-  | "failed";
+  | "failed"
+  | "interrupted";
 
 /** A piece of an assistant message: text, or a tool call shown in place. */
 export type MessagePart = { kind: "text"; text: string } | { kind: "tool"; callId: string };
@@ -273,13 +275,26 @@ export function normaliseFinishReason(reason: string | number | undefined): stri
   return (reason ?? "").toLowerCase().replace(/^finish_reason_/, "");
 }
 
+/** The state a finished reply ends in, by `finish_reason` (the Python client's table). */
+export function finishState(reason: string): MessageState {
+  switch (reason) {
+    case "cancelled":
+      return "cancelled";
+    case "error":
+      return "failed";
+    case "interrupted":
+      return "interrupted";
+    default:
+      return "complete";
+  }
+}
+
 function complete(c: Conversation, event: CompleteEvent): Conversation {
   const runId = event.run_id ?? "";
   const reason = normaliseFinishReason(event.finish_reason);
   const base = ensureAssistant(c, runId, event.assistant_message_id, event.time_unix_ms);
   const next = updateAssistant(base, runId, (m) => {
-    const state: MessageState =
-      reason === "cancelled" ? "cancelled" : reason === "error" || reason === "interrupted" ? "failed" : "complete";
+    const state = finishState(reason);
     const updated: ChatMessage = { ...m, state };
     if (reason === "interrupted" && !m.error) updated.error = INTERRUPTED;
     // The final text is authoritative: if the assembled text differs (deltas were
@@ -339,8 +354,7 @@ function applyHistoryAssistant(c: Conversation, raw: HistoryMessage, status: str
   const runId = raw.run_id || `history_${raw.message_id}`;
   const state: MessageState =
     status === "streaming" ? "streaming"
-      : status === "cancelled" ? "cancelled"
-      : status === "failed" || status === "interrupted" ? "failed"
+      : status === "cancelled" || status === "failed" || status === "interrupted" ? status
       : "complete";
   let next = c;
   if (findAssistantIndex(next, runId) < 0) {

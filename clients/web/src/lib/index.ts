@@ -10,11 +10,16 @@ export {
   ClientErrorCode,
   CloseCode,
   ErrorCode,
+  GRPC_STATUS_TO_ERROR_CODE,
+  POLICY,
   PROTOCOL,
+  RETRYABLE_ERRORS,
   closeAction,
   isRetryableError,
   type CloseAction,
 } from "./codes";
+export { ConnectionMachine, linkDead, type Decision, type MachineState } from "./connectionMachine";
+export { SessionCore, type Command, type EventOutcome } from "./sessionCore";
 export {
   conversationFromHistory,
   emptyConversation,
@@ -25,7 +30,7 @@ export {
   type MessageState,
   type ToolExecution,
 } from "./conversation";
-export { Outbox, type OutboxEntry } from "./outbox";
+export { Outbox, type ErrorOutcome, type OutboxEntry } from "./outbox";
 export { afterClose, tokenRefreshDelayMs, type AfterClose } from "./reconnect";
 export type * from "./protocol";
 export { SessionDirectory, type SessionSummary, type StoredToken, type TokenStore } from "./sessions";

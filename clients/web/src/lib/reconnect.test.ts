@@ -9,7 +9,8 @@ const base = {
 describe("afterClose", () => {
   it("stops, waits for the network or retries, by close code and network", () => {
     expect(afterClose({ ...base, code: 1008 })).toEqual({ kind: "stop" });
-    expect(afterClose({ ...base, code: 4501, online: false })).toEqual({ kind: "stop" });
+    expect(afterClose({ ...base, code: 4509, online: false })).toEqual({ kind: "stop" });
+    expect(afterClose({ ...base, code: 4501 })).toEqual({ kind: "refresh_token" });
     expect(afterClose({ ...base, code: 1006, online: false })).toEqual({ kind: "wait_for_network" });
     expect(afterClose({ ...base, code: 1006, attempt: 3 })).toEqual({ kind: "retry", delayMs: 2000 });
     expect(afterClose({ ...base, code: 1012, attempt: 9 })).toEqual({ kind: "retry", delayMs: 500 });

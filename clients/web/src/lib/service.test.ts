@@ -78,9 +78,9 @@ describe("connection states", () => {
     last().drop(1006);
     const info = service.getSnapshot().connection;
     expect(info).toMatchObject({ state: "reconnecting", attempt: 1, closeCode: 1006 });
-    // random() = 0.5 and attempt 0: half of the 500 ms base.
-    expect(info.retryAt).toBe(T0 + 250);
-    vi.advanceTimersByTime(249);
+    // random() = 0.5 and attempt 0: half of the 250 ms base (codes.json).
+    expect(info.retryAt).toBe(T0 + 125);
+    vi.advanceTimersByTime(124);
     expect(sockets).toHaveLength(1);
     vi.advanceTimersByTime(1);
     expect(sockets).toHaveLength(2);
@@ -99,8 +99,8 @@ describe("connection states", () => {
       delays.push((info.retryAt ?? 0) - Date.now());
       vi.advanceTimersByTime(info.retryAt! - Date.now());
     }
-    // Full jitter with random() = 0.5: half of min(30 s, 500 ms * 2^n).
-    expect(delays).toEqual([250, 500, 1000, 2000, 4000, 8000, 15000, 15000]);
+    // Full jitter with random() = 0.5: half of min(15 s, 250 ms * 2^n), the Python client's policy.
+    expect(delays).toEqual([125, 250, 500, 1000, 2000, 4000, 7500, 7500]);
   });
 
   it("connecting -> reconnecting when the join does not finish within the connection timeout", () => {
@@ -115,7 +115,7 @@ describe("connection states", () => {
     expect(states).toEqual(["connecting", "reconnecting"]);
   });
 
-  it.each([1000, 1008, 1009, 4501, 4503, 4509])("stops on close code %i (no reconnect)", (code) => {
+  it.each([1000, 1003, 1007, 1008, 1009, 1010, 4503, 4509, 4777])("stops on close code %i (no reconnect)", (code) => {
     const { service, last, sockets, states } = setup();
     const errors: string[] = [];
     service.onError((e) => errors.push(e.code));
@@ -129,7 +129,23 @@ describe("connection states", () => {
     expect(sockets).toHaveLength(1);
   });
 
-  it.each([1001, 1011, 1013, 4000, 4001, 4499])("reconnects after close code %i", (code) => {
+  it("renews the token after 4501 and reconnects with it at once; a second refusal stops", async () => {
+    const { service, last, sockets, api, states } = setup();
+    service.connect(SID);
+    last().handshake();
+    last().drop(4501, "token expired");
+    await vi.advanceTimersByTimeAsync(0);
+    expect(api.refreshCalls).toEqual(["t_1"]);
+    expect(sockets).toHaveLength(2);
+    last().accept();
+    expect(last().lastOf("auth").token).toBe("t_fresh");
+    last().drop(4501, "still refused");
+    await vi.advanceTimersByTimeAsync(60_000);
+    expect(sockets).toHaveLength(2);
+    expect(states.at(-1)).toBe("disconnected");
+  });
+
+  it.each([1001, 1011, 1013, 1014, 3000, 4000, 4001, 4499])("reconnects after close code %i", (code) => {
     const { service, last, sockets } = setup();
     service.connect(SID);
     last().handshake();
@@ -198,19 +214,22 @@ describe("connection states", () => {
     expect(sockets).toHaveLength(1);
   });
 
-  it("connecting -> disconnected when the join is forbidden, -> reconnecting when it may succeed later", () => {
-    const { service, last, states } = setup();
+  it("retries a join refused for now on the same socket, and stops when the join is forbidden", () => {
+    // The Python client's rule (clients/spec/gap.json): a retryable refusal joins again after
+    // retry_after_ms (at least 500 ms) instead of reconnecting; a final one stops.
+    const { service, last, states, sockets } = setup();
     service.connect(SID);
     last().accept();
     last().push({ type: "ack", ref: last().lastOf("auth").id });
     last().push({ type: "error", ref: last().lastOf("join").id, code: "upstream_unavailable", retryable: true });
-    expect(states).toEqual(["connecting", "reconnecting"]);
-    vi.advanceTimersByTime(1000);
-    last().accept();
-    last().push({ type: "ack", ref: last().lastOf("auth").id });
+    expect(states).toEqual(["connecting"]);
+    expect(last().framesOf("join")).toHaveLength(1);
+    vi.advanceTimersByTime(500);
+    expect(last().framesOf("join")).toHaveLength(2);
     last().push({ type: "error", ref: last().lastOf("join").id, code: "forbidden", message: "not your session" });
-    expect(states).toEqual(["connecting", "reconnecting", "connecting", "disconnected"]);
+    expect(states).toEqual(["connecting", "disconnected"]);
     expect(service.getSnapshot().connection.reason).toBe("not your session");
+    expect(sockets).toHaveLength(1);
   });
 
   it("ignores a late close from a socket it already replaced", () => {
@@ -228,24 +247,23 @@ describe("connection states", () => {
 });
 
 describe("heartbeat", () => {
-  it("pings every heartbeat_ms and drops a link that does not answer within the pong timeout", () => {
-    const { service, last, states } = setup({ pongTimeoutMs: 4000 });
+  it("pings every heartbeat_ms and drops a link silent for two intervals (the Python client's rule)", () => {
+    const { service, last, states } = setup();
     service.connect(SID);
     last().handshake(); // welcome says heartbeat_ms 15000
     vi.advanceTimersByTime(15_000);
     const ping = last().lastOf("ping");
     expect(ping.ts).toBe(Date.now());
-    last().push({ type: "pong", ref: ping.id, ts: ping.ts });
-    vi.advanceTimersByTime(15_000 + 3999);
+    last().push({ type: "pong", ref: ping.id, ts: ping.ts }); // the last frame: at 15 s
+    vi.advanceTimersByTime(30_000); // ticks at 30 s and 45 s: silent 15 s, then exactly 30 s
     expect(service.getSnapshot().connection.state).toBe("connected");
-    vi.advanceTimersByTime(1);
-    // Dead link found within heartbeat_ms + pongTimeoutMs of the last frame.
+    vi.advanceTimersByTime(15_000); // tick at 60 s: silent 45 s, more than two intervals
     expect(last().closedWith?.code).toBe(4001);
     expect(states.at(-1)).toBe("reconnecting");
   });
 
   it("counts any frame as a sign of life", () => {
-    const { service, last } = setup({ pingIntervalMs: 1000, pongTimeoutMs: 500 });
+    const { service, last } = setup({ pingIntervalMs: 1000 });
     service.connect(SID);
     last().handshake();
     for (let i = 0; i < 20; i++) {
@@ -261,10 +279,8 @@ describe("offline and online", () => {
     const { service, last, sockets, network, states } = setup();
     service.connect(SID);
     last().handshake();
-    network.set(false);
-    const ping = last().lastOf("ping"); // an immediate liveness check
-    expect(ping).toBeDefined();
-    last().drop(1006);
+    network.set(false); // the socket cannot carry anything now: closed at once
+    expect(last().closedWith?.code).toBe(4001);
     expect(service.getSnapshot().connection).toMatchObject({ state: "reconnecting", online: false });
     expect(service.getSnapshot().connection.retryAt).toBeUndefined();
     vi.advanceTimersByTime(5 * 60_000);
@@ -302,13 +318,16 @@ describe("offline and online", () => {
 
 describe("page visibility", () => {
   it("checks the link at once when the tab becomes visible again", () => {
-    const { service, last } = setup({ pongTimeoutMs: 2000 });
+    const { service, last } = setup();
     service.connect(SID);
     last().handshake();
     const pings = last().framesOf("ping").length;
     document.dispatchEvent(new Event("visibilitychange"));
-    expect(last().framesOf("ping")).toHaveLength(pings + 1);
-    vi.advanceTimersByTime(2000); // no answer: the link is dead
+    expect(last().framesOf("ping")).toHaveLength(pings + 1); // alive so far: pinged at once
+    // A throttled tab: its timers did not run, the link stayed silent past two intervals.
+    vi.setSystemTime(Date.now() + 31_000);
+    document.dispatchEvent(new Event("visibilitychange"));
+    expect(last().closedWith?.code).toBe(4001);
     expect(service.getSnapshot().connection.state).toBe("reconnecting");
     service.disconnect();
   });
@@ -484,7 +503,7 @@ describe("resume, dedup and gaps", () => {
     expect(second.service.getSnapshot().conversation?.messages[0]?.text).toBe("kept");
   });
 
-  it("reloads history on chat:gap and applies the replay that follows it", async () => {
+  it("reloads history on chat:gap, then leaves and joins after its as_of_seq (the Python client's rule)", async () => {
     const { service, last, api } = setup();
     api.history = {
       as_of_seq: 950,
@@ -498,11 +517,14 @@ describe("resume, dedup and gaps", () => {
     service.connect(SID);
     last().handshake();
     last().push({ type: "chat:gap", session_id: SID, after_seq: 0, first_seq: 900 });
-    // Replay continues from 900 while history loads: buffered, then trimmed to as_of_seq.
+    // Replay goes on from 900 while history loads: dropped, the rejoin replays what follows.
     last().push(event(950, { type: "chat:response", text: "partial " }));
-    last().push(event(951, { type: "chat:response", text: "answer" }));
     await vi.advanceTimersByTimeAsync(0);
     expect(api.historyCalls).toBe(1);
+    expect(last().lastOf("leave").session_id).toBe(SID);
+    expect(last().lastOf("join").after_seq).toBe(950);
+    last().push(event(950, { type: "chat:response", text: "partial " })); // a repeat: ignored
+    last().push(event(951, { type: "chat:response", text: "answer" }));
     last().push(event(952, { type: "chat:complete", finish_reason: "stop" }));
     const c = service.getSnapshot().conversation!;
     expect(c.messages.map((m) => [m.role, m.text, m.state])).toEqual([
@@ -514,21 +536,74 @@ describe("resume, dedup and gaps", () => {
     expect(c.lastSeq).toBe(952);
   });
 
-  it("treats a hole in seq as a gap and reconnects after the history if the hole remains", async () => {
+  it("treats a hole in seq as a gap: history, then leave + join after it on the same socket", async () => {
     const { service, last, api, sockets } = setup();
     api.history = { as_of_seq: 2, messages: [] };
     service.connect(SID);
     last().handshake();
     last().push(event(1, { type: "chat:run_started" }));
     last().push(event(5, { type: "chat:response", text: "after a hole" }));
-    await Promise.resolve();
-    await Promise.resolve();
+    await vi.advanceTimersByTimeAsync(0);
     expect(api.historyCalls).toBe(1);
-    expect(sockets[0]!.closedWith).toBeDefined();
-    vi.advanceTimersByTime(1000);
+    expect(sockets).toHaveLength(1);
+    expect(sockets[0]!.closedWith).toBeUndefined();
+    expect(last().framesOf("leave")).toHaveLength(1);
+    expect(last().lastOf("join").after_seq).toBe(2);
+  });
+
+  it("reloads history when the join is refused as out_of_range, then joins after it", async () => {
+    const { service, last, api, states } = setup();
+    api.history = { as_of_seq: 3, messages: [{ message_id: "u_1", role: "user", text: "kept", status: "complete" }] };
+    service.connect(SID);
     last().accept();
     last().push({ type: "ack", ref: last().lastOf("auth").id });
-    expect(last().lastOf("join").after_seq).toBe(2);
+    last().push({ type: "error", ref: last().lastOf("join").id, code: "out_of_range", message: "after_seq 9 is beyond 3" });
+    await vi.advanceTimersByTimeAsync(0);
+    expect(api.historyCalls).toBe(1);
+    expect(last().framesOf("join")).toHaveLength(2);
+    expect(last().lastOf("join").after_seq).toBe(3);
+    last().push({ type: "ack", ref: last().lastOf("join").id, head_seq: 3 });
+    expect(states).toEqual(["connecting", "connected"]);
+    expect(service.getSnapshot().conversation?.messages.map((m) => m.text)).toEqual(["kept"]);
+  });
+
+  it("does not resend a message the edge refused as busy: it is shown as failed", async () => {
+    const { service, last } = setup();
+    service.connect(SID);
+    last().handshake();
+    const sent = service.sendMessage("while busy", { busyPolicy: "reject" });
+    const frame = last().lastOf("chat:message");
+    // An older edge marked busy retryable; the one table (codes.json) says it is not.
+    last().push({ type: "error", ref: frame.id, code: "busy", message: "a run is active", retryable: true, retry_after_ms: 1000 });
+    await expect(sent).rejects.toMatchObject({ code: "busy" });
+    vi.advanceTimersByTime(10_000); // well past retry_after_ms
+    expect(last().framesOf("chat:message")).toHaveLength(1);
+    expect(service.getSnapshot().conversation?.messages[0]).toMatchObject({ state: "failed", error: "a run is active" });
+  });
+
+  it("shows an interrupted reply as interrupted, not failed", () => {
+    const { service, last } = setup();
+    service.connect(SID);
+    last().handshake();
+    last().push(event(1, { type: "chat:run_started", assistant_message_id: "a_1" }));
+    last().push(event(2, { type: "chat:response", text: "Half" }));
+    last().push(event(3, { type: "chat:complete", finish_reason: "interrupted", text: "Half" }));
+    expect(service.getSnapshot().conversation?.messages[0]?.state).toBe("interrupted");
+  });
+
+  it("resets the attempt counter on the auth ack, before the join is acked", () => {
+    const { service, last } = setup();
+    service.connect(SID);
+    for (let i = 0; i < 3; i++) {
+      last().drop(1006);
+      vi.advanceTimersByTime(service.getSnapshot().connection.retryAt! - Date.now());
+    }
+    expect(service.getSnapshot().connection.attempt).toBe(3);
+    last().accept();
+    last().push({ type: "ack", ref: last().lastOf("auth").id });
+    expect(service.getSnapshot().connection.attempt).toBe(0);
+    last().drop(1006); // before the join's ack: the next wait is the base's again
+    expect((service.getSnapshot().connection.retryAt ?? 0) - Date.now()).toBe(125);
   });
 });
 

@@ -1,15 +1,22 @@
 /**
  * `WebSocketService`: one session's live connection to the edge, with no
- * framework in it. It owns the connection state machine, the outbox, resume by
- * `seq`, delta assembly and token refresh; the transport only carries frames,
- * the clock and storage are injected.
+ * framework in it. A thin driver: it owns the transport, the timers, the
+ * window and network events, the token refresh and the promises it hands
+ * out; every protocol decision is made by the pure cores it feeds, the same
+ * cores (same inputs, same outputs) as the Python client's:
  *
- * Connection states and the transitions it emits:
+ * - `ConnectionMachine` (connectionMachine.ts): close codes, backoff, the
+ *   attempt counter (reset on the auth ack), the dead-link rule;
+ * - `SessionCore` (sessionCore.ts): joins, resume by `seq`, dedup, gaps
+ *   (reload history, then leave + join after its `as_of_seq`), the outbox
+ *   (outbox.ts: once per connection, retryable codes only, `busy` never).
+ *
+ * Connection states it shows (`ConnectionInfo.state`):
  *
  *     idle ──connect()──> connecting ──join acked──> connected
  *                           │   ^                       │
- *         closed/timeout    │   │ retry timer, online   │ closed, heartbeat lost
- *         (reconnect code)  v   │                       v
+ *         closed/timeout    │   │ retry timer, online   │ closed, link dead
+ *         (code: reconnect) v   │                       v
  *                         reconnecting <────────────────┘
  *     any ──disconnect() or a "stop" close code──> disconnected ──connect()──> connecting
  *
@@ -18,118 +25,43 @@
  * through `onError` and through the promises of `sendMessage`, `cancelRun` and
  * `cancelTool`.
  */
-import type { RelayApi } from "./api";
-import { DEFAULT_BACKOFF, type BackoffOptions, backoff } from "./backoff";
+import { DEFAULT_BACKOFF } from "./backoff";
 import { type Clock, type NetworkMonitor, Timers, browserNetwork, systemClock } from "./clock";
-import { ClientCloseCode, ClientErrorCode, ErrorCode, isRetryableError } from "./codes";
-import {
-  type ChatMessage,
-  type Conversation,
-  type ToolExecution,
-  addLocalMessage,
-  conversationFromHistory,
-  receiveEvent,
-  setMessageState,
-} from "./conversation";
+import { ClientCloseCode, ClientErrorCode, ErrorCode, POLICY, isRetryableError } from "./codes";
+import { ConnectionMachine, type Decision, linkDead } from "./connectionMachine";
+import type { ChatMessage, Conversation, ToolExecution } from "./conversation";
 import { Listeners } from "./listeners";
 import { Outbox, type OutboxEntry } from "./outbox";
-import { afterClose, tokenRefreshDelayMs } from "./reconnect";
-import {
-  type AckFrame,
-  type BusyPolicy,
-  type ClientFrame,
-  type ErrorFrame,
-  type ServerFrame,
-  type SessionEvent,
-  isSessionEvent,
-  parseServerFrame,
-} from "./protocol";
-import type { StoredToken, TokenStore } from "./sessions";
+import type { AckFrame, BusyPolicy, ClientFrame, ErrorFrame, ServerFrame } from "./protocol";
+import { isSessionEvent, parseServerFrame } from "./protocol";
+import { tokenRefreshDelayMs } from "./reconnect";
+import { type Command, SessionCore } from "./sessionCore";
+import type { StoredToken } from "./sessions";
 import { ConversationSnapshots } from "./snapshots";
+import { watchEnvironment } from "./environment";
 import { type KeyValueStorage, MemoryStorage } from "./storage";
 import { type Transport, type TransportFactory, browserTransport } from "./transport";
+import {
+  type ConnectionInfo,
+  type ConnectionState,
+  type SendResult,
+  type ServiceSnapshot,
+  ServiceError,
+  type WebSocketServiceOptions,
+} from "./serviceTypes";
 
-export type ConnectionState = "idle" | "connecting" | "connected" | "reconnecting" | "disconnected";
-
-export interface ConnectionInfo {
-  state: ConnectionState;
-  sessionId?: string;
-  /** Failed attempts since the last successful join. */
-  attempt: number;
-  /** When reconnecting on a timer: the next attempt's time (ms since the epoch). */
-  retryAt?: number;
-  /** What the browser says about the network; while false, no attempt is made. */
-  online: boolean;
-  /** The close code that led here, when a socket closed. */
-  closeCode?: number;
-  /** Why, in words. */
-  reason?: string;
-}
-
-/** A failure reported through `onError` and as a promise rejection. */
-export class ServiceError extends Error {
-  constructor(
-    readonly code: string,
-    message: string,
-    readonly retryable = false,
-    readonly retryAfterMs?: number,
-  ) {
-    super(message);
-    this.name = "ServiceError";
-  }
-}
-
-/** What `sendMessage` resolves with once the server accepted the message. */
-export interface SendResult {
-  messageId: string;
-  runId?: string;
-  seq?: number;
-  /** The message waits behind an active run. */
-  queued: boolean;
-  /** The id had been accepted before (a resend after a lost ack). */
-  duplicate: boolean;
-}
-
-export interface ServiceSnapshot {
-  connection: ConnectionInfo;
-  /** The connected session's conversation, or undefined before `connect`. */
-  conversation: Conversation | undefined;
-}
-
-export interface WebSocketServiceOptions {
-  /** The edge's WebSocket URL, e.g. `ws://host:port/ws`. */
-  url: string;
-  api: RelayApi;
-  tokens: TokenStore;
-  /** Default: `localStorage`-shaped in-memory storage. Pass `localStorage` in browsers. */
-  storage?: KeyValueStorage;
-  transport?: TransportFactory;
-  clock?: Clock;
-  network?: NetworkMonitor;
-  /** Uniform in [0, 1): jitter. */
-  random?: () => number;
-  /** Unique ids for messages (UUIDs by default). */
-  newId?: () => string;
-  backoff?: BackoffOptions;
-  /** From opening the socket to the join's ack; past it the attempt counts as failed. Default 10 s. */
-  connectTimeoutMs?: number;
-  /** Heartbeat ping period; default the edge's `heartbeat_ms` from `welcome`, else 15 s. */
-  pingIntervalMs?: number;
-  /** After a ping, no frame within this long means the link is dead. Default 5 s. */
-  pongTimeoutMs?: number;
-  /** After a 1012 (edge draining), reconnect within [0, this). Default 1 s. */
-  restartJitterMs?: number;
-  /** Refresh the token this long before it expires. Default 60 s. */
-  tokenRefreshMarginMs?: number;
-  /** Conversation snapshots are written at most this often. Default 250 ms. */
-  persistDelayMs?: number;
-  /** Attach a W3C `traceparent` to each message. Default true. */
-  traceMessages?: boolean;
-}
+export {
+  type ConnectionInfo,
+  type ConnectionState,
+  type SendResult,
+  type ServiceSnapshot,
+  type WebSocketServiceOptions,
+  ServiceError,
+} from "./serviceTypes";
 
 type Pending =
   | { kind: "auth" }
-  | { kind: "join" }
+  | { kind: "join"; sessionId: string }
   | { kind: "leave" }
   | { kind: "message"; messageId: string }
   | { kind: "cancel"; resolve: (cancelled: boolean) => void; reject: (error: ServiceError) => void };
@@ -139,20 +71,19 @@ interface Waiter {
   reject: (error: ServiceError) => void;
 }
 
+/** A message refused with `not_joined` is joined again and resent at most this often. */
+const MAX_NOT_JOINED_RESENDS = 5;
 
 export class WebSocketService {
   private readonly storage: KeyValueStorage;
   private readonly transportFactory: TransportFactory;
   private readonly clock: Clock;
   private readonly network: NetworkMonitor;
-  private readonly random: () => number;
   private readonly newId: () => string;
-  private readonly outbox: Outbox;
+  private readonly core: SessionCore;
+  private readonly machine: ConnectionMachine;
   private readonly snapshots: ConversationSnapshots;
-  private readonly backoffOptions: BackoffOptions;
   private readonly connectTimeoutMs: number;
-  private readonly pongTimeoutMs: number;
-  private readonly restartJitterMs: number;
   private readonly tokenRefreshMarginMs: number;
   private readonly persistDelayMs: number;
 
@@ -164,21 +95,17 @@ export class WebSocketService {
   /** Bumped for every socket; callbacks of older sockets are ignored. */
   private generation = 0;
   private frameCounter = 0;
-  private joined = false;
   private heartbeatMs: number | undefined;
+  /** When the last frame arrived on this socket (any frame proves the link alive). */
+  private lastFrameMs = 0;
   /** The edge's `max_frame_bytes` from `welcome`: larger frames would be refused. */
   private maxFrameBytes: number | undefined;
   private retryAfterMs = 0;
   private readonly pending = new Map<string, Pending>();
-  /** Message ids sent on the current socket and not yet acked. */
-  private readonly inFlight = new Set<string>();
   private readonly waiters = new Map<string, Waiter[]>();
-  private resyncing = false;
-  private resyncBuffer: SessionEvent[] = [];
 
   private readonly timers: Timers;
-  private unsubscribeNetwork: (() => void) | undefined;
-  private removePageHide: (() => void) | undefined;
+  private stopWatching: (() => void) | undefined;
 
   private readonly subscribers = new Set<() => void>();
   private readonly messageListeners = new Listeners<[ChatMessage]>();
@@ -191,15 +118,16 @@ export class WebSocketService {
     this.transportFactory = options.transport ?? browserTransport;
     this.clock = options.clock ?? systemClock;
     this.network = options.network ?? browserNetwork();
-    this.random = options.random ?? Math.random;
     this.newId = options.newId ?? (() => globalThis.crypto.randomUUID());
-    this.backoffOptions = options.backoff ?? DEFAULT_BACKOFF;
     this.connectTimeoutMs = options.connectTimeoutMs ?? 10_000;
-    this.pongTimeoutMs = options.pongTimeoutMs ?? 5_000;
-    this.restartJitterMs = options.restartJitterMs ?? 1_000;
     this.tokenRefreshMarginMs = options.tokenRefreshMarginMs ?? 60_000;
     this.persistDelayMs = options.persistDelayMs ?? 250;
-    this.outbox = new Outbox(this.storage);
+    this.core = new SessionCore({ outbox: new Outbox(this.storage) });
+    this.machine = new ConnectionMachine({
+      backoff: options.backoff ?? DEFAULT_BACKOFF,
+      restartJitterMs: options.restartJitterMs ?? POLICY.restartJitterMs,
+      random: options.random ?? Math.random,
+    });
     this.snapshots = new ConversationSnapshots(this.storage);
     this.timers = new Timers(this.clock);
     this.connection = { state: "idle", attempt: 0, online: this.network.isOnline() };
@@ -249,8 +177,13 @@ export class WebSocketService {
     this.flushPersist();
     this.dropSocket(ClientCloseCode.CLIENT_DISCONNECT, "switching session");
     this.timers.clear("retry");
-    this.setConversation(this.snapshots.restore(sessionId, this.outbox.pending(sessionId)));
+    const previous = this.connection.sessionId;
+    if (previous) this.core.unfollow(previous);
+    this.core.adopt(this.snapshots.restore(sessionId, this.core.outbox.pending(sessionId)));
     this.connection = { ...this.connection, sessionId, attempt: 0 };
+    if (this.machine.state !== "idle" && this.machine.state !== "disconnected") this.machine.receiveStop();
+    this.machine.receiveStart();
+    this.sync();
     this.listenToEnvironment();
     this.open();
   }
@@ -268,11 +201,7 @@ export class WebSocketService {
       return Promise.reject(new ServiceError(ClientErrorCode.NO_SESSION, "connect to a session first"));
     }
     if (!text.trim()) return Promise.reject(new ServiceError(ErrorCode.INVALID_FIELD, "the message is empty"));
-    const entry: OutboxEntry = {
-      sessionId, messageId: this.newId(), text, createdMs: this.clock.now(),
-      ...(options.busyPolicy ? { busyPolicy: options.busyPolicy } : {}),
-    };
-    return this.enqueue(entry);
+    return this.enqueue(sessionId, this.newId(), text, this.clock.now(), options.busyPolicy);
   }
 
   /** Send a failed message again, under the same id (so it can never be doubled). */
@@ -284,7 +213,7 @@ export class WebSocketService {
     }
     if (message.state === "sent") return Promise.resolve({ messageId, queued: false, duplicate: true });
     if (message.state !== "failed") return this.waitFor(messageId); // already on its way
-    return this.enqueue({ sessionId, messageId, text: message.text, createdMs: message.createdMs });
+    return this.enqueue(sessionId, messageId, message.text, message.createdMs);
   }
 
   /** Cancel a run (the active one when `runId` is omitted). Resolves with whether it was running. */
@@ -304,7 +233,7 @@ export class WebSocketService {
   reconnectNow(): void {
     if (this.connection.state !== "reconnecting") return;
     this.timers.clear("retry");
-    this.open();
+    this.attempt();
   }
 
   /**
@@ -316,11 +245,10 @@ export class WebSocketService {
   disconnect(): void {
     this.flushPersist();
     this.dropSocket(ClientCloseCode.CLIENT_DISCONNECT, "client disconnect");
+    this.machine.receiveStop();
     this.timers.clearAll();
-    this.unsubscribeNetwork?.();
-    this.unsubscribeNetwork = undefined;
-    this.removePageHide?.();
-    this.removePageHide = undefined;
+    this.stopWatching?.();
+    this.stopWatching = undefined;
     this.rejectWaiters(new ServiceError(ClientErrorCode.DISCONNECTED, "disconnected; the message stays queued"));
     if (this.connection.state !== "idle" && this.connection.state !== "disconnected") {
       this.setConnection({ state: "disconnected", reason: "disconnected by the client" });
@@ -328,6 +256,12 @@ export class WebSocketService {
   }
 
   // ------------------------------------------------------------------ connection
+
+  /** The next attempt after a wait: tell the machine, then open. */
+  private attempt(): void {
+    if (this.machine.state === "reconnecting") this.machine.receiveAttempt();
+    this.open();
+  }
 
   private open(): void {
     this.timers.clear("retry");
@@ -344,7 +278,6 @@ export class WebSocketService {
     }
     this.setConnection({ state: "connecting", retryAt: undefined });
     const generation = ++this.generation;
-    this.joined = false;
     this.timers.set("connect", this.connectTimeoutMs, () =>
       this.socketFailed(ClientCloseCode.CONNECT_TIMEOUT, "connection timed out"),
     );
@@ -361,6 +294,7 @@ export class WebSocketService {
   private openSocket(generation: number, token: StoredToken): void {
     const transport = this.transportFactory(this.options.url);
     this.transport = transport;
+    this.lastFrameMs = this.clock.now();
     transport.open({
       onOpen: () => {
         if (generation !== this.generation) return;
@@ -394,44 +328,57 @@ export class WebSocketService {
 
   /** Forget everything that belonged to the socket that just went away. */
   private socketGone(): void {
-    this.joined = false;
-    this.timers.clear("connect", "ping", "pong", "refresh");
+    this.timers.clear("connect", "ping", "refresh", "due");
     const lost = new ServiceError(ClientErrorCode.CONNECTION_LOST, "the connection was lost", true);
     for (const pending of this.pending.values()) if (pending.kind === "cancel") pending.reject(lost);
     this.pending.clear();
-    let c = this.conversation;
-    for (const messageId of this.inFlight) if (c) c = setMessageState(c, messageId, "queued");
-    this.inFlight.clear();
-    this.resyncing = false;
-    this.resyncBuffer = [];
-    if (c !== this.conversation) this.setConversation(c);
+    if (this.core.connected) this.core.receiveDisconnected();
+    this.sync();
   }
 
   private socketClosed(code: number, reason: string): void {
     this.socketGone();
-    const next = afterClose({
-      code, attempt: this.connection.attempt, online: this.network.isOnline(), retryAfterMs: this.retryAfterMs,
-      backoff: this.backoffOptions, restartJitterMs: this.restartJitterMs, random: this.random,
-    });
+    const decision = this.machine.receiveClosed(code, reason, this.retryAfterMs);
     this.retryAfterMs = 0;
-    switch (next.kind) {
-      case "stop":
-        this.stop(new ServiceError(ClientErrorCode.CLOSED, `the edge closed the connection (${code}: ${reason})`), code);
-        return;
-      case "wait_for_network":
-        this.setConnection({ state: "reconnecting", retryAt: undefined, closeCode: code, reason: "offline" });
-        return;
-      case "retry":
-        this.timers.set("retry", next.delayMs, () => this.open());
-        this.setConnection({
-          state: "reconnecting", attempt: this.connection.attempt + 1, retryAt: this.clock.now() + next.delayMs,
-          closeCode: code, reason,
-        });
+    this.carryOutDecision(decision, code, reason);
+  }
+
+  private carryOutDecision(decision: Decision, code: number, reason: string): void {
+    if (decision.kind === "give_up") {
+      this.stop(new ServiceError(ClientErrorCode.CLOSED, `the edge closed the connection (${code}: ${reason})`), code);
+      return;
     }
+    const info = { state: "reconnecting" as const, attempt: this.machine.attempt, closeCode: code, reason };
+    if (!this.network.isOnline()) {
+      // Offline: no timer; the `online` event starts the next attempt.
+      this.setConnection({ ...info, retryAt: undefined, reason: "offline" });
+      return;
+    }
+    if (decision.kind === "refresh_token") {
+      this.setConnection({ ...info, retryAt: undefined });
+      const sessionId = this.connection.sessionId;
+      const token = sessionId ? this.options.tokens.get(sessionId) : undefined;
+      const generation = this.generation;
+      if (!sessionId || !token) return this.giveUp(code, "no token to renew");
+      void this.refreshToken(sessionId, token).then((fresh) => {
+        if (generation !== this.generation || this.machine.state !== "reconnecting") return;
+        if (fresh) this.attempt();
+        else this.giveUp(code, "the token was refused and could not be renewed");
+      });
+      return;
+    }
+    this.timers.set("retry", decision.delayMs, () => this.attempt());
+    this.setConnection({ ...info, retryAt: this.clock.now() + decision.delayMs });
+  }
+
+  private giveUp(code: number, reason: string): void {
+    this.machine.receiveStop();
+    this.stop(new ServiceError(ClientErrorCode.TOKEN, reason), code);
   }
 
   private stop(error: ServiceError, closeCode?: number): void {
     this.dropSocket(ClientCloseCode.CLIENT_DISCONNECT, error.message);
+    this.machine.receiveStop();
     this.timers.clear("retry");
     this.emitError(error);
     this.rejectWaiters(error);
@@ -441,20 +388,34 @@ export class WebSocketService {
     });
   }
 
-  private joinedSession(): void {
-    this.joined = true;
-    this.timers.clear("connect");
-    this.retryAfterMs = 0;
-    this.setConnection({ state: "connected", attempt: 0, retryAt: undefined, closeCode: undefined, reason: undefined });
-    this.scheduleHeartbeat();
-    this.flushOutbox();
+  /** The auth was acked: the connection counts as made (the attempt counter resets here). */
+  private authenticated(ack: AckFrame): void {
+    const sessionId = this.connection.sessionId;
+    if (sessionId && typeof ack.expires_at === "number") this.scheduleRefresh(sessionId, ack.expires_at);
+    if (this.core.connected) {
+      this.carryOut(this.core.takeDue(this.clock.now())); // an in-band refresh: resend what waits
+      return;
+    }
+    if (this.machine.state === "connecting" || this.machine.state === "reconnecting") this.machine.receiveConnected();
+    this.setConnection({ attempt: this.machine.attempt });
+    this.carryOut(this.core.receiveConnected());
+  }
+
+  private joinedSession(sessionId: string): void {
+    const commands = this.core.receiveJoined(sessionId, this.clock.now());
+    if (sessionId === this.connection.sessionId && this.connection.state !== "connected") {
+      this.timers.clear("connect");
+      this.retryAfterMs = 0;
+      this.setConnection({ state: "connected", attempt: this.machine.attempt, retryAt: undefined, closeCode: undefined, reason: undefined });
+      this.scheduleHeartbeat();
+    }
+    this.carryOut(commands);
   }
 
   // ------------------------------------------------------------------ frames in
 
   private receiveFrame(data: string): void {
-    // Any frame proves the link alive.
-    this.timers.clear("pong");
+    this.lastFrameMs = this.clock.now(); // any frame proves the link alive
     const frame = parseServerFrame(data);
     if (!frame) {
       this.emitError(new ServiceError(ClientErrorCode.PROTOCOL, `unreadable frame: ${data.slice(0, 120)}`));
@@ -477,11 +438,18 @@ export class WebSocketService {
         return this.receiveError(frame);
       case "pong":
         return;
-      case "chat:gap":
-        if (frame.session_id === this.connection.sessionId) this.resync();
-        return;
-      default:
-        if (isSessionEvent(frame)) this.receiveSessionEvent(frame);
+      default: {
+        if (frame.type !== "chat:gap" && !isSessionEvent(frame)) return;
+        const { outcome, commands } = this.core.receiveEvent(frame);
+        if (outcome === "applied" && frame.type === "chat:accepted") {
+          this.settle(frame.message_id, {
+            messageId: frame.message_id, queued: frame.queued === true, duplicate: false, seq: frame.seq,
+            ...(frame.run_id ? { runId: frame.run_id } : {}),
+          });
+        }
+        this.sync();
+        this.carryOut(commands);
+      }
     }
   }
 
@@ -490,23 +458,16 @@ export class WebSocketService {
     if (!pending) return;
     this.pending.delete(ack.ref);
     switch (pending.kind) {
-      case "auth": {
-        const sessionId = this.connection.sessionId;
-        if (sessionId && typeof ack.expires_at === "number") this.scheduleRefresh(sessionId, ack.expires_at);
-        if (!this.joined && sessionId && this.conversation) {
-          this.sendFrame({
-            type: "join", id: this.track({ kind: "join" }), session_id: sessionId,
-            after_seq: this.conversation.lastSeq, deltas: "stream", tool_output: "stream",
-          });
-        }
-        return;
-      }
+      case "auth":
+        return this.authenticated(ack);
       case "join":
-        return this.joinedSession();
+        return this.joinedSession(pending.sessionId);
       case "leave":
         return;
       case "message":
-        return this.accepted(pending.messageId, {
+        this.core.receiveSent(pending.messageId);
+        this.sync();
+        return this.settle(pending.messageId, {
           messageId: pending.messageId, queued: ack.queued === true, duplicate: ack.duplicate === true,
           ...(ack.run_id ? { runId: ack.run_id } : {}),
           ...(typeof ack.seq === "number" ? { seq: ack.seq } : {}),
@@ -517,7 +478,8 @@ export class WebSocketService {
   }
 
   private receiveError(frame: ErrorFrame): void {
-    const retryable = isRetryableError(frame.code, frame.retryable);
+    // One retryable set for every client (codes.json): the frame's own flag is not consulted.
+    const retryable = isRetryableError(frame.code);
     const error = new ServiceError(frame.code, frame.message ?? frame.code, retryable, frame.retry_after_ms);
     if (frame.retry_after_ms) this.retryAfterMs = Math.max(this.retryAfterMs, frame.retry_after_ms);
     const pending = frame.ref ? this.pending.get(frame.ref) : undefined;
@@ -526,14 +488,16 @@ export class WebSocketService {
     if (!pending) return;
     switch (pending.kind) {
       case "auth":
-        if (this.joined) return; // An in-band refresh was refused; the current token still holds.
+        if (this.core.connected) return; // An in-band refresh was refused; the current token still holds.
         if (retryable) this.socketFailed(ClientCloseCode.CONNECT_TIMEOUT, error.message);
         else this.stop(new ServiceError(ClientErrorCode.TOKEN, `the edge refused the token: ${error.message}`));
         return;
-      case "join":
-        if (retryable) this.socketFailed(ClientCloseCode.CONNECT_TIMEOUT, error.message);
-        else this.stop(error);
+      case "join": {
+        const commands = this.core.receiveJoinFailed(pending.sessionId, frame.code, frame.retry_after_ms ?? 0, this.clock.now());
+        if (!this.core.conversations.has(pending.sessionId)) return this.stop(error); // unfollowed: nothing to show
+        this.carryOut(commands);
         return;
+      }
       case "leave":
         return;
       case "message":
@@ -543,65 +507,59 @@ export class WebSocketService {
     }
   }
 
-  private receiveSessionEvent(event: SessionEvent): void {
-    if (event.session_id !== this.connection.sessionId || !this.conversation) return;
-    if (this.resyncing) {
-      this.resyncBuffer.push(event);
+  private messageRefused(messageId: string, error: ServiceError): void {
+    if (error.code === ErrorCode.NOT_JOINED && this.core.outbox.attemptsOf(messageId) < MAX_NOT_JOINED_RESENDS) {
+      this.carryOut(this.core.receiveNotJoined(messageId));
       return;
     }
-    const received = receiveEvent(this.conversation, event);
-    if (received.outcome === "duplicate") return;
-    if (received.outcome === "gap") {
-      this.resyncBuffer.push(event);
-      this.resync();
-      return;
+    const outcome = this.core.receiveSendFailed(messageId, error.code, error.message, error.retryAfterMs ?? 0, this.clock.now());
+    this.sync();
+    if (outcome === "dropped") this.settle(messageId, error);
+    else this.scheduleDue();
+    if (outcome === "reauth") {
+      // The token lapsed under us: renew it; the message goes again when due.
+      const sessionId = this.connection.sessionId;
+      const token = sessionId ? this.options.tokens.get(sessionId) : undefined;
+      if (sessionId && token) void this.refreshToken(sessionId, token).then((fresh) => fresh && this.reauth(fresh));
     }
-    const previous = this.conversation;
-    this.setConversation(received.conversation);
-    this.schedulePersist();
-    if (event.type === "chat:accepted") {
-      this.accepted(event.message_id, {
-        messageId: event.message_id, queued: event.queued === true, duplicate: false, seq: event.seq,
-        ...(event.run_id ? { runId: event.run_id } : {}),
-      });
-    }
-    this.emitChanges(previous, this.conversation);
   }
 
-  // ------------------------------------------------------------------ resync after a gap
+  // ------------------------------------------------------------------ carrying out the core's commands
 
-  /**
-   * Events were lost (a `chat:gap`, or a hole in `seq`): reload history, then
-   * apply what arrived meanwhile. If that still leaves a hole, reconnect and
-   * join after the history's `as_of_seq`, which replays the rest.
-   */
-  private resync(): void {
-    const sessionId = this.connection.sessionId;
-    const token = sessionId ? this.options.tokens.get(sessionId) : undefined;
-    if (this.resyncing || !sessionId || !token) return;
-    this.resyncing = true;
+  private carryOut(commands: Command[]): void {
+    for (const command of commands) {
+      switch (command.kind) {
+        case "join":
+          this.sendFrame({
+            type: "join", id: this.track({ kind: "join", sessionId: command.sessionId }), session_id: command.sessionId,
+            after_seq: command.afterSeq, deltas: "stream", tool_output: "stream",
+          });
+          break;
+        case "leave":
+          this.sendFrame({ type: "leave", id: this.track({ kind: "leave" }), session_id: command.sessionId });
+          break;
+        case "send":
+          this.sendChat(command.entry);
+          break;
+        case "load_history":
+          this.loadHistory(command.sessionId);
+          break;
+      }
+    }
+    this.sync();
+    this.scheduleDue();
+  }
+
+  /** A hole in the log: fetch history, then the core rejoins after its `as_of_seq`. */
+  private loadHistory(sessionId: string): void {
+    const token = this.options.tokens.get(sessionId);
+    if (!token) return;
     const generation = this.generation;
     this.options.api.getMessages(sessionId, token.token).then(
       (history) => {
-        if (generation !== this.generation || !this.resyncing) return;
-        const buffered = this.resyncBuffer;
-        this.resyncing = false;
-        this.resyncBuffer = [];
-        let c = conversationFromHistory(sessionId, history);
-        for (const m of this.conversation?.messages ?? []) {
-          if (m.role === "user" && m.state !== "sent") c = addLocalMessage(c, m);
-        }
-        this.setConversation(c);
+        if (generation !== this.generation) return;
+        this.carryOut(this.core.receiveHistory(sessionId, history));
         this.schedulePersist();
-        for (const event of buffered) {
-          if (!this.conversation) return;
-          const received = receiveEvent(this.conversation, event);
-          if (received.outcome === "gap") {
-            this.socketFailed(ClientCloseCode.CONNECT_TIMEOUT, "resuming after a gap");
-            return;
-          }
-          this.setConversation(received.conversation);
-        }
         for (const message of this.conversation?.messages ?? []) this.emitMessage(message);
       },
       (error: unknown) => {
@@ -610,6 +568,16 @@ export class WebSocketService {
         this.socketFailed(ClientCloseCode.CONNECT_TIMEOUT, "reloading history failed");
       },
     );
+  }
+
+  /** Wake up when the core's next refused join or waiting message is due. */
+  private scheduleDue(): void {
+    const due = this.core.nextDueMs();
+    if (due === undefined) {
+      this.timers.clear("due");
+      return;
+    }
+    this.timers.set("due", due - this.clock.now(), () => this.carryOut(this.core.takeDue(this.clock.now())));
   }
 
   // ------------------------------------------------------------------ outbox
@@ -623,32 +591,22 @@ export class WebSocketService {
     });
   }
 
-  private enqueue(entry: OutboxEntry): Promise<SendResult> {
-    const promise = this.waitFor(entry.messageId);
-    if (!this.outbox.add(entry)) {
+  private enqueue(
+    sessionId: string, messageId: string, text: string, createdMs: number, busyPolicy?: BusyPolicy,
+  ): Promise<SendResult> {
+    const promise = this.waitFor(messageId);
+    const { commands, stored } = this.core.sendMessage(sessionId, text, {
+      messageId, nowMs: this.clock.now(), createdMs, ...(busyPolicy ? { busyPolicy } : {}),
+    });
+    if (!stored) {
       this.emitError(new ServiceError("storage", "the outbox could not be saved; a reload would lose this message"));
     }
-    let c = this.conversation as Conversation;
-    c = addLocalMessage(c, { id: entry.messageId, text: entry.text, state: "queued", createdMs: entry.createdMs });
-    c = setMessageState(c, entry.messageId, "queued");
-    this.setConversation(c);
-    this.schedulePersist();
-    const message = this.conversation?.messages.find((m) => m.id === entry.messageId);
-    if (message) this.emitMessage(message);
-    if (this.joined) this.sendChat(entry);
+    this.sync();
+    this.carryOut(commands);
     return promise;
   }
 
-  private flushOutbox(): void {
-    const sessionId = this.connection.sessionId;
-    if (!sessionId || !this.joined) return;
-    for (const entry of this.outbox.pending(sessionId)) {
-      if (!this.inFlight.has(entry.messageId)) this.sendChat(entry);
-    }
-  }
-
   private sendChat(entry: OutboxEntry): void {
-    this.inFlight.add(entry.messageId);
     const frameId = this.track({ kind: "message", messageId: entry.messageId });
     const frame: ClientFrame = {
       type: "chat:message", id: frameId,
@@ -671,50 +629,16 @@ export class WebSocketService {
       return;
     }
     this.transport?.send(data);
-    if (this.conversation) {
-      this.setConversation(setMessageState(this.conversation, entry.messageId, "sending"));
-      this.emitMessageById(entry.messageId);
-    }
   }
 
-  private accepted(messageId: string, result: SendResult): void {
-    this.inFlight.delete(messageId);
-    const sessionId = this.connection.sessionId;
-    if (sessionId) this.outbox.remove(sessionId, messageId);
-    if (this.conversation) {
-      const before = this.conversation;
-      this.setConversation(setMessageState(this.conversation, messageId, "sent"));
-      if (before !== this.conversation) this.emitMessageById(messageId);
-    }
+  /** Resolve or reject every promise waiting on `messageId`. */
+  private settle(messageId: string, outcome: SendResult | ServiceError): void {
     const waiters = this.waiters.get(messageId) ?? [];
     this.waiters.delete(messageId);
-    for (const w of waiters) w.resolve(result);
-  }
-
-  private messageRefused(messageId: string, error: ServiceError): void {
-    this.inFlight.delete(messageId);
-    const sessionId = this.connection.sessionId;
-    if (!sessionId || !this.conversation) return;
-    if (error.code === ErrorCode.UNAUTHENTICATED) {
-      // The token lapsed under us: renew it, then the outbox goes again.
-      const token = this.options.tokens.get(sessionId);
-      if (token) void this.refreshToken(sessionId, token).then((fresh) => fresh && this.reauth(fresh));
-      this.setConversation(setMessageState(this.conversation, messageId, "queued"));
-      return;
+    for (const w of waiters) {
+      if (outcome instanceof ServiceError) w.reject(outcome);
+      else w.resolve(outcome);
     }
-    if (error.retryable) {
-      this.setConversation(setMessageState(this.conversation, messageId, "queued"));
-      this.timers.set("outbox", Math.max(error.retryAfterMs ?? 0, backoff(1, this.backoffOptions, this.random)), () =>
-        this.flushOutbox(),
-      );
-      return;
-    }
-    this.outbox.remove(sessionId, messageId);
-    this.setConversation(setMessageState(this.conversation, messageId, "failed", error.message));
-    this.emitMessageById(messageId);
-    const waiters = this.waiters.get(messageId) ?? [];
-    this.waiters.delete(messageId);
-    for (const w of waiters) w.reject(error);
   }
 
   private rejectWaiters(error: ServiceError): void {
@@ -725,7 +649,7 @@ export class WebSocketService {
 
   private request(build: (id: string, sessionId: string) => ClientFrame): Promise<boolean> {
     const sessionId = this.connection.sessionId;
-    if (!sessionId || !this.joined) {
+    if (!sessionId || !this.core.isJoined(sessionId) || !this.transport) {
       return Promise.reject(new ServiceError(ClientErrorCode.CONNECTION_LOST, "not connected", true));
     }
     return new Promise<boolean>((resolve, reject) => {
@@ -735,23 +659,26 @@ export class WebSocketService {
 
   // ------------------------------------------------------------------ heartbeat
 
+  private pingIntervalMs(): number {
+    return this.options.pingIntervalMs ?? this.heartbeatMs ?? POLICY.heartbeatDefaultIntervalMs;
+  }
+
+  /** Every interval: a link silent for too long is dead (`linkDead`); else ping it. */
   private scheduleHeartbeat(): void {
-    const interval = this.options.pingIntervalMs ?? this.heartbeatMs ?? 15_000;
-    this.timers.set("ping", interval, () => {
-      this.ping();
-      this.scheduleHeartbeat();
+    this.timers.set("ping", this.pingIntervalMs(), () => {
+      if (this.checkLink()) this.scheduleHeartbeat();
     });
   }
 
-  /** Send a ping; no frame within the pong timeout means the link is dead. */
-  private ping(): void {
-    if (!this.transport) return;
-    this.sendFrame({ type: "ping", id: this.nextFrameId("p"), ts: this.clock.now() });
-    if (!this.timers.has("pong")) {
-      this.timers.set("pong", this.pongTimeoutMs, () =>
-        this.socketFailed(ClientCloseCode.HEARTBEAT_TIMEOUT, "no heartbeat reply"),
-      );
+  /** Close a dead link (false), or ping a live one (true). */
+  private checkLink(): boolean {
+    if (!this.transport) return false;
+    if (linkDead(this.lastFrameMs, this.clock.now(), this.pingIntervalMs())) {
+      this.socketFailed(ClientCloseCode.HEARTBEAT_TIMEOUT, "no frame for two heartbeat intervals");
+      return false;
     }
+    this.sendFrame({ type: "ping", id: this.nextFrameId("p"), ts: this.clock.now() });
+    return true;
   }
 
   // ------------------------------------------------------------------ tokens
@@ -788,48 +715,40 @@ export class WebSocketService {
     }
   }
 
-  /** Authenticate again on the open socket with a fresh token. */
+  /** Authenticate again on the open socket with a fresh token (its ack resends what waits). */
   private reauth(token: StoredToken): void {
-    if (!this.transport || !this.joined) return;
+    if (!this.transport || !this.core.connected) return;
     this.sendFrame({ type: "auth", id: this.track({ kind: "auth" }), token: token.token });
-    this.flushOutbox();
   }
 
   // ------------------------------------------------------------------ environment
 
   private listenToEnvironment(): void {
-    if (!this.unsubscribeNetwork) this.unsubscribeNetwork = this.network.subscribe((online) => this.networkChanged(online));
-    if (!this.removePageHide && typeof window !== "undefined") {
-      const flush = (): void => this.flushPersist();
-      const visible = (): void => {
-        if (document.visibilityState === "visible") this.becameVisible();
-      };
-      window.addEventListener("pagehide", flush);
-      document.addEventListener("visibilitychange", visible);
-      this.removePageHide = () => {
-        window.removeEventListener("pagehide", flush);
-        document.removeEventListener("visibilitychange", visible);
-      };
-    }
+    this.stopWatching ??= watchEnvironment(this.network, {
+      network: (online) => this.networkChanged(online),
+      visible: () => this.becameVisible(),
+      pageHide: () => this.flushPersist(),
+    });
   }
 
   /**
    * A hidden tab's timers are throttled (to once a minute after a while) and a
-   * phone may have slept: on coming back, check the link at once, and do not
-   * wait out a retry whose time has passed.
+   * phone may have slept: on coming back, check the link at once (the same
+   * dead-link rule, then a ping), and do not wait out a retry whose time has passed.
    */
   private becameVisible(): void {
-    if (this.connection.state === "connected") this.ping();
+    if (this.connection.state === "connected" && this.checkLink()) this.scheduleHeartbeat();
     const retryAt = this.connection.retryAt;
     if (this.connection.state === "reconnecting" && retryAt !== undefined && retryAt <= this.clock.now()) {
-      this.open();
+      this.attempt();
     }
   }
 
   private networkChanged(online: boolean): void {
     this.setConnection({ online });
     if (online && this.connection.state === "reconnecting") {
-      this.open();
+      this.timers.clear("retry");
+      this.attempt();
     } else if (!online && this.connection.state === "reconnecting") {
       this.timers.clear("retry");
       this.setConnection({ retryAt: undefined, reason: "offline" });
@@ -838,8 +757,10 @@ export class WebSocketService {
       // the connection timeout: give it up and wait for the network instead.
       this.socketFailed(ClientCloseCode.CONNECT_TIMEOUT, "offline");
     } else if (!online && this.connection.state === "connected") {
-      // The socket may be dead without knowing it: check now rather than at the next ping.
-      this.ping();
+      // The browser says the network is gone: the socket cannot carry anything, and it
+      // would take two silent intervals to prove it. Close it now and wait for the
+      // network; the resume by seq makes the reconnect lossless if it was a blip.
+      this.socketFailed(ClientCloseCode.HEARTBEAT_TIMEOUT, "offline");
     }
   }
 
@@ -857,6 +778,19 @@ export class WebSocketService {
   }
 
   // ------------------------------------------------------------------ helpers
+
+  /** Show the core's conversation for this session: notify, emit what changed, persist soon. */
+  private sync(): void {
+    const sessionId = this.connection.sessionId;
+    const next = sessionId ? this.core.conversations.get(sessionId) : undefined;
+    if (next === this.conversation) return;
+    const previous = this.conversation;
+    this.setConversation(next);
+    if (next && previous && previous.sessionId === next.sessionId) {
+      this.emitChanges(previous, next);
+      this.schedulePersist();
+    }
+  }
 
   private sendFrame(frame: ClientFrame): void {
     this.transport?.send(JSON.stringify(frame));
@@ -906,11 +840,6 @@ export class WebSocketService {
 
   private emitMessage(message: ChatMessage): void {
     this.messageListeners.emit(message);
-  }
-
-  private emitMessageById(messageId: string): void {
-    const message = this.conversation?.messages.find((m) => m.id === messageId);
-    if (message) this.emitMessage(message);
   }
 
   private emitChanges(before: Conversation | undefined, after: Conversation | undefined): void {
