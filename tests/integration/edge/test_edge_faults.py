@@ -153,7 +153,9 @@ async def test_agent_killed_mid_run_then_restarted_the_socket_sees_the_run_end_w
         # closed, and it sees the run end with exactly the text it had assembled.
         ended = await client.until_complete(sid, run_id, timeout_s=30)
         assert ended["finish_reason"] == "interrupted"
-        assert ended["text"] == seen_text == assembled(client.events(sid), run_id)
+        # what it had, and any delta that was durable but not delivered when the agent died
+        assert ended["text"] == assembled(client.events(sid), run_id)
+        assert ended["text"].startswith(seen_text)
         ack = await asyncio.wait_for(_retry_say(client, sid, "after the restart"), scaled(20))
         done = await client.until_complete(sid, ack["run_id"], timeout_s=30)
         assert done["finish_reason"] == "stop"
@@ -166,7 +168,7 @@ async def test_agent_killed_mid_run_then_restarted_the_socket_sees_the_run_end_w
         history = json.loads(await asyncio.to_thread(_read, request))
         replies = {m["run_id"]: m for m in history["messages"] if m["role"] == "assistant"}
         assert replies[run_id]["status"] == "interrupted", history
-        assert replies[run_id]["text"] == seen_text
+        assert replies[run_id]["text"] == ended["text"]
         assert replies[ack["run_id"]]["status"] == "complete", history
         await client.close()
     finally:
