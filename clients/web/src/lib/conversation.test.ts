@@ -23,7 +23,7 @@ describe("conversationFromHistory", () => {
       ["user", "long task 2s", "sent"],
       ["assistant", "Calling long_task.Done.", "complete"],
       ["user", "and then?", "sent"],
-      ["assistant", "Partial", "failed"],
+      ["assistant", "Partial", "interrupted"],
     ]);
     expect(c.messages[1]!.parts).toEqual([
       { kind: "text", text: "Calling long_task." },
@@ -42,6 +42,61 @@ describe("conversationFromHistory", () => {
     });
     expect(c.activeRunId).toBe("r9");
     expect(c.messages[0]!.state).toBe("streaming");
+  });
+});
+
+describe("conversationFromHistory: how each tool call ended", () => {
+  const call = (id: string) => ({ call_id: id, tool_name: "long_task", arguments_json: "{}" });
+
+  it("keeps failed and cancelled calls as they ended, with their error text, and no duration it does not know", () => {
+    const c = conversationFromHistory("s", {
+      as_of_seq: 30,
+      messages: [
+        { message_id: "u1", role: "user", text: "go", run_id: "r1", status: "complete" },
+        { message_id: "r1.0", role: "assistant", text: "", run_id: "r1", status: "complete", tool_calls: [call("ok"), call("bad"), call("stop")] },
+        { message_id: "ok", role: "tool", text: "42", call_id: "ok", run_id: "r1", status: "complete" },
+        { message_id: "bad", role: "tool", text: "error (timeout): took longer than 5 s", call_id: "bad", run_id: "r1", status: "failed" },
+        { message_id: "stop", role: "tool", text: "cancelled (user_cancelled)", call_id: "stop", run_id: "r1", status: "MESSAGE_STATUS_FAILED" },
+        { message_id: "r1.1", role: "assistant", text: "Done.", run_id: "r1", status: "complete" },
+      ],
+    });
+    expect(c.tools.ok).toMatchObject({ status: "completed", result: "42" });
+    expect(c.tools.bad).toMatchObject({ status: "failed", errorCode: "timeout", errorMessage: "took longer than 5 s" });
+    expect(c.tools.stop).toMatchObject({ status: "cancelled", reason: "user_cancelled" });
+    for (const tool of Object.values(c.tools)) expect(tool.durationMs).toBeUndefined();
+    expect(c.messages[1]!.state).toBe("complete");
+  });
+
+  it("shows a call the service died during as interrupted, and its reply too, with nothing left running", () => {
+    const c = conversationFromHistory("s", {
+      as_of_seq: 12,
+      messages: [
+        { message_id: "u1", role: "user", text: "long", run_id: "r1", status: "complete" },
+        { message_id: "r1.0", role: "assistant", text: "Calling.", run_id: "r1", status: "complete", tool_calls: [call("c1")] },
+      ],
+    });
+    expect(c.tools.c1!.status).toBe("interrupted");
+    expect(c.messages[1]).toMatchObject({ state: "interrupted", error: "The service stopped during this reply." });
+    expect(c.activeRunId).toBeUndefined();
+  });
+
+  it("leaves the active run's call running, and a cancelled run's calls cancelled", () => {
+    const running = conversationFromHistory("s", {
+      as_of_seq: 12,
+      active_run_id: "r1",
+      messages: [{ message_id: "r1.0", role: "assistant", text: "", run_id: "r1", status: "complete", tool_calls: [call("c1")] }],
+    });
+    expect(running.tools.c1!.status).toBe("started");
+    expect(running.activeRunId).toBe("r1");
+    const cancelled = conversationFromHistory("s", {
+      as_of_seq: 12,
+      messages: [
+        { message_id: "r2.0", role: "assistant", text: "", run_id: "r2", status: "complete", tool_calls: [call("c2")] },
+        { message_id: "r2.1", role: "assistant", text: "part", run_id: "r2", status: "cancelled" },
+      ],
+    });
+    expect(cancelled.tools.c2).toMatchObject({ status: "cancelled", reason: "run_cancelled" });
+    expect(cancelled.messages[0]!.state).toBe("cancelled");
   });
 });
 
@@ -66,5 +121,19 @@ describe("receiveEvent", () => {
     c = receiveEvent(c, ev(2, { type: "chat:complete", finish_reason: "FINISH_REASON_STOP", text: "final" })).conversation;
     expect(c.messages[0]).toMatchObject({ state: "complete", text: "final" });
     expect(c.messages[0]!.parts).toEqual([{ kind: "tool", callId: "c" }, { kind: "text", text: "final" }]);
+  });
+
+  it("ends a run's running tool calls with the run: interrupted by a crash, cancelled by a cancel", () => {
+    let c = emptyConversation("s");
+    c = receiveEvent(c, ev(1, { type: "chat:run_started", assistant_message_id: "a" })).conversation;
+    c = receiveEvent(c, ev(2, { type: "chat:tool_execution", call_id: "c", tool_name: "t", status: "progress", fraction: 0 })).conversation;
+    c = receiveEvent(c, ev(3, { type: "chat:tool_execution", call_id: "d", tool_name: "t", status: "completed", duration_ms: 3 })).conversation;
+    const crashed = receiveEvent(c, ev(4, { type: "chat:complete", finish_reason: "interrupted" })).conversation;
+    expect(crashed.tools.c!.status).toBe("interrupted");
+    expect(crashed.tools.d!.status).toBe("completed");
+    expect(crashed.messages[0]).toMatchObject({ state: "interrupted", error: "The service stopped during this reply." });
+    expect(crashed.activeRunId).toBeUndefined();
+    const stopped = receiveEvent(c, ev(4, { type: "chat:complete", finish_reason: "cancelled" })).conversation;
+    expect(stopped.tools.c).toMatchObject({ status: "cancelled", reason: "run_cancelled" });
   });
 });

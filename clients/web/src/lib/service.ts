@@ -64,6 +64,11 @@ export interface ConnectionInfo {
   closeCode?: number;
   /** Why, in words. */
   reason?: string;
+  /**
+   * The agent service behind the edge, as the edge last reported it: set on a
+   * join (`available`), an `upstream` frame, or an `upstream_unavailable` error.
+   */
+  upstream?: "available" | "unavailable";
 }
 
 /** A failure reported through `onError` and as a promise rejection. */
@@ -445,7 +450,9 @@ export class WebSocketService {
     this.joined = true;
     this.timers.clear("connect");
     this.retryAfterMs = 0;
-    this.setConnection({ state: "connected", attempt: 0, retryAt: undefined, closeCode: undefined, reason: undefined });
+    this.setConnection({
+      state: "connected", attempt: 0, retryAt: undefined, closeCode: undefined, reason: undefined, upstream: "available",
+    });
     this.scheduleHeartbeat();
     this.flushOutbox();
   }
@@ -479,6 +486,9 @@ export class WebSocketService {
         return;
       case "chat:gap":
         if (frame.session_id === this.connection.sessionId) this.resync();
+        return;
+      case "upstream":
+        if (frame.session_id === this.connection.sessionId) this.setConnection({ upstream: frame.state });
         return;
       default:
         if (isSessionEvent(frame)) this.receiveSessionEvent(frame);
@@ -520,6 +530,7 @@ export class WebSocketService {
     const retryable = isRetryableError(frame.code, frame.retryable);
     const error = new ServiceError(frame.code, frame.message ?? frame.code, retryable, frame.retry_after_ms);
     if (frame.retry_after_ms) this.retryAfterMs = Math.max(this.retryAfterMs, frame.retry_after_ms);
+    if (frame.code === "upstream_unavailable") this.setConnection({ upstream: "unavailable" });
     const pending = frame.ref ? this.pending.get(frame.ref) : undefined;
     if (frame.ref) this.pending.delete(frame.ref);
     this.emitError(error);
