@@ -92,7 +92,7 @@ export function ChatView({
     } else {
       setUnseen(true);
     }
-  }, [chat.messages, chat.tools]);
+  }, [chat.messages, chat.tools, outage]);
 
   useEffect(() => {
     document.title = title ? `${title} · agent-relay` : "agent-relay";

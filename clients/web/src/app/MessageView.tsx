@@ -7,7 +7,8 @@ import { ToolCard } from "./ToolCard";
 const Markdown = lazy(() => import("./Markdown").then((m) => ({ default: m.Markdown })));
 
 function PlainText({ text }: { text: string }) {
-  return <p className="plain">{text}</p>;
+  // Trailing blank lines mean nothing in Markdown; pre-wrap would show them.
+  return <p className="plain">{text.trimEnd()}</p>;
 }
 
 const USER_STATE_TEXT: Record<string, string> = {
@@ -132,7 +133,12 @@ export const MessageView = memo(function MessageView({
               </Suspense>
             </div>
           ) : tools[part.callId] ? (
-            <ToolCard key={part.callId} tool={tools[part.callId] as ToolExecution} onCancel={onCancelTool} />
+            <ToolCard
+              key={part.callId}
+              tool={tools[part.callId] as ToolExecution}
+              onCancel={onCancelTool}
+              serviceDown={serviceDown}
+            />
           ) : null,
         )}
         {streaming && !serviceDown && <TypingIndicator />}

@@ -35,9 +35,12 @@ function prettyArguments(json: string | undefined): string {
 export const ToolCard = memo(function ToolCard({
   tool,
   onCancel,
+  serviceDown = false,
 }: {
   tool: ToolExecution;
   onCancel: (callId: string) => void;
+  /** The agent service is unavailable: a cancel could not reach the call, so none is offered. */
+  serviceDown?: boolean;
 }) {
   const running = RUNNING_TOOL_STATES.has(tool.status);
   const percent = Math.round((tool.fraction ?? 0) * 100);
@@ -50,7 +53,7 @@ export const ToolCard = memo(function ToolCard({
           {status}
           {running ? "" : durationText(tool.durationMs)}
         </span>
-        {running && (
+        {running && !serviceDown && (
           <button type="button" className="small-button" onClick={() => onCancel(tool.callId)} aria-label={`Cancel ${tool.toolName}`}>
             Cancel
           </button>
