@@ -305,10 +305,10 @@ def test_stop_then_retry_edit_and_resend_and_copy(page: Page, edge: Edge) -> Non
     assert " ".join(copied.replace("**", "").split()) == assistant_text(page)
     # Only the last message of the user can be edited; editing fills the composer.
     users = page.get_by_test_id("user-message")
-    expect(users.first.get_by_role("button", name="Edit and resend your message")).to_have_count(
+    expect(users.first.get_by_role("button", name="Edit your last message")).to_have_count(
         0
     )
-    users.last.get_by_role("button", name="Edit and resend your message").click()
+    users.last.get_by_role("button", name="Edit your last message").click()
     expect(composer(page)).to_have_value("Tell me a long story")
     expect(composer(page)).to_be_focused()
     composer(page).press("End")

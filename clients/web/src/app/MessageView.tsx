@@ -106,7 +106,7 @@ export const MessageView = memo(function MessageView({
         <div className="actions">
           <CopyButton text={message.text} what="your message" />
           {onEdit && (
-            <button type="button" className="link-button action" onClick={() => onEdit(message)} aria-label="Edit and resend your message">
+            <button type="button" className="link-button action" onClick={() => onEdit(message)} aria-label="Edit your last message">
               Edit
             </button>
           )}

@@ -1,4 +1,4 @@
-import { act, cleanup, fireEvent, render, screen } from "@testing-library/react";
+import { act, cleanup, fireEvent, render, renderHook, screen } from "@testing-library/react";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import type { ToolExecution } from "../lib/conversation";
 import { Composer } from "./Composer";
@@ -7,7 +7,7 @@ import { Markdown } from "./Markdown";
 import { MessageView } from "./MessageView";
 import { ToolCard, durationText } from "./ToolCard";
 import { mergeSessions } from "./conversationList";
-import { PROBE_MAX_MS, probeDelayMs } from "./reconnectProbe";
+import { PROBE_MAX_MS, probeDelayMs, useReconnectProbe } from "./reconnectProbe";
 
 afterEach(cleanup);
 
@@ -192,5 +192,36 @@ describe("ConnectionBadge and the agent service", () => {
     render(<ConnectionBadge connection={{ state: "connected", attempt: 0, online: true, upstream: "unavailable" }} onRetryNow={() => {}} />);
     expect(screen.getByRole("status").textContent).toBe("Agent service unavailable");
     expect(screen.getByTestId("connection-badge").dataset.state).toBe("degraded");
+  });
+});
+
+describe("useReconnectProbe", () => {
+  it("while waiting to reconnect, probes at once when the tab becomes visible, and on its timer", async () => {
+    vi.useFakeTimers();
+    try {
+      let up = false;
+      const ready = vi.fn(async () => up);
+      const reconnectNow = vi.fn();
+      const waiting = { state: "reconnecting" as const, attempt: 6, online: true, retryAt: Date.now() + 25_000 };
+      const { rerender } = renderHook(({ c }) => useReconnectProbe(c, reconnectNow, ready), {
+        initialProps: { c: waiting as import("../lib/service").ConnectionInfo },
+      });
+      await act(async () => vi.advanceTimersByTimeAsync(1_000));
+      expect(ready).toHaveBeenCalledTimes(1);
+      expect(reconnectNow).not.toHaveBeenCalled();
+      up = true;
+      await act(async () => {
+        document.dispatchEvent(new Event("visibilitychange"));
+        await vi.advanceTimersByTimeAsync(0);
+      });
+      expect(reconnectNow).toHaveBeenCalledTimes(1);
+      // Connected: no more probes.
+      rerender({ c: { state: "connected", attempt: 0, online: true } });
+      ready.mockClear();
+      await act(async () => vi.advanceTimersByTimeAsync(10_000));
+      expect(ready).not.toHaveBeenCalled();
+    } finally {
+      vi.useRealTimers();
+    }
   });
 });

@@ -29,7 +29,11 @@ export async function edgeReady(fetcher: typeof fetch = (...a) => globalThis.fet
 }
 
 /** While `connection` waits to reconnect, probe and call `reconnectNow` once the edge is ready. */
-export function useReconnectProbe(connection: ConnectionInfo, reconnectNow: () => void): void {
+export function useReconnectProbe(
+  connection: ConnectionInfo,
+  reconnectNow: () => void,
+  ready: () => Promise<boolean> = edgeReady,
+): void {
   const waiting = connection.state === "reconnecting" && connection.online;
   useEffect(() => {
     if (!waiting) return;
@@ -39,7 +43,7 @@ export function useReconnectProbe(connection: ConnectionInfo, reconnectNow: () =
     const probe = async (): Promise<void> => {
       clearTimeout(timer);
       if (stopped) return;
-      if (await edgeReady()) {
+      if (await ready()) {
         if (!stopped) reconnectNow();
         return;
       }
@@ -55,5 +59,5 @@ export function useReconnectProbe(connection: ConnectionInfo, reconnectNow: () =
       clearTimeout(timer);
       document.removeEventListener("visibilitychange", onVisible);
     };
-  }, [waiting, connection.attempt, reconnectNow]);
+  }, [waiting, connection.attempt, reconnectNow, ready]);
 }
