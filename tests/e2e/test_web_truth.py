@@ -122,12 +122,16 @@ def test_each_tool_call_ends_as_it_did_live_and_after_a_crash_in_history(
     page.reload()
     expect(page.get_by_test_id("tool-card")).to_have_count(4, timeout=WAIT_MS)
     rebuilt = tool_cards(page)
-    assert [(name, status.split(" in ")[0]) for name, status in live] == rebuilt == [
-        ("calculator", "failed"),
-        ("calculator", "completed"),
-        ("long_task", "cancelled"),
-        ("long_task", "interrupted"),
-    ]
+    assert (
+        [(name, status.split(" in ")[0]) for name, status in live]
+        == rebuilt
+        == [
+            ("calculator", "failed"),
+            ("calculator", "completed"),
+            ("long_task", "cancelled"),
+            ("long_task", "interrupted"),
+        ]
+    )
     cards = page.get_by_test_id("tool-card")
     expect(cards.nth(0).get_by_role("alert")).to_have_text(re.compile(r"\w+: .+"))
     expect(cards.nth(1).get_by_role("progressbar")).to_have_count(0)
@@ -170,9 +174,7 @@ def test_reload_while_the_edge_is_down_starts_from_the_cache_and_reconnects_by_i
 COUNTDOWN = re.compile(r"Reconnecting in (\d+)s")
 
 
-def test_after_a_long_outage_it_reconnects_before_its_backoff_timer(
-    page: Page, edge: Edge
-) -> None:
+def test_after_a_long_outage_it_reconnects_before_its_backoff_timer(page: Page, edge: Edge) -> None:
     open_chat(page, edge)
     edge.stop()
     badge = page.get_by_test_id("connection-badge")
@@ -269,7 +271,8 @@ def test_the_list_holds_the_servers_conversations_this_browser_forgot(
             localStorage.setItem('agent-relay:sessions',
                                  JSON.stringify(list.filter(s => s.sessionId === sid)));
             for (const s of list) {
-                if (s.sessionId !== sid) localStorage.removeItem('agent-relay:conversation:' + s.sessionId);
+                if (s.sessionId === sid) continue;
+                localStorage.removeItem('agent-relay:conversation:' + s.sessionId);
             }
         }"""
     )
@@ -298,16 +301,12 @@ def test_stop_then_retry_edit_and_resend_and_copy(page: Page, edge: Edge) -> Non
     expect(last_assistant(page).get_by_role("button", name="Retry")).to_have_count(0)
     # Copy the reply.
     last_assistant(page).get_by_role("button", name="Copy the reply").click()
-    expect(last_assistant(page).get_by_role("button", name="Copy the reply")).to_have_text(
-        "Copied"
-    )
+    expect(last_assistant(page).get_by_role("button", name="Copy the reply")).to_have_text("Copied")
     copied = page.evaluate("() => navigator.clipboard.readText()")
     assert " ".join(copied.replace("**", "").split()) == assistant_text(page)
     # Only the last message of the user can be edited; editing fills the composer.
     users = page.get_by_test_id("user-message")
-    expect(users.first.get_by_role("button", name="Edit your last message")).to_have_count(
-        0
-    )
+    expect(users.first.get_by_role("button", name="Edit your last message")).to_have_count(0)
     users.last.get_by_role("button", name="Edit your last message").click()
     expect(composer(page)).to_have_value("Tell me a long story")
     expect(composer(page)).to_be_focused()
