@@ -283,10 +283,14 @@ class RunExecution:
                 self.run.tools.pop(runner.call_id, None)
         outcomes = [cast(ToolOutcome, t.result()) for t in tasks]
         for call, outcome in zip(calls, outcomes, strict=True):
-            await self._save_tool_result(call, outcome.result, TOOL_STATUS[outcome.status])
+            await self._save_tool_result(
+                call, outcome.result, TOOL_STATUS[outcome.status], outcome.duration_ms
+            )
         return outcomes
 
-    async def _save_tool_result(self, call: ToolCallRequested, result: str, status: str) -> None:
+    async def _save_tool_result(
+        self, call: ToolCallRequested, result: str, status: str, duration_ms: float = 0.0
+    ) -> None:
         await self.store.upsert_message(
             MessageRecord(
                 self.rt.session_id,
@@ -297,6 +301,7 @@ class RunExecution:
                 status,
                 now_ms(),
                 call_id=call.call_id,
+                duration_ms=duration_ms,
             )
         )
         self.unanswered = [c for c in self.unanswered if c.call_id != call.call_id]

@@ -311,4 +311,5 @@ def _message(record: MessageRecord, live: dict[str, tuple[str, str]]) -> pb.Mess
         run_id=record.run_id,
         status=STATUSES.get(record.status, pb.MESSAGE_STATUS_UNSPECIFIED),
         created_unix_ms=record.created_ms,
+        duration_ms=record.duration_ms,
     )

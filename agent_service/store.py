@@ -54,6 +54,7 @@ class MessageRecord:
     tool_calls: tuple[StoredToolCall, ...] = ()
     call_id: str = ""
     accept_seq: int = 0  # for user messages: the seq of their MessageAccepted event
+    duration_ms: float = 0.0  # for tool messages: how long the call took
     position: int = 0  # insertion order within the store (set by the store)
 
 

@@ -58,6 +58,7 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         CREATE INDEX messages_by_run ON messages (run_id);
         """,
     ),
+    (2, "ALTER TABLE messages ADD COLUMN duration_ms DOUBLE PRECISION NOT NULL DEFAULT 0"),
 )
 MIGRATION_LOCK = 0x61676E74  # pg_advisory_lock key for applying migrations
 
@@ -68,10 +69,11 @@ ORDER BY r.run_order, CASE m.role WHEN 'user' THEN 0 ELSE 1 END, m.position
 """
 UPSERT_MESSAGE = """
 INSERT INTO messages (session_id, message_id, role, text, run_id, status, created_ms,
-                      tool_calls_json, call_id, accept_seq)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                      tool_calls_json, call_id, accept_seq, duration_ms)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
 ON CONFLICT (session_id, message_id) DO UPDATE
-SET text = EXCLUDED.text, status = EXCLUDED.status, tool_calls_json = EXCLUDED.tool_calls_json
+SET text = EXCLUDED.text, status = EXCLUDED.status, tool_calls_json = EXCLUDED.tool_calls_json,
+    duration_ms = EXCLUDED.duration_ms
 """
 
 
@@ -253,6 +255,7 @@ def _message_args(m: MessageRecord) -> tuple[object, ...]:
         calls,
         m.call_id,
         m.accept_seq,
+        m.duration_ms,
     )
 
 
@@ -288,5 +291,6 @@ def _message(row: Any) -> MessageRecord:
         tool_calls=tuple(StoredToolCall(*c) for c in json.loads(row["tool_calls_json"])),
         call_id=row["call_id"],
         accept_seq=row["accept_seq"],
+        duration_ms=row["duration_ms"],
         position=row["position"],
     )

@@ -50,6 +50,7 @@ CREATE TABLE IF NOT EXISTS messages (
     tool_calls_json TEXT NOT NULL DEFAULT '[]',
     call_id         TEXT NOT NULL DEFAULT '',
     accept_seq      INTEGER NOT NULL DEFAULT 0,
+    duration_ms     REAL NOT NULL DEFAULT 0,
     UNIQUE (session_id, message_id)
 );
 CREATE INDEX IF NOT EXISTS messages_by_run ON messages (run_id);
@@ -93,7 +94,16 @@ class SqliteStore:
         await self._db.execute("PRAGMA foreign_keys=ON")
         await self._db.execute("PRAGMA busy_timeout=10000")  # the event log shares the file
         await self._db.executescript(SCHEMA)
+        await self._add_missing_columns()
         await self._db.commit()
+
+    async def _add_missing_columns(self) -> None:
+        """A file an older version wrote gets the columns added since."""
+        columns = {row[1] for row in await self.db.execute_fetchall("PRAGMA table_info(messages)")}
+        if "duration_ms" not in columns:
+            await self.db.execute(
+                "ALTER TABLE messages ADD COLUMN duration_ms REAL NOT NULL DEFAULT 0"
+            )
 
     async def runs_in_flight(self) -> list[RunRecord]:
         rows = await self.db.execute_fetchall(
@@ -182,12 +192,14 @@ class SqliteStore:
         )
         sql = (
             "INSERT INTO messages (session_id, message_id, role, text, run_id, status, "
-            "created_ms, tool_calls_json, call_id, accept_seq) VALUES (?,?,?,?,?,?,?,?,?,?)"
+            "created_ms, tool_calls_json, call_id, accept_seq, duration_ms) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?)"
         )
         if upsert:
             sql += (
                 " ON CONFLICT (session_id, message_id) DO UPDATE SET text = excluded.text, "
-                "status = excluded.status, tool_calls_json = excluded.tool_calls_json"
+                "status = excluded.status, tool_calls_json = excluded.tool_calls_json, "
+                "duration_ms = excluded.duration_ms"
             )
         await self.db.execute(
             sql,
@@ -202,6 +214,7 @@ class SqliteStore:
                 calls,
                 m.call_id,
                 m.accept_seq,
+                m.duration_ms,
             ),
         )
 
@@ -278,5 +291,6 @@ def _message(row: Any) -> MessageRecord:
         tool_calls=tuple(StoredToolCall(*c) for c in json.loads(row["tool_calls_json"])),
         call_id=row["call_id"],
         accept_seq=row["accept_seq"],
+        duration_ms=row["duration_ms"],
         position=row["position"],
     )

@@ -80,6 +80,7 @@ def create_app(*, settings: EdgeSettings, telemetry: Telemetry | None = None) ->
     app.on_shutdown.append(_drain)
     app.router.add_get("/ws", websocket_handler)
     app.router.add_post("/api/sessions", create_session)
+    app.router.add_get("/api/sessions", list_sessions)
     app.router.add_post("/api/token", refresh_token)
     app.router.add_get("/api/sessions/{session_id}/messages", list_messages)
     app.router.add_get("/healthz", healthz)
@@ -308,6 +309,13 @@ async def list_messages(request: web.Request) -> web.Response:
                 timeout=settings.command_timeout_s,
             )
         )
+        # Read after the messages: a run active now was active at as_of_seq too, and one
+        # that ended in between has its end among the events after as_of_seq.
+        session = await unary(
+            stub.GetSession(
+                pb.GetSessionRequest(session_id=session_id), timeout=settings.command_timeout_s
+            )
+        )
     except EdgeError as error:
         return _error_response(error)
     return web.json_response(
@@ -315,8 +323,30 @@ async def list_messages(request: web.Request) -> web.Response:
             "messages": [message_to_dict(m) for m in reply.messages],
             "as_of_seq": reply.as_of_seq,
             "next_page_token": reply.next_page_token,
+            "active_run_id": session.active_run_id,
         }
     )
+
+
+async def list_sessions(request: web.Request) -> web.Response:
+    """The caller's sessions (ListSessions for the token's user), newest first, keeping
+    only those the token may join: the list a browser shows when its storage is gone."""
+    settings = request.app[SETTINGS]
+    try:
+        claims = _bearer(request)
+        if claims is None:
+            raise EdgeError(ErrorCode.UNAUTHENTICATED, "Authorization: Bearer <token> required")
+        stub = request.app[HUB].upstream.any_stub()
+        reply = await unary(
+            stub.ListSessions(
+                pb.ListSessionsRequest(user_id=claims.user_id, page_size=500),
+                timeout=settings.command_timeout_s,
+            )
+        )
+    except EdgeError as error:
+        return _error_response(error)
+    sessions = [message_to_dict(s) for s in reply.sessions if claims.may_join(s.session_id)]
+    return web.json_response({"sessions": sessions})
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -184,6 +184,12 @@ def error_frame(error: EdgeError, ref: str | None = None, **extra: Any) -> bytes
     return encode(frame)
 
 
+def upstream_frame(session_id: str, state: str) -> bytes:
+    """A notice that the agent service behind a joined session went away (`unavailable`)
+    or is back and the session followed again (`available`)."""
+    return encode({"type": "upstream", "session_id": session_id, "state": state})
+
+
 def pong_frame(ref: str | None, ts: int | float | None) -> bytes:
     """The reply to an application ping."""
     return encode({**_with_ref({"type": "pong"}, ref), "ts": ts})

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from agent_relay.v1 import agent_pb2 as pb
 from ws_edge.errors import EdgeError, ErrorCode
 from ws_edge.events import FINAL_TOOL_STATUSES, delta_frame, encode_event, event_kind, tool_status
-from ws_edge.frames import encode, error_frame
+from ws_edge.frames import encode, error_frame, upstream_frame
 
 
 @dataclass(frozen=True)
@@ -206,6 +206,7 @@ class Room:
         self._buffer: deque[_Buffered] = deque(maxlen=buffer_events)
         self._subs: dict[str, _Subscriber] = {}
         self._waiting: dict[str, str | None] = {}  # socket id -> join ref awaiting the reply
+        self._told_lost = False  # sockets were told the upstream is gone: tell them it is back
         self._next_seq = 1
         self._base_seq = 0  # the buffer holds (base_seq, next_seq)
         self._head_seq = 0
@@ -267,6 +268,8 @@ class Room:
         elif self.state is RoomState.UPSTREAM_LOST:
             effects.append(AckJoin(socket_id, ref, self._head_seq))
             effects.append(Deliver((socket_id,), self._lost_frame()))
+            effects.append(Deliver((socket_id,), upstream_frame(self.session_id, "unavailable")))
+            self._told_lost = True
         else:
             self._waiting[socket_id] = ref
         effects.extend(replay)
@@ -318,7 +321,11 @@ class Room:
         self.state = RoomState.LIVE
         self._head_seq = max(self._head_seq, head_seq)
         waiting, self._waiting = self._waiting, {}
-        return [AckJoin(sid, ref, self._head_seq) for sid, ref in waiting.items()]
+        effects: list[Effect] = [AckJoin(sid, ref, self._head_seq) for sid, ref in waiting.items()]
+        if self._told_lost and self._subs:
+            effects.append(Deliver(self.socket_ids, upstream_frame(self.session_id, "available")))
+        self._told_lost = False
+        return effects
 
     def receive_join_failed(self, error: EdgeError, now: float) -> list[Effect]:
         """The upstream join failed: refuse the waiting joins; a retryable failure waits for
@@ -356,6 +363,8 @@ class Room:
         self._waiting = {}
         if self._subs:
             effects.append(Deliver(self.socket_ids, self._lost_frame()))
+            effects.append(Deliver(self.socket_ids, upstream_frame(self.session_id, "unavailable")))
+            self._told_lost = True
         else:
             self.state = RoomState.CLOSED
             effects.append(RoomClosed(self.session_id))

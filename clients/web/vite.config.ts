@@ -1,7 +1,33 @@
 /// <reference types="vitest/config" />
+import { createHash } from "node:crypto";
+import { readFileSync, readdirSync } from "node:fs";
 import { resolve } from "node:path";
 import react from "@vitejs/plugin-react";
-import { defineConfig } from "vite";
+import { type Plugin, defineConfig } from "vite";
+
+/**
+ * Writes dist/sw.js (the app shell's service worker, src/app/sw.template.js)
+ * with the list of every built file, so the worker keeps exactly this build
+ * and a new build (new hashes) makes a new worker.
+ */
+function serviceWorker(): Plugin {
+  return {
+    name: "agent-relay-service-worker",
+    apply: "build",
+    generateBundle(_options, bundle) {
+      const built = Object.keys(bundle).filter((f) => !f.endsWith(".map"));
+      const copied = readdirSync(resolve(import.meta.dirname, "public"));
+      const files = [...new Set(["./", "index.html", ...built, ...copied])].sort();
+      const version = createHash("sha256").update(files.join("\n")).digest("hex").slice(0, 16);
+      const template = readFileSync(resolve(import.meta.dirname, "src/app/sw.template.js"), "utf8");
+      const source = template
+        .replace(/^const FILES = __FILES__;$/m, `const FILES = ${JSON.stringify(files)};`)
+        .replace(/"__VERSION__"/, JSON.stringify(version));
+      if (source.includes("= __FILES__")) throw new Error("sw.template.js: no FILES line to fill in");
+      this.emitFile({ type: "asset", fileName: "sw.js", source });
+    },
+  };
+}
 
 // Two builds from one config:
 //   `vite build`            -> dist/      the chat app, served by ws_edge at `/`
@@ -27,7 +53,7 @@ export default defineConfig(({ mode }) => {
   // AGENT_RELAY_ALLOWED_ORIGINS=http://localhost:5173).
   const edge = process.env.AGENT_RELAY_EDGE ?? "http://127.0.0.1:8080";
   return {
-    plugins: [react()],
+    plugins: [react(), serviceWorker()],
     // Relative asset URLs so the edge can serve dist/ at any mount point.
     base: "./",
     server: {

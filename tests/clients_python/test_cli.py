@@ -4,6 +4,7 @@ screen, pressing Ctrl-C and Ctrl-D; against the real edge and agent service."""
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import subprocess
 import sys
@@ -39,6 +40,8 @@ def slow_edge(slow_service: ServiceProcess) -> Iterator[EdgeProcess]:
 
 
 def spawn(*args: str) -> pexpect.spawn:
+    # pexpect's terminal does not answer cursor-position requests; a real one does.
+    env = {**os.environ, "PROMPT_TOOLKIT_NO_CPR": "1"}
     child = pexpect.spawn(
         sys.executable,
         ["-m", "agent_relay_client", *args],
@@ -46,14 +49,29 @@ def spawn(*args: str) -> pexpect.spawn:
         encoding="utf-8",
         timeout=scaled(30),
         dimensions=(40, 200),
+        env=env,
     )
     return child
 
 
+# The line editor draws its prompt ("you>", then moves the cursor past the space).
+PROMPT = r"you>"
+
+
+def expect_prompt(child: pexpect.spawn) -> None:
+    child.expect(PROMPT)
+
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
 def reply_text(screen: str) -> str:
-    """The reply's words as the terminal showed them (pty line endings undone)."""
-    text = screen.replace("\r\n", "\n")
-    return text.split("agent> ", 1)[1].rstrip("\n") if "agent> " in text else ""
+    """The reply's words as the terminal showed them (pty line endings and the line
+    editor's drawing undone), up to the next prompt."""
+    text = ANSI.sub("", screen).replace("\r\n", "\n")
+    if "agent> " not in text:
+        return ""
+    return text.split("agent> ", 1)[1].split(PROMPT, 1)[0].rstrip("\n")
 
 
 async def ahistory(address: str, session: str):
@@ -72,11 +90,11 @@ def test_type_read_the_streamed_reply_and_cancel_one_with_ctrl_c(
     try:
         child.expect(r"session (s_\w+)")
         session = child.match.group(1)
-        child.expect_exact("you> ")
+        expect_prompt(child)
         child.sendline('/tool calculator {"expression": "6 * 7"}')
         child.expect_exact('[tool calculator(expression="6 * 7")]')
         child.expect(r"\[calculator done in \d+ ms: 42\]")
-        child.expect_exact("you> ")
+        expect_prompt(child)
 
         child.sendline("tell me a long story")
         child.expect_exact("agent> ")
@@ -84,7 +102,7 @@ def test_type_read_the_streamed_reply_and_cancel_one_with_ctrl_c(
         child.sendintr()  # Ctrl-C
         child.expect_exact("[cancelling; Ctrl-C again quits]")
         child.expect_exact("[cancelled]")
-        child.expect_exact("you> ")
+        expect_prompt(child)
         messages = history(slow_service.address, session).messages
         assert messages[-1].role == "assistant" and messages[-1].status == "cancelled"
         assert 0 < len(messages[-1].text.split()) < 160
@@ -126,7 +144,7 @@ def test_a_second_ctrl_c_quits_and_the_session_reopens_with_its_history(
     try:
         child.expect(r"session (s_\w+)")
         session = child.match.group(1)
-        child.expect_exact("you> ")
+        expect_prompt(child)
         child.sendline("remember the word pelican")
         child.expect(r"agent> (\S+ ){5}")
         child.sendintr()
@@ -148,7 +166,7 @@ def test_a_second_ctrl_c_quits_and_the_session_reopens_with_its_history(
         again.expect_exact("you> remember the word pelican")
         again.expect(r"agent> You said: \S+ ")
         again.expect_exact(" [cancelled]")  # the reply the first Ctrl-C stopped
-        again.expect_exact("you> ")
+        expect_prompt(again)
         again.sendeof()  # Ctrl-D quits
         again.expect(pexpect.EOF)
         again.close()
@@ -172,12 +190,12 @@ def test_the_reply_survives_a_dropped_connection_without_the_user_noticing(
         try:
             await asyncio.to_thread(child.expect, r"session (s_\w+)")
             session = child.match.group(1)
-            await asyncio.to_thread(child.expect_exact, "you> ")
+            await asyncio.to_thread(expect_prompt, child)
             child.sendline("talk through a cut")
             await asyncio.to_thread(child.expect, r"agent> (\S+ ){10}")
             shown = child.after
             assert proxy.cut() > 0
-            await asyncio.to_thread(child.expect_exact, "you> ")
+            await asyncio.to_thread(expect_prompt, child)
             screen = shown + child.before
             assert proxy.connections >= 2
             assert "[" not in reply_text(screen)  # no error, no note: the user saw nothing
@@ -199,12 +217,12 @@ def test_chat_straight_over_grpc_shows_tool_progress(
     child = spawn("chat", "--grpc", slow_service.address, "--state-dir", str(tmp_path))
     try:
         child.expect(r"session (s_\w+)")
-        child.expect_exact("you> ")
+        expect_prompt(child)
         child.sendline("long task 1s")
         child.expect(r"\[tool long_task\(seconds=1(\.0)?\)\]")
         child.expect(r"\[long_task \d+%")
         child.expect(r"\[long_task done in \d+ ms")
-        child.expect_exact("you> ")
+        expect_prompt(child)
         child.sendeof()
         child.expect(pexpect.EOF)
     finally:
@@ -249,3 +267,71 @@ def test_tools_and_history_commands(slow_service: ServiceProcess, tmp_path: Path
         timeout=scaled(30),
     )
     assert missing.returncode == 1 and "not_found" in missing.stderr
+
+
+def test_text_typed_during_a_reply_never_lands_in_it(
+    slow_edge: EdgeProcess, slow_service: ServiceProcess, tmp_path: Path
+) -> None:
+    child = spawn("chat", "--edge-url", slow_edge.url, "--state-dir", str(tmp_path))
+    try:
+        child.expect(r"session (s_\w+)")
+        session = child.match.group(1)
+        expect_prompt(child)
+        child.sendline("tell me a long story")
+        child.expect(r"agent> (\S+ ){5}")
+        shown = child.after
+        child.send("and a second one\r")  # a whole line, typed while the reply streams
+        child.send("draft")  # and the start of another
+        # The finished line goes next, as if typed at the prompt...
+        child.expect_exact("you> and a second one\r\n")
+        screen = shown + child.before
+        first = history(slow_service.address, session).messages
+        assert reply_text(screen) == first[1].text  # the reply, and nothing typed, in order
+        assert "draft" not in screen and "second one" not in screen
+        child.expect(r"agent> You said: “and a second one”")
+        expect_prompt(child)
+        # ...and the started one waits in the editor.
+        child.expect_exact("draft")
+        child.sendline(" finished")
+        child.expect(r"agent> You said: “draft finished”")
+        expect_prompt(child)
+        child.sendeof()
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    texts = [m.text for m in history(slow_service.address, session).messages if m.role == "user"]
+    assert texts == ["tell me a long story", "and a second one", "draft finished"]
+
+
+def test_the_chat_says_while_the_system_is_down(tmp_path: Path) -> None:
+    service = start_agent_service(tmp_path / "svc", "--demo-tokens-per-s", "200")
+    edge = start_edge(service.address)
+    child = spawn("chat", "--edge-url", edge.url, "--state-dir", str(tmp_path / "state"))
+    try:
+        child.expect(r"session (s_\w+)")
+        expect_prompt(child)
+        child.sendline("hello")
+        child.expect(r"agent> You said: “hello”")
+        expect_prompt(child)
+        service.kill()
+        child.expect_exact("[the agent service is unavailable: waiting for it to come back]")
+        service = start_agent_service(
+            tmp_path / "svc", store_path=service.store_path, listen=service.address
+        )
+        child.expect_exact("[the agent service is back]")
+        port = edge.port
+        edge.stop()
+        child.expect(r"\[connection lost: reconnecting")
+        edge = start_edge(service.address, listen=f"127.0.0.1:{port}")
+        child.expect_exact("[connected again]")
+        expect_prompt(child)
+        child.sendline("still there?")
+        child.expect(r"agent> You said: “still there\?”")
+        child.expect(r"\n")  # the reply's end
+        expect_prompt(child)
+        child.sendeof()
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+        edge.stop()
+        service.stop()

@@ -14,6 +14,7 @@ from agent_relay_client.events import (
     RunCompleted,
     RunStarted,
     ToolExecution,
+    UpstreamChanged,
 )
 from agent_relay_client.render import Renderer
 from agent_relay_client.resilient import EventApplied, HistoryLoaded
@@ -145,6 +146,77 @@ def test_history_is_shown_and_a_streaming_reply_stays_open() -> None:
         "agent> It is 3.\n"
         "you> more\n"
         "agent> Streaming"
+    )
+
+
+def test_history_prints_in_live_order_with_its_marks() -> None:
+    screen = io.StringIO()
+    conv, renderer = Conversation(S), Renderer(screen, S)
+    call = (("c", "long_task", '{"seconds": 2}'),)
+    conv.receive_history(
+        [
+            HistoryMessage(message_id="u", role="user", text="go", status="complete"),
+            HistoryMessage(
+                message_id="r1.0",
+                role="assistant",
+                text="Calling long_task.",
+                status="complete",
+                run_id="r1",
+                tool_calls=call,
+            ),
+            HistoryMessage(
+                message_id="t",
+                role="tool",
+                text="cancelled (requested)",
+                status="failed",
+                call_id="c",
+            ),
+            HistoryMessage(
+                message_id="r1.1", role="assistant", text="Done.", status="complete", run_id="r1"
+            ),
+            HistoryMessage(message_id="u2", role="user", text="stop at once", status="complete"),
+            HistoryMessage(
+                message_id="r2.0", role="assistant", text="", status="cancelled", run_id="r2"
+            ),
+            HistoryMessage(message_id="u3", role="user", text="and now", status="complete"),
+            HistoryMessage(
+                message_id="r3.0", role="assistant", text="Half", status="interrupted", run_id="r3"
+            ),
+        ],
+        as_of_seq=30,
+    )
+    renderer.show_history(conv)
+    assert screen.getvalue() == (
+        "you> go\n"
+        "agent> Calling long_task.\n"
+        "  [tool long_task(seconds=2)]\n"
+        "  [failed: cancelled (requested)]\n"
+        "agent> Done.\n"
+        "you> stop at once\n"
+        "agent> [cancelled]\n"
+        "you> and now\n"
+        "agent> Half [interrupted]\n"
+    )
+
+
+def test_the_agent_services_state_is_told_between_the_lines_of_a_reply() -> None:
+    screen = io.StringIO()
+    conv, renderer = Conversation(S), Renderer(screen, S)
+    feed(
+        renderer,
+        conv,
+        RunStarted(session_id=S, seq=1, run_id="r"),
+        ResponseDelta(session_id=S, seq=2, run_id="r", text="Before "),
+    )
+    renderer.receive(UpstreamChanged(session_id=S, state="unavailable"))
+    renderer.receive(UpstreamChanged(session_id="other", state="unavailable"))
+    renderer.receive(UpstreamChanged(session_id=S, state="available"))
+    feed(renderer, conv, ResponseDelta(session_id=S, seq=3, run_id="r", text="after."))
+    assert screen.getvalue() == (
+        "agent> Before \n"
+        "[the agent service is unavailable: waiting for it to come back]\n"
+        "[the agent service is back]\n"
+        "agent> after."
     )
 
 

@@ -264,7 +264,7 @@ def test_new_conversation_and_back_to_an_earlier_one(page: Page, edge: Edge) -> 
     items = nav.get_by_role("listitem")
     expect(items).to_have_count(2)
     expect(items.first).to_contain_text("Second conversation here")  # newest first
-    nav.get_by_role("button", name=re.compile("First conversation here")).click()
+    nav.get_by_role("button", name=re.compile("^First conversation here")).click()
     expect(page.get_by_test_id("user-message")).to_have_count(1)
     expect(page.get_by_test_id("user-message")).to_contain_text("First conversation here")
     assert assistant_text(page) == first_text

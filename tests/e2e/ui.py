@@ -8,6 +8,7 @@ from pathlib import Path
 from playwright.sync_api import Locator, Page, expect
 
 from tests.support.edge import EdgeProcess, start_edge
+from tests.support.service import ServiceProcess, start_agent_service
 from tests.support.timing import scaled
 
 REPO = Path(__file__).resolve().parents[2]
@@ -40,6 +41,37 @@ class Edge:
     def start(self) -> None:
         assert self.proc is None, "already running"
         self.proc = start_edge(self.upstream, *self.args, listen=f"127.0.0.1:{self.port}")
+
+
+class Service:
+    """The agent service, restartable on the same port and store."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.proc: ServiceProcess | None = start_agent_service(tmp_path, *SERVICE_ARGS)
+        self.address = self.proc.address
+        self.store_path = self.proc.store_path
+
+    def kill(self) -> None:
+        """SIGKILL: no drain, no goodbye (a crash)."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc = None
+
+    def start(self) -> None:
+        assert self.proc is None, "already running"
+        self.proc = start_agent_service(
+            self.tmp_path, *SERVICE_ARGS, store_path=self.store_path, listen=self.address
+        )
+
+    def kill_and_restart(self) -> None:
+        self.kill()
+        self.start()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop()
+            self.proc = None
 
 
 WAIT_MS = scaled(30_000)
@@ -104,6 +136,34 @@ def role_of(message: dict) -> str:
 def stored_assistant_text(page: Page) -> str:
     messages = [m for m in history(page)["messages"] if role_of(m) == "assistant"]
     return normalise(messages[-1].get("text", "")) if messages else ""
+
+
+def forget_saved_conversation(page: Page) -> None:
+    """Drop this browser's copy of the open conversation: the next load rebuilds it from
+    the server's history (as a second browser of the same user would)."""
+    page.evaluate(
+        """() => {
+            const sid = location.hash.replace(/^#\\/?s\\//, '');
+            localStorage.removeItem('agent-relay:conversation:' + sid);
+        }"""
+    )
+
+
+def wait_for_offline_shell(page: Page) -> None:
+    """Wait until the service worker controls the page and holds the built files."""
+    page.wait_for_function(
+        """async () => {
+            if (!navigator.serviceWorker.controller) return false;
+            const keys = await caches.keys();
+            for (const k of keys) {
+                if (!k.startsWith('agent-relay-shell-')) continue;
+                const cache = await caches.open(k);
+                if ((await cache.keys()).length >= 4) return true;
+            }
+            return false;
+        }""",
+        timeout=WAIT_MS,
+    )
 
 
 def screenshot(page: Page, name: str) -> None:

@@ -10,9 +10,13 @@
 
 In `chat`: type a message and press Enter; the reply streams in. Ctrl-C during a
 reply cancels it; a second Ctrl-C quits. Ctrl-C or Ctrl-D at the prompt quits.
-Dropped connections are re-established and the reply resumes where it was, without
-a word lost or repeated. Tokens for sessions made through the edge, and messages
-not yet delivered, are kept under --state-dir so a session can be reopened.
+What is typed while a reply streams is not echoed into it: a finished line is sent
+after the reply, a started one waits in the line editor. Dropped connections are
+re-established and the reply resumes where it was, without a word lost or
+repeated; an outage that lasts says so ([reconnecting ...], and in the prompt's
+toolbar), as does the agent service going away behind the edge. Tokens for
+sessions made through the edge, and messages not yet delivered, are kept under
+--state-dir so a session can be reopened.
 """
 
 from __future__ import annotations
@@ -28,11 +32,13 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import TextIO, cast
+
+from prompt_toolkit.patch_stdout import patch_stdout
 
 from agent_relay_client import errors
 from agent_relay_client.connection import State
-from agent_relay_client.events import MessageAccepted, RunCompleted
+from agent_relay_client.events import MessageAccepted, RunCompleted, UpstreamChanged
 from agent_relay_client.grpc import AgentClient
 from agent_relay_client.outbox import Outbox
 from agent_relay_client.render import USER, Renderer
@@ -45,10 +51,14 @@ from agent_relay_client.resilient import (
     StateChanged,
     Update,
 )
+from agent_relay_client.terminal import ScreenOut, TerminalInput
 from agent_relay_client.ws import EdgeClient, http_url
 
 DEFAULT_EDGE = "http://127.0.0.1:8080"
 DEFAULT_GRPC = "127.0.0.1:50051"
+# A connection back within this long was a blip the user need not hear of (the reply
+# resumes without a word lost); past it, the chat says it is reconnecting.
+DOWN_NOTE_AFTER_S = 2.0
 
 
 def _default_state_dir() -> Path:
@@ -212,15 +222,16 @@ async def history_command(args: argparse.Namespace, out: TextIO) -> int:
     if args.json:
         out.write(json.dumps([m.__dict__ for m in history.messages], indent=2) + "\n")
         return 0
+    # In the order it happened: a reply's text, then the calls it made, then their results.
     for m in history.messages:
         if m.role == "tool":
-            out.write(f"  [result: {m.text}]\n")
+            out.write(f"  [{'failed' if m.status == 'failed' else 'result'}: {m.text}]\n")
             continue
+        status = "" if m.status == "complete" else f" [{m.status}]"
+        if m.text or m.role == "user" or (status and not m.tool_calls):
+            out.write(f"{m.role}> {m.text}{status}\n".replace(">  [", "> ["))
         for call_id, name, arguments in m.tool_calls:
             out.write(f"  [tool {name} {arguments} ({call_id})]\n")
-        if m.text or m.role == "user":
-            status = "" if m.status == "complete" else f" [{m.status}]"
-            out.write(f"{m.role}> {m.text}{status}\n")
     return 0
 
 
@@ -289,10 +300,48 @@ class ChatSession:
         self.run_id = ""
         self.run_done = asyncio.Event()
         self.gave_up: StateChanged | None = None
+        self.terminal: TerminalInput | None = None  # the line editor, on a terminal
+        self.down: StateChanged | None = None  # reconnecting since, and why
+        self.down_told = False
+        self._down_timer: asyncio.TimerHandle | None = None
+        self.upstream_down = False
+
+    def status(self) -> str:
+        """The connection's state in words, when it is not fine ("" when it is)."""
+        if self.down is not None:
+            return f"reconnecting ({self.down.reason or self.down.code})"
+        if self.upstream_down:
+            return "the agent service is unavailable"
+        return ""
+
+    def _state_changed(self, update: StateChanged) -> None:
+        if update.state is State.RECONNECTING and self.down is None:
+            self.down = update
+            self._down_timer = asyncio.get_running_loop().call_later(
+                DOWN_NOTE_AFTER_S, self._tell_down
+            )
+        elif update.state is State.CONNECTED:
+            self.upstream_down = False  # a fresh join: the edge says so again if it is not
+        if update.state is State.CONNECTED and self.down is not None:
+            self.down = None
+            if self._down_timer is not None:
+                self._down_timer.cancel()
+            if self.down_told:
+                self.renderer.note("[connected again]")
+            self.down_told = False
+
+    def _tell_down(self) -> None:
+        if self.down is not None:
+            self.down_told = True
+            self.renderer.note(f"[connection lost: {self.status()}]")
 
     def on_update(self, update: Update) -> None:
         """Render an update and follow the run of the message typed last."""
         self.renderer.receive(update)
+        if isinstance(update, StateChanged):
+            self._state_changed(update)
+        elif isinstance(update, UpstreamChanged) and update.session_id == self.session_id:
+            self.upstream_down = update.state != "available"
         if isinstance(update, MessageSent) and update.accepted.message_id == self.waiting_for:
             self.run_id = update.accepted.run_id
         elif isinstance(update, EventApplied):
@@ -327,8 +376,6 @@ class ChatSession:
                 return await self._finish(pump, 0)
         try:
             while True:
-                self.out.write(USER)
-                self.out.flush()
                 line = await self._next_line()
                 if line is None or line.strip() in ("/quit", "/exit"):
                     self.out.write("\n")
@@ -352,6 +399,10 @@ class ChatSession:
 
     async def _next_line(self) -> str | None:
         """The next typed line; None for Ctrl-D or Ctrl-C at the prompt."""
+        if self.terminal is not None:
+            return await self.terminal.read_line(USER)
+        self.out.write(USER)
+        self.out.flush()
         line_task = asyncio.ensure_future(self.inputs.get())
         interrupt = asyncio.ensure_future(self.interrupts.get())
         done, _ = await asyncio.wait({line_task, interrupt}, return_when="FIRST_COMPLETED")
@@ -362,7 +413,14 @@ class ChatSession:
         return line_task.result() if line_task in done else None
 
     async def _wait_for_run(self) -> str:
-        """Wait for the awaited run's end; Ctrl-C cancels it, a second Ctrl-C quits."""
+        """Wait for the awaited run's end; Ctrl-C cancels it, a second Ctrl-C quits. Keys
+        typed meanwhile are kept for the prompt, never echoed into the reply."""
+        if self.terminal is None:
+            return await self._wait_for_run_end()
+        with self.terminal.typing_ahead(lambda: self.interrupts.put_nowait(None)):
+            return await self._wait_for_run_end()
+
+    async def _wait_for_run_end(self) -> str:
         self.run_done.clear()
         interrupts = 0
         while not self.run_done.is_set():
@@ -420,17 +478,36 @@ def _read_lines(
 
 
 async def chat_command(args: argparse.Namespace, out: TextIO) -> int:
-    """Run the terminal chat."""
+    """Run the terminal chat: with the line editor on a terminal, reading lines otherwise."""
     client, session_id, agent = await _open_backend(args)
-    chat = ChatSession(client, session_id, out, busy_policy=args.busy_policy or "")
+    try:
+        if sys.stdin.isatty() and out.isatty():
+            terminal = sys.stdout
+            with patch_stdout(raw=True):
+                screen = ScreenOut(sys.stdout, terminal)
+                chat = ChatSession(
+                    client, session_id, cast(TextIO, screen), busy_policy=args.busy_policy or ""
+                )
+                chat.terminal = TerminalInput(screen, chat.status)
+                return await _chat(client, chat)
+        chat = ChatSession(client, session_id, out, busy_policy=args.busy_policy or "")
+        loop = asyncio.get_running_loop()
+        threading.Thread(
+            target=_read_lines, args=(loop, chat.inputs, sys.stdin), daemon=True
+        ).start()
+        return await _chat(client, chat)
+    finally:
+        await client.close()
+        if agent is not None:
+            await agent.close()
+
+
+async def _chat(client: ResilientChat, chat: ChatSession) -> int:
     loop = asyncio.get_running_loop()
+    # Without the line editor (or between its phases) Ctrl-C arrives as a signal.
     loop.add_signal_handler(signal.SIGINT, chat.interrupts.put_nowait, None)
-    threading.Thread(target=_read_lines, args=(loop, chat.inputs, sys.stdin), daemon=True).start()
     try:
         await client.start()
         return await chat.run()
     finally:
         loop.remove_signal_handler(signal.SIGINT)
-        await client.close()
-        if agent is not None:
-            await agent.close()

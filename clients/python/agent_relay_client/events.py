@@ -164,7 +164,15 @@ class Pong(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="pon
     ts: int = 0
 
 
-ServerFrame = Welcome | Ack | ErrorReply | Pong | SessionEvent
+class UpstreamChanged(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="upstream"):
+    """The agent service behind a joined session went away (`unavailable`; the edge
+    retries and resumes on its own) or is back (`available`)."""
+
+    session_id: str = ""
+    state: str = ""
+
+
+ServerFrame = Welcome | Ack | ErrorReply | Pong | UpstreamChanged | SessionEvent
 
 # strict=False: proto's JSON mapping writes 64-bit integers as strings; accept both.
 _decoder: msgspec.json.Decoder[ServerFrame] = msgspec.json.Decoder(ServerFrame, strict=False)

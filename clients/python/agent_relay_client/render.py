@@ -19,6 +19,7 @@ from agent_relay_client.events import (
     RunError,
     RunStarted,
     ToolExecution,
+    UpstreamChanged,
 )
 from agent_relay_client.resilient import (
     ClientError,
@@ -84,7 +85,10 @@ class Renderer:
     # ----- the whole conversation (on open) -----------------------------------------------------
 
     def show_history(self, conv: Conversation) -> None:
-        """Print a conversation's messages; a reply still streaming is left open to continue."""
+        """Print a conversation's messages as they were shown live: a reply's text, then
+        the tool calls it made and their results, then its next text; a reply that ended
+        early keeps its mark ([cancelled], [failed], [interrupted]), even with no text. A
+        reply still streaming is left open to continue."""
         for item in conv.messages:
             self._show_item(item, conv)
 
@@ -92,20 +96,27 @@ class Renderer:
         if item.role == "user":
             self.line(f"{USER}{item.text}")
         elif item.role == "assistant":
-            for call_id in item.tool_calls:
-                view = conv.tool_calls.get(call_id)
-                if view is not None:
-                    self.line(f"  [tool {view.tool_name}({_arguments(view.arguments_json)})]")
-            if item.text or item.status == "streaming":
+            ended_early = item.status in ("cancelled", "failed", "interrupted")
+            if item.text or item.status == "streaming" or (ended_early and not item.tool_calls):
                 if not self._at_line_start:
                     self._write("\n")
                 self._write(ASSISTANT + item.text)
                 if item.status == "streaming":
                     self._printing_run, self._printed = item.run_id, item.text
-                else:
+                    self._need_prefix = bool(item.tool_calls)
+                elif item.text:
                     self._end_note(item.status)
+                else:
+                    self._write(f"[{item.status}]\n")
+            for call_id in item.tool_calls:
+                view = conv.tool_calls.get(call_id)
+                if view is not None:
+                    self.line(f"  [tool {view.tool_name}({_arguments(view.arguments_json)})]")
+            if ended_early and item.tool_calls:
+                self.line(f"  [{item.status}]")
         elif item.role == "tool":
-            self.line(f"  [result: {_short(item.text)}]")
+            label = "failed" if item.status == "failed" else "result"
+            self.line(f"  [{label}: {_short(item.text)}]")
 
     def _end_note(self, status: str, detail: str = "") -> None:
         notes = {"cancelled": "[cancelled]", "failed": "[failed]", "interrupted": "[interrupted]"}
@@ -128,6 +139,19 @@ class Renderer:
             self.line(f"[message not sent: {update.error}]")
         elif isinstance(update, ClientError):
             self.line(f"[error: {update.error}]")
+        elif isinstance(update, UpstreamChanged) and update.session_id == self.session_id:
+            self.note(
+                "[the agent service is back]"
+                if update.state == "available"
+                else "[the agent service is unavailable: waiting for it to come back]"
+            )
+
+    def note(self, text: str) -> None:
+        """A line about the connection, between the reply's lines: the reply's next text
+        starts a fresh "agent>" line."""
+        self.line(text)
+        if self._printing_run:
+            self._need_prefix = True
 
     def _event(self, update: EventApplied) -> None:
         event = update.event

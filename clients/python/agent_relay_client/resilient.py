@@ -35,7 +35,7 @@ from agent_relay_client.errors import (
     RequestError,
     TransportError,
 )
-from agent_relay_client.events import SessionEvent
+from agent_relay_client.events import SessionEvent, UpstreamChanged
 from agent_relay_client.outbox import Outbox, OutboxEntry
 from agent_relay_client.session_core import Command, Join, Leave, LoadHistory, Send, SessionCore
 
@@ -84,8 +84,9 @@ class Link(Protocol):
         """Cancel one tool call; True when it was running."""
         ...
 
-    async def next_event(self) -> SessionEvent:
-        """The next session event. Raises TransportError (with `.code`) when the link drops."""
+    async def next_event(self) -> SessionEvent | UpstreamChanged:
+        """The next session event, or the edge's notice about the agent service behind it.
+        Raises TransportError (with `.code`) when the link drops."""
         ...
 
     async def close(self) -> None:
@@ -145,7 +146,15 @@ class ClientError:
     session_id: str = ""
 
 
-Update = StateChanged | EventApplied | MessageSent | MessageRejected | HistoryLoaded | ClientError
+Update = (
+    StateChanged
+    | EventApplied
+    | MessageSent
+    | MessageRejected
+    | HistoryLoaded
+    | ClientError
+    | UpstreamChanged
+)
 
 Connect = Callable[[], Awaitable[Link]]
 LoadHistoryFn = Callable[[str], Awaitable[History]]
@@ -392,6 +401,9 @@ class ResilientChat:
                     event = await link.next_event()
                 except ProtocolError as exc:  # one unreadable frame; the link goes on
                     self._publish(ClientError(exc))
+                    continue
+                if isinstance(event, UpstreamChanged):
+                    self._publish(event)  # the edge's word on the agent service: show it
                     continue
                 self._on_event(link, event)
         except ConnectionClosed as exc:

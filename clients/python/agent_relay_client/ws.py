@@ -46,6 +46,7 @@ from agent_relay_client.events import (
     ErrorReply,
     Pong,
     SessionEvent,
+    UpstreamChanged,
     Welcome,
     decode_frame,
 )
@@ -97,7 +98,9 @@ class EdgeLink:
         self._reply_timeout_s = reply_timeout_s
         self._ids = itertools.count(1)
         self._pending: dict[str, asyncio.Future[Ack | Pong]] = {}
-        self._events: asyncio.Queue[SessionEvent | errors.AgentRelayError] = asyncio.Queue()
+        self._events: asyncio.Queue[SessionEvent | UpstreamChanged | errors.AgentRelayError] = (
+            asyncio.Queue()
+        )
         self._failure: errors.TransportError | None = None
         self.last_frame_at = time.monotonic()
         self.auth_ack: Ack | None = None
@@ -210,7 +213,9 @@ class EdgeLink:
                 retryable=frame.retryable,
                 retry_after_ms=frame.retry_after_ms,
             )
-            if not self._resolve(frame.ref, error):
+            if not self._resolve(frame.ref, error) and not (
+                frame.code == "upstream_unavailable" and not frame.ref
+            ):  # (that notice comes with an `upstream` frame, shown as an UpstreamChanged)
                 self._events.put_nowait(error)  # an error for no command: show it
         elif isinstance(frame, Welcome):
             pass  # a second welcome carries nothing new
@@ -326,8 +331,9 @@ class EdgeLink:
         await asyncio.wait_for(future, self._reply_timeout_s)
         return time.perf_counter() - started
 
-    async def next_event(self) -> SessionEvent:
-        """The next session event; raises TransportError once the socket is gone."""
+    async def next_event(self) -> SessionEvent | UpstreamChanged:
+        """The next session event or upstream notice; raises TransportError once the socket
+        is gone."""
         item = await self._events.get()
         if isinstance(item, errors.TransportError):
             self._events.put_nowait(item)

@@ -215,6 +215,28 @@ def test_upstream_loss_tells_the_sockets_and_restoration_resumes_at_the_last_seq
     assert [(f["from_seq"], f["seq"]) for f in frames_for(effects, "a")] == [(3, 3)]
 
 
+def test_sockets_hear_the_upstream_go_and_come_back_in_upstream_frames():
+    room = live_room("a")
+    lost = room.receive_upstream_lost(now=2.0)
+    assert [f for f in frames_for(lost, "a") if f["type"] == "upstream"] == [
+        {"type": "upstream", "session_id": S, "state": "unavailable"}
+    ]
+    joined_meanwhile = room.join("b", "jb", 0, STREAM, now=2.5)
+    assert [f["state"] for f in frames_for(joined_meanwhile, "b") if f["type"] == "upstream"] == [
+        "unavailable"
+    ]
+    room.receive_upstream_restored(now=3.0)
+    back = room.receive_joined(0, now=3.1)
+    for socket_id in ("a", "b"):
+        assert [f for f in frames_for(back, socket_id) if f["type"] == "upstream"] == [
+            {"type": "upstream", "session_id": S, "state": "available"}
+        ]
+    # A first subscription is no recovery: nothing to announce.
+    fresh = make_room()
+    fresh.join("c", "jc", 0, STREAM, now=5.0)
+    assert frames_for(fresh.receive_joined(0, now=5.1), "c") == []
+
+
 def test_a_failed_upstream_join_refuses_the_waiting_sockets_and_closes_a_new_room():
     room = make_room()
     room.join("a", "j1", 0, STREAM, now=0.0)

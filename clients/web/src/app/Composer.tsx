@@ -1,11 +1,32 @@
-import { type FormEvent, type KeyboardEvent, forwardRef, useState } from "react";
+import { type FormEvent, type KeyboardEvent, forwardRef, useEffect, useRef, useState } from "react";
+
+/** Text to put in the box (to edit and resend a message); a new `nonce` puts it again. */
+export interface Draft {
+  text: string;
+  nonce: number;
+}
 
 /** The message box: Enter sends, Shift+Enter breaks a line; Stop replaces nothing, it sits beside Send. */
 export const Composer = forwardRef<
   HTMLTextAreaElement,
-  { onSend: (text: string) => void; onStop: () => void; running: boolean; disabled: boolean }
->(function Composer({ onSend, onStop, running, disabled }, ref) {
+  { onSend: (text: string) => void; onStop: () => void; running: boolean; disabled: boolean; draft?: Draft | undefined }
+>(function Composer({ onSend, onStop, running, disabled, draft }, ref) {
   const [text, setText] = useState("");
+  const box = useRef<HTMLTextAreaElement | null>(null);
+  useEffect(() => {
+    if (!draft) return;
+    setText(draft.text);
+    const el = box.current;
+    if (el) {
+      el.focus();
+      el.setSelectionRange(draft.text.length, draft.text.length);
+    }
+  }, [draft]);
+  const setRefs = (el: HTMLTextAreaElement | null): void => {
+    box.current = el;
+    if (typeof ref === "function") ref(el);
+    else if (ref) ref.current = el;
+  };
 
   const submit = (): void => {
     if (!text.trim() || disabled) return;
@@ -31,7 +52,7 @@ export const Composer = forwardRef<
       </label>
       <textarea
         id="composer-input"
-        ref={ref}
+        ref={setRefs}
         value={text}
         rows={1}
         placeholder="Message the agent…"

@@ -23,7 +23,8 @@ function describe(connection: ConnectionInfo, now: number): { words: string; cou
     case "connecting":
       return { words: connection.attempt > 0 ? `Reconnecting (attempt ${connection.attempt + 1})…` : "Connecting…" };
     case "connected":
-      return { words: "Connected" };
+      // The socket is up, but the edge says the agent service behind it is not.
+      return { words: connection.upstream === "unavailable" ? "Agent service unavailable" : "Connected" };
     case "reconnecting":
       if (!connection.online) return { words: "Offline: waiting for the network" };
       if (connection.retryAt !== undefined) {
@@ -49,7 +50,11 @@ export function ConnectionBadge({
   const text = describe(connection, now);
   const canRetry = (connection.state === "reconnecting" && connection.online) || connection.state === "disconnected";
   return (
-    <div className="badge" data-state={connection.state} data-testid="connection-badge">
+    <div
+      className="badge"
+      data-state={connection.state === "connected" && connection.upstream === "unavailable" ? "degraded" : connection.state}
+      data-testid="connection-badge"
+    >
       <span className="badge-dot" aria-hidden="true" />
       <span className="badge-text">
         <span role="status" aria-live="polite">

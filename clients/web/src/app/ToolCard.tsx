@@ -1,7 +1,5 @@
 import { memo } from "react";
-import type { ToolExecution } from "../lib/conversation";
-
-const RUNNING = new Set(["started", "progress", "output"]);
+import { RUNNING_TOOL_STATES, type ToolExecution } from "../lib/conversation";
 
 const STATUS_TEXT: Record<string, string> = {
   started: "running",
@@ -10,7 +8,19 @@ const STATUS_TEXT: Record<string, string> = {
   completed: "completed",
   failed: "failed",
   cancelled: "cancelled",
+  interrupted: "interrupted",
 };
+
+/** Below this a duration says nothing a person could notice ("in 0.0s"): it is left out. */
+const NOTICEABLE_MS = 100;
+
+/** "in 1.4s", "in 2m 05s", or nothing for an instant call or an unknown duration. */
+export function durationText(durationMs: number | undefined): string {
+  if (durationMs === undefined || durationMs < NOTICEABLE_MS) return "";
+  if (durationMs < 60_000) return ` in ${(durationMs / 1000).toFixed(1)}s`;
+  const seconds = Math.round(durationMs / 1000);
+  return ` in ${Math.floor(seconds / 60)}m ${String(seconds % 60).padStart(2, "0")}s`;
+}
 
 function prettyArguments(json: string | undefined): string {
   if (!json) return "{}";
@@ -25,11 +35,14 @@ function prettyArguments(json: string | undefined): string {
 export const ToolCard = memo(function ToolCard({
   tool,
   onCancel,
+  serviceDown = false,
 }: {
   tool: ToolExecution;
   onCancel: (callId: string) => void;
+  /** The agent service is unavailable: a cancel could not reach the call, so none is offered. */
+  serviceDown?: boolean;
 }) {
-  const running = RUNNING.has(tool.status);
+  const running = RUNNING_TOOL_STATES.has(tool.status);
   const percent = Math.round((tool.fraction ?? 0) * 100);
   const status = STATUS_TEXT[tool.status] ?? tool.status;
   return (
@@ -38,9 +51,9 @@ export const ToolCard = memo(function ToolCard({
         <span className="tool-name">{tool.toolName || "tool"}</span>
         <span className="tool-status" data-testid="tool-status">
           {status}
-          {tool.durationMs !== undefined && !running ? ` in ${(tool.durationMs / 1000).toFixed(1)}s` : ""}
+          {running ? "" : durationText(tool.durationMs)}
         </span>
-        {running && (
+        {running && !serviceDown && (
           <button type="button" className="small-button" onClick={() => onCancel(tool.callId)} aria-label={`Cancel ${tool.toolName}`}>
             Cancel
           </button>
@@ -50,7 +63,9 @@ export const ToolCard = memo(function ToolCard({
         <summary>Arguments</summary>
         <pre>{prettyArguments(tool.argumentsJson)}</pre>
       </details>
-      {(tool.fraction !== undefined || running) && (
+      {/* A bar says how far a call got: while it runs, or where a call that reported
+          progress stopped. A finished call's full bar is noise. */}
+      {(running || (tool.status !== "completed" && tool.fraction !== undefined)) && (
         <div className="progress-row">
           <div
             className="progress"
@@ -84,6 +99,9 @@ export const ToolCard = memo(function ToolCard({
         </p>
       )}
       {tool.status === "cancelled" && tool.reason && <p className="tool-note">Cancelled ({tool.reason.replace("_", " ")})</p>}
+      {tool.status === "interrupted" && (
+        <p className="tool-note">Interrupted: the run ended before this call did, so it has no result.</p>
+      )}
     </section>
   );
 });

@@ -1,10 +1,13 @@
-import { act, cleanup, fireEvent, render, screen } from "@testing-library/react";
+import { act, cleanup, fireEvent, render, renderHook, screen } from "@testing-library/react";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import type { ToolExecution } from "../lib/conversation";
 import { Composer } from "./Composer";
 import { ConnectionBadge } from "./ConnectionBadge";
 import { Markdown } from "./Markdown";
-import { ToolCard } from "./ToolCard";
+import { MessageView } from "./MessageView";
+import { ToolCard, durationText } from "./ToolCard";
+import { mergeSessions } from "./conversationList";
+import { PROBE_MAX_MS, probeDelayMs, useReconnectProbe } from "./reconnectProbe";
 
 afterEach(cleanup);
 
@@ -51,6 +54,82 @@ describe("ToolCard", () => {
     render(<ToolCard tool={{ ...running, status: "failed", errorCode: "timeout", errorMessage: "took too long" }} onCancel={() => {}} />);
     expect(screen.queryByRole("button", { name: /Cancel/ })).toBeNull();
     expect(screen.getByRole("alert").textContent).toBe("timeout: took too long");
+  });
+});
+
+describe("ToolCard: the truth, and no noise", () => {
+  it("shows an interrupted call as interrupted, with no Cancel and no bar it cannot move", () => {
+    render(<ToolCard tool={{ callId: "c", toolName: "long_task", status: "interrupted", output: "" }} onCancel={() => {}} />);
+    expect(screen.getByTestId("tool-status").textContent).toBe("interrupted");
+    expect(screen.queryByRole("button", { name: /Cancel/ })).toBeNull();
+    expect(screen.queryByRole("progressbar")).toBeNull();
+    expect(screen.getByText(/the run ended before this call did/)).toBeTruthy();
+  });
+
+  it("says nothing of time or progress for an instant call, and the time of a slow one", () => {
+    const { rerender } = render(
+      <ToolCard tool={{ callId: "c", toolName: "calculator", status: "completed", fraction: 1, durationMs: 0.4, output: "", result: "14" }} onCancel={() => {}} />,
+    );
+    expect(screen.getByTestId("tool-status").textContent).toBe("completed");
+    expect(screen.queryByRole("progressbar")).toBeNull();
+    rerender(<ToolCard tool={{ callId: "c", toolName: "long_task", status: "completed", fraction: 1, durationMs: 2_340, output: "" }} onCancel={() => {}} />);
+    expect(screen.getByTestId("tool-status").textContent).toBe("completed in 2.3s");
+    expect(durationText(undefined)).toBe("");
+    expect(durationText(99)).toBe("");
+    expect(durationText(125_000)).toBe(" in 2m 05s");
+  });
+});
+
+describe("MessageView", () => {
+  const reply = { id: "a", role: "assistant" as const, text: "Part of", parts: [{ kind: "text" as const, text: "Part of" }], createdMs: 0 };
+
+  it("pauses the typing dots while the agent service is down", () => {
+    render(<MessageView message={{ ...reply, state: "streaming" }} tools={{}} onRetry={() => {}} onCancelTool={() => {}} serviceDown />);
+    expect(screen.queryByTestId("typing-indicator")).toBeNull();
+    expect(screen.getByTestId("reply-paused")).toBeTruthy();
+  });
+
+  it("says an interrupted reply was interrupted and offers to retry it", () => {
+    const onRetryReply = vi.fn();
+    render(
+      <MessageView
+        message={{ ...reply, state: "interrupted", error: "The service stopped during this reply." }}
+        tools={{}}
+        onRetry={() => {}}
+        onCancelTool={() => {}}
+        onRetryReply={onRetryReply}
+      />,
+    );
+    expect(screen.getByRole("alert").textContent).toBe("Interrupted: The service stopped during this reply.");
+    fireEvent.click(screen.getByRole("button", { name: "Retry" }));
+    expect(onRetryReply).toHaveBeenCalled();
+  });
+});
+
+describe("the conversation list", () => {
+  it("adds the server's sessions this browser lacks, keeps local names, leaves out removed ones", () => {
+    const merged = mergeSessions(
+      [
+        { sessionId: "a", title: "renamed here", createdMs: 10 },
+        { sessionId: "b", title: "", createdMs: 20 },
+      ],
+      [
+        { session_id: "a", title: "server title", created_unix_ms: "10" },
+        { session_id: "b", title: "from server", created_unix_ms: 20 },
+        { session_id: "c", title: "other browser", created_unix_ms: 30 },
+        { session_id: "d", title: "removed", created_unix_ms: 40 },
+      ],
+      new Set(["d"]),
+    );
+    expect(merged.map((s) => [s.sessionId, s.title])).toEqual([
+      ["c", "other browser"],
+      ["b", "from server"],
+      ["a", "renamed here"],
+    ]);
+  });
+
+  it("probes at a capped interval", () => {
+    expect([0, 1, 2, 3, 9].map(probeDelayMs)).toEqual([1_000, 2_000, 4_000, PROBE_MAX_MS, PROBE_MAX_MS]);
   });
 });
 
@@ -105,5 +184,44 @@ describe("ConnectionBadge", () => {
     render(<ConnectionBadge connection={{ state: "reconnecting", attempt: 1, online: false }} onRetryNow={() => {}} />);
     expect(screen.getByRole("status").textContent).toBe("Offline: waiting for the network");
     expect(screen.queryByRole("button")).toBeNull();
+  });
+});
+
+describe("ConnectionBadge and the agent service", () => {
+  it("does not say Connected while the edge reports the agent service down", () => {
+    render(<ConnectionBadge connection={{ state: "connected", attempt: 0, online: true, upstream: "unavailable" }} onRetryNow={() => {}} />);
+    expect(screen.getByRole("status").textContent).toBe("Agent service unavailable");
+    expect(screen.getByTestId("connection-badge").dataset.state).toBe("degraded");
+  });
+});
+
+describe("useReconnectProbe", () => {
+  it("while waiting to reconnect, probes at once when the tab becomes visible, and on its timer", async () => {
+    vi.useFakeTimers();
+    try {
+      let up = false;
+      const ready = vi.fn(async () => up);
+      const reconnectNow = vi.fn();
+      const waiting = { state: "reconnecting" as const, attempt: 6, online: true, retryAt: Date.now() + 25_000 };
+      const { rerender } = renderHook(({ c }) => useReconnectProbe(c, reconnectNow, ready), {
+        initialProps: { c: waiting as import("../lib/service").ConnectionInfo },
+      });
+      await act(async () => vi.advanceTimersByTimeAsync(1_000));
+      expect(ready).toHaveBeenCalledTimes(1);
+      expect(reconnectNow).not.toHaveBeenCalled();
+      up = true;
+      await act(async () => {
+        document.dispatchEvent(new Event("visibilitychange"));
+        await vi.advanceTimersByTimeAsync(0);
+      });
+      expect(reconnectNow).toHaveBeenCalledTimes(1);
+      // Connected: no more probes.
+      rerender({ c: { state: "connected", attempt: 0, online: true } });
+      ready.mockClear();
+      await act(async () => vi.advanceTimersByTimeAsync(10_000));
+      expect(ready).not.toHaveBeenCalled();
+    } finally {
+      vi.useRealTimers();
+    }
   });
 });

@@ -44,7 +44,11 @@ export class HttpRelayApi implements RelayApi {
     const history = await this.call<History>(`/api/sessions/${encodeURIComponent(sessionId)}/messages`, {
       headers: { authorization: `Bearer ${token}` },
     });
-    return { messages: history.messages ?? [], as_of_seq: Number(history.as_of_seq) || 0 };
+    return {
+      messages: history.messages ?? [],
+      as_of_seq: Number(history.as_of_seq) || 0,
+      ...(history.active_run_id ? { active_run_id: history.active_run_id } : {}),
+    };
   }
 
   private async call<T>(path: string, init: RequestInit): Promise<T> {

@@ -35,6 +35,16 @@ export type MessageState =
   | "failed"
   | "interrupted";
 
+/**
+ * Where a tool call stands: the protocol's statuses, plus `interrupted` (the
+ * run ended, by a crash or a cancel, before the call reported an end; no
+ * event will ever finish it, so nothing may offer to cancel it).
+ */
+export type ToolState = ToolStatus | "interrupted";
+
+/** The states in which a tool call is still running (and may be cancelled). */
+export const RUNNING_TOOL_STATES: ReadonlySet<ToolState> = new Set(["started", "progress", "output"]);
+
 /** A piece of an assistant message: text, or a tool call shown in place. */
 export type MessagePart = { kind: "text"; text: string } | { kind: "tool"; callId: string };
 
@@ -60,7 +70,7 @@ export interface ToolExecution {
   toolName: string;
   runId?: string;
   argumentsJson?: string;
-  status: ToolStatus;
+  status: ToolState;
   /** 0 to 1 when the tool reported progress. */
   fraction?: number;
   note?: string;
@@ -263,6 +273,8 @@ function applyTool(c: Conversation, event: ToolExecutionEvent): Conversation {
       break;
     case "cancelled":
       if (event.reason !== undefined) tool.reason = event.reason;
+      // the service ended the call at its restart: it did not stop on request
+      if (event.reason === "interrupted") tool.status = "interrupted";
       break;
   }
   return { ...next, tools: { ...next.tools, [event.call_id]: tool } };
@@ -308,7 +320,25 @@ function complete(c: Conversation, event: CompleteEvent): Conversation {
     }
     return updated;
   });
-  return next.activeRunId === runId ? withoutActiveRun(next) : next;
+  const ended = endUnfinishedTools(next, runId, reason === "cancelled" ? "cancelled" : "interrupted");
+  return ended.activeRunId === runId ? withoutActiveRun(ended) : ended;
+}
+
+/**
+ * The run is over: a call of it that never reported its end never will. A
+ * cancelled run's calls were cancelled with it; any other end (a crash, an
+ * error) left them interrupted.
+ */
+function endUnfinishedTools(c: Conversation, runId: string, status: "cancelled" | "interrupted"): Conversation {
+  let tools: Record<string, ToolExecution> | undefined;
+  for (const tool of Object.values(c.tools)) {
+    if (tool.runId !== runId || !RUNNING_TOOL_STATES.has(tool.status)) continue;
+    tools ??= { ...c.tools };
+    const ended: ToolExecution = { ...tool, status };
+    if (status === "cancelled") ended.reason = ended.reason ?? "run_cancelled";
+    tools[tool.callId] = ended;
+  }
+  return tools ? { ...c, tools } : c;
 }
 
 function withoutActiveRun(c: Conversation): Conversation {
@@ -321,15 +351,24 @@ function withoutActiveRun(c: Conversation): Conversation {
  * Build a conversation from history (`GET /api/sessions/{id}/messages`).
  * Consecutive assistant and tool messages of one run fold into one assistant
  * message whose tool calls appear as cards between its text parts.
+ *
+ * A tool call's end is read from its result message (`toolFromResult`). A call
+ * with no result belongs either to the run still going (`history.active_run_id`,
+ * or a reply still streaming: its events follow after `as_of_seq`) or to a run
+ * that ended first: cancelled with it, or interrupted.
  */
 export function conversationFromHistory(sessionId: string, history: History): Conversation {
   let c: Conversation = { ...emptyConversation(sessionId), lastSeq: Number(history.as_of_seq) || 0 };
+  const runStatuses = new Map<string, Set<string>>();
   for (const raw of history.messages) {
     const role = normaliseEnum(raw.role, "role", ["unspecified", "user", "assistant", "tool"]);
     const status = normaliseEnum(raw.status, "message_status", [
       "unspecified", "complete", "streaming", "cancelled", "failed", "interrupted", "queued",
     ]);
     const createdMs = Number(raw.created_unix_ms ?? 0) || 0;
+    if (raw.run_id && role === "assistant") {
+      runStatuses.set(raw.run_id, (runStatuses.get(raw.run_id) ?? new Set()).add(status));
+    }
     if (role === "user") {
       c = upsertUserMessage(c, {
         id: raw.message_id, text: raw.text ?? "", runQueued: status === "queued", createdMs,
@@ -338,16 +377,54 @@ export function conversationFromHistory(sessionId: string, history: History): Co
     } else if (role === "assistant") {
       c = applyHistoryAssistant(c, raw, status, createdMs);
     } else if (role === "tool" && raw.call_id) {
-      const old = c.tools[raw.call_id];
-      const tool: ToolExecution = {
-        ...(old ?? { callId: raw.call_id, toolName: "", output: "" }),
-        status: "completed", result: raw.text ?? "", fraction: 1,
-      };
+      const old = c.tools[raw.call_id] ?? { callId: raw.call_id, toolName: "", output: "", status: "started" as const };
+      const tool = toolFromResult(old, raw.text ?? "", status);
+      if (raw.duration_ms && tool.status !== "interrupted") tool.durationMs = raw.duration_ms;
       c = { ...c, tools: { ...c.tools, [raw.call_id]: tool } };
     }
   }
   const streaming = [...c.messages].reverse().find((m) => m.role === "assistant" && m.state === "streaming");
-  return streaming?.runId ? { ...c, activeRunId: streaming.runId } : c;
+  const activeRunId = history.active_run_id || streaming?.runId;
+  const tools = { ...c.tools };
+  const cutShort = new Map<string, MessageState>();
+  for (const tool of Object.values(tools)) {
+    if (!RUNNING_TOOL_STATES.has(tool.status) || !tool.runId || tool.runId === activeRunId) continue;
+    const cancelled = runStatuses.get(tool.runId)?.has("cancelled") === true;
+    tools[tool.callId] = cancelled
+      ? { ...tool, status: "cancelled", reason: "run_cancelled" }
+      : { ...tool, status: "interrupted" };
+    cutShort.set(tool.runId, cancelled ? "cancelled" : "interrupted");
+  }
+  c = { ...c, tools };
+  // A run that ended while a call of it was running did not end well, whatever
+  // its last stored step says.
+  for (const [runId, state] of cutShort) {
+    c = updateAssistant(c, runId, (m) =>
+      m.state !== "complete" ? m : { ...m, state, ...(state === "interrupted" ? { error: INTERRUPTED } : {}) },
+    );
+  }
+  return activeRunId ? { ...c, activeRunId } : c;
+}
+
+/**
+ * A tool call as its stored result tells it. History keeps the result text the
+ * model read and the call's status: `complete`, `failed` (written as
+ * `error (CODE): MESSAGE`), `cancelled` (`cancelled (REASON)`, or a note that its
+ * run was cancelled first) or `interrupted` (the service stopped with the call in
+ * flight). The duration comes beside it (`duration_ms`), for calls that finished.
+ */
+export function toolFromResult(tool: ToolExecution, text: string, status: string): ToolExecution {
+  const base: ToolExecution = { ...tool };
+  delete base.fraction;
+  if (status === "interrupted") return { ...base, status: "interrupted" };
+  const cancelled = /^cancelled \(([^)]*)\)$/.exec(text);
+  if (status === "cancelled" || cancelled) {
+    return { ...base, status: "cancelled", reason: cancelled?.[1] ?? "run_cancelled" };
+  }
+  if (status !== "failed") return { ...base, status: "completed", result: text, fraction: 1 };
+  const failed = /^error \(([^)]*)\): ([\s\S]*)$/.exec(text);
+  if (failed) return { ...base, status: "failed", errorCode: failed[1] ?? "", errorMessage: failed[2] ?? "" };
+  return { ...base, status: "failed", errorMessage: text };
 }
 
 function applyHistoryAssistant(c: Conversation, raw: HistoryMessage, status: string, createdMs: number): Conversation {
@@ -359,7 +436,6 @@ function applyHistoryAssistant(c: Conversation, raw: HistoryMessage, status: str
   let next = c;
   if (findAssistantIndex(next, runId) < 0) {
     const message: ChatMessage = { id: raw.message_id, role: "assistant", text: "", parts: [], state, runId, createdMs };
-    if (status === "interrupted") message.error = INTERRUPTED;
     next = { ...next, messages: [...next.messages, message] };
   }
   const tools = { ...next.tools };
@@ -374,7 +450,10 @@ function applyHistoryAssistant(c: Conversation, raw: HistoryMessage, status: str
         ...(call.arguments_json !== undefined ? { argumentsJson: call.arguments_json } : {}),
       };
     }
-    return { ...m, parts, state, text: m.text + (raw.text ?? "") };
+    // A run ends with its last step: its state is the run's state so far.
+    const updated: ChatMessage = { ...m, parts, state, text: m.text + (raw.text ?? "") };
+    if (state === "interrupted") updated.error = INTERRUPTED;
+    return updated;
   });
   return { ...next, tools };
 }

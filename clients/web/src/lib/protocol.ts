@@ -156,7 +156,14 @@ export type SessionEvent =
   | RunErrorEvent
   | CompleteEvent;
 
-export type ServerFrame = WelcomeFrame | AckFrame | ErrorFrame | PongFrame | SessionEvent | GapEvent;
+/** The edge's word on the agent service behind a joined session (docs/protocol.md). */
+export interface UpstreamFrame {
+  type: "upstream";
+  session_id: string;
+  state: "available" | "unavailable";
+}
+
+export type ServerFrame = WelcomeFrame | AckFrame | ErrorFrame | PongFrame | SessionEvent | GapEvent | UpstreamFrame;
 
 const EVENT_TYPES: ReadonlySet<string> = new Set([
   "chat:accepted",
@@ -174,6 +181,7 @@ const FRAME_TYPES: ReadonlySet<string> = new Set([
   "error",
   "pong",
   "chat:gap",
+  "upstream",
 ]);
 
 /**
@@ -228,9 +236,13 @@ export interface HistoryMessage {
   run_id?: string;
   status?: string | number;
   created_unix_ms?: number | string;
+  /** For a tool message: how long the call took (0 or absent: unknown). */
+  duration_ms?: number;
 }
 
 export interface History {
   messages: HistoryMessage[];
   as_of_seq: number;
+  /** The run going on when history was read (empty or absent: none). */
+  active_run_id?: string;
 }

@@ -71,6 +71,20 @@ describe("connection states", () => {
     expect(states).toEqual(["connecting", "connected"]);
   });
 
+  it("reports the agent service's state as the edge tells it, while the socket stays connected", () => {
+    const { service, last } = setup();
+    service.connect(SID);
+    last().handshake();
+    expect(service.getSnapshot().connection).toMatchObject({ state: "connected", upstream: "available" });
+    last().push({ type: "error", code: "upstream_unavailable", session_id: SID, message: "gone", retryable: true });
+    last().push({ type: "upstream", session_id: SID, state: "unavailable" });
+    expect(service.getSnapshot().connection).toMatchObject({ state: "connected", upstream: "unavailable" });
+    last().push({ type: "upstream", session_id: "s_other", state: "available" });
+    expect(service.getSnapshot().connection.upstream).toBe("unavailable");
+    last().push({ type: "upstream", session_id: SID, state: "available" });
+    expect(service.getSnapshot().connection).toMatchObject({ state: "connected", upstream: "available" });
+  });
+
   it("connected -> reconnecting on a dropped socket, then connecting when the backoff timer fires", () => {
     const { service, last, states, sockets } = setup();
     service.connect(SID);

@@ -406,7 +406,10 @@ export class WebSocketService {
     if (sessionId === this.connection.sessionId && this.connection.state !== "connected") {
       this.timers.clear("connect");
       this.retryAfterMs = 0;
-      this.setConnection({ state: "connected", attempt: this.machine.attempt, retryAt: undefined, closeCode: undefined, reason: undefined });
+      this.setConnection({
+        state: "connected", attempt: this.machine.attempt, retryAt: undefined, closeCode: undefined, reason: undefined,
+        upstream: "available",
+      });
       this.scheduleHeartbeat();
     }
     this.carryOut(commands);
@@ -437,6 +440,9 @@ export class WebSocketService {
       case "error":
         return this.receiveError(frame);
       case "pong":
+        return;
+      case "upstream":
+        if (frame.session_id === this.connection.sessionId) this.setConnection({ upstream: frame.state });
         return;
       default: {
         if (frame.type !== "chat:gap" && !isSessionEvent(frame)) return;
@@ -482,6 +488,7 @@ export class WebSocketService {
     const retryable = isRetryableError(frame.code);
     const error = new ServiceError(frame.code, frame.message ?? frame.code, retryable, frame.retry_after_ms);
     if (frame.retry_after_ms) this.retryAfterMs = Math.max(this.retryAfterMs, frame.retry_after_ms);
+    if (frame.code === "upstream_unavailable") this.setConnection({ upstream: "unavailable" });
     const pending = frame.ref ? this.pending.get(frame.ref) : undefined;
     if (frame.ref) this.pending.delete(frame.ref);
     this.emitError(error);

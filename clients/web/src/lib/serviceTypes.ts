@@ -25,6 +25,11 @@ export interface ConnectionInfo {
   closeCode?: number;
   /** Why, in words. */
   reason?: string;
+  /**
+   * The agent service behind the edge, as the edge last reported it: set on a
+   * join (`available`), an `upstream` frame, or an `upstream_unavailable` error.
+   */
+  upstream?: "available" | "unavailable";
 }
 
 /** A failure reported through `onError` and as a promise rejection. */

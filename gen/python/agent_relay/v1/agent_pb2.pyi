@@ -467,7 +467,7 @@ class ToolCall(_message.Message):
     def __init__(self, call_id: _Optional[str] = ..., tool_name: _Optional[str] = ..., arguments_json: _Optional[str] = ...) -> None: ...
 
 class Message(_message.Message):
-    __slots__ = ("message_id", "role", "text", "tool_calls", "call_id", "run_id", "status", "created_unix_ms")
+    __slots__ = ("message_id", "role", "text", "tool_calls", "call_id", "run_id", "status", "created_unix_ms", "duration_ms")
     MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
@@ -476,6 +476,7 @@ class Message(_message.Message):
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     CREATED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    DURATION_MS_FIELD_NUMBER: _ClassVar[int]
     message_id: str
     role: Role
     text: str
@@ -484,7 +485,8 @@ class Message(_message.Message):
     run_id: str
     status: MessageStatus
     created_unix_ms: int
-    def __init__(self, message_id: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., text: _Optional[str] = ..., tool_calls: _Optional[_Iterable[_Union[ToolCall, _Mapping]]] = ..., call_id: _Optional[str] = ..., run_id: _Optional[str] = ..., status: _Optional[_Union[MessageStatus, str]] = ..., created_unix_ms: _Optional[int] = ...) -> None: ...
+    duration_ms: float
+    def __init__(self, message_id: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., text: _Optional[str] = ..., tool_calls: _Optional[_Iterable[_Union[ToolCall, _Mapping]]] = ..., call_id: _Optional[str] = ..., run_id: _Optional[str] = ..., status: _Optional[_Union[MessageStatus, str]] = ..., created_unix_ms: _Optional[int] = ..., duration_ms: _Optional[float] = ...) -> None: ...
 
 class ListMessagesRequest(_message.Message):
     __slots__ = ("session_id", "page_size", "page_token")
