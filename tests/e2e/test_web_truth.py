@@ -123,15 +123,12 @@ def test_each_tool_call_ends_as_it_did_live_and_after_a_crash_in_history(
     expect(page.get_by_test_id("tool-card")).to_have_count(4, timeout=WAIT_MS)
     rebuilt = tool_cards(page)
     assert rebuilt == live  # durations too: history keeps them
-    assert (
-        [(name, status.split(" in ")[0]) for name, status in rebuilt]
-        == [
-            ("calculator", "failed"),
-            ("calculator", "completed"),
-            ("long_task", "cancelled"),
-            ("long_task", "interrupted"),
-        ]
-    )
+    assert [(name, status.split(" in ")[0]) for name, status in rebuilt] == [
+        ("calculator", "failed"),
+        ("calculator", "completed"),
+        ("long_task", "cancelled"),
+        ("long_task", "interrupted"),
+    ]
     cards = page.get_by_test_id("tool-card")
     expect(cards.nth(0).get_by_role("alert")).to_have_text(re.compile(r"\w+: .+"))
     expect(cards.nth(1).get_by_role("progressbar")).to_have_count(0)
