@@ -101,7 +101,7 @@ class Forwarder:
     async def close(self) -> None:
         channels, self._channels = self._channels, {}
         for channel in channels.values():
-            await channel.close()
+            await channel.close(None)
 
 
 def _unreachable(holder: Holder, error: grpc.aio.AioRpcError) -> ServiceError:

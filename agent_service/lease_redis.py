@@ -81,16 +81,14 @@ return 0
 def parse_holder(value: bytes | str) -> Holder:
     """A lease key's value as a Holder."""
     text = value.decode() if isinstance(value, bytes) else value
-    token, replica_id, address = (text.split(" ", 2) + ["", ""])[:3]
+    token, replica_id, address = [*text.split(" ", 2), "", ""][:3]
     return Holder(replica_id, address, int(token))
 
 
 class RedisLease:
     """Lease on Redis. See the module docstring."""
 
-    def __init__(
-        self, url: str, *, ttl_s: float, replica_id: str = "", address: str = ""
-    ) -> None:
+    def __init__(self, url: str, *, ttl_s: float, replica_id: str = "", address: str = "") -> None:
         parts = urlsplit(url)
         self.prefix = parse_qs(parts.query).get("prefix", ["agent-relay:"])[0]
         self._url = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))

@@ -28,7 +28,7 @@ from agent_service.ids import now_ms
 from agent_service.log_writer import LogWriter
 from agent_service.session_state import SessionState
 from agent_service.store import SessionRecord
-from agent_service.supervisor import RunHandle
+from agent_service.supervisor import LiveReply, RunHandle
 
 
 class Subscriber:
@@ -143,9 +143,16 @@ class Session:
         self._durable_waiters.append((seq, future))
         await future
 
+    def followed_replies(self, through_seq: int) -> list[LiveReply]:
+        """A follower's view of the replies being streamed, from its window: the text of
+        each unfinished run's newest step, through `through_seq`."""
+        return followed_replies(self.log.retained(), through_seq)
+
     def to_proto(self) -> pb.Session:
         """The session's summary."""
         active = self.state.queue.active or ""
+        if not self.owner:
+            active = next(iter(r.run_id for r in self.followed_replies(self.log.head_seq)), "")
         return pb.Session(
             session_id=self.session_id,
             title=self.state.title,
@@ -155,6 +162,30 @@ class Session:
             run_state=pb.RUN_STATE_RUNNING if active else pb.RUN_STATE_IDLE,
             active_run_id=active,
         )
+
+
+def followed_replies(events: Iterable[pb.SessionEvent], through_seq: int) -> list[LiveReply]:
+    """The replies in progress as durable events tell them: for each run started and not
+    completed through `through_seq`, the text of its newest step (message `<run>.<step>`)."""
+    steps: dict[str, tuple[int, list[str]]] = {}
+    for event in events:
+        if event.seq > through_seq:
+            break
+        kind = event.WhichOneof("kind")
+        if kind == "run_started":
+            steps[event.run_id] = (0, [])
+        elif kind == "response_delta" and event.run_id in steps:
+            step, pieces = steps[event.run_id]
+            if event.response_delta.step != step:
+                step, pieces = event.response_delta.step, []
+            pieces.append(event.response_delta.text)
+            steps[event.run_id] = (step, pieces)
+        elif kind == "run_completed":
+            steps.pop(event.run_id, None)
+    return [
+        LiveReply(run_id, f"{run_id}.{step}", "".join(pieces))
+        for run_id, (step, pieces) in steps.items()
+    ]
 
 
 def _lost_ownership(session_id: str) -> Unavailable:

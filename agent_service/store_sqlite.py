@@ -95,6 +95,9 @@ class SqliteStore:
         await self._db.executescript(SCHEMA)
         await self._db.commit()
 
+    async def ping(self) -> None:
+        await self.db.execute_fetchall("SELECT 1")
+
     async def runs_in_flight(self) -> list[RunRecord]:
         rows = await self.db.execute_fetchall(
             "SELECT * FROM runs WHERE status IN ('queued', 'running') ORDER BY run_order"
