@@ -72,6 +72,7 @@ RunBody = Callable[[Session, RunHandle], Awaitable[None]]
 
 FOLLOW_RETRY_FIRST_S = 0.05
 FOLLOW_RETRY_MAX_S = 2.0
+TAKEOVER_PERIOD_S = 1.0
 
 
 class Hub:
@@ -264,9 +265,10 @@ class Hub:
                 )
 
     async def _take_over_loop(self) -> None:
-        """Every half TTL: sessions with runs in flight and no owner are taken over, so a
-        run a dead replica started ends, and its queue goes on, within about one TTL."""
-        period = max(self.settings.lease_ttl_s / 2, 0.1)
+        """Every TAKEOVER_PERIOD_S (at most half a TTL): sessions with runs in flight and no
+        owner are taken over, so a run a dead replica started ends, and its queue goes on,
+        within about one TTL and one period. Costs one store query per period."""
+        period = max(min(self.settings.lease_ttl_s / 2, TAKEOVER_PERIOD_S), 0.05)
         while True:
             try:
                 await self.take_over_orphans()
