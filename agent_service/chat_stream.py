@@ -261,7 +261,7 @@ class ChatStream:
             return False
         for session_id, cursor in self.subscriber.cursors.items():
             rt = self.hub.loaded_session(session_id)
-            if rt is not None and (rt.state.busy or rt.log.next_seq - 1 > cursor):
+            if rt is not None and (rt.busy or rt.log.next_seq - 1 > cursor):
                 return False
         return True
 

@@ -7,6 +7,11 @@ stream), a cancel as the unary Cancel. Each forwarded call carries the
 session it does not own answers UNAVAILABLE (retryable) instead of forwarding
 again, so a command never loops between replicas while ownership moves.
 
+The caller's bearer token (the `authorization` metadata of the RPC that
+brought the command, kept in INCOMING_CREDENTIALS) goes along, so the owner
+authorizes the same caller; over TLS the channel presents this replica's own
+certificate (`channel_credentials`).
+
 Every call is bounded by `timeout_s`; an owner that does not answer (killed,
 paused) is UNAVAILABLE, and its answer's own error is passed on as it is.
 """
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextvars import ContextVar
 
 import grpc
 from grpc_status import rpc_status
@@ -26,6 +32,10 @@ from agent_service.lease import Holder
 from agent_service.runs import BusyPolicy
 
 FORWARDED = "agent-relay-forwarded"  # metadata key; its value is the forwarding replica's id
+PASSED_ON = ("authorization",)  # metadata of the incoming RPC that forwarded calls carry
+INCOMING_CREDENTIALS: ContextVar[tuple[tuple[str, str], ...]] = ContextVar(
+    "incoming_credentials", default=()
+)
 POLICIES = {
     None: pb.BUSY_POLICY_UNSPECIFIED,
     BusyPolicy.QUEUE: pb.BUSY_POLICY_QUEUE,
@@ -37,9 +47,16 @@ POLICIES = {
 class Forwarder:
     """gRPC channels to the other replicas, one per address, opened on first use."""
 
-    def __init__(self, replica_id: str, *, timeout_s: float) -> None:
+    def __init__(
+        self,
+        replica_id: str,
+        *,
+        timeout_s: float,
+        channel_credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
         self.replica_id = replica_id
         self.timeout_s = timeout_s
+        self.channel_credentials = channel_credentials
         self._channels: dict[str, grpc.aio.Channel] = {}
 
     def _stub(self, holder: Holder) -> agent_pb2_grpc.AgentServiceStub:
@@ -50,13 +67,16 @@ class Forwarder:
             )
         channel = self._channels.get(holder.address)
         if channel is None:
-            channel = grpc.aio.insecure_channel(holder.address)
+            if self.channel_credentials is None:
+                channel = grpc.aio.insecure_channel(holder.address)
+            else:
+                channel = grpc.aio.secure_channel(holder.address, self.channel_credentials)
             self._channels[holder.address] = channel
         return agent_pb2_grpc.AgentServiceStub(channel)
 
     @property
     def _metadata(self) -> tuple[tuple[str, str], ...]:
-        return ((FORWARDED, self.replica_id),)
+        return ((FORWARDED, self.replica_id), *INCOMING_CREDENTIALS.get())
 
     async def send(
         self,
@@ -102,6 +122,17 @@ class Forwarder:
         channels, self._channels = self._channels, {}
         for channel in channels.values():
             await channel.close(None)
+
+
+def remember_credentials(metadata: object) -> None:
+    """Keep the incoming RPC's credentials for the commands it forwards (call it in the
+    RPC's own task, before starting the tasks that carry its commands out)."""
+    pairs = tuple(
+        (str(key), str(value))
+        for key, value in (metadata or ())  # type: ignore[attr-defined]
+        if key in PASSED_ON
+    )
+    INCOMING_CREDENTIALS.set(pairs)
 
 
 def _unreachable(holder: Holder, error: grpc.aio.AioRpcError) -> ServiceError:

@@ -86,6 +86,7 @@ class Hub:
         tools: ToolRegistry,
         run_body: RunBody,
         lease: Lease | None = None,
+        forwarder: Forwarder | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -100,7 +101,9 @@ class Hub:
         self._loading: dict[str, asyncio.Task[Session]] = {}
         self._unloader: asyncio.Task[None] | None = None
         self.lease: Lease = lease or LocalLease()
-        self.forwarder = Forwarder(self.lease.replica_id, timeout_s=settings.backend_timeout_s)
+        self.forwarder = forwarder or Forwarder(
+            self.lease.replica_id, timeout_s=settings.backend_timeout_s
+        )
         self._promoting: dict[str, asyncio.Lock] = {}
         self._taker: asyncio.Task[None] | None = None
         self._demotions: set[asyncio.Task[None]] = set()

@@ -25,6 +25,7 @@ from agent_service.agent import AgentLoop
 from agent_service.auth import Authenticator, TokenVerifier, listen_refusal, parse_identities
 from agent_service.auth_interceptor import AuthInterceptor
 from agent_service.config import ServiceSettings
+from agent_service.forward import Forwarder
 from agent_service.health import HealthWatch
 from agent_service.hub import Hub
 from agent_service.lease import Lease, LocalLease
@@ -123,6 +124,19 @@ def _credentials(settings: ServiceSettings) -> grpc.ServerCredentials | None:
     )
 
 
+def _channel_credentials(settings: ServiceSettings) -> grpc.ChannelCredentials | None:
+    """How this replica reaches the others when it serves TLS: with its own certificate
+    (their mTLS accepts it) and the client CA bundle as roots (none: the system's)."""
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    ca = settings.tls_client_ca_file.read_bytes() if settings.tls_client_ca_file else None
+    return grpc.ssl_channel_credentials(
+        root_certificates=ca,
+        private_key=settings.tls_key_file.read_bytes(),
+        certificate_chain=settings.tls_cert_file.read_bytes(),
+    )
+
+
 class InsecureListen(Exception):
     """The settings would serve everyone, unauthenticated, beyond loopback."""
 
@@ -166,7 +180,12 @@ async def create_server(
     tools = tools or build_registry(settings)
     run_body = AgentLoop(settings, store, provider, tools, agent_telemetry)
     lease = make_lease(settings)
-    hub = Hub(settings, store, event_log, tools, run_body, lease)
+    forwarder = Forwarder(
+        lease.replica_id,
+        timeout_s=settings.backend_timeout_s,
+        channel_credentials=_channel_credentials(settings),
+    )
+    hub = Hub(settings, store, event_log, tools, run_body, lease, forwarder)
     # auth innermost: the telemetry interceptors see (and count) its refusals
     interceptors = [*(server_interceptors(telemetry) if telemetry is not None else [])]
     interceptors.append(AuthInterceptor(authenticator(settings)))

@@ -31,7 +31,7 @@ from agent_service.errors import (
     is_backend_outage,
     require,
 )
-from agent_service.forward import FORWARDED
+from agent_service.forward import FORWARDED, remember_credentials
 from agent_service.hub import Hub
 from agent_service.ids import is_valid_client_id, new_id
 from agent_service.store import MessageRecord
@@ -93,6 +93,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
     async def Chat(
         self, request_iterator: AsyncIterator[pb.ChatRequest], context: Context
     ) -> AsyncIterator[pb.ChatResponse]:
+        remember_credentials(context.invocation_metadata())
         stream = ChatStream(self.hub, forwarded=_forwarded(context))
         reader = asyncio.create_task(stream.read(request_iterator))
         try:
@@ -172,6 +173,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
         target = request.WhichOneof("target")
         require(target is not None, "target", "run_id or call_id is required")
         await access.authorize_cancel(current_caller(), self.hub, request)
+        remember_credentials(context.invocation_metadata())
         if target == "run_id":
             require(bool(request.session_id), "session_id", "is required")
             cancelled = await self.hub.cancel_run(

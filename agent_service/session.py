@@ -81,6 +81,13 @@ class Session:
         return self.record.session_id
 
     @property
+    def busy(self) -> bool:
+        """A run is active or queued (a follower knows the runs its window shows going)."""
+        if self.owner:
+            return self.state.busy
+        return bool(self.followed_replies(self.log.head_seq))
+
+    @property
     def quiescent(self) -> bool:
         """No subscriber, no run, nothing waiting to be durable: safe to unload."""
         return not (self.subscribers or self.runs or self.state.busy or self.log.unpublished)
