@@ -170,6 +170,7 @@ class ChatStream:
         rt = await self.hub.session(join.session_id)
         if join.after_seq > rt.log.head_seq and not rt.owner:
             await self.hub.catch_up(rt)  # the client saw more, through the owner
+            rt = await self.hub.session(join.session_id)  # it may have become the owner
         head = rt.log.head_seq
         if join.live_only:
             cursor = head

@@ -358,6 +358,7 @@ class Hub:
                     session.idle_since = now
                 elif now - session.idle_since >= idle_s:
                     del self._sessions[session_id]
+                    self._promoting.pop(session_id, None)
                     if session.follower_task is not None:
                         session.follower_task.cancel()
                     elif self.lease.shared and session.owner and not session.fenced:
