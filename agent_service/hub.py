@@ -27,6 +27,7 @@ Calling rule: every method runs on the service's event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -246,8 +247,22 @@ class Hub:
                 current.follower_task.cancel()
             session = await self._new_session(record, owner=True, fence=token)
             self._replace(current, session)
-            async with session.accept_lock:
-                await self._take_over(session)
+            try:
+                async with (
+                    session.accept_lock,
+                    asyncio.timeout(2 * self.settings.backend_timeout_s),
+                ):
+                    await self._take_over(session)
+            except Exception as exc:
+                # give the session up whole: recovery is idempotent, and the next owner
+                # (this replica's takeover loop, or another) starts it again
+                log.warning("could not take session %s over: %s", session_id, exc)
+                session.receive_refused(exc)
+                with contextlib.suppress(Exception):
+                    await self.lease.release(session_id)
+                raise Unavailable(
+                    f"session {session_id} is changing owner; retry", reason="TAKING_OVER"
+                ) from exc
             return session
 
     async def _take_over(self, session: Session) -> None:
@@ -410,7 +425,8 @@ class Hub:
                 )
             stored = None
             if session.state.known_acceptance(message_id) is None:
-                stored = await self._stored_acceptance(session_id, message_id)
+                async with asyncio.timeout(self.settings.backend_timeout_s):
+                    stored = await self._stored_acceptance(session_id, message_id)
             run_id = new_id("r")
             before = session.state.snapshot()
             outcome = session.state.receive_message(
@@ -480,9 +496,7 @@ class Hub:
                 event = session.append(effect.event)
                 if event.HasField("message_accepted"):
                     accepted = session.state.receive_appended(event.message_accepted, event.seq)
-                    await self.store.note_accept_seq(
-                        session.session_id, accepted.message_id, event.seq
-                    )
+                    await self._note_accept_seq(session, accepted)
             elif isinstance(effect, StartRun):
                 self._start(session, session.runs[effect.run_id])
             elif isinstance(effect, CancelRun):
@@ -492,6 +506,18 @@ class Hub:
             elif isinstance(effect, EndUnstarted):
                 await self._end_unstarted(session, effect)
         return accepted
+
+    async def _note_accept_seq(self, session: Session, accepted: pb.MessageAccepted) -> None:
+        """Record the acceptance's seq in the store; the message is accepted either way
+        (it is in the log, and this process answers retries from memory), so a store that
+        does not answer only costs that record."""
+        try:
+            async with asyncio.timeout(self.settings.backend_timeout_s):
+                await self.store.note_accept_seq(
+                    session.session_id, accepted.message_id, accepted.seq
+                )
+        except Exception as exc:
+            log.warning("could not record the seq of message %s: %s", accepted.message_id, exc)
 
     async def _persist_acceptance(self, session: Session, effect: PersistAcceptance) -> None:
         """Store the acceptance, while this replica is sure it owns the session (by its own

@@ -82,6 +82,9 @@ async def test_both_replicas_stream_the_same_events_and_b_routes_sends_to_the_ow
         assert sent.status.code == 0, sent.status
         again = await on_b.send(session, "m2", "hello through b")  # a retry, through B too
         assert again.accepted.duplicate and again.accepted.run_id == sent.accepted.run_id
+        on_a_again = await on_a.send(session, "m2", "hello through b")  # and through A
+        assert on_a_again.accepted.duplicate
+        assert on_a_again.accepted.run_id == sent.accepted.run_id
         run_id = sent.accepted.run_id
         done_b = await on_b.wait_completed(session, run_id, timeout_s=30)
         done_a = await on_a.wait_completed(session, run_id, timeout_s=30)
@@ -216,14 +219,21 @@ async def test_a_paused_owner_cannot_append_after_it_lost_its_lease(two):
         await on_a.close()
 
 
-async def test_health_is_not_serving_and_commands_fail_fast_while_redis_is_unreachable(
-    tmp_path: Path,
+@pytest.mark.parametrize("backend", ["redis", "postgresql"])
+async def test_health_is_not_serving_and_commands_fail_fast_during_an_outage(
+    tmp_path: Path, backend: str
 ):
-    """A replica pointed at a Redis that does not answer (here: a port nobody listens on,
-    after start) says NOT_SERVING and refuses commands with UNAVAILABLE, within bounds."""
+    """A replica whose Redis (or PostgreSQL) stops answering (a proxy in front of it cuts
+    every connection and refuses new ones) says NOT_SERVING and refuses commands with
+    UNAVAILABLE, within bounds; afterwards it serves again, by seq, with nothing lost."""
     async with cluster(tmp_path, *SLOW, ttl_s=TTL_S) as shared:
-        proxy = await _PausableProxy.start(shared.redis_url)
-        shared.redis_url = f"redis://127.0.0.1:{proxy.port}/0"
+        if backend == "redis":
+            proxy = await _PausableProxy.start(shared.redis_url)
+            shared.redis_url = f"redis://127.0.0.1:{proxy.port}/0"
+        else:
+            proxy = await _PausableProxy.start(shared.store_url)
+            host_part, database = shared.store_url.rsplit("/", 1)
+            shared.store_url = f"{host_part.rsplit(':', 1)[0]}:{proxy.port}/{database}"
         a = await asyncio.to_thread(shared.start, "replica-a")  # the proxy runs on this loop
         try:
             async with grpc.aio.insecure_channel(a.address) as channel:
@@ -280,8 +290,8 @@ class _PausableProxy:
         self._writers: set[asyncio.StreamWriter] = set()
 
     @classmethod
-    async def start(cls, redis_url: str) -> _PausableProxy:
-        port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+    async def start(cls, url: str) -> _PausableProxy:
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
         proxy = cls(port)
         proxy._server = await asyncio.start_server(proxy._serve, "127.0.0.1", 0)
         proxy.port = proxy._server.sockets[0].getsockname()[1]
