@@ -229,6 +229,8 @@ class RunExecution:
 
     async def _save_step(self, step: _Step, status: str) -> None:
         self.unanswered = list(step.calls)
+        if self.rt.fenced:
+            return  # another replica owns the session now: it writes the run's outcome
         await self.store.upsert_message(
             MessageRecord(
                 self.rt.session_id,
@@ -291,6 +293,8 @@ class RunExecution:
     async def _save_tool_result(
         self, call: ToolCallRequested, result: str, status: str, duration_ms: float = 0.0
     ) -> None:
+        if self.rt.fenced:
+            return
         await self.store.upsert_message(
             MessageRecord(
                 self.rt.session_id,
@@ -312,7 +316,31 @@ class RunExecution:
         return context_from_history(records)
 
     async def _finish(self, reason: str, error: pb.RunError | None) -> None:
-        """Store the outcome, then announce it: RunError (if any), then RunCompleted."""
+        """Store the outcome, then announce it: RunError (if any), then RunCompleted. A
+        store that fails here does not keep the completion out of the log (a later
+        recovery settles the store from it). A fenced session (its lease was lost)
+        writes nothing: the new owner ends the run."""
+        if self.rt.fenced:
+            self.run.reply.end()
+            return
+        try:
+            await self._store_outcome(reason)
+        except Exception:
+            log.exception("could not store the end of run %s", self.run.run_id)
+        self.run.reply.end()
+        if error is not None:
+            self.emit(run_error=error)
+        self.emit(
+            run_completed=pb.RunCompleted(
+                finish_reason=FINISH[reason],
+                usage=pb.Usage(input_tokens=self.input_tokens, output_tokens=self.output_tokens),
+                assistant_message_id=self.first_message_id,
+                text="".join(self.texts),
+                duration_ms=round((time.perf_counter() - self.started) * 1000.0, 3),
+            )
+        )
+
+    async def _store_outcome(self, reason: str) -> None:
         step, self.step = self.step, None
         if step is not None:
             self.texts.append("".join(step.text))
@@ -334,17 +362,6 @@ class RunExecution:
                 output_tokens=self.output_tokens,
                 started_ms=self.started_ms,
                 ended_ms=ended_ms,
-            )
-        )
-        if error is not None:
-            self.emit(run_error=error)
-        self.emit(
-            run_completed=pb.RunCompleted(
-                finish_reason=FINISH[reason],
-                usage=pb.Usage(input_tokens=self.input_tokens, output_tokens=self.output_tokens),
-                assistant_message_id=self.first_message_id,
-                text="".join(self.texts),
-                duration_ms=round((time.perf_counter() - self.started) * 1000.0, 3),
             )
         )
 

@@ -22,7 +22,15 @@ from google.rpc import code_pb2, status_pb2
 from agent_relay.v1 import agent_pb2 as pb
 from agent_service import access
 from agent_service.auth_interceptor import current_caller
-from agent_service.errors import InvalidArgument, OutOfRangeError, ServiceError, ok_status, require
+from agent_service.errors import (
+    InvalidArgument,
+    OutOfRangeError,
+    ServiceError,
+    Unavailable,
+    is_backend_outage,
+    ok_status,
+    require,
+)
 from agent_service.eventlog import OutOfRange
 from agent_service.hub import Hub
 from agent_service.ids import is_valid_client_id
@@ -48,8 +56,9 @@ POLICIES = {
 class ChatStream:
     """The state of one Chat stream. See the module docstring for the calling rule."""
 
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: Hub, *, forwarded: bool = False) -> None:
         self.hub = hub
+        self.forwarded = forwarded  # another replica sent these commands to their owner
         self.subscriber = Subscriber()
         self.replies: list[pb.CommandReply] = []
         self.half_closed = False
@@ -103,6 +112,15 @@ class ChatStream:
         except ServiceError as exc:
             reply.status.CopyFrom(exc.to_status())
         except Exception as exc:
+            if is_backend_outage(exc):
+                log.warning("chat command failed: a backend does not answer: %s", exc)
+                reply.status.CopyFrom(
+                    Unavailable(
+                        f"a backend does not answer ({type(exc).__name__}); retry",
+                        reason="BACKEND_UNAVAILABLE",
+                    ).to_status()
+                )
+                return reply
             log.exception("chat command failed")
             reply.status.CopyFrom(status_pb2.Status(code=code_pb2.INTERNAL, message=str(exc)))
         return reply
@@ -130,13 +148,17 @@ class ChatStream:
         if which == "cancel_run":
             command = request.cancel_run
             require(bool(command.session_id), "cancel_run.session_id", "is required")
-            cancelled = await self.hub.cancel_run(command.session_id, command.run_id)
+            cancelled = await self.hub.cancel_run(
+                command.session_id, command.run_id, forwarded=self.forwarded
+            )
             return pb.CancelResponse(cancelled=cancelled)
         if which == "cancel_tool_call":
             tool = request.cancel_tool_call
             require(bool(tool.session_id), "cancel_tool_call.session_id", "is required")
             require(bool(tool.call_id), "cancel_tool_call.call_id", "is required")
-            cancelled = await self.hub.cancel_tool_call(tool.session_id, tool.call_id)
+            cancelled = await self.hub.cancel_tool_call(
+                tool.session_id, tool.call_id, forwarded=self.forwarded
+            )
             return pb.CancelResponse(cancelled=cancelled)
         raise InvalidArgument(
             "command: one of join, leave, send, cancel_run, cancel_tool_call is required",
@@ -146,6 +168,9 @@ class ChatStream:
     async def _join(self, join: pb.JoinSession) -> pb.Joined:
         require(bool(join.session_id), "join.session_id", "is required")
         rt = await self.hub.session(join.session_id)
+        if join.after_seq > rt.log.head_seq and not rt.owner:
+            await self.hub.catch_up(rt)  # the client saw more, through the owner
+            rt = await self.hub.session(join.session_id)  # it may have become the owner
         head = rt.log.head_seq
         if join.live_only:
             cursor = head
@@ -195,6 +220,7 @@ class ChatStream:
             send.text,
             POLICIES[send.busy_policy],
             dict(send.trace_context),
+            forwarded=self.forwarded,
         )
 
     def collect(self) -> pb.ChatResponse | None:
@@ -236,7 +262,7 @@ class ChatStream:
             return False
         for session_id, cursor in self.subscriber.cursors.items():
             rt = self.hub.loaded_session(session_id)
-            if rt is not None and (rt.state.busy or rt.log.next_seq - 1 > cursor):
+            if rt is not None and (rt.busy or rt.log.next_seq - 1 > cursor):
                 return False
         return True
 

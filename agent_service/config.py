@@ -21,17 +21,39 @@ class ServiceSettings:
     listen: str = field("127.0.0.1:50051", "host:port the gRPC server listens on (port 0: any)")
     store_url: str = field(
         "sqlite:///var/agent-relay.sqlite3",
-        "conversation store: sqlite:///PATH (relative to the working folder) or sqlite:///:memory:",
+        "conversation store: sqlite:///PATH (relative to the working folder), "
+        "sqlite:///:memory: or postgresql://USER@HOST:PORT/DB (shared by replicas)",
     )
     log_url: str = field(
         "",
-        "durable event log: sqlite:///PATH, or memory:// (in-process, lost at exit); empty: "
-        "the store's SQLite file (memory:// when the store is in memory)",
+        "durable event log: sqlite:///PATH, memory:// (in-process, lost at exit) or "
+        "redis://HOST:PORT/DB?prefix=P (shared by replicas: sessions get leases there and "
+        "replicas route commands to the owner); empty: the store's SQLite file (memory:// "
+        "when the store is in memory)",
     )
     retention_events: int = field(
         10_000,
         "events kept per session for replay, in the log and in memory; older ones are trimmed "
         "in the background and a resume from before them gets a gap",
+    )
+    lease_ttl_s: float = field(
+        5.0,
+        "replicas (log on redis://): seconds a session's lease outlives its owner; after a "
+        "kill -9 another replica takes the session over within about this long (renewed "
+        "every third of it)",
+    )
+    replica_id: str = field(
+        "", "this replica's name in session leases (no spaces); empty: hostname-pid"
+    )
+    advertise_address: str = field(
+        "",
+        "host:port other replicas reach this one's gRPC at, to forward commands for sessions "
+        "it owns; empty: the listen address with the port bound",
+    )
+    backend_timeout_s: float = field(
+        5.0,
+        "longest a command waits for the store, the log or the owning replica, in seconds, "
+        "before it fails with UNAVAILABLE (retryable)",
     )
     busy_policy: str = field("queue", "a message during an active run: queue, reject or interrupt")
     model: str = field("demo", "model provider: demo (built in, no network), openai or anthropic")
@@ -146,6 +168,10 @@ class ServiceSettings:
             raise ValueError("model_max_retries must be 0 or more")
         if self.model_connect_timeout_s <= 0 or self.model_read_timeout_s <= 0:
             raise ValueError("model_connect_timeout_s and model_read_timeout_s must be positive")
+        if self.lease_ttl_s <= 0 or self.backend_timeout_s <= 0:
+            raise ValueError("lease_ttl_s and backend_timeout_s must be positive")
+        if " " in self.replica_id:
+            raise ValueError("replica_id must contain no space")
         if self.retention_events < 1:
             raise ValueError("retention_events must be at least 1")
         if self.max_steps < 1:

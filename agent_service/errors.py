@@ -108,3 +108,52 @@ def require(condition: bool, field: str, message: str) -> None:
     """Raise InvalidArgument naming `field` unless condition holds."""
     if not condition:
         raise InvalidArgument(f"{field}: {message}", field=field)
+
+
+def error_from_status(status: status_pb2.Status) -> ServiceError:
+    """The ServiceError a google.rpc.Status carries (an answer another replica gave),
+    with its reason or field; an unknown code becomes Unavailable (retryable)."""
+    kinds: dict[int, type[ServiceError]] = {
+        cls.code.value[0]: cls
+        for cls in (
+            InvalidArgument,
+            NotFound,
+            AlreadyExists,
+            FailedPrecondition,
+            OutOfRangeError,
+            Unavailable,
+            Unauthenticated,
+            PermissionDenied,
+        )
+    }
+    kind = kinds.get(status.code, Unavailable)
+    reason, field_name, metadata = "", "", {}
+    for detail in status.details:
+        info = error_details_pb2.ErrorInfo()
+        bad = error_details_pb2.BadRequest()
+        if detail.Unpack(info):
+            reason, metadata = info.reason, dict(info.metadata)
+        elif detail.Unpack(bad) and bad.field_violations:
+            field_name = bad.field_violations[0].field
+    return kind(status.message, reason=reason, field=field_name, metadata=metadata)
+
+
+def is_backend_outage(error: BaseException) -> bool:
+    """Whether `error` says a backend (PostgreSQL, Redis, a SQLite file) did not answer:
+    a command that meets one fails with UNAVAILABLE (retryable), not INTERNAL."""
+    if isinstance(error, (OSError, TimeoutError, ConnectionError)):
+        return True
+    names = {cls.__module__.split(".")[0] + "." + cls.__name__ for cls in type(error).__mro__}
+    return bool(
+        names
+        & {
+            "redis.ConnectionError",
+            "redis.TimeoutError",
+            "asyncpg.InterfaceError",
+            "asyncpg.PostgresConnectionError",
+            "asyncpg.CannotConnectNowError",
+            "asyncpg.AdminShutdownError",
+            "asyncpg.ConnectionDoesNotExistError",
+            "asyncpg.TooManyConnectionsError",
+        }
+    )

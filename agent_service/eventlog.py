@@ -14,6 +14,8 @@ writer tells it what became durable; subscribers ask it what they have not seen.
   first when events after `n` are no longer retained: a subscriber is never
   silently skipped ahead.
 - `restore()` refills the window from the durable log when a session loads.
+- `receive()` adds events another process made durable (a follower replica's
+  window, fed from the shared log): they are visible at once.
 """
 
 from __future__ import annotations
@@ -85,6 +87,24 @@ class SessionLog:
             raise ValueError(f"restored events end at {kept[-1].seq}, not at the head {self._head}")
         self._buf = kept
         self._base_seq = kept[0].seq if kept else self._head + 1
+
+    def receive(self, events: Iterable[pb.SessionEvent]) -> int:
+        """Make durable events from another writer visible, oldest first; events at or
+        before the head are skipped, and a jump past head + 1 (the writer's retention
+        trimmed them first) restarts the window there, so readers get a gap. Returns
+        how many were added. Only for a window that stamps nothing itself."""
+        if self._pending:
+            raise RuntimeError("receive() is for a window that stamps nothing")
+        added = 0
+        for event in events:
+            if event.seq <= self._head:
+                continue
+            if event.seq != self._head + 1:
+                self._buf, self._start, self._base_seq = [], 0, event.seq
+            self._retain(event)
+            added += 1
+        self._next_seq = self._submitted = self._head + 1
+        return added
 
     def stamp(self, event: pb.SessionEvent) -> pb.SessionEvent:
         """Give `event` this session and the next seq; it waits to be published."""

@@ -9,12 +9,25 @@ a queued run that will never start. Idle sessions are unloaded by a small loop
 of their own. A run's work is the agent loop, handed in as `run_body` (the hub
 knows no model).
 
+Replicas. With a shared lease (lease.py: the log on Redis) a session is loaded
+either as its owner (this replica holds its lease: what is above) or as a
+follower (its window fed from the shared log, for Chat joins). Commands go to
+the owner: `send_message` and the cancels resolve it (`_owner`), carry the
+command out here when this replica owns the session, take the lease when
+nobody holds it, and forward it (forward.py) when another replica does. When
+this replica takes a session over (a command, or the takeover loop finding
+runs in flight with no owner), runs the last owner started end `interrupted`
+(recovery.end_run, idempotent) and the runs it had queued go on, here. A
+session whose lease is lost (or whose append is fenced) stops its runs without
+writing anything more and becomes a follower.
+
 Calling rule: every method runs on the service's event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -23,9 +36,12 @@ from agent_relay.v1 import agent_pb2 as pb
 from agent_service.config import ServiceSettings
 from agent_service.errors import FailedPrecondition, NotFound, Unavailable
 from agent_service.eventlog import SessionLog
+from agent_service.forward import POLICIES, Forwarder
 from agent_service.ids import new_id, now_ms
-from agent_service.log import EventLog
+from agent_service.lease import Holder, Lease, LocalLease
+from agent_service.log import EventLog, Fenced
 from agent_service.log_writer import LogWriter
+from agent_service.recovery import end_run
 from agent_service.run_supervisor import LiveReply, RunHandle, RunSupervisor
 from agent_service.runs import BusyPolicy
 from agent_service.session import Session
@@ -40,7 +56,13 @@ from agent_service.session_state import (
     StartRun,
     completion_of_unstarted,
 )
-from agent_service.store import ConversationStore, MessageRecord, RunRecord, SessionRecord
+from agent_service.store import (
+    ConversationStore,
+    DuplicateMessage,
+    MessageRecord,
+    RunRecord,
+    SessionRecord,
+)
 from agent_service.tools.base import ToolRegistry
 from agent_service.tools.executor import ToolCallRunner
 
@@ -48,6 +70,10 @@ log = logging.getLogger(__name__)
 
 RunBody = Callable[[Session, RunHandle], Awaitable[None]]
 """A run's work (agent.AgentLoop): runs to the run's end, never raises."""
+
+FOLLOW_RETRY_FIRST_S = 0.05
+FOLLOW_RETRY_MAX_S = 2.0
+TAKEOVER_PERIOD_S = 1.0
 
 
 class Hub:
@@ -60,6 +86,8 @@ class Hub:
         event_log: EventLog,
         tools: ToolRegistry,
         run_body: RunBody,
+        lease: Lease | None = None,
+        forwarder: Forwarder | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -73,12 +101,23 @@ class Hub:
         self._sessions: dict[str, Session] = {}
         self._loading: dict[str, asyncio.Task[Session]] = {}
         self._unloader: asyncio.Task[None] | None = None
+        self.lease: Lease = lease or LocalLease()
+        self.forwarder = forwarder or Forwarder(
+            self.lease.replica_id, timeout_s=settings.backend_timeout_s
+        )
+        self._promoting: dict[str, asyncio.Lock] = {}
+        self._taker: asyncio.Task[None] | None = None
+        self._demotions: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
-        """Start the log writer and the idle-session unloader."""
+        """Start the log writer and the idle-session unloader; with a shared lease, also
+        the loop that takes over sessions whose owner is gone."""
         self.writer.start()
         if self._unloader is None:
             self._unloader = asyncio.create_task(self._unload_idle(), name="unload-idle")
+        if self.lease.shared and self._taker is None:
+            self.lease.on_lost(self._lease_lost)
+            self._taker = asyncio.create_task(self._take_over_loop(), name="take-over")
 
     # -- sessions ---------------------------------------------------------------
 
@@ -112,6 +151,15 @@ class Hub:
         record = await self.store.get_session(session_id)
         if record is None:
             raise NotFound(f"no session {session_id!r}", reason="SESSION_NOT_FOUND")
+        token = self.lease.held(session_id)
+        session = await self._new_session(record, owner=token is not None, fence=token or 0)
+        self._sessions[session_id] = session
+        return session
+
+    async def _new_session(self, record: SessionRecord, *, owner: bool, fence: int) -> Session:
+        """A session with its window read from the durable log: an owner, or a follower
+        whose window the log feeds from then on."""
+        session_id = record.session_id
         capacity = self.settings.retention_events
         head = await self.event_log.head(session_id)
         window = SessionLog(
@@ -119,9 +167,187 @@ class Hub:
         )
         if head:
             window.restore(await self.event_log.read_tail(session_id, capacity))
-        session = Session(record, window, self.writer)
-        self._sessions[session_id] = session
+        session = Session(
+            record, window, self.writer, owner=owner, fence=fence, on_refused=self._fenced
+        )
+        if not owner:
+            session.follower_task = asyncio.create_task(
+                self._follow(session), name=f"follow {session_id}"
+            )
         return session
+
+    async def _follow(self, session: Session) -> None:
+        """Feed a follower's window from the shared log, for as long as it is loaded;
+        a log that does not answer is retried with backoff, from the window's head."""
+        delay = FOLLOW_RETRY_FIRST_S
+        while True:
+            try:
+                async for events in self.event_log.follow(session.session_id, session.log.head_seq):
+                    session.receive_followed(events)
+                    delay = FOLLOW_RETRY_FIRST_S
+            except Exception as exc:
+                log.warning("following session %s: %s; retrying", session.session_id, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, FOLLOW_RETRY_MAX_S)
+
+    async def catch_up(self, session: Session) -> None:
+        """A follower reads what the log has beyond its window now (a client resumes at a
+        seq the owner already sent it, before the follower's reader got there)."""
+        if session.owner:
+            return
+        events = await self.event_log.read_after(
+            session.session_id, session.log.head_seq, self.settings.retention_events
+        )
+        session.receive_followed(events)
+
+    def _replace(self, old: Session | None, new: Session) -> None:
+        """`new` is the session's runtime from now on; `old`'s subscribers move over."""
+        if old is not None:
+            if old.follower_task is not None:
+                old.follower_task.cancel()
+            new.subscribers |= old.subscribers
+            old.subscribers.clear()
+        self._sessions[new.session_id] = new
+        for subscriber in new.subscribers:
+            subscriber.notify(new.session_id)
+
+    # -- ownership ------------------------------------------------------------------
+
+    async def _owner(self, session_id: str, *, forwarded: bool) -> Session | Holder:
+        """The session when this replica owns it (taking the lease when nobody holds it),
+        else who does. A forwarded command for a session this replica does not own is
+        UNAVAILABLE (retryable): ownership is moving."""
+        session = await self.session(session_id)
+        if session.owner and not session.fenced and self.lease.held(session_id) is not None:
+            return session
+        timeout = self.settings.backend_timeout_s
+        for _ in range(2):  # a lease that expires between the two calls: try once more
+            async with asyncio.timeout(timeout):
+                token = await self.lease.acquire(session_id)
+                holder = None if token is not None else await self.lease.holder(session_id)
+            if token is not None:
+                return await self._promote(session_id, token)
+            if holder is not None:
+                if forwarded:
+                    raise Unavailable(
+                        f"replica {self.lease.replica_id} does not own session {session_id}; retry",
+                        reason="NOT_OWNER",
+                    )
+                return holder
+        raise Unavailable(f"session {session_id}: no owner could be settled", reason="NO_OWNER")
+
+    async def _promote(self, session_id: str, token: int) -> Session:
+        """This replica now holds the lease with `token`: the session's runtime becomes an
+        owner, and takes over what the last owner left in flight."""
+        lock = self._promoting.setdefault(session_id, asyncio.Lock())
+        async with lock:
+            current = self._sessions.get(session_id)
+            if current is not None and current.owner and not current.fenced:
+                current.fence = token
+                return current
+            record = current.record if current is not None else None
+            if record is None:
+                record = await self.store.get_session(session_id)
+                if record is None:
+                    raise NotFound(f"no session {session_id!r}", reason="SESSION_NOT_FOUND")
+            if current is not None and current.follower_task is not None:
+                current.follower_task.cancel()
+            session = await self._new_session(record, owner=True, fence=token)
+            self._replace(current, session)
+            try:
+                async with (
+                    session.accept_lock,
+                    asyncio.timeout(2 * self.settings.backend_timeout_s),
+                ):
+                    await self._take_over(session)
+            except Exception as exc:
+                # give the session up whole: recovery is idempotent, and the next owner
+                # (this replica's takeover loop, or another) starts it again
+                log.warning("could not take session %s over: %s", session_id, exc)
+                session.receive_refused(exc)
+                with contextlib.suppress(Exception):
+                    await self.lease.release(session_id)
+                raise Unavailable(
+                    f"session {session_id} is changing owner; retry", reason="TAKING_OVER"
+                ) from exc
+            return session
+
+    async def _take_over(self, session: Session) -> None:
+        """Runs the last owner left in flight in this session: a started one ends
+        interrupted (recovery.end_run, idempotent); queued ones go on here, in order."""
+        runs = [r for r in await self.store.runs_in_flight() if r.session_id == session.session_id]
+        for run in runs:
+            if run.status == "running":
+                await end_run(self.store, session, run)
+        for run in runs:
+            if run.status == "queued" and run.run_id not in session.runs:
+                log.info("run %s of session %s goes on here", run.run_id, run.session_id)
+                session.runs[run.run_id] = RunHandle(
+                    run.run_id, run.session_id, run.user_message_id
+                )
+                await self._carry_out(
+                    session, session.state.receive_resumed(run.run_id, run.user_message_id)
+                )
+
+    async def _take_over_loop(self) -> None:
+        """Every TAKEOVER_PERIOD_S (at most half a TTL): sessions with runs in flight and no
+        owner are taken over, so a run a dead replica started ends, and its queue goes on,
+        within about one TTL and one period. Costs one store query per period."""
+        period = max(min(self.settings.lease_ttl_s / 2, TAKEOVER_PERIOD_S), 0.05)
+        while True:
+            try:
+                await self.take_over_orphans()
+            except Exception as exc:
+                log.warning("looking for sessions to take over: %s", exc)
+            await asyncio.sleep(period)
+
+    async def take_over_orphans(self) -> None:
+        """Take over every session with runs in flight whose owner is gone: nobody holds
+        its lease, or an earlier process of this replica id does (a replica restarted
+        under the same --replica-id takes its sessions back at once)."""
+        if not self.accepting:
+            return
+        runs = await self.store.runs_in_flight()
+        for session_id in dict.fromkeys(run.session_id for run in runs):
+            loaded = self._sessions.get(session_id)
+            if loaded is not None and loaded.owner and not loaded.fenced:
+                continue
+            holder = await self.lease.holder(session_id)
+            if holder is not None and holder.replica_id != self.lease.replica_id:
+                continue
+            token = await self.lease.acquire(session_id)
+            if token is not None:
+                log.warning("taking over session %s: its owner is gone", session_id)
+                await self._promote(session_id, token)
+
+    def _lease_lost(self, session_id: str) -> None:
+        session = self._sessions.get(session_id)
+        if session is not None and session.owner:
+            session.receive_refused(Fenced(f"the lease of session {session_id} was lost"))
+
+    def _fenced(self, session: Session) -> None:
+        """The session lost its lease: stop its runs (they write nothing more: the session
+        is fenced) and follow the log instead."""
+        log.warning("session %s is owned elsewhere now: following it", session.session_id)
+        for run in list(session.runs.values()):
+            run.cancel("interrupted")
+        session.runs.clear()
+        task = asyncio.create_task(self._become_follower(session))
+        self._demotions.add(task)
+        task.add_done_callback(self._demotions.discard)
+
+    async def _become_follower(self, session: Session) -> None:
+        lock = self._promoting.setdefault(session.session_id, asyncio.Lock())
+        async with lock:
+            if self._sessions.get(session.session_id) is not session:
+                return
+            try:
+                follower = await self._new_session(session.record, owner=False, fence=0)
+            except Exception:
+                log.exception("could not follow session %s; unloading it", session.session_id)
+                del self._sessions[session.session_id]
+                return
+            self._replace(session, follower)
 
     def loaded_session(self, session_id: str) -> Session | None:
         """The session if it is loaded in this process, else None (no I/O)."""
@@ -132,7 +358,11 @@ class Hub:
         return self._sessions.values()
 
     def live_replies(self, session_id: str, through_seq: int) -> list[LiveReply]:
-        """The replies a session's runs are streaming, as of log position `through_seq`."""
+        """The replies a session's runs are streaming, as of log position `through_seq`
+        (a follower reads them from its window)."""
+        session = self._sessions.get(session_id)
+        if session is not None and not session.owner:
+            return session.followed_replies(through_seq)
         return self.supervisor.live_replies(session_id, through_seq)
 
     async def _unload_idle(self) -> None:
@@ -150,6 +380,14 @@ class Hub:
                     session.idle_since = now
                 elif now - session.idle_since >= idle_s:
                     del self._sessions[session_id]
+                    self._promoting.pop(session_id, None)
+                    if session.follower_task is not None:
+                        session.follower_task.cancel()
+                    elif self.lease.shared and session.owner and not session.fenced:
+                        try:  # another replica may take it without waiting for the TTL
+                            await self.lease.release(session_id)
+                        except Exception as exc:
+                            log.warning("could not release session %s: %s", session_id, exc)
                     log.debug("unloaded idle session %s", session_id)
 
     # -- messages and runs ----------------------------------------------------------
@@ -161,24 +399,48 @@ class Hub:
         text: str,
         policy: BusyPolicy | None,
         trace_context: dict[str, str] | None = None,
+        *,
+        forwarded: bool = False,
     ) -> pb.MessageAccepted:
         """Accept a user message once per id; start or queue its run.
 
         Returns once the acceptance is durable. A retried id returns the first
         acceptance with `duplicate` set. Raises FailedPrecondition when the session
-        is busy and the policy is `reject`.
+        is busy and the policy is `reject`, Unavailable when the store, the log or
+        the owning replica does not answer within backend_timeout_s (retry with
+        the same id: it is accepted once). A session owned by another replica is
+        sent there (forwarded: only once).
         """
         self._check_accepting()
-        session = await self.session(session_id)
+        owner = await self._owner(session_id, forwarded=forwarded)
+        if isinstance(owner, Holder):
+            return await self.forwarder.send(
+                owner,
+                pb.SendMessage(
+                    session_id=session_id,
+                    message_id=message_id,
+                    text=text,
+                    busy_policy=POLICIES[policy],
+                    trace_context=trace_context or {},
+                ),
+            )
+        session = owner
         async with session.accept_lock:
+            if session.fenced:
+                raise Unavailable(
+                    f"session {session_id} is owned elsewhere now; retry", reason="NOT_OWNER"
+                )
             stored = None
             if session.state.known_acceptance(message_id) is None:
-                stored = await self._stored_acceptance(session_id, message_id)
+                async with asyncio.timeout(self.settings.backend_timeout_s):
+                    stored = await self._stored_acceptance(session_id, message_id)
             run_id = new_id("r")
+            before = session.state.snapshot()
             outcome = session.state.receive_message(
                 message_id, text, run_id, policy or BusyPolicy(self.settings.busy_policy), stored
             )
             if isinstance(outcome, Duplicate):
+                await self._durable(session, outcome.accepted.seq)
                 return outcome.accepted
             if isinstance(outcome, Busy):
                 raise FailedPrecondition(
@@ -187,10 +449,36 @@ class Hub:
             session.runs[run_id] = RunHandle(
                 run_id, session_id, message_id, dict(trace_context or {})
             )
-            accepted = await self._carry_out(session, outcome.effects)
+            try:
+                accepted = await self._carry_out(session, outcome.effects)
+            except DuplicateMessage:
+                # another owner stored this id first (the store's backstop): that one counts
+                session.runs.pop(run_id, None)
+                session.state.restore(before)
+                stored = await self._stored_acceptance(session_id, message_id)
+                assert stored is not None, "a duplicate message id is stored"
+                stored.duplicate = True
+                return stored
+            except PersistFailed as failed:
+                session.runs.pop(run_id, None)
+                session.state.restore(before)
+                raise failed.error from failed.error.__cause__
         assert accepted is not None, "an accepted message appends its acceptance"
-        await session.durable(accepted.seq)
+        await self._durable(session, accepted.seq)
         return accepted
+
+    async def _durable(self, session: Session, seq: int) -> None:
+        """Wait until `seq` is durable, for at most backend_timeout_s: then UNAVAILABLE.
+        The event stays queued for the log (the writer retries): nothing is lost, and a
+        retry of the same message id gets the same acceptance."""
+        try:
+            async with asyncio.timeout(self.settings.backend_timeout_s):
+                await session.durable(seq)
+        except TimeoutError:
+            raise Unavailable(
+                "the event log did not answer in time; retry with the same message id",
+                reason="LOG_UNAVAILABLE",
+            ) from None
 
     async def _stored_acceptance(
         self, session_id: str, message_id: str
@@ -215,9 +503,7 @@ class Hub:
                 event = session.append(effect.event)
                 if event.HasField("message_accepted"):
                     accepted = session.state.receive_appended(event.message_accepted, event.seq)
-                    await self.store.note_accept_seq(
-                        session.session_id, accepted.message_id, event.seq
-                    )
+                    await self._note_accept_seq(session, accepted)
             elif isinstance(effect, StartRun):
                 self._start(session, session.runs[effect.run_id])
             elif isinstance(effect, CancelRun):
@@ -228,27 +514,66 @@ class Hub:
                 await self._end_unstarted(session, effect)
         return accepted
 
+    async def _note_accept_seq(self, session: Session, accepted: pb.MessageAccepted) -> None:
+        """Record the acceptance's seq in the store; the message is accepted either way
+        (it is in the log, and this process answers retries from memory), so a store that
+        does not answer only costs that record."""
+        try:
+            async with asyncio.timeout(self.settings.backend_timeout_s):
+                await self.store.note_accept_seq(
+                    session.session_id, accepted.message_id, accepted.seq
+                )
+        except Exception as exc:
+            log.warning("could not record the seq of message %s: %s", accepted.message_id, exc)
+
     async def _persist_acceptance(self, session: Session, effect: PersistAcceptance) -> None:
+        """Store the acceptance, while this replica is sure it owns the session (by its own
+        clock: a replica paused past its lease refuses here before it learns it lost it).
+        A failure other than a duplicate id raises PersistFailed: nothing was stored."""
+        if self.lease.held(session.session_id) is None:
+            raise PersistFailed(
+                Unavailable(
+                    f"this replica's lease of session {session.session_id} ran out; retry",
+                    reason="NOT_OWNER",
+                )
+            )
         created = now_ms()
-        await self.store.accept_user_message(
-            MessageRecord(
-                session.session_id,
-                effect.message_id,
-                "user",
-                effect.text,
-                effect.run_id,
-                "queued" if effect.queued else "complete",
-                created,
-            ),
-            RunRecord(
-                effect.run_id,
-                session.session_id,
-                effect.message_id,
-                "queued" if effect.queued else "running",
-                started_ms=created,
-            ),
-            title=effect.title,
-        )
+        try:
+            await self._store_acceptance(session, effect, created)
+        except DuplicateMessage:
+            raise
+        except Exception as exc:
+            log.warning("could not store message %s: %s", effect.message_id, exc)
+            error = Unavailable(
+                "the conversation store did not answer; retry with the same message id",
+                reason="STORE_UNAVAILABLE",
+            )
+            error.__cause__ = exc
+            raise PersistFailed(error) from exc
+
+    async def _store_acceptance(
+        self, session: Session, effect: PersistAcceptance, created: int
+    ) -> None:
+        async with asyncio.timeout(self.settings.backend_timeout_s):
+            await self.store.accept_user_message(
+                MessageRecord(
+                    session.session_id,
+                    effect.message_id,
+                    "user",
+                    effect.text,
+                    effect.run_id,
+                    "queued" if effect.queued else "complete",
+                    created,
+                ),
+                RunRecord(
+                    effect.run_id,
+                    session.session_id,
+                    effect.message_id,
+                    "queued" if effect.queued else "running",
+                    started_ms=created,
+                ),
+                title=effect.title,
+            )
 
     async def _end_unstarted(self, session: Session, effect: EndUnstarted) -> None:
         """A queued run never starts: its run and user message say why, then its completion."""
@@ -269,14 +594,24 @@ class Hub:
     def _start(self, session: Session, run: RunHandle) -> None:
         async def then(ended: RunHandle) -> None:
             session.runs.pop(ended.run_id, None)
+            if session.fenced:
+                return  # another replica owns the session now: its queue is that one's
+            if not self.accepting and self.lease.shared:
+                return  # queued runs stay queued in the store: another replica goes on
             effects = session.state.receive_run_ended(ended.run_id, accepting=self.accepting)
             await self._carry_out(session, effects)
 
         self.supervisor.start(run, lambda: self._run_body(session, run), then)
 
-    async def cancel_run(self, session_id: str, run_id: str) -> bool:
-        """Cancel a run (`run_id` empty: the active one). False when none is going."""
-        session = await self.session(session_id)
+    async def cancel_run(self, session_id: str, run_id: str, *, forwarded: bool = False) -> bool:
+        """Cancel a run (`run_id` empty: the active one), on the session's owner. False
+        when none is going."""
+        owner = await self._owner(session_id, forwarded=forwarded)
+        if isinstance(owner, Holder):
+            return await self.forwarder.cancel(
+                owner, pb.CancelRequest(session_id=session_id, run_id=run_id)
+            )
+        session = owner
         effects = session.state.receive_cancel(run_id)
         for effect in effects:
             if isinstance(effect, CancelRun):
@@ -285,13 +620,20 @@ class Hub:
         await self._carry_out(session, effects)
         return bool(effects)
 
-    async def cancel_tool_call(self, session_id: str, call_id: str) -> bool:
-        """Cancel one tool call (of a session's run, or a direct ExecuteTool call)."""
+    async def cancel_tool_call(
+        self, session_id: str, call_id: str, *, forwarded: bool = False
+    ) -> bool:
+        """Cancel one tool call (of a session's run, on its owner, or a direct ExecuteTool
+        call of this process)."""
         if not session_id:
             runner = self.direct_calls.get(call_id)
             return runner.cancel("requested") if runner else False
-        session = await self.session(session_id)
-        for run in session.runs.values():
+        owner = await self._owner(session_id, forwarded=forwarded)
+        if isinstance(owner, Holder):
+            return await self.forwarder.cancel(
+                owner, pb.CancelRequest(session_id=session_id, call_id=call_id)
+            )
+        for run in owner.runs.values():
             runner = run.tools.get(call_id)
             if runner is not None:
                 return runner.cancel("requested")
@@ -307,13 +649,31 @@ class Hub:
 
     async def shutdown(self, grace_s: float) -> None:
         """Stop accepting; let runs finish for grace_s; end the rest as interrupted; make
-        every event durable."""
+        every event durable. Queued runs end interrupted on a single machine; with
+        replicas they stay queued and another replica runs them once the lease is
+        released (lease.close(), after this)."""
         self.accepting = False
+        if self._taker is not None:
+            self._taker.cancel()
         await self.supervisor.shutdown(grace_s)
-        for session in list(self._sessions.values()):
-            await self._carry_out(session, session.state.receive_shutdown())
+        if not self.lease.shared:  # with replicas, queued runs go on elsewhere
+            for session in list(self._sessions.values()):
+                if session.owner and not session.fenced:
+                    await self._carry_out(session, session.state.receive_shutdown())
         for runner in list(self.direct_calls.values()):
             runner.cancel("interrupted")
         if self._unloader is not None:
             self._unloader.cancel()
+        for session in self._sessions.values():
+            if session.follower_task is not None:
+                session.follower_task.cancel()
         await self.writer.stop()
+        await self.forwarder.close()
+
+
+class PersistFailed(Exception):
+    """Storing an acceptance failed and nothing was stored: `error` says why."""
+
+    def __init__(self, error: Unavailable) -> None:
+        super().__init__(error.message)
+        self.error = error

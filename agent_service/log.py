@@ -34,6 +34,10 @@ class Append:
 
     session_id: str
     events: Sequence[pb.SessionEvent]
+    # the writer's fencing token for the session (lease.py); 0: no lease to check (one
+    # process owns every session). A backend that keeps leases refuses a batch whose
+    # token is no longer the session's current one with Fenced.
+    fence: int = 0
 
     @property
     def expected_seq(self) -> int:
@@ -42,6 +46,11 @@ class Append:
 
 class SeqConflict(RuntimeError):
     """An append did not continue its session's log (another writer got there first)."""
+
+
+class Fenced(SeqConflict):
+    """An append carried a fencing token that is no longer the session's lease: the writer
+    lost ownership (paused, cut off) and another replica may be writing."""
 
 
 class EventLog(Protocol):
@@ -80,6 +89,10 @@ class EventLog(Protocol):
 
     async def trim(self, session_id: str, keep_after_seq: int) -> int:
         """Drop events with seq <= keep_after_seq; returns how many went."""
+        ...
+
+    async def ping(self) -> None:
+        """Return when the backend answers; raise when it does not (health checks)."""
         ...
 
 

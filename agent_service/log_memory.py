@@ -70,3 +70,6 @@ class MemoryLog:
         cut = bisect.bisect_right(events, keep_after_seq, key=lambda e: e.seq)
         del events[:cut]
         return cut
+
+    async def ping(self) -> None:
+        return None

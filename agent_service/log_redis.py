@@ -6,6 +6,9 @@ every session of the batch: it checks each session's head against the
 expected seq and only then adds every event, so a batch is all or none and a
 writer that lost track (or another replica that got there first) gets
 SeqConflict instead of forking a log. Retention is bounded by `XTRIM MINID`.
+An append that carries a fencing token also checks the session's lease
+(lease_redis.py) in the same script: a replica that lost its lease gets
+Fenced and can never write after the one that took over.
 Readers in any process follow with blocking `XREAD`, which costs nothing per
 idle session.
 
@@ -22,36 +25,53 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from agent_relay.v1 import agent_pb2 as pb
-from agent_service.log import Append, SeqConflict
+from agent_service.log import Append, Fenced, SeqConflict
 
-# KEYS: stream1, head1, stream2, head2, ...; ARGV: n, then per session: expected, count,
-# then every body of every session in order. Returns 1, or an error naming the conflict.
+# KEYS: stream1, head1, lease1, stream2, head2, lease2, ...; ARGV: n, then per session:
+# expected, count, fence, then every body of every session in order. A fence of 0 checks
+# no lease; any other must be the token at the start of the session's lease value
+# (lease_redis.py), else the whole batch is refused. Returns 1, or an error naming the
+# conflict.
 APPEND = """
 local n = tonumber(ARGV[1])
 local arg = 2
 for i = 1, n do
-  local head = tonumber(redis.call('GET', KEYS[2 * i]) or '0')
+  local head = tonumber(redis.call('GET', KEYS[3 * i - 1]) or '0')
   local expected = tonumber(ARGV[arg])
   if head + 1 ~= expected then
-    return redis.error_reply('SEQCONFLICT ' .. KEYS[2 * i - 1] .. ' head ' .. head)
+    return redis.error_reply('SEQCONFLICT ' .. KEYS[3 * i - 2] .. ' head ' .. head)
   end
-  arg = arg + 2
+  local fence = tonumber(ARGV[arg + 2])
+  if fence ~= 0 then
+    local lease = redis.call('GET', KEYS[3 * i])
+    local token = lease and tonumber(string.match(lease, '^(%d+)')) or -1
+    if token ~= fence then
+      return redis.error_reply('FENCED ' .. KEYS[3 * i - 2] .. ' token ' .. token)
+    end
+  end
+  arg = arg + 3
 end
-local body = 2 + 2 * n
+local body = 2 + 3 * n
 arg = 2
 for i = 1, n do
   local expected = tonumber(ARGV[arg])
   local count = tonumber(ARGV[arg + 1])
   for k = 0, count - 1 do
-    redis.call('XADD', KEYS[2 * i - 1], (expected + k) .. '-0', 'e', ARGV[body])
+    redis.call('XADD', KEYS[3 * i - 2], (expected + k) .. '-0', 'e', ARGV[body])
     body = body + 1
   end
-  redis.call('SET', KEYS[2 * i], expected + count - 1)
-  arg = arg + 2
+  redis.call('SET', KEYS[3 * i - 1], expected + count - 1)
+  arg = arg + 3
 end
 return 1
 """
 FOLLOW_BLOCK_MS = 5_000
+SOCKET_TIMEOUT_S = 3.0
+
+
+def lease_key(prefix: str, session_id: str) -> str:
+    """The key of a session's lease (lease_redis.py), which appends check."""
+    return f"{prefix}lease:{session_id}"
 
 
 def _seq(entry_id: bytes) -> int:
@@ -82,7 +102,14 @@ class RedisLog:
         return f"{self.prefix}head:{session_id}"
 
     async def open(self) -> None:
-        self._redis = aioredis.Redis.from_url(self._url, decode_responses=False)
+        # bounded waits: a Redis that stops answering fails a call (and the writer retries)
+        # instead of hanging it; blocking reads add their block time to the timeout
+        self._redis = aioredis.Redis.from_url(
+            self._url,
+            decode_responses=False,
+            socket_timeout=FOLLOW_BLOCK_MS / 1000 + SOCKET_TIMEOUT_S,
+            socket_connect_timeout=SOCKET_TIMEOUT_S,
+        )
         await self._redis.ping()
         self._append = self._redis.register_script(APPEND)
 
@@ -96,12 +123,18 @@ class RedisLog:
         args: list[object] = [len(batch)]
         bodies: list[bytes] = []
         for item in batch:
-            keys += [self._stream(item.session_id), self._head_key(item.session_id)]
-            args += [item.expected_seq, len(item.events)]
+            keys += [
+                self._stream(item.session_id),
+                self._head_key(item.session_id),
+                lease_key(self.prefix, item.session_id),
+            ]
+            args += [item.expected_seq, len(item.events), item.fence]
             bodies += [e.SerializeToString() for e in item.events]
         try:
             await self._append(keys=keys, args=[*args, *bodies])  # type: ignore[operator]
         except ResponseError as exc:
+            if "FENCED" in str(exc):
+                raise Fenced(str(exc)) from exc
             if "SEQCONFLICT" in str(exc):
                 raise SeqConflict(str(exc)) from exc
             raise
@@ -140,3 +173,6 @@ class RedisLog:
                 self._stream(session_id), minid=f"{keep_after_seq + 1}-0", approximate=False
             )
         )
+
+    async def ping(self) -> None:
+        await self.redis.ping()

@@ -138,3 +138,6 @@ class SqliteLog:
             "DELETE FROM events WHERE session_id = ? AND seq <= ?", (session_id, keep_after_seq)
         )
         return cursor.rowcount
+
+    async def ping(self) -> None:
+        await self._call(lambda: self.db.execute("SELECT 1").fetchone())

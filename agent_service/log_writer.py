@@ -6,6 +6,11 @@ them to the durable log in one batch, and only then publishes them: the session
 wakes its subscribers. While one batch commits the next one gathers, so an idle
 service commits an event at once and a busy one commits many per transaction.
 
+A session whose append is refused (SeqConflict, or Fenced: this replica lost
+the session's lease) is told so through `receive_refused()` and its events are
+dropped, never retried: they would fork the log. The other sessions of the batch
+are written on their own. Any other failure is retried with backoff.
+
 Retention runs beside it: every `trim_interval_s` the sessions that grew are
 trimmed to their newest `retention_events`.
 """
@@ -17,7 +22,7 @@ import logging
 from typing import Protocol
 
 from agent_relay.v1 import agent_pb2 as pb
-from agent_service.log import Append, EventLog
+from agent_service.log import Append, EventLog, SeqConflict
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +40,17 @@ class LogTail(Protocol):
         """Stamped events not yet handed to the writer, oldest first."""
         ...
 
+    @property
+    def fence(self) -> int:
+        """The fencing token its appends carry (log.Append.fence)."""
+        ...
+
     def receive_durable(self, seq: int) -> None:
         """Events through `seq` are durable: publish them."""
+        ...
+
+    def receive_refused(self, error: SeqConflict) -> None:
+        """The log refused its events (another writer owns the session): they are gone."""
         ...
 
 
@@ -96,23 +110,45 @@ class LogWriter:
         for tail in tails.values():
             events = tail.take_unsubmitted()
             if events:
-                batch.append((tail, Append(tail.session_id, events)))
+                batch.append((tail, Append(tail.session_id, events, tail.fence)))
         if batch:
-            await self._append_until_done([a for _, a in batch])
-            for tail, item in batch:
-                head = item.events[-1].seq
-                self._grown[tail.session_id] = head
-                tail.receive_durable(head)
+            try:
+                await self._append_until_done([a for _, a in batch])
+            except SeqConflict:
+                await self._write_each(batch)
+            else:
+                for tail, item in batch:
+                    self._written(tail, item)
         if not self._waiting:
             self._idle.set()
 
+    def _written(self, tail: LogTail, item: Append) -> None:
+        head = item.events[-1].seq
+        self._grown[tail.session_id] = head
+        tail.receive_durable(head)
+
+    async def _write_each(self, batch: list[tuple[LogTail, Append]]) -> None:
+        """A batch was refused: write each session alone, and tell the refused ones."""
+        for tail, item in batch:
+            try:
+                await self._append_until_done([item])
+            except SeqConflict as exc:
+                log.warning("the log refused events of session %s: %s", tail.session_id, exc)
+                tail.receive_refused(exc)
+            else:
+                self._written(tail, item)
+
     async def _append_until_done(self, batch: list[Append]) -> None:
         """Retry a failed append with backoff: its events were stamped, and seq must stay
-        dense, so they are written before anything after them."""
+        dense, so they are written before anything after them. A refusal (SeqConflict)
+        is raised at once: retrying cannot succeed."""
         delay = RETRY_FIRST_S
         while True:
             try:
                 await self.log.append(batch)
+            except SeqConflict:
+                self.healthy = True  # the log answered
+                raise
             except Exception:
                 self.healthy = False
                 log.exception("could not write %d sessions' events; retrying", len(batch))

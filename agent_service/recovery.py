@@ -16,6 +16,9 @@ call gets a result, a queued message that will never run gets status
 `interrupted`, and last the run is marked ended.
 
 `plan()` is pure: events of one run in, what to append and store out.
+`end_run()` recovers one run of a loaded session (the hub calls it when it
+takes a session over from a replica that died); `recover()` does it at start-up
+for every run a single process left.
 """
 
 from __future__ import annotations
@@ -24,12 +27,16 @@ import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from agent_relay.v1 import agent_pb2 as pb
 from agent_service.agent import unfinished_call_result
-from agent_service.hub import Hub
 from agent_service.ids import now_ms
-from agent_service.store import MessageRecord, RunRecord
+from agent_service.session import Session
+from agent_service.store import ConversationStore, MessageRecord, RunRecord
+
+if TYPE_CHECKING:  # the hub calls end_run() at a takeover; recover() is handed a hub
+    from agent_service.hub import Hub
 
 log = logging.getLogger(__name__)
 
@@ -102,24 +109,28 @@ async def recover(hub: Hub) -> list[RunRecord]:
     """End every run left in flight (see the module docstring); returns them."""
     runs = await hub.store.runs_in_flight()
     for run in runs:
-        log.warning(
-            "run %s of session %s was in flight at the last stop: interrupted",
-            run.run_id,
-            run.session_id,
-        )
-        session = await hub.session(run.session_id)
-        todo = plan(run, session.log.retained())
-        last = None
-        for event in todo.append:
-            last = session.append(event)
-        if last is not None:
-            await session.durable(last.seq)
-        await _settle_store(hub, run, todo)
+        await end_run(hub.store, await hub.session(run.session_id), run)
     return runs
 
 
-async def _settle_store(hub: Hub, run: RunRecord, todo: Plan) -> None:
-    store = hub.store
+async def end_run(store: ConversationStore, session: Session, run: RunRecord) -> None:
+    """End one run left in flight by a process that stopped, in `session` (loaded, owned
+    by this process); idempotent."""
+    log.warning(
+        "run %s of session %s was in flight at the last stop: interrupted",
+        run.run_id,
+        run.session_id,
+    )
+    todo = plan(run, session.log.retained())
+    last = None
+    for event in todo.append:
+        last = session.append(event)
+    if last is not None:
+        await session.durable(last.seq)
+    await _settle_store(store, run, todo)
+
+
+async def _settle_store(store: ConversationStore, run: RunRecord, todo: Plan) -> None:
     stored = {
         m.message_id: m
         for m in await store.context_for_run(run.session_id, run.run_id)

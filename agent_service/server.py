@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -23,8 +24,11 @@ from agent_service.agent import AgentLoop
 from agent_service.auth import Authenticator, TokenVerifier, listen_refusal, parse_identities
 from agent_service.auth_interceptor import AuthInterceptor
 from agent_service.config import ServiceSettings
+from agent_service.forward import Forwarder
 from agent_service.grpc_tooling import add_health, add_reflection
+from agent_service.health import HealthWatch
 from agent_service.hub import Hub
+from agent_service.lease import Lease, LocalLease
 from agent_service.log import EventLog, open_log
 from agent_service.providers.base import ModelProvider
 from agent_service.providers.demo import DemoModel
@@ -54,12 +58,17 @@ class RunningService:
     event_log: EventLog
     provider: ModelProvider
     health: Any  # grpc_health's aio HealthServicer (untyped)
+    lease: Lease
+    watch: HealthWatch
 
     async def stop(self, grace_s: float) -> None:
-        """Stop gracefully: not serving, runs finish or are interrupted, then close."""
+        """Stop gracefully: not serving, runs finish or are interrupted, the leases are
+        released (other replicas take the sessions at once), then close."""
+        await self.watch.stop()
         await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.hub.shutdown(grace_s)
+        await self.lease.close()
         await self.server.stop(grace=1.0)
         await self.provider.aclose()
         await self.event_log.close()
@@ -81,6 +90,28 @@ def make_provider(settings: ServiceSettings) -> ModelProvider:
     return DemoModel(tokens_per_s=settings.demo_tokens_per_s, reply_words=settings.demo_reply_words)
 
 
+def make_lease(settings: ServiceSettings) -> Lease:
+    """Leases in Redis beside a log on Redis (replicas share both); otherwise this process
+    owns every session."""
+    if settings.log_url.startswith(("redis://", "rediss://", "unix://")):
+        from agent_service.lease_redis import RedisLease
+
+        return RedisLease(
+            settings.log_url, ttl_s=settings.lease_ttl_s, replica_id=settings.replica_id
+        )
+    return LocalLease(settings.replica_id)
+
+
+def advertised(settings: ServiceSettings, port: int) -> str:
+    """The gRPC address other replicas use for this one."""
+    if settings.advertise_address:
+        return settings.advertise_address
+    host = settings.listen.rsplit(":", 1)[0]
+    if host in ("", "0.0.0.0", "[::]", "::"):
+        host = socket.gethostname()
+    return f"{host}:{port}"
+
+
 def _credentials(settings: ServiceSettings) -> grpc.ServerCredentials | None:
     if settings.tls_cert_file is None or settings.tls_key_file is None:
         return None
@@ -89,6 +120,19 @@ def _credentials(settings: ServiceSettings) -> grpc.ServerCredentials | None:
         [(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())],
         root_certificates=ca,
         require_client_auth=ca is not None,
+    )
+
+
+def _channel_credentials(settings: ServiceSettings) -> grpc.ChannelCredentials | None:
+    """How this replica reaches the others when it serves TLS: with its own certificate
+    (their mTLS accepts it) and the client CA bundle as roots (none: the system's)."""
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    ca = settings.tls_client_ca_file.read_bytes() if settings.tls_client_ca_file else None
+    return grpc.ssl_channel_credentials(
+        root_certificates=ca,
+        private_key=settings.tls_key_file.read_bytes(),
+        certificate_chain=settings.tls_cert_file.read_bytes(),
     )
 
 
@@ -134,9 +178,13 @@ async def create_server(
     agent_telemetry = AgentTelemetry(telemetry)
     tools = tools or build_registry(settings)
     run_body = AgentLoop(settings, store, provider, tools, agent_telemetry)
-    hub = Hub(settings, store, event_log, tools, run_body)
-    hub.start()
-    await recover(hub)
+    lease = make_lease(settings)
+    forwarder = Forwarder(
+        lease.replica_id,
+        timeout_s=settings.backend_timeout_s,
+        channel_credentials=_channel_credentials(settings),
+    )
+    hub = Hub(settings, store, event_log, tools, run_body, lease, forwarder)
     # auth innermost: the telemetry interceptors see (and count) its refusals
     interceptors = [*(server_interceptors(telemetry) if telemetry is not None else [])]
     interceptors.append(AuthInterceptor(authenticator(settings)))
@@ -173,9 +221,26 @@ async def create_server(
         await store.close()
         raise OSError(f"cannot listen on {settings.listen}: the address is in use or not available")
     bind_server_address(interceptors, settings.listen, port)  # server.address/port on rpc spans
-    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
-    return RunningService(server, port, hub, store, event_log, provider, health_servicer)
+    lease.address = advertised(settings, port)
+    await lease.open()
+    hub.start()
+    if lease.shared:  # what a dead replica left goes on in the takeover loop, after its TTL
+        await hub.take_over_orphans()
+    else:
+        await recover(hub)
+    watch = HealthWatch(
+        health_servicer,
+        ("", SERVICE_NAME),
+        store=store,
+        event_log=event_log,
+        writer=hub.writer,
+        lease=lease,
+    )
+    await watch.check()
+    watch.start()
+    return RunningService(
+        server, port, hub, store, event_log, provider, health_servicer, lease, watch
+    )
 
 
 async def serve(

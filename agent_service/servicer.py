@@ -23,7 +23,15 @@ from agent_relay.v1 import agent_pb2_grpc
 from agent_service import access
 from agent_service.auth_interceptor import current_caller
 from agent_service.chat_stream import ChatStream
-from agent_service.errors import AlreadyExists, InvalidArgument, ServiceError, require
+from agent_service.errors import (
+    AlreadyExists,
+    InvalidArgument,
+    ServiceError,
+    Unavailable,
+    is_backend_outage,
+    require,
+)
+from agent_service.forward import FORWARDED, remember_credentials
 from agent_service.hub import Hub
 from agent_service.ids import is_valid_client_id, new_id
 from agent_service.store import MessageRecord
@@ -59,6 +67,18 @@ def _unary(
         except ServiceError as exc:
             await _abort(context, exc)
             raise  # unreachable: abort raises
+        except Exception as exc:
+            if not is_backend_outage(exc):
+                raise
+            log.warning("%s failed: a backend does not answer: %s", handler.__name__, exc)
+            await _abort(
+                context,
+                Unavailable(
+                    f"a backend does not answer ({type(exc).__name__}); retry",
+                    reason="BACKEND_UNAVAILABLE",
+                ),
+            )
+            raise  # unreachable: abort raises
 
     return wrapper
 
@@ -73,7 +93,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
     async def Chat(
         self, request_iterator: AsyncIterator[pb.ChatRequest], context: Context
     ) -> AsyncIterator[pb.ChatResponse]:
-        stream = ChatStream(self.hub)
+        remember_credentials(context.invocation_metadata())
+        stream = ChatStream(self.hub, forwarded=_forwarded(context))
         reader = asyncio.create_task(stream.read(request_iterator))
         try:
             while True:
@@ -155,11 +176,16 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
         target = request.WhichOneof("target")
         require(target is not None, "target", "run_id or call_id is required")
         await access.authorize_cancel(current_caller(), self.hub, request)
+        remember_credentials(context.invocation_metadata())
         if target == "run_id":
             require(bool(request.session_id), "session_id", "is required")
-            cancelled = await self.hub.cancel_run(request.session_id, request.run_id)
+            cancelled = await self.hub.cancel_run(
+                request.session_id, request.run_id, forwarded=_forwarded(context)
+            )
         else:
-            cancelled = await self.hub.cancel_tool_call(request.session_id, request.call_id)
+            cancelled = await self.hub.cancel_tool_call(
+                request.session_id, request.call_id, forwarded=_forwarded(context)
+            )
         return pb.CancelResponse(cancelled=cancelled)
 
     @_unary
@@ -268,6 +294,11 @@ async def _end_for_failed_read(context: Context, failure: BaseException) -> None
     if isinstance(failure, DecodeError):
         await _abort(context, _undecodable(failure))
     raise failure
+
+
+def _forwarded(context: Context) -> bool:
+    """Whether another replica forwarded this call to this one (forward.py)."""
+    return any(key == FORWARDED for key, _ in context.invocation_metadata() or ())
 
 
 def _undecodable(error: DecodeError) -> InvalidArgument:

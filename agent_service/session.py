@@ -7,17 +7,26 @@ and run, eventlog.SessionLog for seq and the window) to the things that do I/O
 durable and then calls `receive_durable()`, which publishes it and wakes the
 subscribers. `durable(seq)` waits for that, for replies that must not promise
 more than the log holds.
+
+A session is loaded as the owner (this replica holds its lease: it decides,
+runs and appends, with the lease's fencing token) or as a follower (another
+replica owns it: the window is fed from the shared log by `receive_followed()`,
+and the session never appends). An owner whose appends the log refuses (it lost
+the lease) becomes `fenced`: it appends nothing more, its waiters fail with
+UNAVAILABLE, and the hub replaces it by a follower.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Iterable
 
 from agent_relay.v1 import agent_pb2 as pb
+from agent_service.errors import Unavailable
 from agent_service.eventlog import SessionLog
 from agent_service.ids import now_ms
 from agent_service.log_writer import LogWriter
-from agent_service.run_supervisor import RunHandle
+from agent_service.run_supervisor import LiveReply, RunHandle
 from agent_service.session_state import SessionState
 from agent_service.store import SessionRecord
 
@@ -42,8 +51,22 @@ class Subscriber:
 class Session:
     """A loaded session. Every method runs on the service's event loop."""
 
-    def __init__(self, record: SessionRecord, log: SessionLog, writer: LogWriter) -> None:
+    def __init__(
+        self,
+        record: SessionRecord,
+        log: SessionLog,
+        writer: LogWriter,
+        *,
+        owner: bool = True,
+        fence: int = 0,
+        on_refused: Callable[[Session], None] | None = None,
+    ) -> None:
         self.record = record
+        self.owner = owner  # False: a follower of a session another replica owns
+        self.fence = fence  # the lease token its appends carry
+        self.fenced = False  # the log refused its appends: it lost the lease
+        self.follower_task: asyncio.Task[None] | None = None  # feeds a follower's window
+        self._on_refused = on_refused
         self.state = SessionState(record.title)
         self.log = log
         self.runs: dict[str, RunHandle] = {}  # queued and active
@@ -58,12 +81,24 @@ class Session:
         return self.record.session_id
 
     @property
+    def busy(self) -> bool:
+        """A run is active or queued (a follower knows the runs its window shows going)."""
+        if self.owner:
+            return self.state.busy
+        return bool(self.followed_replies(self.log.head_seq))
+
+    @property
     def quiescent(self) -> bool:
         """No subscriber, no run, nothing waiting to be durable: safe to unload."""
         return not (self.subscribers or self.runs or self.state.busy or self.log.unpublished)
 
     def append(self, event: pb.SessionEvent) -> pb.SessionEvent:
-        """Stamp the event (time, session, seq) and queue it for the durable log."""
+        """Stamp the event (time, session, seq) and queue it for the durable log. A fenced
+        session drops it (its seq stays 0): it is no longer the session's writer."""
+        if not self.owner:
+            raise RuntimeError(f"session {self.session_id}: a follower never appends")
+        if self.fenced:
+            return event
         event.time_unix_ms = now_ms()
         self.log.stamp(event)
         self._writer.submit(self)
@@ -87,17 +122,44 @@ class Session:
                     still.append((upto, future))
             self._durable_waiters = still
 
+    def receive_refused(self, error: Exception) -> None:
+        """The log refused this session's appends: this replica is no longer its writer."""
+        if self.fenced:
+            return
+        self.fenced = True
+        for _, future in self._durable_waiters:
+            if not future.done():
+                future.set_exception(_lost_ownership(self.session_id))
+        self._durable_waiters = []
+        if self._on_refused is not None:
+            self._on_refused(self)
+
+    def receive_followed(self, events: Iterable[pb.SessionEvent]) -> None:
+        """A follower's window gets events the owner made durable: wake the subscribers."""
+        if self.log.receive(events):
+            for subscriber in self.subscribers:
+                subscriber.notify(self.session_id)
+
     async def durable(self, seq: int) -> None:
         """Return once the event with `seq` is durable and visible."""
         if seq <= self.log.head_seq:
             return
+        if self.fenced:
+            raise _lost_ownership(self.session_id)
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._durable_waiters.append((seq, future))
         await future
 
+    def followed_replies(self, through_seq: int) -> list[LiveReply]:
+        """A follower's view of the replies being streamed, from its window: the text of
+        each unfinished run's newest step, through `through_seq`."""
+        return followed_replies(self.log.retained(), through_seq)
+
     def to_proto(self) -> pb.Session:
         """The session's summary."""
         active = self.state.queue.active or ""
+        if not self.owner:
+            active = next(iter(r.run_id for r in self.followed_replies(self.log.head_seq)), "")
         return pb.Session(
             session_id=self.session_id,
             title=self.state.title,
@@ -107,3 +169,34 @@ class Session:
             run_state=pb.RUN_STATE_RUNNING if active else pb.RUN_STATE_IDLE,
             active_run_id=active,
         )
+
+
+def followed_replies(events: Iterable[pb.SessionEvent], through_seq: int) -> list[LiveReply]:
+    """The replies in progress as durable events tell them: for each run started and not
+    completed through `through_seq`, the text of its newest step (message `<run>.<step>`)."""
+    steps: dict[str, tuple[int, list[str]]] = {}
+    for event in events:
+        if event.seq > through_seq:
+            break
+        kind = event.WhichOneof("kind")
+        if kind == "run_started":
+            steps[event.run_id] = (0, [])
+        elif kind == "response_delta" and event.run_id in steps:
+            step, pieces = steps[event.run_id]
+            if event.response_delta.step != step:
+                step, pieces = event.response_delta.step, []
+            pieces.append(event.response_delta.text)
+            steps[event.run_id] = (step, pieces)
+        elif kind == "run_completed":
+            steps.pop(event.run_id, None)
+    return [
+        LiveReply(run_id, f"{run_id}.{step}", "".join(pieces))
+        for run_id, (step, pieces) in steps.items()
+    ]
+
+
+def _lost_ownership(session_id: str) -> Unavailable:
+    return Unavailable(
+        f"this replica lost the ownership of session {session_id}; retry",
+        reason="OWNERSHIP_LOST",
+    )

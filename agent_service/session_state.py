@@ -84,6 +84,16 @@ class Busy:
     """Refused: a run is active and the policy is `reject`. Nothing was stored."""
 
 
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """SessionState.snapshot()."""
+
+    title: str
+    active: str | None
+    waiting: tuple[str, ...]
+    user_message_of: dict[str, str]
+
+
 FINISH = {"cancelled": pb.FINISH_REASON_CANCELLED, "interrupted": pb.FINISH_REASON_INTERRUPTED}
 
 
@@ -155,6 +165,34 @@ class SessionState:
         if len(self._accepted) > ACCEPTED_CACHE:
             self._accepted.popitem(last=False)
         return remembered
+
+    def receive_resumed(self, run_id: str, message_id: str) -> list[Effect]:
+        """A run accepted by an owner that is gone, never started: it joins the queue
+        (already accepted and stored: nothing to persist or append) and starts when
+        its turn comes."""
+        decision = self.queue.receive_message(run_id, BusyPolicy.QUEUE)
+        self.user_message_of[run_id] = message_id
+        return [StartRun(run_id)] if decision.start_now else []
+
+    def snapshot(self) -> Snapshot:
+        """What `receive_message` may change, to undo it when its acceptance could not be
+        stored."""
+        return Snapshot(
+            self.title,
+            self.queue.active,
+            self.queue.waiting,
+            dict(self.user_message_of),
+        )
+
+    def restore(self, snapshot: Snapshot) -> None:
+        """Go back to `snapshot` (taken before a message whose acceptance failed)."""
+        self.title = snapshot.title
+        self.queue = RunQueue()
+        self.queue.active = snapshot.active
+        for run_id in snapshot.waiting:
+            self.queue.receive_message(run_id, BusyPolicy.QUEUE)
+        self.queue.active = snapshot.active
+        self.user_message_of = dict(snapshot.user_message_of)
 
     def receive_run_ended(self, run_id: str, *, accepting: bool) -> list[Effect]:
         """A started run ended: start the next one, or end it unstarted when the service

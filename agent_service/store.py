@@ -73,6 +73,11 @@ class RunRecord:
     ended_ms: int = 0
 
 
+class DuplicateMessage(Exception):
+    """accept_user_message: the session already has a message with this id (stored by
+    another replica that owned the session then); nothing was stored."""
+
+
 class ConversationStore(Protocol):
     """Durable conversation state. Every method is safe to call concurrently."""
 
@@ -106,7 +111,13 @@ class ConversationStore(Protocol):
     async def accept_user_message(
         self, message: MessageRecord, run: RunRecord, *, title: str
     ) -> None:
-        """Store a user message and the run it starts, and set the session's title, atomically."""
+        """Store a user message and the run it starts, and set the session's title, atomically.
+        Raises DuplicateMessage when the session has the message id already (a backend
+        shared by replicas checks it: the last line of once-per-id across replicas)."""
+        ...
+
+    async def ping(self) -> None:
+        """Return when the store answers; raise when it does not (health checks)."""
         ...
 
     async def find_user_message(self, session_id: str, message_id: str) -> MessageRecord | None:

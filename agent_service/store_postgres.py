@@ -13,7 +13,13 @@ from typing import Any
 
 import asyncpg
 
-from agent_service.store import MessageRecord, RunRecord, SessionRecord, StoredToolCall
+from agent_service.store import (
+    DuplicateMessage,
+    MessageRecord,
+    RunRecord,
+    SessionRecord,
+    StoredToolCall,
+)
 
 # (version, SQL). Append new versions; never edit one that has shipped.
 MIGRATIONS: tuple[tuple[int, str], ...] = (
@@ -76,6 +82,14 @@ SET text = EXCLUDED.text, status = EXCLUDED.status, tool_calls_json = EXCLUDED.t
     duration_ms = EXCLUDED.duration_ms
 """
 
+INSERT_NEW_MESSAGE = """
+INSERT INTO messages (session_id, message_id, role, text, run_id, status, created_ms,
+                      tool_calls_json, call_id, accept_seq, duration_ms)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+ON CONFLICT (session_id, message_id) DO NOTHING
+RETURNING position
+"""
+
 
 class PostgresStore:
     """ConversationStore on PostgreSQL."""
@@ -102,6 +116,9 @@ class PostgresStore:
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
+
+    async def ping(self) -> None:
+        await self.pool.fetchval("SELECT 1")
 
     async def runs_in_flight(self) -> list[RunRecord]:
         rows = await self.pool.fetch(
@@ -154,7 +171,9 @@ class PostgresStore:
                 run.status,
                 run.started_ms,
             )
-            await db.execute(UPSERT_MESSAGE, *_message_args(message))
+            inserted = await db.fetchval(INSERT_NEW_MESSAGE, *_message_args(message))
+            if inserted is None:  # rolls the transaction back: the run is not stored either
+                raise DuplicateMessage(f"{message.session_id}/{message.message_id}")
 
     async def find_user_message(self, session_id: str, message_id: str) -> MessageRecord | None:
         row = await self.pool.fetchrow(

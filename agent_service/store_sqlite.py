@@ -105,6 +105,9 @@ class SqliteStore:
                 "ALTER TABLE messages ADD COLUMN duration_ms REAL NOT NULL DEFAULT 0"
             )
 
+    async def ping(self) -> None:
+        await self.db.execute_fetchall("SELECT 1")
+
     async def runs_in_flight(self) -> list[RunRecord]:
         rows = await self.db.execute_fetchall(
             "SELECT * FROM runs WHERE status IN ('queued', 'running') ORDER BY run_order"

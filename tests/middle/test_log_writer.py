@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from agent_relay.v1 import agent_pb2 as pb
+from agent_service.errors import Unavailable
 from agent_service.eventlog import SessionLog
-from agent_service.log import Append
+from agent_service.log import Append, Fenced
 from agent_service.log_memory import MemoryLog
 from agent_service.log_writer import LogWriter
 from agent_service.session import Session, Subscriber
@@ -107,4 +110,46 @@ async def test_retention_trims_the_log_in_the_background() -> None:
             break
         await asyncio.sleep(0.01)
     assert [e.seq for e in await log.read_after("s", 0, 100)] == [16, 17, 18, 19, 20]
+    await writer.stop()
+
+
+class RefusingLog(CountingLog):
+    """A memory log that refuses (Fenced) every append of the sessions in `fenced`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fenced: set[str] = set()
+
+    async def append(self, batch):  # type: ignore[no-untyped-def]
+        if any(item.session_id in self.fenced for item in batch):
+            raise Fenced("lost the lease")
+        await super().append(batch)
+
+
+async def test_a_fenced_session_is_told_and_dropped_while_the_others_are_written() -> None:
+    log = RefusingLog()
+    log.gate.clear()  # both sessions' events go in one batch
+    writer = LogWriter(log, retention_events=100)
+    writer.start()
+    refused: list[str] = []
+    lost = Session(
+        SessionRecord("lost", "u", "", 1),
+        SessionLog("lost", capacity=100),
+        writer,
+        fence=7,
+        on_refused=lambda s: refused.append(s.session_id),
+    )
+    kept = session(writer, "kept")
+    log.fenced.add("lost")
+    lost.append(delta("a"))
+    kept.append(delta("b"))
+    await asyncio.sleep(0.01)
+    log.gate.set()
+    await kept.durable(1)
+    assert refused == ["lost"] and lost.fenced
+    assert await log.head("kept") == 1 and await log.head("lost") == 0
+    with pytest.raises(Unavailable):  # nobody waits forever for what will never be written
+        await lost.durable(1)
+    assert lost.append(delta("c")).seq == 0  # a fenced session appends nothing more
+    assert writer.healthy
     await writer.stop()
