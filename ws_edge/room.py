@@ -18,8 +18,10 @@ one expected, so a replay overlapping live events, or events of an old
 subscription still in flight, are dropped rather than repeated. Each socket has
 an `after_seq`: the last seq it was sent or chose to skip; it is sent only
 events after that, so a resuming socket gets exactly the events it missed.
-A join whose `after_seq` is inside the room's buffer of recent events is
-replayed from the buffer; an older one rewinds the upstream subscription, and
+A join whose `after_seq` is beyond the session's head (as the live room knows
+it, or as the upstream join reply says) is refused with `invalid_field`. A join
+whose `after_seq` is inside the room's buffer of recent events is replayed from
+the buffer; an older one rewinds the upstream subscription, and
 the other sockets skip what they already have.
 
 Deltas of one run and step are batched: the first after a quiet window goes out
@@ -240,6 +242,11 @@ class Room:
         """A socket follows the session from after_seq on (a repeated join replaces the first)."""
         if self.state is RoomState.CLOSED:
             raise RuntimeError("join on a closed room")
+        if self.state is RoomState.LIVE and after_seq > self._head_seq:
+            # The socket claims events this session does not have yet: acked, it would
+            # wait in silence for seqs that may never come (a previous join is dropped).
+            rejected = RejectJoin(socket_id, ref, self._beyond_head(after_seq))
+            return [rejected, *self.leave(socket_id, now)]
         self._subs.pop(socket_id, None)
         effects: list[Effect] = [ExpireAt(None)]
         if self.state is RoomState.NEW:
@@ -300,7 +307,18 @@ class Room:
         self.state = RoomState.LIVE
         self._head_seq = max(self._head_seq, head_seq)
         waiting, self._waiting = self._waiting, {}
-        return [AckJoin(sid, ref, self._head_seq) for sid, ref in waiting.items()]
+        effects: list[Effect] = []
+        for sid, ref in waiting.items():
+            sub = self._subs.get(sid)
+            if sub is not None and sub.after_seq > self._head_seq:
+                del self._subs[sid]  # joined while subscribing, claiming beyond the head
+                effects.append(RejectJoin(sid, ref, self._beyond_head(sub.after_seq)))
+            else:
+                effects.append(AckJoin(sid, ref, self._head_seq))
+        if not self._subs and len(effects) > 0:
+            self._empty_since = now
+            effects.append(ExpireAt(now + self._grace_s))
+        return effects
 
     def receive_join_failed(self, error: EdgeError, now: float) -> list[Effect]:
         """The upstream join failed: refuse the waiting joins; a retryable failure waits for
@@ -509,6 +527,12 @@ class Room:
             self._buffer.clear()
             self._next_seq = first_seq
             self._base_seq = first_seq - 1
+
+    def _beyond_head(self, after_seq: int) -> EdgeError:
+        return EdgeError(
+            ErrorCode.INVALID_FIELD,
+            f"after_seq: {after_seq} is beyond the session's head {self._head_seq}",
+        )
 
     def _lost_frame(self) -> bytes:
         return error_frame(_upstream_error(), None, session_id=self.session_id)
