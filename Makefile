@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 WEB    := clients/web
 
-.PHONY: help install proto run test test-py lint bench clean web test-web
+.PHONY: help install proto run test test-py lint bench clean web test-web soak
 
 help:
 	@echo "make run    set up and start the whole system (agent service + edge + web UI)"
@@ -14,6 +14,7 @@ help:
 	@echo "make proto  regenerate gen/python from proto/"
 	@echo "make lint   ruff + mypy --strict"
 	@echo "make bench  the benchmarks in bench/"
+	@echo "make soak   the long versions of the fuzzing, conformance and abuse tests (-m soak)"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +57,14 @@ lint: $(STAMP) $(WEB_DEPS)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy agent_service ws_edge clients/python/agent_relay_client
 	cd $(WEB) && npm run typecheck
+
+# The tests marked `soak`, long: more fuzz examples, every Autobahn case, 10,000 idle
+# sockets, 2,000 slowloris connections. `make test` runs the same tests bounded.
+SOAK_ENV := AGENT_RELAY_SOAK=1 AGENT_RELAY_FUZZ_EXAMPLES=3000 AGENT_RELAY_IDLE_SOCKETS=10000 \
+            AGENT_RELAY_SLOW_CONNECTIONS=2000
+
+soak: $(STAMP)
+	$(SOAK_ENV) $(BIN)/python -m pytest -q -s -p no:cacheprovider -m soak -o timeout=7200
 
 bench: $(STAMP)
 	$(BIN)/python bench/service_bench.py

@@ -39,6 +39,7 @@ from ws_edge.events import message_to_dict
 from ws_edge.frames import PROTOCOL, SUPPORTED_PROTOCOLS, welcome_frame
 from ws_edge.hub import Hub
 from ws_edge.limits import AddressBuckets
+from ws_edge.linger import linger_on_close
 from ws_edge.upstream import unary
 
 log = logging.getLogger(__name__)
@@ -191,6 +192,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         writer_limit=settings.socket_write_buffer_bytes,
     )
     await ws.prepare(request)
+    linger_on_close(request.transport, settings.close_linger_s)
     if isinstance(request.transport, asyncio.WriteTransport):
         # The transport's own buffer (64 KiB by default) would hold frames outside the send
         # queue's bound; Connection.send counts what it holds against that bound.
@@ -224,6 +226,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     finally:
         hub.remove_connection(conn)
         conn.detach()
+    await conn.wait_closed()
     return ws
 
 

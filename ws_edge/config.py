@@ -42,6 +42,11 @@ class EdgeSettings:
         "this time, and an idle keep-alive connection is closed after it",
     )
     tls_handshake_timeout_s: float = field(10.0, "a TLS handshake must finish within this time")
+    close_linger_s: float = field(
+        2.0,
+        "after the edge closes a socket, how long it still reads (and drops) the peer's bytes "
+        "before the TCP close, so a peer still sending reads the close frame (0: close at once)",
+    )
     allowed_origins: tuple[str, ...] = field(
         (),
         "Origins allowed at the WebSocket handshake, comma-separated (* = any); same-origin is "

@@ -66,6 +66,7 @@ class Connection:
     __slots__ = (
         "_abuse",
         "_authority",
+        "_closer",
         "_expiry_told",
         "_limiter",
         "_transport",
@@ -121,6 +122,7 @@ class Connection:
             coalesce_after_frames=settings.send_queue_coalesce_frames,
         )
         self._writer: asyncio.Task[None] | None = None
+        self._closer: asyncio.Task[None] | None = None
         self.closing = False
         self.close_code: int | None = None
 
@@ -219,7 +221,17 @@ class Connection:
             if writer is not None:
                 writer.cancel()
                 writer = None
-        self.hub.spawn(self._close(code, reason, writer))
+        self._closer = self.hub.spawn(self._close(code, reason, writer))
+
+    async def wait_closed(self) -> None:
+        """Wait for a closing handshake the edge began (bounded by `_close`'s timeouts).
+
+        The socket's handler must not return before it: aiohttp would then close the
+        transport while the peer's frames sit unread, the kernel would answer with a
+        reset, and the peer would lose the close frame (and see 1006, not the code)."""
+        closer = self._closer
+        if closer is not None:
+            await asyncio.wait({closer})
 
     def detach(self) -> None:
         """The socket is gone: send nothing more."""
