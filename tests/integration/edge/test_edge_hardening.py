@@ -356,6 +356,7 @@ async def test_a_stalled_reader_holds_no_more_than_the_flags_allow(tmp_path: Pat
         # Held outside the bounded queue: the transport's buffer (plus the frame being
         # written, at most a queue's worth once coalesced) and the kernel's buffers.
         bound = write_buffer + queue_bytes + 2 * send_buffer + receive_buffer + 8192
+        print(f"\nstalled reader: {received} bytes of events reached it before 1013; bound {bound}")
         assert received <= bound, f"{received} bytes reached a stalled reader; bound {bound}"
         await fast.close()
     finally:
