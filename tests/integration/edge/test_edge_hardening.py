@@ -105,13 +105,11 @@ async def test_slow_request_heads_and_silent_connections_are_closed_healthz_stay
                 return False
 
         trickler = asyncio.create_task(trickle())
-        started = time.monotonic()
         results = await asyncio.gather(*(closed_by_edge(reader) for reader, _ in held))
         trickler.cancel()
         still_open = results.count(False)
         assert not still_open, f"{still_open} of {len(held)} open after {scaled(20)} s"
         print(f"\nslowloris: {len(held)} slow connections held, all closed by the edge")
-        assert time.monotonic() - started < scaled(20)
         assert (await healthz_over_raw_tcp(edge.port)).startswith(b"HTTP/1.1 200")
     finally:
         for _, writer in held:
