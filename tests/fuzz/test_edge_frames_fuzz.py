@@ -38,9 +38,9 @@ from tests.support.service import start_agent_service
 from tests.support.timing import scaled
 from ws_edge.errors import ErrorCode
 
-pytestmark = [pytest.mark.slow, pytest.mark.soak, pytest.mark.timeout(1800)]
-
 EXAMPLES = int(os.environ.get("AGENT_RELAY_FUZZ_EXAMPLES", "120"))
+# About a second an example on a busy machine, and room to spare.
+pytestmark = [pytest.mark.slow, pytest.mark.soak, pytest.mark.timeout(600 + 3 * EXAMPLES)]
 ERROR_CODES = {str(code) for code in ErrorCode}
 # Closes the edge may choose for a fuzzing peer: abuse strikes, a frame over the hard
 # limit, a refused first token, too slow to authenticate.
@@ -145,6 +145,17 @@ def frames(world: World) -> st.SearchStrategy[list[tuple[str, str | bytes]]]:
     return st.lists(one, min_size=1, max_size=6)
 
 
+def as_json(obj: object) -> tuple[str, bool]:
+    """The frame's text, and whether it is JSON a strict reader takes (no NaN or Infinity,
+    no lone surrogates): only then can its `id` be read back."""
+    try:
+        text = json.dumps(obj, allow_nan=False, ensure_ascii=False)
+        text.encode("utf-8")
+    except (ValueError, UnicodeEncodeError):
+        return json.dumps(obj), False
+    return text, True
+
+
 class Fuzzer:
     """One socket the fuzz frames go to; a fresh one whenever the edge closes it."""
 
@@ -170,8 +181,10 @@ class Fuzzer:
                     assert isinstance(item, dict)
                     self.ids += 1
                     frame_id = f"f{self.ids}"
-                    expected.append(frame_id)
-                    await client.ws.send(json.dumps({**item, "id": frame_id}))
+                    text, readable = as_json({**item, "id": frame_id})
+                    if readable:  # valid JSON in valid UTF-8: its id must come back in `ref`
+                        expected.append(frame_id)
+                    await client.ws.send(text)
                 elif kind == "binary":
                     await client.ws.send(item)
                 else:
