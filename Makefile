@@ -9,7 +9,7 @@ BUF    := $(TOOLS)/node_modules/.bin/buf
 # the browser the end-to-end tests drive (Debian's package; never `playwright install`)
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: help install proto run test test-py lint lint-proto breaking bench clean web test-web tools chromium
+.PHONY: help install proto run test test-py lint lint-proto breaking bench clean web test-web tools chromium soak
 
 help:
 	@echo "make run    set up and start the whole system (agent service + edge + web UI)"
@@ -19,6 +19,7 @@ help:
 	@echo "make lint   ruff + mypy --strict + buf lint"
 	@echo "make breaking  buf breaking: proto/ against main (or the commit before)"
 	@echo "make bench  the benchmarks in bench/"
+	@echo "make soak   the long versions of the fuzzing, conformance and abuse tests (-m soak)"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -101,6 +102,14 @@ lint: $(STAMP) $(WEB_DEPS) lint-proto
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy agent_service ws_edge relay_shared clients/python/agent_relay_client
 	cd $(WEB) && npm run typecheck
+
+# The tests marked `soak`, long: more fuzz examples, every Autobahn case, 10,000 idle
+# sockets, 2,000 slowloris connections. `make test` runs the same tests bounded.
+SOAK_ENV := AGENT_RELAY_SOAK=1 AGENT_RELAY_FUZZ_EXAMPLES=3000 AGENT_RELAY_IDLE_SOCKETS=10000 \
+            AGENT_RELAY_SLOW_CONNECTIONS=2000
+
+soak: $(STAMP)
+	$(SOAK_ENV) $(BIN)/python -m pytest -q -s -p no:cacheprovider -m soak -o timeout=7200
 
 bench: $(STAMP)
 	$(BIN)/python bench/service_bench.py

@@ -67,6 +67,10 @@ UNLIMITED = (
     "1000000000",
     "--max-connections-per-user",
     "1000000",
+    "--anon-sessions-per-s",
+    "1e9",
+    "--anon-sessions-burst",
+    "1e9",
 )
 
 ECHO_SERVER = """

@@ -3,6 +3,13 @@
 `create_app(settings=...)` builds the app; its cleanup context starts the hub
 (and with it the upstream streams) and, on shutdown, closes every socket with
 1012 so clients reconnect to another node (or this one, restarted) and resume.
+
+Slow clients are bounded: aiohttp's keep-alive deadline is armed when a
+connection opens and is not pushed back by the bytes of a request head, so with
+`keepalive_timeout = http_request_timeout_s` a connection that sends nothing, or
+a head a byte at a time, is closed once that time passes without a whole head;
+an API request's body has the same time (then 408). Every `/api/` answer is
+JSON, errors included: a fault becomes 500 `internal`, never a plain-text page.
 """
 
 from __future__ import annotations
@@ -10,10 +17,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -31,6 +39,8 @@ from ws_edge.events import message_to_dict
 from ws_edge.frames import PROTOCOL, SUPPORTED_PROTOCOLS, welcome_frame
 from ws_edge.http_tracing import install_http_tracing
 from ws_edge.hub import Hub
+from ws_edge.limits import AddressBuckets
+from ws_edge.linger import linger_on_close
 from ws_edge.upstream import unary
 
 log = logging.getLogger(__name__)
@@ -39,6 +49,13 @@ SETTINGS = web.AppKey("settings", EdgeSettings)
 AUTHORITY = web.AppKey("authority", TokenAuthority)
 TELEMETRY = web.AppKey("telemetry", EdgeTelemetry)
 HUB = web.AppKey("hub", Hub)
+ANON_BUCKETS = web.AppKey("anon_buckets", AddressBuckets)
+
+# History paging: the service serves at most 1,000 messages a page, and its page
+# tokens are offsets (decimal, within int64).
+MAX_PAGE_SIZE = 1000
+_PAGE_SIZE = re.compile(r"[0-9]{1,4}")
+_PAGE_TOKEN = re.compile(r"[0-9]{1,18}")
 
 _HTTP_STATUS = {
     ErrorCode.BAD_FRAME: 400,
@@ -67,8 +84,13 @@ def create_app(*, settings: EdgeSettings, telemetry: Telemetry | None = None) ->
     """The edge's application. Nothing starts until the app runs (cleanup_ctx). With
     `telemetry`, chat:message frames get spans and /metrics shows OpenTelemetry's
     instruments (relay_shared.edge_telemetry)."""
-    app = web.Application(client_max_size=64 * 1024)
+    app = web.Application(
+        client_max_size=64 * 1024,
+        handler_args={"keepalive_timeout": settings.http_request_timeout_s},
+        middlewares=[_api_errors_as_json],
+    )
     app[SETTINGS] = settings
+    app[ANON_BUCKETS] = AddressBuckets(settings.anon_sessions_per_s, settings.anon_sessions_burst)
     app[TELEMETRY] = EdgeTelemetry(telemetry)
     install_http_tracing(app, app[TELEMETRY])  # a span, a metric, a log line per request
     secret = settings.jwt_secret
@@ -173,6 +195,11 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         writer_limit=settings.socket_write_buffer_bytes,
     )
     await ws.prepare(request)
+    linger_on_close(request.transport, settings.close_linger_s)
+    if isinstance(request.transport, asyncio.WriteTransport):
+        # The transport's own buffer (64 KiB by default) would hold frames outside the send
+        # queue's bound; Connection.send counts what it holds against that bound.
+        request.transport.set_write_buffer_limits(high=settings.socket_write_buffer_bytes)
     raw_socket = request.transport.get_extra_info("socket") if request.transport else None
     if raw_socket is not None and settings.socket_send_buffer_bytes > 0:
         raw_socket.setsockopt(
@@ -190,20 +217,42 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     )
     try:
         async for msg in ws:  # ends when either side closes (conn.close feeds the end in)
-            if msg.type is WSMsgType.TEXT:
-                conn.receive_text(msg.data)
-            elif msg.type is WSMsgType.BINARY:
-                conn.receive_binary()
+            try:
+                if msg.type is WSMsgType.TEXT:
+                    conn.receive_text(msg.data)
+                elif msg.type is WSMsgType.BINARY:
+                    conn.receive_binary()
+            except Exception:
+                # A fault in the edge, not the client's: the socket and its peers go on.
+                log.exception("socket %s: a frame could not be handled", conn.socket_id)
+                conn.reply_error(None, EdgeError(ErrorCode.INTERNAL, "the edge failed", 1000))
     finally:
         hub.remove_connection(conn)
         conn.detach()
+    await conn.wait_closed()
     return ws
 
 
 # -- the HTTP API ----------------------------------------------------------------------------
 
 
-def _error_response(error: EdgeError) -> web.Response:
+@web.middleware
+async def _api_errors_as_json(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Under /api/, a fault is a JSON 500 `internal` like every other API error."""
+    if not request.path.startswith("/api/"):
+        return await handler(request)
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return _error_response(EdgeError(ErrorCode.INTERNAL, "the edge failed", 1000))
+
+
+def _error_response(error: EdgeError, status: int | None = None) -> web.Response:
     body: dict[str, Any] = {
         "code": str(error.code),
         "message": error.message,
@@ -213,7 +262,13 @@ def _error_response(error: EdgeError) -> web.Response:
     if error.retry_after_ms is not None:
         body["retry_after_ms"] = error.retry_after_ms
         headers["Retry-After"] = str(max(1, round(error.retry_after_ms / 1000)))
-    return web.json_response(body, status=_HTTP_STATUS.get(error.code, 500), headers=headers)
+    return web.json_response(
+        body, status=status or _HTTP_STATUS.get(error.code, 500), headers=headers
+    )
+
+
+class RequestTimeout(Exception):
+    """The request's body did not arrive within http_request_timeout_s (HTTP 408)."""
 
 
 def _bearer(request: web.Request) -> Claims | None:
@@ -231,13 +286,39 @@ def _bearer(request: web.Request) -> Claims | None:
 
 
 async def _body(request: web.Request, cls: type[Any]) -> Any:
-    raw = await request.read()
+    """The request's JSON body as cls. EdgeError for a bad one, RequestTimeout for a slow one."""
+    try:
+        async with asyncio.timeout(request.app[SETTINGS].http_request_timeout_s):
+            raw = await request.read()
+    except TimeoutError:
+        raise RequestTimeout() from None
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise EdgeError(ErrorCode.FRAME_TOO_LARGE, exc.text or "body too large") from None
     try:
         return msgspec.json.decode(raw or b"{}", type=cls)
     except msgspec.ValidationError as exc:
         raise EdgeError(ErrorCode.INVALID_FIELD, str(exc)) from None
     except msgspec.DecodeError as exc:
         raise EdgeError(ErrorCode.BAD_FRAME, f"body is not JSON: {exc}") from None
+    except RecursionError:
+        raise EdgeError(ErrorCode.BAD_FRAME, "body: JSON nested too deep") from None
+
+
+def _timed_out() -> web.Response:
+    error = EdgeError(ErrorCode.BAD_FRAME, "the request body did not arrive in time")
+    response = _error_response(error, status=408)
+    response.force_close()
+    return response
+
+
+def _anonymous_allowed(request: web.Request) -> None:
+    """Minting a user is limited per client address; raises rate_limited past it."""
+    wait_ms = request.app[ANON_BUCKETS].take(request.remote or "", time.monotonic())
+    if wait_ms:
+        request.app[TELEMETRY].rate_limited("anonymous_sessions")
+        raise EdgeError(
+            ErrorCode.RATE_LIMITED, "too many new anonymous sessions from this address", wait_ms
+        )
 
 
 async def create_session(request: web.Request) -> web.Response:
@@ -249,6 +330,8 @@ async def create_session(request: web.Request) -> web.Response:
             raise EdgeError(ErrorCode.INVALID_FIELD, "title: at most 200 characters")
         if claims is None and not settings.allow_anonymous:
             raise EdgeError(ErrorCode.UNAUTHENTICATED, "a token is required")
+        if claims is None:
+            _anonymous_allowed(request)
         user_id = claims.user_id if claims is not None else f"u_{secrets.token_hex(8)}"
         stub = request.app[HUB].upstream.any_stub()
         session = await unary(
@@ -259,6 +342,8 @@ async def create_session(request: web.Request) -> web.Response:
         )
     except EdgeError as error:
         return _error_response(error)
+    except RequestTimeout:
+        return _timed_out()
     sessions = [*(sorted(claims.sessions) if claims else []), session.session_id]
     token, expires_at = request.app[AUTHORITY].issue(user_id, sessions, time.time())
     return web.json_response(
@@ -281,6 +366,8 @@ async def refresh_token(request: web.Request) -> web.Response:
         return _error_response(error)
     except TokenError as exc:
         return _error_response(EdgeError(ErrorCode.UNAUTHENTICATED, str(exc)))
+    except RequestTimeout:
+        return _timed_out()
     token, expires_at = authority.issue(claims.user_id, sorted(claims.sessions), time.time())
     return web.json_response({"token": token, "expires_at": expires_at, "user_id": claims.user_id})
 
@@ -294,17 +381,12 @@ async def list_messages(request: web.Request) -> web.Response:
             raise EdgeError(ErrorCode.UNAUTHENTICATED, "Authorization: Bearer <token> required")
         if not claims.may_join(session_id):
             raise EdgeError(ErrorCode.FORBIDDEN, f"the token does not name {session_id!r}")
-        try:
-            page_size = int(request.query.get("page_size", "0"))
-        except ValueError:
-            raise EdgeError(ErrorCode.INVALID_FIELD, "page_size must be an integer") from None
+        page_size, page_token = _paging(request.query)
         stub = request.app[HUB].stub_for(session_id)
         reply = await unary(
             stub.ListMessages(
                 pb.ListMessagesRequest(
-                    session_id=session_id,
-                    page_size=max(0, page_size),
-                    page_token=request.query.get("page_token", ""),
+                    session_id=session_id, page_size=page_size, page_token=page_token
                 ),
                 timeout=settings.command_timeout_s,
             )
@@ -347,6 +429,20 @@ async def list_sessions(request: web.Request) -> web.Response:
         return _error_response(error)
     sessions = [message_to_dict(s) for s in reply.sessions if claims.may_join(s.session_id)]
     return web.json_response({"sessions": sessions})
+
+
+def _paging(query: Any) -> tuple[int, str]:
+    """page_size (0: the service's default, else 1..1000) and page_token (a token of an
+    earlier reply), checked before they reach the proto (uint32) or the service."""
+    size_text = query.get("page_size", "0")
+    if not _PAGE_SIZE.fullmatch(size_text) or int(size_text) > MAX_PAGE_SIZE:
+        raise EdgeError(ErrorCode.INVALID_FIELD, f"page_size: an integer from 0 to {MAX_PAGE_SIZE}")
+    token = query.get("page_token", "")
+    if token and not _PAGE_TOKEN.fullmatch(token):
+        raise EdgeError(
+            ErrorCode.INVALID_FIELD, "page_token: not a next_page_token this API returned"
+        )
+    return int(size_text), token
 
 
 async def healthz(request: web.Request) -> web.Response:

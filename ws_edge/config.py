@@ -51,6 +51,21 @@ class EdgeSettings:
     jwt_secret: str = field("", "HS256 key for session tokens (empty: random per process)")
     token_ttl_s: int = field(3600, "lifetime of the tokens the edge issues, in seconds")
     allow_anonymous: bool = field(True, "POST /api/sessions without a token makes a new user")
+    anon_sessions_per_s: float = field(
+        2.0, "anonymous POST /api/sessions per second per client address (then 429)"
+    )
+    anon_sessions_burst: float = field(60.0, "anonymous session burst per client address")
+    http_request_timeout_s: float = field(
+        10.0,
+        "a connection must send a whole request head (and an API request its body) within "
+        "this time, and an idle keep-alive connection is closed after it",
+    )
+    tls_handshake_timeout_s: float = field(10.0, "a TLS handshake must finish within this time")
+    close_linger_s: float = field(
+        2.0,
+        "after the edge closes a socket, how long it still reads (and drops) the peer's bytes "
+        "before the TCP close, so a peer still sending reads the close frame (0: close at once)",
+    )
     allowed_origins: tuple[str, ...] = field(
         (),
         "Origins allowed at the WebSocket handshake, comma-separated (* = any); same-origin is "
@@ -113,6 +128,10 @@ class EdgeSettings:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.http_request_timeout_s <= 0 or self.tls_handshake_timeout_s <= 0:
+            raise ValueError("http_request_timeout_s and tls_handshake_timeout_s must be > 0")
+        if self.anon_sessions_per_s < 0 or self.anon_sessions_burst < 1:
+            raise ValueError("need anon_sessions_per_s >= 0 and anon_sessions_burst >= 1")
         if ":" not in self.listen or ":" not in self.upstream:
             raise ValueError("listen and upstream are host:port")
         parse_targets(self.upstream)  # raises ValueError naming a malformed target

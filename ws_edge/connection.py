@@ -5,6 +5,11 @@ Calling rule: `receive_text` is called by the socket's read loop for every text
 frame, in order; `send` is called by the hub (never awaits: it queues, and a
 writer task exists only while the queue is non-empty, so an idle socket owns no
 task of its own); `close` may be called from anywhere, once or many times.
+
+Expiry holds on delivery too: once the token's `exp` has passed, the socket gets
+no more frames of its sessions. It is told with one `unauthenticated` notice per
+joined session (which it leaves, so nothing it missed is skipped): after an
+`auth` with a fresh token it joins again from its last `seq`.
 """
 
 from __future__ import annotations
@@ -61,6 +66,8 @@ class Connection:
     __slots__ = (
         "_abuse",
         "_authority",
+        "_closer",
+        "_expiry_told",
         "_limiter",
         "_transport",
         "_user_limiter",
@@ -96,6 +103,7 @@ class Connection:
         self._wall = wall_clock
         self.opened_at = self.last_frame_at = hub.clock()
         self.claims: Claims | None = None
+        self._expiry_told = False
         self.joined: dict[str, Preferences] = {}
         self._limiter = FrameLimiter(
             FrameBudget(
@@ -114,6 +122,7 @@ class Connection:
             coalesce_after_frames=settings.send_queue_coalesce_frames,
         )
         self._writer: asyncio.Task[None] | None = None
+        self._closer: asyncio.Task[None] | None = None
         self.closing = False
         self.close_code: int | None = None
 
@@ -126,15 +135,27 @@ class Connection:
     def send(
         self, data: bytes, delta: DeltaInfo | None = None, session_id: str | None = None
     ) -> None:
-        """Queue one frame. A queue past its bound closes the socket with 1013."""
+        """Queue one frame. A queue past its bound (counting what the transport still holds)
+        closes the socket with 1013. A frame of a session (`session_id`) is dropped once the
+        token has expired."""
         if self.closing:
             return
-        if not self.queue.push(data, delta, session_id):
+        if session_id is not None and self.token_expired():
+            return
+        transport = self._transport
+        held = (
+            transport.get_write_buffer_size()
+            if isinstance(transport, asyncio.WriteTransport)
+            else 0
+        )
+        if not self.queue.push(data, delta, session_id, held_bytes=held):
             log.warning(
-                "socket %s: send queue over its bound (%d frames, %d bytes): closing 1013",
+                "socket %s: send queue over its bound (%d frames, %d bytes, %d in the transport):"
+                " closing 1013",
                 self.socket_id,
                 len(self.queue),
                 self.queue.bytes,
+                held,
             )
             self.close(
                 CloseCode.TRY_AGAIN_LATER,
@@ -157,6 +178,28 @@ class Connection:
         finally:
             self._writer = None
 
+    def token_expired(self) -> bool:
+        """Whether the socket's token has expired; the first time, its sessions are left and
+        the client told (soon after, not inside the fan-out that noticed)."""
+        claims = self.claims
+        if claims is None or claims.expires_at > self._wall():
+            return False
+        if not self._expiry_told:
+            self._expiry_told = True
+            asyncio.get_running_loop().call_soon(self._leave_on_expiry)
+        return True
+
+    def _leave_on_expiry(self) -> None:
+        if self.closing or self.hub.connections.get(self.socket_id) is not self:
+            return
+        error = EdgeError(
+            ErrorCode.UNAUTHENTICATED,
+            "the token has expired: send auth with a fresh one, then join again",
+        )
+        for session_id in list(self.joined):
+            self.hub.leave(self, session_id)
+            self.reply_error(None, error, session_id=session_id)
+
     def reply_error(self, ref: str | None, error: EdgeError, **extra: Any) -> None:
         self.send(error_frame(error, ref, **extra))
 
@@ -178,7 +221,17 @@ class Connection:
             if writer is not None:
                 writer.cancel()
                 writer = None
-        self.hub.spawn(self._close(code, reason, writer))
+        self._closer = self.hub.spawn(self._close(code, reason, writer))
+
+    async def wait_closed(self) -> None:
+        """Wait for a closing handshake the edge began (bounded by `_close`'s timeouts).
+
+        The socket's handler must not return before it: aiohttp would then close the
+        transport while the peer's frames sit unread, the kernel would answer with a
+        reset, and the peer would lose the close frame (and see 1006, not the code)."""
+        closer = self._closer
+        if closer is not None:
+            await asyncio.wait({closer})
 
     def detach(self) -> None:
         """The socket is gone: send nothing more."""
@@ -336,6 +389,7 @@ class Connection:
                 return
             self._user_limiter = self.hub.register_user(self, claims.user_id)
         self.claims = claims
+        self._expiry_told = False
         for session_id in list(self.joined):
             if not claims.may_join(session_id):  # a narrower token: leave what it drops
                 self.hub.leave(self, session_id)
@@ -405,3 +459,5 @@ class Connection:
             self.close(CloseCode.AUTH_TIMEOUT, "no auth frame in time")
         elif not self.joined and now - self.last_frame_at > settings.idle_timeout_s:
             self.close(CloseCode.IDLE_TIMEOUT, "idle: no session joined and no frames")
+        elif self.joined:
+            self.token_expired()  # tell a socket whose sessions are quiet, too

@@ -5,6 +5,11 @@ msgspec decodes and validates in one pass against a tagged union of Structs
 (the tag is the frame's `type`), so a frame that reaches the connection logic
 is well-formed. A bad frame raises `EdgeError` whose message names the field;
 `frame_ref` salvages the frame's `id` so the error can name it in `ref`.
+
+JSON nested deeper than the decoder's recursion limit (about 1,000 levels, which
+fits in a 64 KiB frame) raises RecursionError inside msgspec; both functions turn
+it into `bad_frame` like any other unreadable frame, so a hostile frame earns a
+reply and a strike, never a dropped socket or a traceback in the log.
 """
 
 from __future__ import annotations
@@ -100,6 +105,8 @@ class _IdOnly(msgspec.Struct):
 
 _ID_DECODER = msgspec.json.Decoder(_IdOnly)
 
+TOO_DEEP = "JSON nested too deep; client frames are flat objects"
+
 
 def frame_size(data: str | bytes) -> int:
     """The frame's size in bytes (UTF-8), computed only when it could matter."""
@@ -124,6 +131,8 @@ def decode_client_frame(data: str | bytes, *, max_bytes: int) -> ClientFrame:
         raise EdgeError(ErrorCode.INVALID_FIELD, text) from None
     except msgspec.DecodeError as exc:
         raise EdgeError(ErrorCode.BAD_FRAME, f"not JSON: {exc}") from None
+    except RecursionError:
+        raise EdgeError(ErrorCode.BAD_FRAME, TOO_DEEP) from None
     return frame
 
 
@@ -131,7 +140,7 @@ def frame_ref(data: str | bytes) -> str | None:
     """The `id` of a frame that failed validation, when it can be read at all."""
     try:
         return _ID_DECODER.decode(data).id
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
         return None
 
 

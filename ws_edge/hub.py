@@ -105,11 +105,12 @@ class Hub:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.upstream.stop()
 
-    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run coro in the background, keeping a reference until it ends."""
         task = self._loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
+        return task
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)

@@ -1,4 +1,5 @@
-"""Budgets: token buckets, the per-user run limit and the abuse counter. Pure; time is passed in.
+"""Budgets: token buckets, per-address buckets, the per-user run limit and the abuse counter.
+Pure; time is passed in.
 
 Each check either spends from its budgets and returns None, or spends nothing
 and returns how long to wait (in ms) before the same request would fit. The
@@ -85,6 +86,38 @@ def admit(limiters: list[FrameLimiter], size: int, now: float) -> int:
     for lim in limiters:
         lim.spend(size, now)
     return 0
+
+
+class AddressBuckets:
+    """One token bucket per key (a client address), for requests that have no user yet.
+
+    Only the `max_keys` most recently seen keys are kept: a key forgotten comes back
+    with a full bucket, so the bound on memory costs at most one burst per churned key."""
+
+    __slots__ = ("_buckets", "_burst", "_max_keys", "_rate")
+
+    def __init__(self, rate_per_s: float, burst: float, *, max_keys: int = 65_536) -> None:
+        self._rate = rate_per_s
+        self._burst = burst
+        self._max_keys = max_keys
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+
+    def take(self, key: str, now: float) -> int:
+        """0 and one token spent, or the ms until key's bucket has one (nothing spent)."""
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = TokenBucket(self._rate, self._burst, updated_at=now)
+            if len(self._buckets) > self._max_keys:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(key)
+        wait = bucket.wait_ms(1, now)
+        if not wait:
+            bucket.spend(1, now)
+        return wait
+
+    def __len__(self) -> int:
+        return len(self._buckets)
 
 
 _FINISHED_KEPT = 4096

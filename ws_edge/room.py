@@ -18,8 +18,10 @@ one expected, so a replay overlapping live events, or events of an old
 subscription still in flight, are dropped rather than repeated. Each socket has
 an `after_seq`: the last seq it was sent or chose to skip; it is sent only
 events after that, so a resuming socket gets exactly the events it missed.
-A join whose `after_seq` is inside the room's buffer of recent events is
-replayed from the buffer; an older one rewinds the upstream subscription, and
+A join whose `after_seq` is beyond the session's head (as the live room knows
+it, or as the upstream join reply says) is refused with `invalid_field`. A join
+whose `after_seq` is inside the room's buffer of recent events is replayed from
+the buffer; an older one rewinds the upstream subscription, and
 the other sockets skip what they already have.
 
 Deltas of one run and step are batched: the first after a quiet window goes out
@@ -241,6 +243,13 @@ class Room:
         """A socket follows the session from after_seq on (a repeated join replaces the first)."""
         if self.state is RoomState.CLOSED:
             raise RuntimeError("join on a closed room")
+        if self.state is RoomState.LIVE and after_seq > self._head_seq:
+            # The socket claims events this session does not have yet (a stale client, or a
+            # service that lost its log): acked, it would wait in silence for seqs that may
+            # never come, or drop every event up to there as seen. Refused as the service
+            # refuses it (OUT_OF_RANGE); a previous join of the socket is dropped.
+            rejected = RejectJoin(socket_id, ref, self._beyond_head(after_seq))
+            return [rejected, *self.leave(socket_id, now)]
         self._subs.pop(socket_id, None)
         effects: list[Effect] = [ExpireAt(None)]
         if self.state is RoomState.NEW:
@@ -248,11 +257,6 @@ class Room:
             self._next_seq = self._base_seq = self._head_seq = after_seq
             self._next_seq += 1
             effects.append(SubscribeUpstream(self.session_id, after_seq))
-        elif self.state is RoomState.LIVE and after_seq > self._head_seq:
-            # A position the log never reached (the service lost its log, or a stale client):
-            # refuse it as the service would (OUT_OF_RANGE), never follow silently from it,
-            # which would drop every event up to that position as already seen.
-            return self._join_refused(socket_id, ref, after_seq, now)
         self._flush(now, effects)
         last = self.last_seq
         sub = _Subscriber(after_seq, prefs)
@@ -273,19 +277,6 @@ class Room:
         else:
             self._waiting[socket_id] = ref
         effects.extend(replay)
-        return effects
-
-    def _join_refused(
-        self, socket_id: str, ref: str | None, after_seq: int, now: float
-    ) -> list[Effect]:
-        error = EdgeError(
-            ErrorCode.OUT_OF_RANGE,
-            f"after_seq {after_seq} is beyond the session's head {self._head_seq}",
-        )
-        effects: list[Effect] = [RejectJoin(socket_id, ref, error)]
-        if not self._subs:  # its own earlier join was replaced: the room is empty now
-            self._empty_since = now
-            effects.append(ExpireAt(now + self._grace_s))
         return effects
 
     def leave(self, socket_id: str, now: float) -> list[Effect]:
@@ -321,10 +312,20 @@ class Room:
         self.state = RoomState.LIVE
         self._head_seq = max(self._head_seq, head_seq)
         waiting, self._waiting = self._waiting, {}
-        effects: list[Effect] = [AckJoin(sid, ref, self._head_seq) for sid, ref in waiting.items()]
+        effects: list[Effect] = []
+        for sid, ref in waiting.items():
+            sub = self._subs.get(sid)
+            if sub is not None and sub.after_seq > self._head_seq:
+                del self._subs[sid]  # joined while subscribing, claiming beyond the head
+                effects.append(RejectJoin(sid, ref, self._beyond_head(sub.after_seq)))
+            else:
+                effects.append(AckJoin(sid, ref, self._head_seq))
         if self._told_lost and self._subs:
             effects.append(Deliver(self.socket_ids, upstream_frame(self.session_id, "available")))
         self._told_lost = False
+        if not self._subs and len(effects) > 0:
+            self._empty_since = now
+            effects.append(ExpireAt(now + self._grace_s))
         return effects
 
     def receive_join_failed(self, error: EdgeError, now: float) -> list[Effect]:
@@ -536,6 +537,12 @@ class Room:
             self._buffer.clear()
             self._next_seq = first_seq
             self._base_seq = first_seq - 1
+
+    def _beyond_head(self, after_seq: int) -> EdgeError:
+        return EdgeError(
+            ErrorCode.OUT_OF_RANGE,
+            f"after_seq: {after_seq} is beyond the session's head {self._head_seq}",
+        )
 
     def _lost_frame(self) -> bytes:
         return error_frame(_upstream_error(), None, session_id=self.session_id)

@@ -9,6 +9,11 @@ more than `max_bytes` before a push (so one large frame, such as a long
 `chat:complete`, always fits), or holds more than `max_frames`, `push` returns
 False: the socket must be closed with 1013 and will resume by seq, so one slow
 consumer never holds back the room.
+
+The bound covers the bytes the socket's transport still holds, too (`held_bytes`,
+from `transport.get_write_buffer_size()`): a frame written to the transport has
+left the queue but not the process, and a peer that does not read must not get a
+second, unbounded buffer beside this one.
 """
 
 from __future__ import annotations
@@ -52,16 +57,22 @@ class SendQueue:
         return len(self._frames)
 
     def push(
-        self, data: bytes, delta: DeltaInfo | None = None, session_id: str | None = None
+        self,
+        data: bytes,
+        delta: DeltaInfo | None = None,
+        session_id: str | None = None,
+        *,
+        held_bytes: int = 0,
     ) -> bool:
-        """Queue a frame. False: the queue is over its bound and the socket must close 1013."""
+        """Queue a frame. False: the queue (with the `held_bytes` its transport still holds)
+        is over its bound and the socket must close 1013."""
         session = delta.session_id if delta is not None else session_id
         if delta is not None and len(self._frames) >= self._coalesce_after:
             last = self._last_of_session.get(delta.session_id)
             if last is not None and last.delta is not None and last.delta.can_merge(delta):
                 merged = last.delta.merged(delta)
                 new_data = merged.encode()
-                before = self.bytes
+                before = self.bytes + held_bytes
                 self.bytes += len(new_data) - len(last.data)
                 last.data, last.delta = new_data, merged
                 self.coalesced += 1
@@ -70,7 +81,7 @@ class SendQueue:
         self._frames.append(item)
         if session is not None:
             self._last_of_session[session] = item
-        before = self.bytes
+        before = self.bytes + held_bytes
         self.bytes += len(data)
         return before <= self._max_bytes and len(self._frames) <= self._max_frames
 

@@ -38,11 +38,19 @@ async def serve(settings: EdgeSettings, telemetry: Telemetry | None = None) -> N
     )
     await runner.setup()
     context = server_ssl_context(settings)
-    site = web.TCPSite(
-        runner, settings.listen_host, settings.listen_port, ssl_context=context, backlog=1024
+    assert runner.server is not None
+    # Not web.TCPSite: it cannot bound the TLS handshake, and a client that opens a
+    # connection and never says hello would otherwise hold it for asyncio's 60 s.
+    server = await asyncio.get_running_loop().create_server(
+        runner.server,
+        settings.listen_host,
+        settings.listen_port,
+        ssl=context,
+        ssl_handshake_timeout=settings.tls_handshake_timeout_s if context is not None else None,
+        backlog=1024,
+        reuse_address=True,
     )
-    await site.start()
-    host, port = runner.addresses[0][:2]
+    host, port = server.sockets[0].getsockname()[:2]
     scheme = "https" if context is not None else "http"
     print(f"ws_edge listening on {scheme}://{host}:{port}", flush=True)
     stop = asyncio.Event()
@@ -53,6 +61,7 @@ async def serve(settings: EdgeSettings, telemetry: Telemetry | None = None) -> N
         await stop.wait()
     finally:
         logging.getLogger(__name__).info("draining")
+        server.close()  # stop accepting; the runner then closes the sockets with 1012
         await runner.cleanup()
 
 

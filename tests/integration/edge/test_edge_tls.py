@@ -169,3 +169,32 @@ def create_session_status(edge) -> int:
     except urllib.error.HTTPError as exc:
         return exc.code
     return 201
+
+
+async def test_a_tls_handshake_that_never_finishes_is_closed_after_its_deadline(
+    tmp_path: Path, pki, monkeypatch
+):
+    import asyncio
+
+    from tests.support.timing import scaled
+
+    monkeypatch.setenv("AGENT_RELAY_TLS_HANDSHAKE_TIMEOUT_S", "1")  # by env: old edges start
+    agent = start_agent_service(tmp_path)
+    key, cert = pki["edge"]
+    edge = start_edge(agent.address, "--tls-cert-file", str(cert), "--tls-key-file", str(key))
+    try:
+        silent = await asyncio.open_connection("127.0.0.1", edge.port)  # never says hello
+        partial = await asyncio.open_connection("127.0.0.1", edge.port)
+        partial[1].write(b"\x16\x03\x01\x02\x00\x01")  # the first bytes of a ClientHello
+        for reader, writer in (silent, partial):
+            assert await asyncio.wait_for(reader.read(), scaled(15)) == b""
+            writer.close()
+        # An honest wss:// client still gets in.
+        context = ssl.create_default_context(cafile=str(pki["ca"][1]))
+        session = create_session(edge, context=context)
+        client = await EdgeClient.connect(edge.ws_url, token=session["token"], ssl=context)
+        assert (await client.request({"type": "ping"}))["type"] == "pong"
+        await client.close()
+    finally:
+        edge.stop()
+        agent.stop()

@@ -92,3 +92,17 @@ def test_error_frame_carries_retry_after_only_when_known():
     limited = error_frame(EdgeError(ErrorCode.RATE_LIMITED, "slow down", 800), "m1")
     assert b'"retry_after_ms":800' in limited and b'"retryable":true' in limited
     assert b"retry_after_ms" not in error_frame(EdgeError(ErrorCode.FORBIDDEN, "no"), "j1")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"type": "ping", "x": ' + '{"a": ' * 1000 + "1" + "}" * 1000 + "}",
+        '{"id": "n1", "type": "join", "extra": ' + "[" * 5000 + "]" * 5000 + "}",
+        '{"a": ' * 3000 + "1" + "}" * 3000,
+    ],
+)
+def test_json_nested_past_the_decoders_limit_is_a_bad_frame_not_a_recursion_error(text):
+    error = refused(text)
+    assert error.code is ErrorCode.BAD_FRAME and "nested too deep" in error.message
+    assert frame_ref(text) is None

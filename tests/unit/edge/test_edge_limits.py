@@ -100,3 +100,23 @@ def test_a_run_seen_completing_before_its_acceptance_was_handled_never_counts():
     runs.finish("r_fast")  # its completion came in the same upstream batch as the reply
     runs.start("u", "r_fast", now=0.0)
     assert runs.active("u") == 0 and runs.check("u", now=0.0) == 0
+
+
+def test_address_buckets_limit_each_address_on_its_own():
+    from ws_edge.limits import AddressBuckets
+
+    buckets = AddressBuckets(rate_per_s=1, burst=2)
+    assert [buckets.take("10.0.0.1", now=0.0) for _ in range(3)] == [0, 0, 1000]
+    assert buckets.take("10.0.0.2", now=0.0) == 0  # another address has its own burst
+    assert buckets.take("10.0.0.1", now=0.5) == 500
+    assert buckets.take("10.0.0.1", now=1.0) == 0
+
+
+def test_address_buckets_keep_only_the_most_recent_addresses():
+    from ws_edge.limits import AddressBuckets
+
+    buckets = AddressBuckets(rate_per_s=0, burst=1, max_keys=3)
+    for i in range(10):
+        buckets.take(f"a{i}", now=0.0)
+    assert len(buckets) == 3
+    assert buckets.take("a9", now=0.0) > 0  # remembered: still spent

@@ -306,3 +306,33 @@ def test_a_run_that_never_completes_does_not_keep_the_room_forever():
     room.leave("a", now=2.0)
     assert room.receive_expired(now=92.0) == [ExpireAt(122.0)]
     assert room.receive_expired(now=122.0) == [UnsubscribeUpstream(S), RoomClosed(S)]
+
+
+def test_a_join_beyond_the_head_of_a_live_room_is_refused_out_of_range_as_the_service_does():
+    room = live_room("a", after_seq=4, head=4)
+    room.receive_events([accepted(5)], now=1.0)
+    assert room.state is RoomState.LIVE
+    effects = room.join("b", "j-b", 6, STREAM, now=1.1)
+    (reject,) = of(effects, RejectJoin)
+    assert reject.socket_id == "b" and reject.error.code is ErrorCode.OUT_OF_RANGE
+    assert "after_seq" in reject.error.message and "5" in reject.error.message
+    assert not of(effects, AckJoin) and "b" not in room.socket_ids
+    assert of(room.join("b", "j-b2", 5, STREAM, now=1.2), AckJoin)  # at the head: fine
+
+
+def test_a_rejoin_beyond_the_head_drops_the_first_join_and_may_start_the_grace():
+    room = live_room("a", after_seq=3, head=3)
+    effects = room.join("a", "j-a2", 10, STREAM, now=2.0)
+    assert of(effects, RejectJoin) and room.socket_ids == ()
+    assert of(effects, ExpireAt) == [ExpireAt(32.0)]
+
+
+def test_a_join_that_waited_for_the_upstream_reply_is_checked_against_its_head():
+    room = make_room()
+    room.join("a", "j-a", 2, STREAM, now=0.0)
+    room.join("b", "j-b", 50, STREAM, now=0.0)  # subscribing: the head is not known yet
+    effects = room.receive_joined(7, now=0.1)
+    assert of(effects, AckJoin) == [AckJoin("a", "j-a", 7)]
+    (reject,) = of(effects, RejectJoin)
+    assert reject.socket_id == "b" and reject.error.code is ErrorCode.OUT_OF_RANGE
+    assert room.socket_ids == ("a",)

@@ -70,3 +70,18 @@ def test_past_the_frame_bound_push_says_close():
     queue = SendQueue(max_bytes=10_000, max_frames=3, coalesce_after_frames=100)
     assert all(queue.push(b"{}", None, "s") for _ in range(3))
     assert not queue.push(b"{}", None, "s")
+
+
+def test_bytes_the_transport_still_holds_count_against_the_bound():
+    queue = SendQueue(max_bytes=1000, max_frames=100, coalesce_after_frames=100)
+    assert queue.push(b"x" * 100, held_bytes=900)  # 900 held: at the bound, still fits
+    assert not queue.push(b"x" * 100, held_bytes=901)  # 100 queued + 901 held: over
+    empty = SendQueue(max_bytes=1000, max_frames=100, coalesce_after_frames=100)
+    assert not empty.push(b"x", held_bytes=1001)  # nothing queued, the transport is full
+
+
+def test_a_coalesced_delta_counts_what_the_transport_holds_too():
+    queue = SendQueue(max_bytes=1000, max_frames=100, coalesce_after_frames=1)
+    assert push(queue, delta(1, 1, "a"))
+    merged = delta(2, 2, "b")
+    assert not queue.push(merged.encode(), merged, held_bytes=5000)
