@@ -13,7 +13,7 @@ help:
 	@echo "make web    build the web UI (npm ci + vite) when its sources changed"
 	@echo "make proto  regenerate gen/python from proto/"
 	@echo "make lint   ruff + mypy --strict"
-	@echo "make bench  the benchmarks in bench/"
+	@echo "make bench  agent-relay beside its peers, one table (BENCH_ARGS=--full: full sizes)"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -57,12 +57,13 @@ lint: $(STAMP) $(WEB_DEPS)
 	$(BIN)/mypy agent_service ws_edge clients/python/agent_relay_client
 	cd $(WEB) && npm run typecheck
 
+# agent-relay beside raw aiohttp, raw grpc.aio and python-socketio, one table, under
+# 10 minutes (docs/performance.md). BENCH_ARGS=--full for the issue's full sizes. The
+# older per-part benches stay runnable one by one: bench/service_bench.py, edge_bench.py,
+# telemetry_bench.py --e2e, client_bench.py, auth_bench.py.
+BENCH_ARGS ?=
 bench: $(STAMP)
-	$(BIN)/python bench/service_bench.py
-	$(BIN)/python bench/edge_bench.py
-	$(BIN)/python bench/telemetry_bench.py --e2e
-	$(BIN)/python bench/client_bench.py
-	$(BIN)/python bench/auth_bench.py
+	$(BIN)/python bench/peers_bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
