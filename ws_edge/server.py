@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
+from relay_shared.gc_tuning import tune_gc
 from relay_shared.logs import configure_logging
 from relay_shared.telemetry import Telemetry, setup_telemetry
 from ws_edge.app import create_app
@@ -42,6 +43,7 @@ async def serve(settings: EdgeSettings, telemetry: Telemetry | None = None) -> N
         runner, settings.listen_host, settings.listen_port, ssl_context=context, backlog=1024
     )
     await site.start()
+    tune_gc(settings.gc_gen0_threshold)
     host, port = runner.addresses[0][:2]
     scheme = "https" if context is not None else "http"
     print(f"ws_edge listening on {scheme}://{host}:{port}", flush=True)
