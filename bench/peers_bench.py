@@ -1046,13 +1046,11 @@ async def measure(args: argparse.Namespace, tmp: Path) -> tuple[Results, dict[st
                     deadline,
                 )
             if "fanout" in args.scenarios:
-                first = b.full_socks[0]
                 session = await create_sessions(http, stream.http, 1)
                 sid, token = session[0]
                 b.fan_socks = await gather_limited(
                     args.fanout_sockets, lambda _: RelaySocket.open(http, stream.ws_url, sid, token)
                 )
-                del first
                 peers = await b.peer_pool(args.fanout_sockets)
                 for sock in peers:
                     await sock.ws.send_str("sub g")
@@ -1070,8 +1068,6 @@ async def measure(args: argparse.Namespace, tmp: Path) -> tuple[Results, dict[st
                     },
                     deadline,
                 )
-                for sock in peers:
-                    await sock.ws.send_str("unsub")  # echoed, harmless
                 for sock in b.fan_socks:
                     await sock.close()
             if "paced" in args.scenarios:
