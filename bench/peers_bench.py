@@ -1182,7 +1182,7 @@ def main() -> int:
         results, info = asyncio.run(measure(args, Path(tmp)))
     rows = report(results, args)
     judged = targets(results, args)
-    print_table(rows, judged, args, info["seconds"])
+    print_table(rows, judged, args, info)
     out_dir = Path(args.json_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())

@@ -260,9 +260,12 @@ def targets(results: Results, args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def print_table(
-    rows: list[list[str]], judged: list[dict[str, Any]], args: argparse.Namespace, seconds: float
+    rows: list[list[str]],
+    judged: list[dict[str, Any]],
+    args: argparse.Namespace,
+    info: dict[str, Any],
 ) -> None:
-    """The table and the targets, as Markdown."""
+    """The table and the targets, as Markdown; `info` has the run's seconds and notes."""
     print(
         f"\nagent-relay beside its peers, measured in one run: {args.rounds} rounds, systems "
         "interleaved, median (min-max)\non a shared 2-core machine (other jobs running): the "
@@ -277,4 +280,6 @@ def print_table(
     for t in judged:
         met = {True: "met", False: "not met", None: "-"}[t["met"]]
         print(f"| {t['target']} | {fmt(t['measured'])} ({t['note']}) | {fmt(t['limit'])} | {met} |")
-    print(f"\n{seconds:.0f} s in all")
+    if info.get("idle_interleaved") is False:
+        print("\nidle: one system after the other (their sockets exceed the fd limit at once)")
+    print(f"\n{info.get('seconds', 0):.0f} s in all")
