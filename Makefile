@@ -18,7 +18,7 @@ help:
 	@echo "make proto  regenerate gen/python and the code tables from proto/"
 	@echo "make lint   ruff + mypy --strict + buf lint"
 	@echo "make breaking  buf breaking: proto/ against main (or the commit before)"
-	@echo "make bench  the benchmarks in bench/"
+	@echo "make bench  agent-relay beside its peers, and the durable log's cost (BENCH_ARGS=--full: full sizes)"
 	@echo "make soak   the long versions of the fuzzing, conformance and abuse tests (-m soak)"
 
 $(STAMP): pyproject.toml
@@ -111,12 +111,14 @@ SOAK_ENV := AGENT_RELAY_SOAK=1 AGENT_RELAY_FUZZ_EXAMPLES=3000 AGENT_RELAY_IDLE_S
 soak: $(STAMP)
 	$(SOAK_ENV) $(BIN)/python -m pytest -q -s -p no:cacheprovider -m soak -o timeout=7200
 
+# agent-relay beside raw aiohttp, raw grpc.aio and python-socketio, one table, under
+# 10 minutes (docs/performance.md). BENCH_ARGS=--full for the issue's full sizes. The
+# older per-part benches stay runnable one by one: bench/service_bench.py, edge_bench.py,
+# telemetry_bench.py --e2e, client_bench.py, auth_bench.py.
+BENCH_ARGS ?=
 bench: $(STAMP)
-	$(BIN)/python bench/service_bench.py
-	$(BIN)/python bench/edge_bench.py
-	$(BIN)/python bench/telemetry_bench.py --e2e
-	$(BIN)/python bench/client_bench.py
-	$(BIN)/python bench/auth_bench.py
+	$(BIN)/python bench/peers_bench.py $(BENCH_ARGS)
+	$(BIN)/python bench/service_bench.py --paced "" --runs 20
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(TOOLS)/node_modules

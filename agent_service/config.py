@@ -152,6 +152,11 @@ class ServiceSettings:
         "allow listening beyond loopback with no credentials configured: anyone who reaches "
         "the port may do anything",
     )
+    gc_gen0_threshold: int = field(
+        50_000,
+        "after start-up: gc.freeze() and this gen0 collection threshold (objects); "
+        "0: the interpreter's GC defaults",
+    )
     log_level: str = field("INFO", "DEBUG, INFO, WARNING or ERROR")
     metrics_listen: str = field(
         "127.0.0.1:9464", "host:port of the Prometheus /metrics endpoint (port 0: any; empty: off)"

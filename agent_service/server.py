@@ -38,6 +38,7 @@ from agent_service.store import ConversationStore, open_store
 from agent_service.tools.base import ToolRegistry
 from agent_service.tools.builtins import build_registry
 from relay_shared.agent_telemetry import AgentTelemetry
+from relay_shared.gc_tuning import tune_gc
 from relay_shared.grpc_telemetry import bind_server_address, server_interceptors
 from relay_shared.telemetry import Telemetry, parse_listen, setup_telemetry
 
@@ -255,6 +256,7 @@ async def serve(
     on) `agent_service metrics on HOST:PORT`: parents read the first line."""
     running = await create_server(settings, telemetry, tools=tools)
     await running.server.start()
+    tune_gc(settings.gc_gen0_threshold)
     host = settings.listen.rsplit(":", 1)[0]
     print(f"agent_service listening on {host}:{running.port}", flush=True)
     metrics_at = parse_listen(settings.metrics_listen)

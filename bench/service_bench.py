@@ -3,7 +3,8 @@
 Prints, for one session at a time and for 100 concurrent sessions in one process:
 time to first delta (p50 / p99) and deltas per second, for the service with its
 durable SQLite event log (the default) beside the same service on the memory://
-log (the cost of durability) and a bare grpc.aio server. All run as separate
+log (the cost of durability), on Redis Streams when Redis answers on 127.0.0.1,
+and a bare grpc.aio server. All run as separate
 processes on 127.0.0.1 and are measured in the same run by the same client code.
 Bounded: a few seconds per row.
 
@@ -29,6 +30,27 @@ from agent_relay.v1 import agent_pb2_grpc
 from bench.common import summary_ms, table
 
 REPO = Path(__file__).resolve().parents[1]
+REDIS_URL = "redis://127.0.0.1:6379/15"  # a database of its own; the bench removes its keys
+
+
+async def _drop_keys(prefix: str) -> None:
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(REDIS_URL)
+    keys = [key async for key in client.scan_iter(match=f"{prefix}*", count=1000)]
+    for start in range(0, len(keys), 1000):
+        await client.delete(*keys[start : start + 1000])
+    await client.aclose()
+
+
+def _redis_answers() -> bool:
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", 6379), timeout=1.0):
+            return True
+    except OSError:
+        return False
 
 
 def start(argv: list[str]) -> tuple[subprocess.Popen[str], str]:
@@ -192,10 +214,16 @@ async def main() -> None:
     finally:
         raw.terminate()
         raw.wait()
-    for label, log_url in (
+    logs = [
         ("agent_service, durable SQLite log (default)", ""),
         ("agent_service, memory:// log (not durable)", "memory://"),
-    ):
+    ]
+    if _redis_answers():
+        prefix = f"bench-{time.time_ns()}:"
+        logs.append(("agent_service, Redis Streams log", f"{REDIS_URL}?prefix={prefix}"))
+    else:
+        print(f"(no Redis on {REDIS_URL}: the Redis row is left out)")
+    for label, log_url in logs:
         with tempfile.TemporaryDirectory() as tmp:
             service, service_address = start(
                 [
@@ -225,6 +253,8 @@ async def main() -> None:
             finally:
                 service.terminate()
                 service.wait()
+                if "prefix=" in log_url:
+                    await _drop_keys(log_url.split("prefix=", 1)[1])
     paced_rows = []
     for load in filter(None, args.paced.split(",")):
         sessions, rate = load.split("x")

@@ -103,6 +103,11 @@ class EdgeSettings:
     compress: bool = field(True, "permessage-deflate when the client offers it")
     static_dir: Path = field(Path("clients/web/dist"), "built web UI served at / when it exists")
     shutdown_timeout_s: float = field(5.0, "on SIGTERM, how long sockets get to close")
+    gc_gen0_threshold: int = field(
+        50_000,
+        "after start-up: gc.freeze() and this gen0 collection threshold (objects); "
+        "0: the interpreter's GC defaults",
+    )
     log_level: str = field("INFO", "DEBUG, INFO, WARNING or ERROR")
 
     def __post_init__(self) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
+from relay_shared.gc_tuning import tune_gc
 from relay_shared.logs import configure_logging
 from relay_shared.telemetry import Telemetry, setup_telemetry
 from ws_edge.app import create_app
@@ -50,6 +51,7 @@ async def serve(settings: EdgeSettings, telemetry: Telemetry | None = None) -> N
         backlog=1024,
         reuse_address=True,
     )
+    tune_gc(settings.gc_gen0_threshold)
     host, port = server.sockets[0].getsockname()[:2]
     scheme = "https" if context is not None else "http"
     print(f"ws_edge listening on {scheme}://{host}:{port}", flush=True)
