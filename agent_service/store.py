@@ -13,9 +13,10 @@ for older files), `complete`, `cancelled`, `failed` or `interrupted`.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +149,53 @@ class ConversationStore(Protocol):
         """Messages the model reads for a run: everything stored up to the run's own
         user message and the run's own messages, without messages of later runs."""
         ...
+
+
+def encode_tool_calls(calls: Sequence[StoredToolCall]) -> str:
+    """Tool calls as both stores keep them: a JSON list of [call_id, tool_name, arguments]."""
+    return json.dumps(
+        [[c.call_id, c.tool_name, c.arguments_json] for c in calls], separators=(",", ":")
+    )
+
+
+def session_from_row(row: Any) -> SessionRecord:
+    """A sessions row (any mapping by column name: sqlite3.Row, asyncpg.Record)."""
+    return SessionRecord(
+        row["session_id"], row["user_id"], row["title"], row["created_ms"], row["seq_reserved"]
+    )
+
+
+def run_from_row(row: Any) -> RunRecord:
+    """A runs row."""
+    return RunRecord(
+        run_id=row["run_id"],
+        session_id=row["session_id"],
+        user_message_id=row["user_message_id"],
+        status=row["status"],
+        finish_reason=row["finish_reason"],
+        input_tokens=row["input_tokens"],
+        output_tokens=row["output_tokens"],
+        started_ms=row["started_ms"],
+        ended_ms=row["ended_ms"],
+    )
+
+
+def message_from_row(row: Any) -> MessageRecord:
+    """A messages row."""
+    return MessageRecord(
+        session_id=row["session_id"],
+        message_id=row["message_id"],
+        role=row["role"],
+        text=row["text"],
+        run_id=row["run_id"],
+        status=row["status"],
+        created_ms=row["created_ms"],
+        tool_calls=tuple(StoredToolCall(*c) for c in json.loads(row["tool_calls_json"])),
+        call_id=row["call_id"],
+        accept_seq=row["accept_seq"],
+        duration_ms=row["duration_ms"],
+        position=row["position"],
+    )
 
 
 def open_store(url: str) -> ConversationStore:

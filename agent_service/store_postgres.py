@@ -7,7 +7,6 @@ at the same time neither race nor apply one twice.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,7 +17,10 @@ from agent_service.store import (
     MessageRecord,
     RunRecord,
     SessionRecord,
-    StoredToolCall,
+    encode_tool_calls,
+    message_from_row,
+    run_from_row,
+    session_from_row,
 )
 
 # (version, SQL). Append new versions; never edit one that has shipped.
@@ -124,7 +126,7 @@ class PostgresStore:
         rows = await self.pool.fetch(
             "SELECT * FROM runs WHERE status IN ('queued', 'running') ORDER BY run_order"
         )
-        return [_run(row) for row in rows]
+        return [run_from_row(row) for row in rows]
 
     async def create_session(self, record: SessionRecord) -> None:
         await self.pool.execute(
@@ -139,7 +141,7 @@ class PostgresStore:
 
     async def get_session(self, session_id: str) -> SessionRecord | None:
         row = await self.pool.fetchrow("SELECT * FROM sessions WHERE session_id = $1", session_id)
-        return _session(row) if row else None
+        return session_from_row(row) if row else None
 
     async def list_sessions(
         self, user_id: str, limit: int, before_ms: int | None
@@ -151,7 +153,7 @@ class PostgresStore:
             before_ms if before_ms is not None else 2**62,
             limit,
         )
-        return [_session(row) for row in rows]
+        return [session_from_row(row) for row in rows]
 
     async def accept_user_message(
         self, message: MessageRecord, run: RunRecord, *, title: str
@@ -181,7 +183,7 @@ class PostgresStore:
             session_id,
             message_id,
         )
-        return _message(row) if row else None
+        return message_from_row(row) if row else None
 
     async def note_accept_seq(self, session_id: str, message_id: str, seq: int) -> None:
         await self.pool.execute(
@@ -225,12 +227,12 @@ class PostgresStore:
             limit,
             after_position,
         )
-        return [_message(row) for row in rows]
+        return [message_from_row(row) for row in rows]
 
     async def context_for_run(self, session_id: str, run_id: str) -> Sequence[MessageRecord]:
         extra = "AND r.run_order <= (SELECT run_order FROM runs WHERE run_id = $2)"
         rows = await self.pool.fetch(ORDERED_MESSAGES.format(extra=extra), session_id, run_id)
-        return [_message(row) for row in rows]
+        return [message_from_row(row) for row in rows]
 
 
 async def migrate(db: Any) -> list[int]:
@@ -260,9 +262,7 @@ async def migrate(db: Any) -> list[int]:
 
 
 def _message_args(m: MessageRecord) -> tuple[object, ...]:
-    calls = json.dumps(
-        [[c.call_id, c.tool_name, c.arguments_json] for c in m.tool_calls], separators=(",", ":")
-    )
+    calls = encode_tool_calls(m.tool_calls)
     return (
         m.session_id,
         m.message_id,
@@ -275,41 +275,4 @@ def _message_args(m: MessageRecord) -> tuple[object, ...]:
         m.call_id,
         m.accept_seq,
         m.duration_ms,
-    )
-
-
-def _session(row: Any) -> SessionRecord:
-    return SessionRecord(
-        row["session_id"], row["user_id"], row["title"], row["created_ms"], row["seq_reserved"]
-    )
-
-
-def _run(row: Any) -> RunRecord:
-    return RunRecord(
-        run_id=row["run_id"],
-        session_id=row["session_id"],
-        user_message_id=row["user_message_id"],
-        status=row["status"],
-        finish_reason=row["finish_reason"],
-        input_tokens=row["input_tokens"],
-        output_tokens=row["output_tokens"],
-        started_ms=row["started_ms"],
-        ended_ms=row["ended_ms"],
-    )
-
-
-def _message(row: Any) -> MessageRecord:
-    return MessageRecord(
-        session_id=row["session_id"],
-        message_id=row["message_id"],
-        role=row["role"],
-        text=row["text"],
-        run_id=row["run_id"],
-        status=row["status"],
-        created_ms=row["created_ms"],
-        tool_calls=tuple(StoredToolCall(*c) for c in json.loads(row["tool_calls_json"])),
-        call_id=row["call_id"],
-        accept_seq=row["accept_seq"],
-        duration_ms=row["duration_ms"],
-        position=row["position"],
     )

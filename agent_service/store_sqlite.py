@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import aiosqlite
 
@@ -13,7 +11,10 @@ from agent_service.store import (
     MessageRecord,
     RunRecord,
     SessionRecord,
-    StoredToolCall,
+    encode_tool_calls,
+    message_from_row,
+    run_from_row,
+    session_from_row,
 )
 
 SCHEMA = """
@@ -112,7 +113,7 @@ class SqliteStore:
         rows = await self.db.execute_fetchall(
             "SELECT * FROM runs WHERE status IN ('queued', 'running') ORDER BY run_order"
         )
-        return [_run(row) for row in rows]
+        return [run_from_row(row) for row in rows]
 
     async def close(self) -> None:
         if self._db is not None:
@@ -140,7 +141,7 @@ class SqliteStore:
                 "SELECT * FROM sessions WHERE session_id = ?", (session_id,)
             )
         )
-        return _session(rows[0]) if rows else None
+        return session_from_row(rows[0]) if rows else None
 
     async def list_sessions(
         self, user_id: str, limit: int, before_ms: int | None
@@ -149,7 +150,7 @@ class SqliteStore:
         query += "ORDER BY created_ms DESC, session_id DESC LIMIT ?"
         before = before_ms if before_ms is not None else 2**62
         rows = await self.db.execute_fetchall(query, (user_id, user_id, before, limit))
-        return [_session(row) for row in rows]
+        return [session_from_row(row) for row in rows]
 
     async def accept_user_message(
         self, message: MessageRecord, run: RunRecord, *, title: str
@@ -173,7 +174,7 @@ class SqliteStore:
                 (session_id, message_id),
             )
         )
-        return _message(rows[0]) if rows else None
+        return message_from_row(rows[0]) if rows else None
 
     async def note_accept_seq(self, session_id: str, message_id: str, seq: int) -> None:
         await self.db.execute(
@@ -189,10 +190,7 @@ class SqliteStore:
         await self.db.commit()
 
     async def _insert_message(self, m: MessageRecord, *, upsert: bool = False) -> None:
-        calls = json.dumps(
-            [[c.call_id, c.tool_name, c.arguments_json] for c in m.tool_calls],
-            separators=(",", ":"),
-        )
+        calls = encode_tool_calls(m.tool_calls)
         sql = (
             "INSERT INTO messages (session_id, message_id, role, text, run_id, status, "
             "created_ms, tool_calls_json, call_id, accept_seq, duration_ms) "
@@ -248,52 +246,11 @@ class SqliteStore:
     ) -> list[MessageRecord]:
         query = ORDERED_MESSAGES.format(extra="") + " LIMIT ? OFFSET ?"
         rows = await self.db.execute_fetchall(query, (session_id, limit, after_position))
-        return [_message(row) for row in rows]
+        return [message_from_row(row) for row in rows]
 
     async def context_for_run(self, session_id: str, run_id: str) -> Sequence[MessageRecord]:
         extra = "AND r.run_order <= (SELECT run_order FROM runs WHERE run_id = ?)"
         rows = await self.db.execute_fetchall(
             ORDERED_MESSAGES.format(extra=extra), (session_id, run_id)
         )
-        return [_message(row) for row in rows]
-
-
-def _session(row: Any) -> SessionRecord:
-    return SessionRecord(
-        session_id=row["session_id"],
-        user_id=row["user_id"],
-        title=row["title"],
-        created_ms=row["created_ms"],
-        seq_reserved=row["seq_reserved"],
-    )
-
-
-def _run(row: Any) -> RunRecord:
-    return RunRecord(
-        run_id=row["run_id"],
-        session_id=row["session_id"],
-        user_message_id=row["user_message_id"],
-        status=row["status"],
-        finish_reason=row["finish_reason"],
-        input_tokens=row["input_tokens"],
-        output_tokens=row["output_tokens"],
-        started_ms=row["started_ms"],
-        ended_ms=row["ended_ms"],
-    )
-
-
-def _message(row: Any) -> MessageRecord:
-    return MessageRecord(
-        session_id=row["session_id"],
-        message_id=row["message_id"],
-        role=row["role"],
-        text=row["text"],
-        run_id=row["run_id"],
-        status=row["status"],
-        created_ms=row["created_ms"],
-        tool_calls=tuple(StoredToolCall(*c) for c in json.loads(row["tool_calls_json"])),
-        call_id=row["call_id"],
-        accept_seq=row["accept_seq"],
-        duration_ms=row["duration_ms"],
-        position=row["position"],
-    )
+        return [message_from_row(row) for row in rows]
