@@ -1,6 +1,7 @@
 """The `python` tool: run a snippet in a separate, limited, sandboxed Python process.
 
-The snippet runs in `sys.executable -I -u` (isolated: no user site, no PYTHON*
+The snippet runs in `BASE_PYTHON -I -u`: the interpreter behind sys.executable,
+outside any venv, so with the standard library only (isolated: no user site, no PYTHON*
 variables, unbuffered output) started in a new session, so it and anything it
 spawns form one process group. sandbox_child.py, loaded by a short stub, sets up
 the child: the confinement the Sandbox says, the resource limits, then the
@@ -42,7 +43,6 @@ import logging
 import os
 import shutil
 import signal
-import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +50,7 @@ from agent_service.config import ServiceSettings
 from agent_service.tools.base import ToolContext, ToolError, ToolRegistry, ToolSpec
 from agent_service.tools.builtins import landlock, sandbox_child
 from agent_service.tools.builtins.python_sandbox import (
+    BASE_PYTHON,
     PythonLimits,
     Sandbox,
     child_argv,
@@ -164,7 +165,7 @@ class PythonRunner:
     """Runs snippets under fixed limits. One instance serves every call of the service."""
 
     def __init__(
-        self, limits: PythonLimits, sandbox: Sandbox, *, python: str = sys.executable
+        self, limits: PythonLimits, sandbox: Sandbox, *, python: str = BASE_PYTHON
     ) -> None:
         self.limits = limits
         self.sandbox = sandbox

@@ -203,12 +203,19 @@ def python_read_only() -> tuple[str, ...]:
     return tuple(dict.fromkeys(p for p in paths if os.pathsep not in p))
 
 
+# The interpreter a snippet runs on: the real file behind sys.executable. A venv's
+# `python` is a link inside the venv, and a venv under /tmp is hidden from the
+# snippet (its /tmp is the run's own tmpfs), so `sys.executable` there must name
+# a file the snippet can still run (to start a subprocess of its own, say).
+BASE_PYTHON = os.path.realpath(sys.executable)
+
+
 def child_argv(python: str, config: dict[str, Any]) -> list[str]:
     """The command line of one run."""
     return [python, "-I", "-u", "-c", STUB, sandbox_child.__file__, json.dumps(config)]
 
 
-def probe_sandbox(sandbox: Sandbox, python: str = sys.executable) -> str | None:
+def probe_sandbox(sandbox: Sandbox, python: str = BASE_PYTHON) -> str | None:
     """Run `pass` under the sandbox (blocking; at start-up). None, or why it failed."""
     limits = PythonLimits(cpu_s=5, memory_mb=256, wall_s=PROBE_TIMEOUT_S, output_bytes=4096)
     workdir = prepare_workdir("pass\n")

@@ -75,6 +75,9 @@ def main(config_json: str) -> None:
     """Set up as the config says and run the snippet; never returns."""
     config: dict[str, Any] = json.loads(config_json)
     source = _take_snippet(config["snippet"])
+    if config["landlock"]:  # read now: the mounts below may cover where it lies (under /tmp)
+        with open(config["landlock"], encoding="utf-8") as f:
+            config["landlock_source"] = f.read()
     if not config["namespaces"]:
         _run_confined(config, source)
     try:
@@ -237,8 +240,7 @@ def _load_seccomp(libc: ctypes.CDLL, program: bytes) -> None:
 
 def _landlock(config: dict[str, Any]) -> None:
     landlock: dict[str, Any] = {"__name__": "_agent_relay_landlock"}
-    with open(config["landlock"], encoding="utf-8") as f:
-        exec(compile(f.read(), config["landlock"], "exec"), landlock)
+    exec(compile(config["landlock_source"], config["landlock"], "exec"), landlock)
     landlock["restrict"](config["read_only"], [config["workdir"]], config["devices"])
     roots = [r.rstrip("/") + "/" for r in config["read_only"]]
     sys.path[:] = [p for p in sys.path if any((p + "/").startswith(r) for r in roots)]
