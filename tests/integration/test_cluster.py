@@ -45,10 +45,13 @@ pytestmark = pytest.mark.timeout(240)
 
 
 class OwnRedis:
-    """A redis-server of the test's own on a free loopback port, persistence off, that
-    the test can shut down (`redis-cli shutdown nosave`) and start again on that port."""
+    """A redis-server of the test's own on a free loopback port (`--save ''`) that the
+    test can shut down (`redis-cli shutdown nosave`) and start again on that port. With
+    `aof_dir` it keeps an append-only file there (fsync on every write), so what it held
+    comes back with it; without, it comes back empty."""
 
-    def __init__(self) -> None:
+    def __init__(self, aof_dir: Path | None = None) -> None:
+        self.aof_dir = aof_dir
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
@@ -59,8 +62,12 @@ class OwnRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     async def start(self) -> None:
+        argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        if self.aof_dir is not None:
+            self.aof_dir.mkdir(parents=True, exist_ok=True)
+            argv += ["--dir", str(self.aof_dir), "--appendonly", "yes", "--appendfsync", "always"]
         self.process = await asyncio.create_subprocess_exec(
-            *("redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""),
+            *argv,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
         )
@@ -120,11 +127,13 @@ class Four:
 
 
 @pytest.fixture
-async def four(tmp_path: Path) -> AsyncIterator[Four]:
+async def four(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Four]:
+    """The cluster; parametrized indirectly with True, its Redis keeps an append-only file."""
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed")
     require("PostgreSQL", "127.0.0.1", 5432, "pg_ctlcluster ... main start")
-    redis = OwnRedis()
+    aof = bool(getattr(request, "param", False))
+    redis = OwnRedis(tmp_path / "redis" if aof else None)
     await redis.start()
     async with postgres_database() as store_url:
         proxy = await PausableProxy.start(store_url)
@@ -350,7 +359,11 @@ async def _resumes_after(four: Four, outage: str) -> None:
         assert during["code"] == "upstream_unavailable", during
     # the first run ends one way or another; then a new message runs, seen on both edges
     for client in (on_1, on_2):
-        await client.until_complete(sid, first["run_id"], timeout_s=60)
+        try:
+            await client.until_complete(sid, first["run_id"], timeout_s=60)
+        except TimeoutError:
+            logs = {name: r.text()[-4000:] for name, r in four.replicas.items()}
+            raise AssertionError(f"run {first['run_id']} never ended on a socket: {logs}") from None
     nxt = await say_until_accepted(on_1, sid, QUICK, "m3")
     accepted.append("m3")
     for client in (on_1, on_2):
@@ -367,7 +380,34 @@ async def _resumes_after(four: Four, outage: str) -> None:
     await on_2.close()
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "issue 11 item 8, not fixed: the outage outlasts the 2 s lease, the other replica "
+        "takes the session over (token 2) and ends the run interrupted in the store, the "
+        "old owner is fenced (SEQCONFLICT, FENCED) and follows; but no socket on either "
+        "edge ever gets that run's chat:complete (the replicas' following of the log does "
+        "not resume across the Redis restart)"
+    ),
+)
+@pytest.mark.parametrize("four", [True], indirect=True, ids=["aof"])
 async def test_a_redis_restart_mid_conversation_clients_resume_and_nothing_is_lost(
+    four: Four,
+) -> None:
+    """Redis as a deployment runs it for the log: with its append-only file."""
+    await _resumes_after(four, "redis")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "issue 11 item 8, not fixed: the log, the seq head and the fencing counter live "
+        "only in Redis; one that comes back empty (no persistence) restarts the fencing "
+        "token at 1 and the stream head at 0, the survivor's appends are refused "
+        "(SEQCONFLICT) and the interrupted run never reaches the clients"
+    ),
+)
+async def test_a_redis_restart_that_lost_its_data_mid_conversation_clients_resume(
     four: Four,
 ) -> None:
     await _resumes_after(four, "redis")
