@@ -2,18 +2,19 @@
 
 Both shapes run on the same backends (a fresh PostgreSQL database and Redis key prefix
 each, as the tests use: Redis on 127.0.0.1:6379, PostgreSQL on 127.0.0.1:5432), in one
-run. N sessions, one socket each, split over the edges round-robin; every socket sends
-one message at once and the demo model streams W words at full speed
-(--demo-tokens-per-s 0). Deltas/s is every word delivered to a socket over the wall
-time from the first send to the last completion; time to first delta is per socket,
-from its send to its first chat:response.
+run, beside the one-machine baseline (1 replica + 1 edge on SQLite). N sessions, one
+socket each, split over the edges round-robin; every socket sends one message at once
+and the demo model streams W words at full speed (--demo-tokens-per-s 0). Deltas/s is
+every word delivered to a socket over the wall time from the first send to the last
+completion; time to first delta is per socket, from its send to its first
+chat:response.
 
-What this can show on a 2-core machine: the cost of the second hop (the edges carry the
-sessions on the replica their hashing picks, whichever replica owns them; a run whose
-owner is the other replica is streamed from the Redis log), and that a cluster under
-full load delivers every word. What it cannot show: scale-out. Four busy processes on
-two cores share the same CPU time as two do; real gains need a core (or a machine) per
-process.
+What this can show on a 2-core machine: the cost of the shared backends (the Redis log
+beside SQLite) and of the second hop (the edges carry the sessions on the replica their
+hashing picks, whichever replica owns them; a run whose owner is the other replica is
+streamed from the Redis log), and that a cluster under full load delivers every word.
+What it cannot show: scale-out. Four busy processes on two cores share the same CPU
+time as two do; real gains need a core (or a machine) per process.
 
     .venv/bin/python bench/cluster_bench.py [--sessions 40] [--words 200] [--rounds 2]
 """
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -54,7 +56,7 @@ def start_shape(
         for i in range(replicas):
             argv = [
                 py, "-m", "agent_service", "--listen", "127.0.0.1:0",
-                "--store-url", store_url, "--log-url", log_url,
+                "--store-url", store_url, *(("--log-url", log_url) if log_url else ()),
                 "--replica-id", f"bench-{i + 1}", "--metrics-listen", "",
                 "--demo-tokens-per-s", "0", "--demo-reply-words", str(words),
                 "--log-level", "WARNING",
@@ -104,11 +106,15 @@ async def one_round(edges: list[Proc], sessions: int) -> tuple[float, list[float
 
 
 async def measure(
-    replicas: int, edges: int, args: argparse.Namespace
+    replicas: int, edges: int, args: argparse.Namespace, *, sqlite: bool = False
 ) -> tuple[list[float], list[float], int]:
     async with redis_prefix() as (redis_url, prefix), postgres_database() as store_url:
+        log_url = f"{redis_url}?prefix={prefix}"
+        if sqlite:  # the one-machine baseline: store and log in one SQLite file
+            folder = tempfile.mkdtemp(prefix="cluster-bench-")
+            store_url, log_url = f"sqlite:///{folder}/bench.sqlite3", ""
         services, front = await asyncio.to_thread(
-            start_shape, replicas, edges, store_url, f"{redis_url}?prefix={prefix}", args.words
+            start_shape, replicas, edges, store_url, log_url, args.words
         )
         try:
             rates, ttfd, words = [], [], 0
@@ -131,12 +137,15 @@ async def main() -> int:
     args = parser.parse_args()
     rows = []
     expected = args.sessions * args.words * args.rounds
-    for replicas, edges in ((1, 1), (2, 2)):
+    shapes = (("1 replica + 1 edge, SQLite", 1, 1, True),
+              ("1 replica + 1 edge", 1, 1, False),
+              ("2 replicas + 2 edges", 2, 2, False))  # fmt: skip
+    for name, replicas, edges, sqlite in shapes:
         started = time.perf_counter()
-        rates, ttfd, words = await measure(replicas, edges, args)
+        rates, ttfd, words = await measure(replicas, edges, args, sqlite=sqlite)
         rows.append(
             [
-                f"{replicas} replica + {edges} edge" if replicas == 1 else "2 replicas + 2 edges",
+                name,
                 f"{max(rates):,.0f}",
                 f"{min(rates):,.0f}",
                 f"{percentile(ttfd, 0.5) * 1e3:.0f}",
@@ -147,7 +156,7 @@ async def main() -> int:
         )
     table(
         f"{args.sessions} sessions at full speed, {args.words} words each, {args.rounds} rounds "
-        "(Redis log, PostgreSQL store)",
+        "(Redis log and PostgreSQL store unless SQLite)",
         [
             "shape",
             "deltas/s best",
