@@ -108,11 +108,14 @@ async def one_round(edges: list[Proc], sessions: int) -> tuple[float, list[float
 async def measure(
     replicas: int, edges: int, args: argparse.Namespace, *, sqlite: bool = False
 ) -> tuple[list[float], list[float], int]:
-    async with redis_prefix() as (redis_url, prefix), postgres_database() as store_url:
+    async with (
+        redis_prefix() as (redis_url, prefix),
+        postgres_database() as store_url,
+    ):
+        folder = tempfile.TemporaryDirectory(prefix="cluster-bench-")
         log_url = f"{redis_url}?prefix={prefix}"
         if sqlite:  # the one-machine baseline: store and log in one SQLite file
-            folder = tempfile.mkdtemp(prefix="cluster-bench-")
-            store_url, log_url = f"sqlite:///{folder}/bench.sqlite3", ""
+            store_url, log_url = f"sqlite:///{folder.name}/bench.sqlite3", ""
         services, front = await asyncio.to_thread(
             start_shape, replicas, edges, store_url, log_url, args.words
         )
@@ -127,6 +130,7 @@ async def measure(
         finally:
             for proc in (*front, *services):
                 await asyncio.to_thread(proc.stop)
+            folder.cleanup()
 
 
 async def main() -> int:
