@@ -9,10 +9,11 @@ BUF    := $(TOOLS)/node_modules/.bin/buf
 # the browser the end-to-end tests drive (Debian's package; never `playwright install`)
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: help install proto run test test-py lint lint-proto breaking bench clean web test-web tools chromium soak
+.PHONY: help install proto run cluster test test-py lint lint-proto breaking bench clean web test-web tools chromium soak
 
 help:
 	@echo "make run    set up and start the whole system (agent service + edge + web UI)"
+	@echo "make cluster  2 agent replicas + 2 edges on local Redis and PostgreSQL (started if needed)"
 	@echo "make test   set up and run every test suite"
 	@echo "make web    build the web UI (npm ci + vite) when its sources changed"
 	@echo "make proto  regenerate gen/python and the code tables from proto/"
@@ -84,6 +85,11 @@ proto: $(STAMP)
 
 run: $(STAMP) $(WEB_BUILD)
 	$(BIN)/agent-relay run
+
+# CLUSTER_ARGS: flags of `agent-relay cluster --help` (ports, Redis and PostgreSQL URLs)
+CLUSTER_ARGS ?=
+cluster: $(STAMP) $(WEB_BUILD)
+	$(BIN)/agent-relay cluster $(CLUSTER_ARGS)
 
 # Chromium first: a machine without it stops at once, not after the installs.
 test: $(CHROMIUM) $(STAMP) $(WEB_BUILD) test-web lint-proto breaking

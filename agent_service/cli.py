@@ -2,6 +2,8 @@
 
     agent-relay run       the whole system on this machine (service + edge + web UI),
                           restarted when a part crashes; Ctrl-C, SIGTERM or SIGHUP stop it
+    agent-relay cluster   2 agent replicas and 2 edges on this machine, on a shared Redis
+                          and PostgreSQL (started when they do not answer); Ctrl-C stops it
     agent-relay serve     the agent gRPC service (same as python -m agent_service)
     agent-relay edge      the WebSocket edge (same as python -m ws_edge)
     agent-relay chat      the terminal chat
@@ -42,6 +44,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from agent_service.supervisor import main as run_main
 
         return run_main(rest)
+    if command == "cluster":
+        from agent_service.cluster import main as cluster_main
+
+        return cluster_main(rest)
     if command == "token":
         return mint_token_command(rest)
     if command in {"chat", "tools", "history"}:

@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from agent_relay.v1 import agent_pb2 as pb
 from agent_relay.v1 import agent_pb2_grpc
 from tests.support.chat import ChatClient
+from tests.support.proxy import PausableProxy
 from tests.support.replicas import Cluster, cluster
 from tests.support.service import ServiceProcess
 from tests.support.timing import scaled
@@ -228,10 +229,10 @@ async def test_health_is_not_serving_and_commands_fail_fast_during_an_outage(
     UNAVAILABLE, within bounds; afterwards it serves again, by seq, with nothing lost."""
     async with cluster(tmp_path, *SLOW, ttl_s=TTL_S) as shared:
         if backend == "redis":
-            proxy = await _PausableProxy.start(shared.redis_url)
+            proxy = await PausableProxy.start(shared.redis_url)
             shared.redis_url = f"redis://127.0.0.1:{proxy.port}/0"
         else:
-            proxy = await _PausableProxy.start(shared.store_url)
+            proxy = await PausableProxy.start(shared.store_url)
             host_part, database = shared.store_url.rsplit("/", 1)
             shared.store_url = f"{host_part.rsplit(':', 1)[0]}:{proxy.port}/{database}"
         a = await asyncio.to_thread(shared.start, "replica-a")  # the proxy runs on this loop
@@ -276,56 +277,3 @@ async def _wait_health(health: health_pb2_grpc.HealthStub, want: int) -> int:
         if response.status == want or asyncio.get_running_loop().time() > deadline:
             return int(response.status)
         await asyncio.sleep(0.2)
-
-
-class _PausableProxy:
-    """A TCP proxy on loopback in front of Redis that can cut every connection and refuse
-    new ones (an outage), then let them through again."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.port = 0
-        self.open = True
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    @classmethod
-    async def start(cls, url: str) -> _PausableProxy:
-        port = int(url.rsplit(":", 1)[1].split("/")[0])
-        proxy = cls(port)
-        proxy._server = await asyncio.start_server(proxy._serve, "127.0.0.1", 0)
-        proxy.port = proxy._server.sockets[0].getsockname()[1]
-        return proxy
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if not self.open:
-            writer.close()
-            return
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        self._writers |= {writer, up_writer}
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            try:
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            except (ConnectionError, OSError):
-                pass
-            finally:
-                dst.close()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-
-    async def cut(self) -> None:
-        self.open = False
-        for writer in list(self._writers):
-            writer.close()
-        self._writers.clear()
-
-    async def restore(self) -> None:
-        self.open = True
-
-    async def close(self) -> None:
-        await self.cut()
-        if self._server is not None:
-            self._server.close()
