@@ -413,3 +413,47 @@ async def test_chaos_users_keep_every_seq_and_every_message_through_kills_and_cu
         for edge in world.edges.values():
             await asyncio.to_thread(edge.stop)
         await asyncio.to_thread(world.service.stop)
+
+
+def _event(seq: int, kind: str, **fields: object) -> dict:
+    return {"type": kind, "session_id": "s", "seq": seq, "run_id": "r1", **fields}
+
+
+_LOG = [
+    _event(1, "chat:accepted", message_id="m1"),
+    _event(2, "chat:run_started", message_id="m1"),
+    _event(4, "chat:response", from_seq=3, text="hi"),
+    _event(5, "chat:complete", finish_reason="stop"),
+]
+
+
+def _user(pieces: list[tuple[int, list[dict]]]) -> User:
+    user = User(0, "s", "token", [], random.Random(0), sent={"m1": "hi"}, acked={"m1": "r1"})
+    for after, frames in pieces:
+        client = EdgeClient(None)
+        client.frames = list(frames)
+        user.connections.append(Connection("ws://test", after, client))
+    return user
+
+
+@pytest.mark.parametrize(
+    ("pieces", "log", "history", "fault"),
+    [
+        ([(0, _LOG[:2]), (2, _LOG[2:])], _LOG, {"m1": 1}, ""),
+        ([(0, _LOG[:2]), (1, _LOG[1:])], _LOG, {"m1": 1}, "a repeat across reconnects"),
+        ([(0, _LOG[:2]), (4, _LOG[3:])], _LOG, {"m1": 1}, "a hole across reconnects"),
+        ([(0, [_LOG[0], *_LOG[2:]])], _LOG, {"m1": 1}, "a hole within a connection"),
+        ([(0, _LOG)], [*_LOG, _event(6, "chat:complete")], {"m1": 1}, "a run completed twice"),
+        ([(0, _LOG)], _LOG[:3], {"m1": 1}, "a run never completed"),
+        ([(0, _LOG)], _LOG, {"m1": 2}, "a message twice in history"),
+        ([(0, _LOG)], _LOG, {}, "a message missing from history"),
+        ([(0, _LOG)], _LOG, {"m1": 1, "m9": 1}, "a message nobody sent"),
+        ([(0, [_LOG[0], _event(2, "chat:complete")])], _LOG, {"m1": 1}, "not what the log has"),
+    ],
+)
+def test_the_checker_finds_each_broken_invariant(
+    pieces: list[tuple[int, list[dict]]], log: list[dict], history: dict[str, int], fault: str
+):
+    head = max(f["seq"] for f in log)
+    broken = check_user(_user(pieces), head, log, Counter(history))
+    assert bool(broken) == bool(fault), (fault, broken)
