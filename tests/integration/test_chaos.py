@@ -96,8 +96,8 @@ class World:
         return [*direct, *self.proxy_urls.values()]
 
     async def restart_service(self, kill: bool = True) -> None:
-        if kill:
-            await asyncio.to_thread(self.service.kill)
+        """kill -9 (or SIGTERM: a graceful stop) and start again on the same port and file."""
+        await asyncio.to_thread(self.service.kill if kill else self.service.stop)
         self.service = await asyncio.to_thread(
             start_agent_service,
             self.tmp_path,
@@ -107,6 +107,7 @@ class World:
         )
 
     async def restart_edge(self, name: str) -> None:
+        """kill -9 the edge and start it again on the same port."""
         await asyncio.to_thread(self.edges[name].kill)
         self.edges[name] = await asyncio.to_thread(
             start_edge,
@@ -125,6 +126,7 @@ async def inject(world: World, rng: random.Random, until: float) -> None:
     """Faults at random (seeded) moments until `until`; everything is up again on return."""
     kinds: list[tuple[str, Callable[[], object]]] = [
         ("kill -9 agent service", lambda: world.restart_service()),
+        ("SIGTERM agent service", lambda: world.restart_service(kill=False)),
         ("kill -9 edge a", lambda: world.restart_edge("a")),
         ("kill -9 edge b", lambda: world.restart_edge("b")),
         ("cut client TCP (proxy to edge a)", lambda: world.client_proxies["a"].cut()),
@@ -159,6 +161,8 @@ class User:
     drops: int = 0
     refused: list[dict] = field(default_factory=list)  # non-retryable errors: a defect
     pending: str | None = None
+    state: str = "not started"  # what it is doing now, for the report of a stuck user
+    codes: Counter[str] = field(default_factory=Counter)  # retryable errors seen
 
     @property
     def last_seq(self) -> int:
@@ -181,8 +185,10 @@ class User:
             client = None
             try:
                 target = self.rng.choice(self.targets)
+                self.state = f"connecting to {target}"
                 client = await EdgeClient.connect(target, token=self.token)
-                await self._chat(target, client, until)
+                await self._chat(target, client, until, hard_deadline)
+                self.state = "done"
                 return
             except (*DROPS, Refused):
                 self.drops += 1
@@ -194,8 +200,11 @@ class User:
                     except (*DROPS, asyncio.CancelledError):
                         pass
 
-    async def _chat(self, target: str, client: EdgeClient, until: float) -> None:
+    async def _chat(
+        self, target: str, client: EdgeClient, until: float, hard_deadline: float
+    ) -> None:
         after = self.last_seq
+        self.state = f"joining {target} after {after}"
         ack = await client.join(self.session_id, after_seq=after)
         if ack.get("type") != "ack":
             if ack.get("code") in RETRYABLE:
@@ -210,6 +219,9 @@ class User:
                 self.pending = uuid.uuid4().hex
                 self.sent[self.pending] = self.rng.choice(PHRASES)
             message_id = self.pending
+            if time.monotonic() >= hard_deadline:
+                return
+            self.state = f"sending {message_id} to {target}"
             reply = await client.say(self.session_id, self.sent[message_id], message_id=message_id)
             if reply.get("type") == "error":
                 code = reply.get("code")
@@ -220,6 +232,7 @@ class User:
                     self.pending = None
                     continue
                 self.retries += 1
+                self.codes[code] += 1
                 await asyncio.sleep(max(0.2, reply.get("retry_after_ms", 500) / 1000))
                 continue
             run_id = reply["run_id"]
@@ -227,6 +240,7 @@ class User:
                 self.duplicate_acks += 1
             assert self.acked.setdefault(message_id, run_id) == run_id, (message_id, reply)
             if run_id not in self.completed_runs():
+                self.state = f"waiting for {run_id} of {message_id} on {target}"
                 await client.until(
                     lambda f, run_id=run_id: (
                         f.get("type") == "chat:complete" and f.get("run_id") == run_id
@@ -235,6 +249,19 @@ class User:
                 )
             self.pending = None
             await asyncio.sleep(self.rng.uniform(0.0, 0.4))
+
+
+async def report_progress(world: World, users: list[User], start: float) -> None:
+    """A line every 10 s, so a long run shows how it goes."""
+    while True:
+        await asyncio.sleep(10)
+        print(
+            f"chaos: {time.monotonic() - start:.0f} s, faults {sum(world.faults.values())},"
+            f" acked {sum(len(u.acked) for u in users)}, drops {sum(u.drops for u in users)},"
+            f" retried {sum((u.codes for u in users), Counter())},"
+            f" busy users: {[u.state for u in users if u.state != 'done'][:3]}",
+            flush=True,
+        )
 
 
 def get_json(url: str, token: str) -> dict:
@@ -373,15 +400,29 @@ async def test_chaos_users_keep_every_seq_and_every_message_through_kills_and_cu
         until = start + SECONDS
         hard_deadline = until + scaled(120)
         injector = asyncio.create_task(inject(world, random.Random(rng.random()), until))
-        await asyncio.gather(*(u.run(until, hard_deadline) for u in users))
+        progress = asyncio.create_task(report_progress(world, users, start))
+        runs = [asyncio.create_task(u.run(until, hard_deadline)) for u in users]
+        _, stuck = await asyncio.wait(runs, timeout=hard_deadline + scaled(90) - time.monotonic())
+        for task in stuck:
+            task.cancel()
+        await asyncio.gather(*runs, return_exceptions=True)
         await injector  # returns with every process up
+        progress.cancel()
         elapsed = time.monotonic() - start
 
-        broken: list[str] = []
+        broken: list[str] = [
+            f"{u.session_id}: still {u.state} at the end" for u in users if u.state != "done"
+        ]
+        broken.extend(
+            f"{u.session_id}: {task.exception()!r}"
+            for u, task in zip(users, runs, strict=True)
+            if not task.cancelled() and task.exception() is not None
+        )
         live_events = final_events = 0
         for user in users:
             if user.pending is not None:
-                broken.append(f"{user.session_id}: {user.pending} never acknowledged")
+                acked = "acknowledged" if user.pending in user.acked else "never acknowledged"
+                broken.append(f"{user.session_id}: {user.pending} ({acked}) never completed")
             head, log = await final_log(world.edges["a"], user)
             history = await asyncio.to_thread(history_message_ids, world.edges["b"].url, user)
             broken.extend(check_user(user, head, log, history))
@@ -396,7 +437,8 @@ async def test_chaos_users_keep_every_seq_and_every_message_through_kills_and_cu
             + ", ".join(f"{kind} x{n}" for kind, n in sorted(world.faults.items()))
             + f"; messages sent {sent}, acknowledged {acked}"
             f" ({sum(u.duplicate_acks for u in users)} acks of a resent id, duplicate),"
-            f" {sum(u.retries for u in users)} sends retried after a retryable error;"
+            f" {sum(u.retries for u in users)} sends retried after a retryable error"
+            f" ({dict(sum((u.codes for u in users), Counter()))});"
             f" connections {sum(len(u.connections) for u in users)},"
             f" drops {sum(u.drops for u in users)}; events checked: {live_events} received"
             f" live, {final_events} in the logs replayed from 0;"
