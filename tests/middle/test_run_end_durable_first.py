@@ -23,6 +23,7 @@ from agent_service.log import Append
 from agent_service.log_memory import MemoryLog
 from agent_service.providers.demo import DemoModel
 from agent_service.recovery import plan
+from agent_service.store import RunRecord
 from agent_service.store_sqlite import SqliteStore
 from agent_service.tools.builtins import build_registry
 from relay_shared.agent_telemetry import AgentTelemetry
@@ -88,3 +89,20 @@ async def test_the_store_says_ended_only_once_the_run_completed_is_durable(
     assert await hub.store.runs_in_flight() == []
     completed = [e for e in session.log.retained() if e.HasField("run_completed")]
     assert [e.run_completed.finish_reason for e in completed] == [pb.FINISH_REASON_STOP]
+
+
+def test_recovery_appends_an_acceptance_the_log_lacks() -> None:
+    # Also found by the chaos soak: a kill -9 between the store's commit of a message and
+    # the log's commit of its MessageAccepted left a stored message, acknowledged on a
+    # resend as `duplicate`, that the log never showed.
+    run = RunRecord("r1", "s", "m1", "running")
+    started = pb.SessionEvent(run_id="r1", seq=1, run_started=pb.RunStarted(message_id="m1"))
+    todo = plan(run, [started], user_text="hello")
+    assert [e.WhichOneof("kind") for e in todo.append] == ["message_accepted", "run_completed"]
+    accepted = todo.append[0].message_accepted
+    assert (accepted.message_id, accepted.text, accepted.run_id) == ("m1", "hello", "r1")
+    logged = pb.SessionEvent(
+        run_id="r1", seq=1, message_accepted=pb.MessageAccepted(message_id="m1", run_id="r1")
+    )
+    kinds = [e.WhichOneof("kind") for e in plan(run, [logged], "hello").append]
+    assert kinds == ["run_completed"]
