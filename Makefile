@@ -110,9 +110,10 @@ lint: $(STAMP) $(WEB_DEPS) lint-proto
 	cd $(WEB) && npm run typecheck
 
 # The tests marked `soak`, long: more fuzz examples, every Autobahn case, 10,000 idle
-# sockets, 2,000 slowloris connections. `make test` runs the same tests bounded.
+# sockets, 2,000 slowloris connections, a 300 s chaos run of 30 users. `make test` runs
+# the same tests bounded.
 SOAK_ENV := AGENT_RELAY_SOAK=1 AGENT_RELAY_FUZZ_EXAMPLES=3000 AGENT_RELAY_IDLE_SOCKETS=10000 \
-            AGENT_RELAY_SLOW_CONNECTIONS=2000
+            AGENT_RELAY_SLOW_CONNECTIONS=2000 AGENT_RELAY_CHAOS_SECONDS=300 AGENT_RELAY_CHAOS_USERS=30
 
 soak: $(STAMP)
 	$(SOAK_ENV) $(BIN)/python -m pytest -q -s -p no:cacheprovider -m soak -o timeout=7200

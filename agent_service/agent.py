@@ -24,6 +24,7 @@ from typing import cast
 
 from agent_relay.v1 import agent_pb2 as pb
 from agent_service.config import ServiceSettings
+from agent_service.errors import Unavailable
 from agent_service.ids import now_ms
 from agent_service.providers.base import (
     ChatMessage,
@@ -102,6 +103,7 @@ class RunExecution:
         self.step: _Step | None = None
         self.first_message_id = f"{run.run_id}.0"
         self.unanswered: list[ToolCallRequested] = []  # stored calls with no stored result
+        self.completion: pb.SessionEvent | None = None  # the RunCompleted, once emitted
 
     def emit(self, **kind: object) -> pb.SessionEvent:
         """Append an event of this run to the session's log."""
@@ -125,6 +127,7 @@ class RunExecution:
                 reason,
                 extra={"run_id": self.run.run_id, "session_id": self.rt.session_id},
             )
+            await self._store_run_ended(reason)
 
     async def _execute(self) -> tuple[str, pb.RunError | None]:
         """Run to the end; never raises (a fault becomes an `error` completion)."""
@@ -316,10 +319,14 @@ class RunExecution:
         return context_from_history(records)
 
     async def _finish(self, reason: str, error: pb.RunError | None) -> None:
-        """Store the outcome, then announce it: RunError (if any), then RunCompleted. A
-        store that fails here does not keep the completion out of the log (a later
-        recovery settles the store from it). A fenced session (its lease was lost)
-        writes nothing: the new owner ends the run."""
+        """Store what the model must remember, announce the outcome (RunError if any, then
+        RunCompleted), and only once the RunCompleted is durable mark the run ended in the
+        store. A crash before that leaves the run `running` in the store, so the next
+        start's recovery, which appends only what the log lacks, settles it without a
+        second RunCompleted; marking it ended first lost the RunCompleted for good when
+        the process died before the log's commit (recovery skips ended runs). A store
+        that fails here does not keep the completion out of the log. A fenced session (its
+        lease was lost) writes nothing: the new owner ends the run."""
         if self.rt.fenced:
             self.run.reply.end()
             return
@@ -330,7 +337,7 @@ class RunExecution:
         self.run.reply.end()
         if error is not None:
             self.emit(run_error=error)
-        self.emit(
+        completed = self.emit(
             run_completed=pb.RunCompleted(
                 finish_reason=FINISH[reason],
                 usage=pb.Usage(input_tokens=self.input_tokens, output_tokens=self.output_tokens),
@@ -339,8 +346,23 @@ class RunExecution:
                 duration_ms=round((time.perf_counter() - self.started) * 1000.0, 3),
             )
         )
+        self.completion = completed
+
+    async def _store_run_ended(self, reason: str) -> None:
+        """Once the RunCompleted is durable, mark the run ended in the store (see _finish)."""
+        if self.completion is None or self.rt.fenced:
+            return
+        try:
+            await self.rt.durable(self.completion.seq)
+        except Unavailable:
+            return  # the lease was lost meanwhile: the new owner settles the run
+        try:
+            await self._store_run_record_ended(reason)
+        except Exception:
+            log.exception("could not store the end of run %s", self.run.run_id)
 
     async def _store_outcome(self, reason: str) -> None:
+        """The run's last step and a result for each call left in flight."""
         step, self.step = self.step, None
         if step is not None:
             self.texts.append("".join(step.text))
@@ -350,7 +372,8 @@ class RunExecution:
             await self._save_tool_result(
                 call, unfinished_call_result(reason), PARTIAL_STATUS.get(reason, "failed")
             )
-        ended_ms = now_ms()
+
+    async def _store_run_record_ended(self, reason: str) -> None:
         await self.store.update_run(
             RunRecord(
                 self.run.run_id,
@@ -361,7 +384,7 @@ class RunExecution:
                 input_tokens=self.input_tokens,
                 output_tokens=self.output_tokens,
                 started_ms=self.started_ms,
-                ended_ms=ended_ms,
+                ended_ms=now_ms(),
             )
         )
 

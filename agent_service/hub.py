@@ -600,6 +600,12 @@ class Hub:
                 return  # queued runs stay queued in the store: another replica goes on
             effects = session.state.receive_run_ended(ended.run_id, accepting=self.accepting)
             await self._carry_out(session, effects)
+            if not session.busy:
+                # The RunCompleted became visible while the run still stored its end
+                # (agent.py: the store follows the log): a half-closed Chat stream that
+                # waits for an idle session looks again now.
+                for subscriber in session.subscribers:
+                    subscriber.notify()
 
         self.supervisor.start(run, lambda: self._run_body(session, run), then)
 

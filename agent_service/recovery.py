@@ -8,7 +8,10 @@ leave exactly one of each:
 - one ToolExecution `cancelled` (reason `interrupted`) for each tool call that
   started and has no final event;
 - one RunCompleted `interrupted` whose text is exactly the run's deltas in the
-  log (what a client that saw everything assembled).
+  log (what a client that saw everything assembled);
+- first, when the log has no MessageAccepted for the run (the process died
+  between the store's commit of the message and the log's commit of its
+  acceptance), that acceptance, so the log shows every stored message once.
 
 Then it brings the store in line (idempotent upserts): the step being streamed
 is stored with the log's text and status `interrupted`, each unanswered tool
@@ -52,19 +55,22 @@ class Plan:
     calls_in_flight: list[tuple[str, str]] = field(default_factory=list)  # (call_id, tool)
 
 
-def plan(run: RunRecord, events: Sequence[pb.SessionEvent]) -> Plan:
+def plan(run: RunRecord, events: Sequence[pb.SessionEvent], user_text: str | None = None) -> Plan:
     """The events `run` still needs, from its session's durable events (any order of
-    sessions' events; only this run's are read)."""
+    sessions' events; only this run's are read). `user_text`, the stored text of the
+    run's user message, is given to append a MessageAccepted the log lacks."""
     result = Plan()
     pieces: dict[int, list[str]] = defaultdict(list)
     started_calls: dict[str, str] = {}
     finished_calls: set[str] = set()
-    completed = False
+    completed = accepted = False
     for event in events:
         if event.run_id != run.run_id:
             continue
         kind = event.WhichOneof("kind")
-        if kind == "response_delta":
+        if kind == "message_accepted":
+            accepted = True
+        elif kind == "response_delta":
             pieces[event.response_delta.step].append(event.response_delta.text)
         elif kind == "tool_execution":
             execution = event.tool_execution
@@ -79,6 +85,18 @@ def plan(run: RunRecord, events: Sequence[pb.SessionEvent]) -> Plan:
     result.calls_in_flight = [
         (call_id, name) for call_id, name in started_calls.items() if call_id not in finished_calls
     ]
+    if not accepted and user_text is not None:
+        result.append.append(
+            pb.SessionEvent(
+                run_id=run.run_id,
+                message_accepted=pb.MessageAccepted(
+                    message_id=run.user_message_id,
+                    text=user_text,
+                    run_id=run.run_id,
+                    queued=run.status == "queued",
+                ),
+            )
+        )
     if completed:
         return result
     for call_id, name in result.calls_in_flight:
@@ -121,7 +139,12 @@ async def end_run(store: ConversationStore, session: Session, run: RunRecord) ->
         run.run_id,
         run.session_id,
     )
-    todo = plan(run, session.log.retained())
+    user = [
+        m
+        for m in await store.context_for_run(run.session_id, run.run_id)
+        if m.role == "user" and m.message_id == run.user_message_id
+    ]
+    todo = plan(run, session.log.retained(), user[0].text if user else None)
     last = None
     for event in todo.append:
         last = session.append(event)
