@@ -158,6 +158,29 @@ def encode_tool_calls(calls: Sequence[StoredToolCall]) -> str:
     )
 
 
+MESSAGE_COLUMNS = (
+    "session_id, message_id, role, text, run_id, status, created_ms, tool_calls_json, call_id, "
+    "accept_seq, duration_ms"
+)
+
+
+def message_values(m: MessageRecord) -> tuple[object, ...]:
+    """A message's values in MESSAGE_COLUMNS order, as both stores insert them."""
+    return (
+        m.session_id,
+        m.message_id,
+        m.role,
+        m.text,
+        m.run_id,
+        m.status,
+        m.created_ms,
+        encode_tool_calls(m.tool_calls),
+        m.call_id,
+        m.accept_seq,
+        m.duration_ms,
+    )
+
+
 def session_from_row(row: Any) -> SessionRecord:
     """A sessions row (any mapping by column name: sqlite3.Row, asyncpg.Record)."""
     return SessionRecord(

@@ -13,12 +13,13 @@ from typing import Any
 import asyncpg
 
 from agent_service.store import (
+    MESSAGE_COLUMNS,
     DuplicateMessage,
     MessageRecord,
     RunRecord,
     SessionRecord,
-    encode_tool_calls,
     message_from_row,
+    message_values,
     run_from_row,
     session_from_row,
 )
@@ -75,22 +76,15 @@ SELECT m.* FROM messages m JOIN runs r ON r.run_id = m.run_id
 WHERE m.session_id = $1 {extra}
 ORDER BY r.run_order, CASE m.role WHEN 'user' THEN 0 ELSE 1 END, m.position
 """
-UPSERT_MESSAGE = """
-INSERT INTO messages (session_id, message_id, role, text, run_id, status, created_ms,
-                      tool_calls_json, call_id, accept_seq, duration_ms)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-ON CONFLICT (session_id, message_id) DO UPDATE
-SET text = EXCLUDED.text, status = EXCLUDED.status, tool_calls_json = EXCLUDED.tool_calls_json,
-    duration_ms = EXCLUDED.duration_ms
-"""
-
-INSERT_NEW_MESSAGE = """
-INSERT INTO messages (session_id, message_id, role, text, run_id, status, created_ms,
-                      tool_calls_json, call_id, accept_seq, duration_ms)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-ON CONFLICT (session_id, message_id) DO NOTHING
-RETURNING position
-"""
+_INSERT_MESSAGE = (
+    f"INSERT INTO messages ({MESSAGE_COLUMNS}) "
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (session_id, message_id) "
+)
+UPSERT_MESSAGE = _INSERT_MESSAGE + (
+    "DO UPDATE SET text = EXCLUDED.text, status = EXCLUDED.status, "
+    "tool_calls_json = EXCLUDED.tool_calls_json, duration_ms = EXCLUDED.duration_ms"
+)
+INSERT_NEW_MESSAGE = _INSERT_MESSAGE + "DO NOTHING RETURNING position"
 
 
 class PostgresStore:
@@ -173,7 +167,7 @@ class PostgresStore:
                 run.status,
                 run.started_ms,
             )
-            inserted = await db.fetchval(INSERT_NEW_MESSAGE, *_message_args(message))
+            inserted = await db.fetchval(INSERT_NEW_MESSAGE, *message_values(message))
             if inserted is None:  # rolls the transaction back: the run is not stored either
                 raise DuplicateMessage(f"{message.session_id}/{message.message_id}")
 
@@ -194,7 +188,7 @@ class PostgresStore:
         )
 
     async def upsert_message(self, message: MessageRecord) -> None:
-        await self.pool.execute(UPSERT_MESSAGE, *_message_args(message))
+        await self.pool.execute(UPSERT_MESSAGE, *message_values(message))
 
     async def update_run(self, run: RunRecord, *, user_message_status: str = "") -> None:
         async with self.pool.acquire() as db, db.transaction():
@@ -259,20 +253,3 @@ async def migrate(db: Any) -> list[int]:
     finally:
         await db.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
     return applied
-
-
-def _message_args(m: MessageRecord) -> tuple[object, ...]:
-    calls = encode_tool_calls(m.tool_calls)
-    return (
-        m.session_id,
-        m.message_id,
-        m.role,
-        m.text,
-        m.run_id,
-        m.status,
-        m.created_ms,
-        calls,
-        m.call_id,
-        m.accept_seq,
-        m.duration_ms,
-    )

@@ -8,11 +8,12 @@ from pathlib import Path
 import aiosqlite
 
 from agent_service.store import (
+    MESSAGE_COLUMNS,
     MessageRecord,
     RunRecord,
     SessionRecord,
-    encode_tool_calls,
     message_from_row,
+    message_values,
     run_from_row,
     session_from_row,
 )
@@ -190,34 +191,14 @@ class SqliteStore:
         await self.db.commit()
 
     async def _insert_message(self, m: MessageRecord, *, upsert: bool = False) -> None:
-        calls = encode_tool_calls(m.tool_calls)
-        sql = (
-            "INSERT INTO messages (session_id, message_id, role, text, run_id, status, "
-            "created_ms, tool_calls_json, call_id, accept_seq, duration_ms) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?)"
-        )
+        sql = f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
         if upsert:
             sql += (
                 " ON CONFLICT (session_id, message_id) DO UPDATE SET text = excluded.text, "
                 "status = excluded.status, tool_calls_json = excluded.tool_calls_json, "
                 "duration_ms = excluded.duration_ms"
             )
-        await self.db.execute(
-            sql,
-            (
-                m.session_id,
-                m.message_id,
-                m.role,
-                m.text,
-                m.run_id,
-                m.status,
-                m.created_ms,
-                calls,
-                m.call_id,
-                m.accept_seq,
-                m.duration_ms,
-            ),
-        )
+        await self.db.execute(sql, message_values(m))
 
     async def update_run(self, run: RunRecord, *, user_message_status: str = "") -> None:
         if user_message_status:
