@@ -265,6 +265,12 @@ def test_a_service_that_is_not_root_gets_isolation_in_a_user_namespace() -> None
     # namespace, and RLIMIT_NPROC counts that namespace's processes. A system Python, which
     # nobody can read (the project's may live under /root).
     repo = Path(__file__).resolve().parents[2]
+    private = [p for p in (repo, *repo.parents) if not p.stat().st_mode & 0o001]
+    if private:  # e.g. a clone under `mktemp -d`, which is mode 0700
+        pytest.skip(
+            f"uid nobody cannot reach the checkout ({private[0]} is private): "
+            "clone into a folder others may enter to run this test"
+        )
     paths = [str(repo), str(repo / "gen" / "python"), sysconfig.get_paths()["purelib"]]
     harness = (
         "import asyncio, sys\n"
