@@ -243,6 +243,8 @@ class Hub:
         async with lock:
             current = self._sessions.get(session_id)
             if current is not None and current.owner and not current.fenced:
+                if token != current.fence:  # the lease lapsed: another owner may have written
+                    current.context.invalidate()
                 current.fence = token
                 return current
             record = current.record if current is not None else None
@@ -554,17 +556,18 @@ class Hub:
     async def _store_acceptance(
         self, session: Session, effect: PersistAcceptance, created: int
     ) -> None:
+        message = MessageRecord(
+            session.session_id,
+            effect.message_id,
+            "user",
+            effect.text,
+            effect.run_id,
+            "queued" if effect.queued else "complete",
+            created,
+        )
         async with asyncio.timeout(self.settings.backend_timeout_s):
             await self.store.accept_user_message(
-                MessageRecord(
-                    session.session_id,
-                    effect.message_id,
-                    "user",
-                    effect.text,
-                    effect.run_id,
-                    "queued" if effect.queued else "complete",
-                    created,
-                ),
+                message,
                 RunRecord(
                     effect.run_id,
                     session.session_id,
@@ -574,10 +577,12 @@ class Hub:
                 ),
                 title=effect.title,
             )
+        session.context.receive_accepted(message)
 
     async def _end_unstarted(self, session: Session, effect: EndUnstarted) -> None:
         """A queued run never starts: its run and user message say why, then its completion."""
         session.runs.pop(effect.run_id, None)
+        session.context.receive_ended_unstarted(effect.run_id)
         await self.store.update_run(
             RunRecord(
                 effect.run_id,
