@@ -129,16 +129,17 @@ class RunExecution:
         """Run to the end; never raises (a fault becomes an `error` completion)."""
         reason, error = "stop", None
         try:
-            await self.store.update_run(
-                RunRecord(
-                    self.run.run_id,
-                    self.rt.session_id,
-                    self.run.user_message_id,
-                    "running",
-                    started_ms=self.started_ms,
-                ),
-                user_message_status="complete",
-            )
+            if not self.run.stored_running:  # a queued run: the store learns it started
+                await self.store.update_run(
+                    RunRecord(
+                        self.run.run_id,
+                        self.rt.session_id,
+                        self.run.user_message_id,
+                        "running",
+                        started_ms=self.started_ms,
+                    ),
+                    user_message_status="complete",
+                )
             self.emit(
                 run_started=pb.RunStarted(
                     message_id=self.run.user_message_id,

@@ -34,7 +34,7 @@ from collections.abc import Awaitable, Callable, Iterable
 
 from agent_relay.v1 import agent_pb2 as pb
 from agent_service.config import ServiceSettings
-from agent_service.errors import FailedPrecondition, NotFound, Unavailable
+from agent_service.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable
 from agent_service.eventlog import SessionLog
 from agent_service.forward import POLICIES, Forwarder
 from agent_service.ids import new_id, now_ms
@@ -432,15 +432,20 @@ class Hub:
                 raise Unavailable(
                     f"session {session_id} is owned elsewhere now; retry", reason="NOT_OWNER"
                 )
-            stored = None
-            if session.state.known_acceptance(message_id) is None:
+            run_id = new_id("r")
+            policy = policy or BusyPolicy(self.settings.busy_policy)
+            before = session.state.snapshot()
+            # An id this process does not remember is looked up in the store only when the
+            # message would be refused: one accepted is stored with a check for its id
+            # (DuplicateMessage below), which saves a store read per message.
+            outcome = session.state.receive_message(message_id, text, run_id, policy)
+            if isinstance(outcome, Busy):
                 async with asyncio.timeout(self.settings.backend_timeout_s):
                     stored = await self._stored_acceptance(session_id, message_id)
-            run_id = new_id("r")
-            before = session.state.snapshot()
-            outcome = session.state.receive_message(
-                message_id, text, run_id, policy or BusyPolicy(self.settings.busy_policy), stored
-            )
+                if stored is not None:
+                    outcome = session.state.receive_message(
+                        message_id, text, run_id, policy, stored
+                    )
             if isinstance(outcome, Duplicate):
                 await self._durable(session, outcome.accepted.seq)
                 return outcome.accepted
@@ -458,7 +463,12 @@ class Hub:
                 session.runs.pop(run_id, None)
                 session.state.restore(before)
                 stored = await self._stored_acceptance(session_id, message_id)
-                assert stored is not None, "a duplicate message id is stored"
+                if stored is None:  # the id is one of the session's replies or tool results
+                    raise AlreadyExists(
+                        f"message id {message_id!r} is taken in session {session_id}",
+                        reason="MESSAGE_ID_TAKEN",
+                        field="message_id",
+                    ) from None
                 stored.duplicate = True
                 return stored
             except PersistFailed as failed:
@@ -578,6 +588,9 @@ class Hub:
                 title=effect.title,
             )
         session.context.receive_accepted(message)
+        run = session.runs.get(effect.run_id)
+        if run is not None:
+            run.stored_running = not effect.queued
 
     async def _end_unstarted(self, session: Session, effect: EndUnstarted) -> None:
         """A queued run never starts: its run and user message say why, then its completion."""
