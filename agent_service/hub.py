@@ -508,14 +508,16 @@ class Hub:
         """Carry out a SessionState's effects in order; returns the acceptance appended, if
         any, with its seq."""
         accepted = None
+        stored_seq = 0  # the acceptance's seq as stored with its message (0: not known then)
         for effect in effects:
             if isinstance(effect, PersistAcceptance):
-                await self._persist_acceptance(session, effect)
+                stored_seq = await self._persist_acceptance(session, effect)
             elif isinstance(effect, AppendEvent):
                 event = session.append(effect.event)
                 if event.HasField("message_accepted"):
                     accepted = session.state.receive_appended(event.message_accepted, event.seq)
-                    await self._note_accept_seq(session, accepted)
+                    if accepted.seq != stored_seq:
+                        await self._note_accept_seq(session, accepted)
             elif isinstance(effect, StartRun):
                 self._start(session, session.runs[effect.run_id])
             elif isinstance(effect, CancelRun):
@@ -538,10 +540,17 @@ class Hub:
         except Exception as exc:
             log.warning("could not record the seq of message %s: %s", accepted.message_id, exc)
 
-    async def _persist_acceptance(self, session: Session, effect: PersistAcceptance) -> None:
+    async def _persist_acceptance(self, session: Session, effect: PersistAcceptance) -> int:
         """Store the acceptance, while this replica is sure it owns the session (by its own
         clock: a replica paused past its lease refuses here before it learns it lost it).
-        A failure other than a duplicate id raises PersistFailed: nothing was stored."""
+        A failure other than a duplicate id raises PersistFailed: nothing was stored.
+        Returns the seq stored as the acceptance event's (0: none; the caller notes it).
+
+        A message that starts its run at once found the session idle: nothing else appends
+        to it until its acceptance event (every other append comes from a run, a queued
+        run's end or recovery, none of which a held accept_lock and an idle session
+        leave), so that event's seq is known before it is stamped and is stored with the
+        message, which saves a store write. The caller checks the seq it got."""
         if self.lease.held(session.session_id) is None:
             raise PersistFailed(
                 Unavailable(
@@ -550,8 +559,9 @@ class Hub:
                 )
             )
         created = now_ms()
+        accept_seq = 0 if effect.queued else session.log.next_seq
         try:
-            await self._store_acceptance(session, effect, created)
+            await self._store_acceptance(session, effect, created, accept_seq)
         except DuplicateMessage:
             raise
         except Exception as exc:
@@ -562,9 +572,10 @@ class Hub:
             )
             error.__cause__ = exc
             raise PersistFailed(error) from exc
+        return accept_seq
 
     async def _store_acceptance(
-        self, session: Session, effect: PersistAcceptance, created: int
+        self, session: Session, effect: PersistAcceptance, created: int, accept_seq: int
     ) -> None:
         message = MessageRecord(
             session.session_id,
@@ -574,6 +585,7 @@ class Hub:
             effect.run_id,
             "queued" if effect.queued else "complete",
             created,
+            accept_seq=accept_seq,
         )
         async with asyncio.timeout(self.settings.backend_timeout_s):
             await self.store.accept_user_message(

@@ -82,3 +82,25 @@ async def test_an_id_taken_by_a_tool_result_is_refused_clearly(hub: Hub) -> None
     assert not session.busy
     # the session goes on
     assert not (await hub.send_message(session.session_id, "m2", "hi", policy=None)).duplicate
+
+
+async def test_each_stored_message_knows_the_seq_of_its_acceptance_event(hub: Hub) -> None:
+    session = await hub.session((await hub.create_session("u", "")).session_id)
+    await run_to_end(hub, session, "m1", "hello")  # idle: the seq is stored with the message
+    busy = await hub.send_message(
+        session.session_id, "m2", '/tool long_task {"seconds": 30}', policy=None
+    )
+    await wait_for_tool_call(session, busy.run_id)
+    queued = await hub.send_message(session.session_id, "m3", "later", BusyPolicy.QUEUE)
+    assert queued.queued  # noted after its event got its seq
+    assert await hub.cancel_run(session.session_id, busy.run_id)
+    await run_to_end(hub, session, "m4", "calc 2 + 2")
+    logged = {
+        e.message_accepted.message_id: e.seq
+        for e in session.log.retained()
+        if e.HasField("message_accepted")
+    }
+    history = await hub.store.list_messages(session.session_id, 100, 0)
+    stored = {m.message_id: m.accept_seq for m in history if m.role == "user"}
+    assert stored == logged
+    assert sorted(stored) == ["m1", "m2", "m3", "m4"]
