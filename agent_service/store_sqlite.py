@@ -1,20 +1,23 @@
 """The embedded conversation store: one SQLite file (WAL), zero set-up.
 
 One connection, owned by one worker thread (like the event log's, log_sqlite.py).
-Each operation is one function handed to that thread once, and one transaction
-there: a message costs a few thread hand-offs, not one per statement (py-spy had
-those hand-offs, each a wake-up of the worker and then of the event loop, as the
-largest cost of a message's round trip).
+Each operation is one function handed to that thread once: a message costs a few
+thread hand-offs, not one per statement (py-spy had those hand-offs, each a
+wake-up of the worker and then of the event loop, as the largest cost of a
+message's round trip). Writes are group-committed: the writes that arrive while
+the thread is busy go in one transaction, each in a savepoint of its own, so many
+sessions' messages at once cost one hand-off and one commit, not one each.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
 from agent_service.store import (
     MESSAGE_COLUMNS,
@@ -95,12 +98,18 @@ class SqliteStore:
     it begins, so it waits (busy_timeout) for the event log's commits instead of
     failing on a stale snapshot. A read is one statement fetched whole. An operation
     whose caller is cancelled still runs to its end in the thread: it is committed
-    or rolled back whole, never left open."""
+    or rolled back whole, never left open. Writes are group-committed (`_writing`):
+    a write whose caller was cancelled before its batch began is skipped (that check
+    runs on the store's thread and may miss a cancel a moment old: such a write lands,
+    as one whose caller is cancelled while it runs does)."""
 
     def __init__(self, path: str) -> None:
         self._path = path
         self._db: sqlite3.Connection | None = None
         self._thread: ThreadPoolExecutor | None = None
+        self._queue_lock = threading.Lock()  # the loop appends, the store's thread takes
+        self._queued: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
+        self._drain_queued = False  # a _drain is submitted and has not taken the queue yet
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -127,7 +136,58 @@ class SqliteStore:
         return result
 
     async def _writing(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return await self._call(self._write, fn)
+        """fn in a write transaction on the store's thread, with the writes queued beside it
+        (group commit: one hand-off and one commit for all the writes that arrive while
+        the thread is busy, as when many sessions' messages arrive at once)."""
+        if self._thread is None:
+            raise RuntimeError("store is not open")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        with self._queue_lock:
+            self._queued.append((fn, future))
+            start = not self._drain_queued
+            self._drain_queued = True
+        if start:
+            self._thread.submit(self._drain, loop)
+        return cast(T, await future)
+
+    def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On the store's thread: every queued write in one transaction, each in a savepoint
+        of its own (one that raises is undone alone and gets its exception)."""
+        with self._queue_lock:
+            queued, self._queued = self._queued, []
+            self._drain_queued = False
+        queued = [(fn, f) for fn, f in queued if not f.cancelled()]  # a benign race: see the class
+        if not queued:
+            return
+        outcomes: list[tuple[bool, Any]] = []
+        db = self.db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for fn, _ in queued:
+                    outcomes.append(self._in_savepoint(db, fn))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        except Exception as exc:  # the transaction failed: nothing of it is stored
+            outcomes = [(False, exc)] * len(queued)
+        loop.call_soon_threadsafe(_settle, [f for _, f in queued], outcomes)
+
+    @staticmethod
+    def _in_savepoint(
+        db: sqlite3.Connection, fn: Callable[[sqlite3.Connection], Any]
+    ) -> tuple[bool, Any]:
+        db.execute("SAVEPOINT one_write")
+        try:
+            result = fn(db)
+        except Exception as exc:
+            db.execute("ROLLBACK TO one_write")
+            db.execute("RELEASE one_write")
+            return False, exc
+        db.execute("RELEASE one_write")
+        return True, result
 
     async def _rows(self, sql: str, params: tuple[object, ...] = ()) -> list[sqlite3.Row]:
         return await self._call(lambda: self.db.execute(sql, params).fetchall())
@@ -276,3 +336,14 @@ class SqliteStore:
         extra = "AND r.run_order <= (SELECT run_order FROM runs WHERE run_id = ?)"
         rows = await self._rows(ORDERED_MESSAGES.format(extra=extra), (session_id, run_id))
         return [message_from_row(row) for row in rows]
+
+
+def _settle(futures: list[asyncio.Future[Any]], outcomes: list[tuple[bool, Any]]) -> None:
+    """On the event loop: each queued write's caller gets its result or its exception."""
+    for future, (ok, value) in zip(futures, outcomes, strict=True):
+        if future.done():
+            continue
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)

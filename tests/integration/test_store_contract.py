@@ -126,6 +126,34 @@ async def test_a_message_id_stored_before_is_refused_whole(store: ConversationSt
     assert [m.message_id for m in await store.list_messages("s", 10, 0)] == ["m1", "m2"]
 
 
+async def test_writes_at_once_each_succeed_or_fail_alone(store: ConversationStore) -> None:
+    # SQLite commits writes that arrive together in one transaction: a refused one must
+    # not take the others with it
+    await store.create_session(SessionRecord("s", "u", "", 1, 0))
+    await store.accept_user_message(
+        user("s", "m0", "r0"), RunRecord("r0", "s", "m0", "running"), title=""
+    )
+
+    async def accept(index: int) -> str:
+        message_id = "m0" if index % 5 == 0 else f"m{index}"  # every fifth is a duplicate
+        try:
+            await store.accept_user_message(
+                user("s", message_id, f"r{index}"),
+                RunRecord(f"r{index}", "s", message_id, "queued"),
+                title="",
+            )
+        except DuplicateMessage:
+            return "duplicate"
+        return "stored"
+
+    outcomes = await asyncio.gather(*(accept(i) for i in range(1, 41)))
+    assert outcomes.count("duplicate") == 8 and outcomes.count("stored") == 32
+    stored = {m.message_id for m in await store.list_messages("s", 100, 0)}
+    assert stored == {"m0"} | {f"m{i}" for i in range(1, 41) if i % 5}
+    in_flight = {r.run_id for r in await store.runs_in_flight()}
+    assert in_flight == {"r0"} | {f"r{i}" for i in range(1, 41) if i % 5}
+
+
 async def test_upsert_replaces_text_and_status(store: ConversationStore) -> None:
     await store.create_session(SessionRecord("s", "u", "", 1, 0))
     await store.accept_user_message(
