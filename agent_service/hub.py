@@ -498,8 +498,16 @@ class Hub:
         stored = await self.store.find_user_message(session_id, message_id)
         if stored is None:
             return None
+        seq = stored.accept_seq
+        window = self._sessions[session_id].log if session_id in self._sessions else None
+        if window is not None and window.first_retained_seq <= seq <= window.head_seq:
+            there = window.read_after(seq - 1, 1).events
+            if not there or there[0].message_accepted.message_id != message_id:
+                # stored with the seq its event was to get, and the event never came (the
+                # write landed after its caller gave up): the seq is another event's
+                seq = 0
         return pb.MessageAccepted(
-            message_id=message_id, text=stored.text, run_id=stored.run_id, seq=stored.accept_seq
+            message_id=message_id, text=stored.text, run_id=stored.run_id, seq=seq
         )
 
     async def _carry_out(

@@ -14,11 +14,12 @@ import pytest
 
 from agent_service.agent import AgentLoop
 from agent_service.config import ServiceSettings, load
-from agent_service.errors import AlreadyExists
+from agent_service.errors import AlreadyExists, Unavailable
 from agent_service.hub import Hub
 from agent_service.log_memory import MemoryLog
 from agent_service.providers.demo import DemoModel
 from agent_service.runs import BusyPolicy
+from agent_service.store import MessageRecord, RunRecord
 from agent_service.store_sqlite import SqliteStore
 from agent_service.tools.builtins import build_registry
 from relay_shared.agent_telemetry import AgentTelemetry
@@ -104,3 +105,44 @@ async def test_each_stored_message_knows_the_seq_of_its_acceptance_event(hub: Hu
     stored = {m.message_id: m.accept_seq for m in history if m.role == "user"}
     assert stored == logged
     assert sorted(stored) == ["m1", "m2", "m3", "m4"]
+
+
+class LandsThenFails(SqliteStore):
+    """The next acceptance is stored, and then its caller is told it failed (a write that
+    landed after a timeout)."""
+
+    lands_then_fails = False
+
+    async def accept_user_message(
+        self, message: MessageRecord, run: RunRecord, *, title: str
+    ) -> None:
+        await super().accept_user_message(message, run, title=title)
+        if self.lands_then_fails:
+            self.lands_then_fails = False
+            raise TimeoutError("made up by the test")
+
+
+async def test_a_retry_of_an_acceptance_whose_event_never_came_gets_no_other_events_seq(
+    tmp_path: Path,
+) -> None:
+    settings: ServiceSettings = load(
+        ["--workspace-dir", str(tmp_path / "ws"), "--store-url", "sqlite:///:memory:"], env={}
+    )
+    store = LandsThenFails(":memory:")
+    await store.open()
+    tools = build_registry(settings)
+    body = AgentLoop(settings, store, DemoModel(tokens_per_s=0), tools, AgentTelemetry(None))
+    hub = Hub(settings, store, MemoryLog(), tools, body)
+    hub.start()
+    try:
+        session = await hub.session((await hub.create_session("u", "")).session_id)
+        store.lands_then_fails = True
+        with pytest.raises(Unavailable):
+            await hub.send_message(session.session_id, "m1", "hello", policy=None)
+        second = await hub.send_message(session.session_id, "m2", "hi", policy=None)
+        retry = await hub.send_message(session.session_id, "m1", "hello", policy=None)
+        assert retry.duplicate
+        assert retry.seq != second.seq, "m2's acceptance is not m1's"
+    finally:
+        await hub.shutdown(1.0)
+        await store.close()
