@@ -24,6 +24,7 @@ from typing import cast
 
 from agent_relay.v1 import agent_pb2 as pb
 from agent_service.config import ServiceSettings
+from agent_service.context import unfinished_call_result
 from agent_service.errors import Unavailable
 from agent_service.ids import now_ms
 from agent_service.providers.base import (
@@ -54,11 +55,6 @@ FINISH = {
 PARTIAL_STATUS = {"cancelled": "cancelled", "error": "failed", "interrupted": "interrupted"}
 # the status a tool message gets from its call's outcome
 TOOL_STATUS = {"completed": "complete", "failed": "failed", "cancelled": "cancelled"}
-
-
-def unfinished_call_result(reason: str) -> str:
-    """The tool result the model reads for a call its run ended before it finished."""
-    return f"error (not_finished): the run was {reason} before this call finished"
 
 
 @dataclass(frozen=True)
@@ -133,16 +129,17 @@ class RunExecution:
         """Run to the end; never raises (a fault becomes an `error` completion)."""
         reason, error = "stop", None
         try:
-            await self.store.update_run(
-                RunRecord(
-                    self.run.run_id,
-                    self.rt.session_id,
-                    self.run.user_message_id,
-                    "running",
-                    started_ms=self.started_ms,
-                ),
-                user_message_status="complete",
-            )
+            if not self.run.stored_running:  # a queued run: the store learns it started
+                await self.store.update_run(
+                    RunRecord(
+                        self.run.run_id,
+                        self.rt.session_id,
+                        self.run.user_message_id,
+                        "running",
+                        started_ms=self.started_ms,
+                    ),
+                    user_message_status="complete",
+                )
             self.emit(
                 run_started=pb.RunStarted(
                     message_id=self.run.user_message_id,
@@ -234,7 +231,7 @@ class RunExecution:
         self.unanswered = list(step.calls)
         if self.rt.fenced:
             return  # another replica owns the session now: it writes the run's outcome
-        await self.store.upsert_message(
+        await self._store_message(
             MessageRecord(
                 self.rt.session_id,
                 step.message_id,
@@ -298,7 +295,7 @@ class RunExecution:
     ) -> None:
         if self.rt.fenced:
             return
-        await self.store.upsert_message(
+        await self._store_message(
             MessageRecord(
                 self.rt.session_id,
                 call.call_id,
@@ -313,10 +310,28 @@ class RunExecution:
         )
         self.unanswered = [c for c in self.unanswered if c.call_id != call.call_id]
 
+    async def _store_message(self, message: MessageRecord) -> None:
+        """Store a message of this run; the session's context in memory follows what the
+        store confirmed (a write that failed or was cancelled may or may not have landed:
+        the next run reads the store)."""
+        try:
+            await self.store.upsert_message(message)
+        except BaseException:
+            self.rt.context.receive_write_failed(self.run.run_id)
+            raise
+        self.rt.context.receive_stored(self.run.run_id, message)
+
     async def _context(self) -> list[ChatMessage]:
-        """The conversation the model reads, from the store."""
-        records = await self.store.context_for_run(self.rt.session_id, self.run.run_id)
-        return context_from_history(records)
+        """The conversation the model reads: the session's context in memory, extended by
+        this run's user message, or read from the store when memory cannot vouch for it
+        (see context.py)."""
+        context = self.rt.context
+        conversation = context.start(self.run.run_id)
+        if conversation is None:
+            generation = context.generation
+            records = await self.store.context_for_run(self.rt.session_id, self.run.run_id)
+            conversation = context.load(self.run.run_id, records, generation)
+        return conversation
 
     async def _finish(self, reason: str, error: pb.RunError | None) -> None:
         """Store what the model must remember, announce the outcome (RunError if any, then
@@ -334,6 +349,7 @@ class RunExecution:
             await self._store_outcome(reason)
         except Exception:
             log.exception("could not store the end of run %s", self.run.run_id)
+        self.rt.context.receive_run_ended(self.run.run_id)
         self.run.reply.end()
         if error is not None:
             self.emit(run_error=error)
@@ -387,49 +403,6 @@ class RunExecution:
                 ended_ms=now_ms(),
             )
         )
-
-
-def context_from_history(records: Sequence[MessageRecord]) -> list[ChatMessage]:
-    """The conversation a model reads, from stored messages in history order.
-
-    Valid for every provider's ordering rules: an assistant message's tool calls are
-    each followed by a result (one is made up for a call that has none stored, as
-    in a file written before results were kept for unfinished calls), and a reply
-    that never got a word out is left out."""
-    conversation: list[ChatMessage] = []
-    names: dict[str, str] = {}
-    unanswered: dict[str, None] = {}
-
-    def answer_the_rest() -> None:
-        for call_id in unanswered:
-            result = unfinished_call_result("interrupted")
-            conversation.append(ChatMessage("tool", result, call_id=call_id, name=names[call_id]))
-        unanswered.clear()
-
-    for m in records:
-        if m.role == "tool" and m.call_id in unanswered:
-            del unanswered[m.call_id]
-            conversation.append(
-                ChatMessage("tool", m.text, call_id=m.call_id, name=names.get(m.call_id, ""))
-            )
-            continue
-        answer_the_rest()
-        if m.role == "tool":
-            continue  # a result whose call is not in the context
-        if m.role == "assistant":
-            if not m.text and not m.tool_calls:
-                continue
-            calls = tuple(
-                ToolCallRequested(c.call_id, c.tool_name, c.arguments_json) for c in m.tool_calls
-            )
-            for c in calls:
-                names[c.call_id] = c.name
-                unanswered[c.call_id] = None
-            conversation.append(ChatMessage("assistant", m.text, calls))
-        else:
-            conversation.append(ChatMessage("user", m.text))
-    answer_the_rest()
-    return conversation
 
 
 def _uncancel() -> None:

@@ -34,7 +34,7 @@ from collections.abc import Awaitable, Callable, Iterable
 
 from agent_relay.v1 import agent_pb2 as pb
 from agent_service.config import ServiceSettings
-from agent_service.errors import FailedPrecondition, NotFound, Unavailable
+from agent_service.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable
 from agent_service.eventlog import SessionLog
 from agent_service.forward import POLICIES, Forwarder
 from agent_service.ids import new_id, now_ms
@@ -243,6 +243,8 @@ class Hub:
         async with lock:
             current = self._sessions.get(session_id)
             if current is not None and current.owner and not current.fenced:
+                if token != current.fence:  # the lease lapsed: another owner may have written
+                    current.context.invalidate()
                 current.fence = token
                 return current
             record = current.record if current is not None else None
@@ -430,15 +432,20 @@ class Hub:
                 raise Unavailable(
                     f"session {session_id} is owned elsewhere now; retry", reason="NOT_OWNER"
                 )
-            stored = None
-            if session.state.known_acceptance(message_id) is None:
+            run_id = new_id("r")
+            policy = policy or BusyPolicy(self.settings.busy_policy)
+            before = session.state.snapshot()
+            # An id this process does not remember is looked up in the store only when the
+            # message would be refused: one accepted is stored with a check for its id
+            # (DuplicateMessage below), which saves a store read per message.
+            outcome = session.state.receive_message(message_id, text, run_id, policy)
+            if isinstance(outcome, Busy):
                 async with asyncio.timeout(self.settings.backend_timeout_s):
                     stored = await self._stored_acceptance(session_id, message_id)
-            run_id = new_id("r")
-            before = session.state.snapshot()
-            outcome = session.state.receive_message(
-                message_id, text, run_id, policy or BusyPolicy(self.settings.busy_policy), stored
-            )
+                if stored is not None:
+                    outcome = session.state.receive_message(
+                        message_id, text, run_id, policy, stored
+                    )
             if isinstance(outcome, Duplicate):
                 await self._durable(session, outcome.accepted.seq)
                 return outcome.accepted
@@ -456,7 +463,12 @@ class Hub:
                 session.runs.pop(run_id, None)
                 session.state.restore(before)
                 stored = await self._stored_acceptance(session_id, message_id)
-                assert stored is not None, "a duplicate message id is stored"
+                if stored is None:  # the id is one of the session's replies or tool results
+                    raise AlreadyExists(
+                        f"message id {message_id!r} is taken in session {session_id}",
+                        reason="MESSAGE_ID_TAKEN",
+                        field="message_id",
+                    ) from None
                 stored.duplicate = True
                 return stored
             except PersistFailed as failed:
@@ -486,8 +498,16 @@ class Hub:
         stored = await self.store.find_user_message(session_id, message_id)
         if stored is None:
             return None
+        seq = stored.accept_seq
+        window = self._sessions[session_id].log if session_id in self._sessions else None
+        if window is not None and window.first_retained_seq <= seq <= window.head_seq:
+            there = window.read_after(seq - 1, 1).events
+            if not there or there[0].message_accepted.message_id != message_id:
+                # stored with the seq its event was to get, and the event never came (the
+                # write landed after its caller gave up): the seq is another event's
+                seq = 0
         return pb.MessageAccepted(
-            message_id=message_id, text=stored.text, run_id=stored.run_id, seq=stored.accept_seq
+            message_id=message_id, text=stored.text, run_id=stored.run_id, seq=seq
         )
 
     async def _carry_out(
@@ -496,14 +516,16 @@ class Hub:
         """Carry out a SessionState's effects in order; returns the acceptance appended, if
         any, with its seq."""
         accepted = None
+        stored_seq = 0  # the acceptance's seq as stored with its message (0: not known then)
         for effect in effects:
             if isinstance(effect, PersistAcceptance):
-                await self._persist_acceptance(session, effect)
+                stored_seq = await self._persist_acceptance(session, effect)
             elif isinstance(effect, AppendEvent):
                 event = session.append(effect.event)
                 if event.HasField("message_accepted"):
                     accepted = session.state.receive_appended(event.message_accepted, event.seq)
-                    await self._note_accept_seq(session, accepted)
+                    if accepted.seq != stored_seq:
+                        await self._note_accept_seq(session, accepted)
             elif isinstance(effect, StartRun):
                 self._start(session, session.runs[effect.run_id])
             elif isinstance(effect, CancelRun):
@@ -526,10 +548,17 @@ class Hub:
         except Exception as exc:
             log.warning("could not record the seq of message %s: %s", accepted.message_id, exc)
 
-    async def _persist_acceptance(self, session: Session, effect: PersistAcceptance) -> None:
+    async def _persist_acceptance(self, session: Session, effect: PersistAcceptance) -> int:
         """Store the acceptance, while this replica is sure it owns the session (by its own
         clock: a replica paused past its lease refuses here before it learns it lost it).
-        A failure other than a duplicate id raises PersistFailed: nothing was stored."""
+        A failure other than a duplicate id raises PersistFailed: nothing was stored.
+        Returns the seq stored as the acceptance event's (0: none; the caller notes it).
+
+        A message that starts its run at once found the session idle: nothing else appends
+        to it until its acceptance event (every other append comes from a run, a queued
+        run's end or recovery, none of which a held accept_lock and an idle session
+        leave), so that event's seq is known before it is stamped and is stored with the
+        message, which saves a store write. The caller checks the seq it got."""
         if self.lease.held(session.session_id) is None:
             raise PersistFailed(
                 Unavailable(
@@ -538,8 +567,9 @@ class Hub:
                 )
             )
         created = now_ms()
+        accept_seq = 0 if effect.queued else session.log.next_seq
         try:
-            await self._store_acceptance(session, effect, created)
+            await self._store_acceptance(session, effect, created, accept_seq)
         except DuplicateMessage:
             raise
         except Exception as exc:
@@ -550,21 +580,24 @@ class Hub:
             )
             error.__cause__ = exc
             raise PersistFailed(error) from exc
+        return accept_seq
 
     async def _store_acceptance(
-        self, session: Session, effect: PersistAcceptance, created: int
+        self, session: Session, effect: PersistAcceptance, created: int, accept_seq: int
     ) -> None:
+        message = MessageRecord(
+            session.session_id,
+            effect.message_id,
+            "user",
+            effect.text,
+            effect.run_id,
+            "queued" if effect.queued else "complete",
+            created,
+            accept_seq=accept_seq,
+        )
         async with asyncio.timeout(self.settings.backend_timeout_s):
             await self.store.accept_user_message(
-                MessageRecord(
-                    session.session_id,
-                    effect.message_id,
-                    "user",
-                    effect.text,
-                    effect.run_id,
-                    "queued" if effect.queued else "complete",
-                    created,
-                ),
+                message,
                 RunRecord(
                     effect.run_id,
                     session.session_id,
@@ -574,10 +607,15 @@ class Hub:
                 ),
                 title=effect.title,
             )
+        session.context.receive_accepted(message)
+        run = session.runs.get(effect.run_id)
+        if run is not None:
+            run.stored_running = not effect.queued
 
     async def _end_unstarted(self, session: Session, effect: EndUnstarted) -> None:
         """A queued run never starts: its run and user message say why, then its completion."""
         session.runs.pop(effect.run_id, None)
+        session.context.receive_ended_unstarted(effect.run_id)
         await self.store.update_run(
             RunRecord(
                 effect.run_id,

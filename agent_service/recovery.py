@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from agent_relay.v1 import agent_pb2 as pb
-from agent_service.agent import unfinished_call_result
+from agent_service.context import unfinished_call_result
 from agent_service.ids import now_ms
 from agent_service.session import Session
 from agent_service.store import ConversationStore, MessageRecord, RunRecord
@@ -144,6 +144,7 @@ async def end_run(store: ConversationStore, session: Session, run: RunRecord) ->
         for m in await store.context_for_run(run.session_id, run.run_id)
         if m.role == "user" and m.message_id == run.user_message_id
     ]
+    session.context.invalidate()  # the messages stored below are not the context's feed
     todo = plan(run, session.log.retained(), user[0].text if user else None)
     last = None
     for event in todo.append:

@@ -71,6 +71,7 @@ class RunHandle:
     cancel_reason: str | None = None  # "cancelled" or "interrupted" once asked to stop
     tools: dict[str, ToolCallRunner] = field(default_factory=dict)  # calls in flight
     ended: bool = False  # its body has returned
+    stored_running: bool = False  # stored as running at its acceptance (it started at once)
     reply: ReplyInProgress = field(init=False)
 
     def __post_init__(self) -> None:

@@ -22,6 +22,7 @@ import asyncio
 from collections.abc import Callable, Iterable
 
 from agent_relay.v1 import agent_pb2 as pb
+from agent_service.context import SessionContext
 from agent_service.errors import Unavailable
 from agent_service.eventlog import SessionLog
 from agent_service.ids import now_ms
@@ -68,6 +69,7 @@ class Session:
         self.follower_task: asyncio.Task[None] | None = None  # feeds a follower's window
         self._on_refused = on_refused
         self.state = SessionState(record.title)
+        self.context = SessionContext()  # the model's context, kept between runs
         self.log = log
         self.runs: dict[str, RunHandle] = {}  # queued and active
         self.subscribers: set[Subscriber] = set()

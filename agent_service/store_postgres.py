@@ -85,6 +85,29 @@ UPSERT_MESSAGE = _INSERT_MESSAGE + (
     "tool_calls_json = EXCLUDED.tool_calls_json, duration_ms = EXCLUDED.duration_ms"
 )
 INSERT_NEW_MESSAGE = _INSERT_MESSAGE + "DO NOTHING RETURNING position"
+# One statement (so one round trip, and atomic on its own): the user message unless its
+# id is taken, and only then its run and the session's title. Returns the rows inserted.
+ACCEPT_USER_MESSAGE = f"""
+WITH message AS ({INSERT_NEW_MESSAGE}),
+run AS (
+    INSERT INTO runs (run_id, session_id, user_message_id, status, started_ms)
+    SELECT $12::text, $1, $2, $13::text, $14::bigint WHERE EXISTS (SELECT 1 FROM message)
+),
+titled AS (
+    UPDATE sessions SET title = $15
+    WHERE session_id = $1 AND title != $15 AND EXISTS (SELECT 1 FROM message)
+)
+SELECT count(*) FROM message
+"""
+# One statement: the run's new state and, when $8 is not empty, its user message's status.
+UPDATE_RUN = """
+WITH message AS (
+    UPDATE messages SET status = $8
+    WHERE $8 != '' AND session_id = $9 AND message_id = $10 AND role = 'user'
+)
+UPDATE runs SET status = $1, finish_reason = $2, input_tokens = $3, output_tokens = $4,
+    started_ms = $5, ended_ms = $6 WHERE run_id = $7
+"""
 
 
 class PostgresStore:
@@ -152,24 +175,16 @@ class PostgresStore:
     async def accept_user_message(
         self, message: MessageRecord, run: RunRecord, *, title: str
     ) -> None:
-        async with self.pool.acquire() as db, db.transaction():
-            await db.execute(
-                "UPDATE sessions SET title = $1 WHERE session_id = $2 AND title != $1",
-                title,
-                message.session_id,
-            )
-            await db.execute(
-                "INSERT INTO runs (run_id, session_id, user_message_id, status, started_ms) "
-                "VALUES ($1, $2, $3, $4, $5)",
-                run.run_id,
-                run.session_id,
-                run.user_message_id,
-                run.status,
-                run.started_ms,
-            )
-            inserted = await db.fetchval(INSERT_NEW_MESSAGE, *message_values(message))
-            if inserted is None:  # rolls the transaction back: the run is not stored either
-                raise DuplicateMessage(f"{message.session_id}/{message.message_id}")
+        inserted = await self.pool.fetchval(
+            ACCEPT_USER_MESSAGE,
+            *message_values(message),
+            run.run_id,
+            run.status,
+            run.started_ms,
+            title,
+        )
+        if not inserted:  # nothing was stored: not the run, not the title
+            raise DuplicateMessage(f"{message.session_id}/{message.message_id}")
 
     async def find_user_message(self, session_id: str, message_id: str) -> MessageRecord | None:
         row = await self.pool.fetchrow(
@@ -191,26 +206,19 @@ class PostgresStore:
         await self.pool.execute(UPSERT_MESSAGE, *message_values(message))
 
     async def update_run(self, run: RunRecord, *, user_message_status: str = "") -> None:
-        async with self.pool.acquire() as db, db.transaction():
-            if user_message_status:
-                await db.execute(
-                    "UPDATE messages SET status = $1 WHERE session_id = $2 AND message_id = $3 "
-                    "AND role = 'user'",
-                    user_message_status,
-                    run.session_id,
-                    run.user_message_id,
-                )
-            await db.execute(
-                "UPDATE runs SET status = $1, finish_reason = $2, input_tokens = $3, "
-                "output_tokens = $4, started_ms = $5, ended_ms = $6 WHERE run_id = $7",
-                run.status,
-                run.finish_reason,
-                run.input_tokens,
-                run.output_tokens,
-                run.started_ms,
-                run.ended_ms,
-                run.run_id,
-            )
+        await self.pool.execute(
+            UPDATE_RUN,
+            run.status,
+            run.finish_reason,
+            run.input_tokens,
+            run.output_tokens,
+            run.started_ms,
+            run.ended_ms,
+            run.run_id,
+            user_message_status,
+            run.session_id,
+            run.user_message_id,
+        )
 
     async def list_messages(
         self, session_id: str, limit: int, after_position: int

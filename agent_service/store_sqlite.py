@@ -1,14 +1,27 @@
-"""The embedded conversation store: one SQLite file (WAL), zero set-up."""
+"""The embedded conversation store: one SQLite file (WAL), zero set-up.
+
+One connection, owned by one worker thread (like the event log's, log_sqlite.py).
+Each operation is one function handed to that thread once: a message costs a few
+thread hand-offs, not one per statement (py-spy had those hand-offs, each a
+wake-up of the worker and then of the event loop, as the largest cost of a
+message's round trip). Writes are group-committed: the writes that arrive while
+the thread is busy go in one transaction, each in a savepoint of its own, so many
+sessions' messages at once cost one hand-off and one commit, not one each.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-
-import aiosqlite
+from typing import Any, TypeVar, cast
 
 from agent_service.store import (
     MESSAGE_COLUMNS,
+    DuplicateMessage,
     MessageRecord,
     RunRecord,
     SessionRecord,
@@ -17,6 +30,8 @@ from agent_service.store import (
     run_from_row,
     session_from_row,
 )
+
+T = TypeVar("T")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -67,81 +82,177 @@ ORDER BY r.run_order, CASE m.role WHEN 'user' THEN 0 ELSE 1 END, m.position
 """
 
 
+INSERT_MESSAGE = f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+UPSERT_MESSAGE = INSERT_MESSAGE + (
+    " ON CONFLICT (session_id, message_id) DO UPDATE SET text = excluded.text, "
+    "status = excluded.status, tool_calls_json = excluded.tool_calls_json, "
+    "duration_ms = excluded.duration_ms"
+)
+INSERT_NEW_MESSAGE = INSERT_MESSAGE + " ON CONFLICT (session_id, message_id) DO NOTHING"
+
+
 class SqliteStore:
     """ConversationStore on one SQLite file. `path` may be ':memory:'.
 
-    Every read is one execute_fetchall: a statement left half-read across an await
-    would hold an old snapshot, and a write beside it on this connection would
-    then fail at once (SQLITE_BUSY_SNAPSHOT) after the event log's commits."""
+    Writes are `BEGIN IMMEDIATE` transactions: one takes the file's write lock when
+    it begins, so it waits (busy_timeout) for the event log's commits instead of
+    failing on a stale snapshot. A read is one statement fetched whole. An operation
+    whose caller is cancelled still runs to its end in the thread: it is committed
+    or rolled back whole, never left open. Writes are group-committed (`_writing`):
+    a write whose caller was cancelled before its batch began is skipped (that check
+    runs on the store's thread and may miss a cancel a moment old: such a write lands,
+    as one whose caller is cancelled while it runs does)."""
 
     def __init__(self, path: str) -> None:
         self._path = path
-        self._db: aiosqlite.Connection | None = None
+        self._db: sqlite3.Connection | None = None
+        self._thread: ThreadPoolExecutor | None = None
+        self._queue_lock = threading.Lock()  # the loop appends, the store's thread takes
+        self._queued: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
+        self._drain_queued = False  # a _drain is submitted and has not taken the queue yet
 
     @property
-    def db(self) -> aiosqlite.Connection:
+    def db(self) -> sqlite3.Connection:
         if self._db is None:
             raise RuntimeError("store is not open")
         return self._db
 
+    async def _call(self, fn: Callable[..., T], *args: object) -> T:
+        """Run fn(*args) on the store's thread (one hand-off)."""
+        if self._thread is None:
+            raise RuntimeError("store is not open")
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
+    def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """fn in one write transaction, on the store's thread."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(db)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        return result
+
+    async def _writing(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """fn in a write transaction on the store's thread, with the writes queued beside it
+        (group commit: one hand-off and one commit for all the writes that arrive while
+        the thread is busy, as when many sessions' messages arrive at once)."""
+        if self._thread is None:
+            raise RuntimeError("store is not open")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        with self._queue_lock:
+            self._queued.append((fn, future))
+            start = not self._drain_queued
+            self._drain_queued = True
+        if start:
+            self._thread.submit(self._drain, loop)
+        return cast(T, await future)
+
+    def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On the store's thread: every queued write in one transaction, each in a savepoint
+        of its own (one that raises is undone alone and gets its exception)."""
+        with self._queue_lock:
+            queued, self._queued = self._queued, []
+            self._drain_queued = False
+        queued = [(fn, f) for fn, f in queued if not f.cancelled()]  # a benign race: see the class
+        if not queued:
+            return
+        outcomes: list[tuple[bool, Any]] = []
+        db = self.db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for fn, _ in queued:
+                    outcomes.append(self._in_savepoint(db, fn))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        except Exception as exc:  # the transaction failed: nothing of it is stored
+            outcomes = [(False, exc)] * len(queued)
+        loop.call_soon_threadsafe(_settle, [f for _, f in queued], outcomes)
+
+    @staticmethod
+    def _in_savepoint(
+        db: sqlite3.Connection, fn: Callable[[sqlite3.Connection], Any]
+    ) -> tuple[bool, Any]:
+        db.execute("SAVEPOINT one_write")
+        try:
+            result = fn(db)
+        except Exception as exc:
+            db.execute("ROLLBACK TO one_write")
+            db.execute("RELEASE one_write")
+            return False, exc
+        db.execute("RELEASE one_write")
+        return True, result
+
+    async def _rows(self, sql: str, params: tuple[object, ...] = ()) -> list[sqlite3.Row]:
+        return await self._call(lambda: self.db.execute(sql, params).fetchall())
+
     async def open(self) -> None:
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        await self._call(self._open)
+
+    def _open(self) -> None:
         if self._path != ":memory:":
             Path(self._path).parent.mkdir(parents=True, exist_ok=True)
-        # IMMEDIATE: a write transaction takes the write lock when it begins, so it waits
-        # (busy_timeout) for the event log's writes instead of failing on a stale snapshot
-        self._db = await aiosqlite.connect(self._path, isolation_level="IMMEDIATE")
-        self._db.row_factory = aiosqlite.Row
-        await self._db.execute("PRAGMA journal_mode=WAL")
-        await self._db.execute("PRAGMA synchronous=NORMAL")
-        await self._db.execute("PRAGMA foreign_keys=ON")
-        await self._db.execute("PRAGMA busy_timeout=10000")  # the event log shares the file
-        await self._db.executescript(SCHEMA)
-        await self._add_missing_columns()
-        await self._db.commit()
+        db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA busy_timeout=10000")  # the event log shares the file
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA foreign_keys=ON")
+        self._db = db
+        self._write(self._create_schema)
 
-    async def _add_missing_columns(self) -> None:
-        """A file an older version wrote gets the columns added since."""
-        columns = {row[1] for row in await self.db.execute_fetchall("PRAGMA table_info(messages)")}
+    @staticmethod
+    def _create_schema(db: sqlite3.Connection) -> None:
+        for statement in SCHEMA.split(";"):
+            if statement.strip():
+                db.execute(statement)
+        # a file an older version wrote gets the columns added since
+        columns = {row[1] for row in db.execute("PRAGMA table_info(messages)")}
         if "duration_ms" not in columns:
-            await self.db.execute(
-                "ALTER TABLE messages ADD COLUMN duration_ms REAL NOT NULL DEFAULT 0"
-            )
+            db.execute("ALTER TABLE messages ADD COLUMN duration_ms REAL NOT NULL DEFAULT 0")
 
     async def ping(self) -> None:
-        await self.db.execute_fetchall("SELECT 1")
+        await self._rows("SELECT 1")
 
     async def runs_in_flight(self) -> list[RunRecord]:
-        rows = await self.db.execute_fetchall(
+        rows = await self._rows(
             "SELECT * FROM runs WHERE status IN ('queued', 'running') ORDER BY run_order"
         )
         return [run_from_row(row) for row in rows]
 
     async def close(self) -> None:
         if self._db is not None:
-            await self._db.commit()
-            await self._db.close()
+            await self._call(self._db.close)
             self._db = None
+        if self._thread is not None:
+            self._thread.shutdown(wait=True)
+            self._thread = None
 
     async def create_session(self, record: SessionRecord) -> None:
-        await self.db.execute(
-            "INSERT INTO sessions (session_id, user_id, title, created_ms, seq_reserved) "
-            "VALUES (?, ?, ?, ?, ?)",
-            (
-                record.session_id,
-                record.user_id,
-                record.title,
-                record.created_ms,
-                record.seq_reserved,
-            ),
+        values = (
+            record.session_id,
+            record.user_id,
+            record.title,
+            record.created_ms,
+            record.seq_reserved,
         )
-        await self.db.commit()
-
-    async def get_session(self, session_id: str) -> SessionRecord | None:
-        rows = list(
-            await self.db.execute_fetchall(
-                "SELECT * FROM sessions WHERE session_id = ?", (session_id,)
+        await self._writing(
+            lambda db: db.execute(
+                "INSERT INTO sessions (session_id, user_id, title, created_ms, seq_reserved) "
+                "VALUES (?, ?, ?, ?, ?)",
+                values,
             )
         )
+
+    async def get_session(self, session_id: str) -> SessionRecord | None:
+        rows = await self._rows("SELECT * FROM sessions WHERE session_id = ?", (session_id,))
         return session_from_row(rows[0]) if rows else None
 
     async def list_sessions(
@@ -150,88 +261,89 @@ class SqliteStore:
         query = "SELECT * FROM sessions WHERE (? = '' OR user_id = ?) AND created_ms < ? "
         query += "ORDER BY created_ms DESC, session_id DESC LIMIT ?"
         before = before_ms if before_ms is not None else 2**62
-        rows = await self.db.execute_fetchall(query, (user_id, user_id, before, limit))
+        rows = await self._rows(query, (user_id, user_id, before, limit))
         return [session_from_row(row) for row in rows]
 
     async def accept_user_message(
         self, message: MessageRecord, run: RunRecord, *, title: str
     ) -> None:
-        await self.db.execute(
-            "UPDATE sessions SET title = ? WHERE session_id = ? AND title != ?",
-            (title, message.session_id, title),
-        )
-        await self.db.execute(
-            "INSERT INTO runs (run_id, session_id, user_message_id, status, started_ms) "
-            "VALUES (?, ?, ?, ?, ?)",
-            (run.run_id, run.session_id, run.user_message_id, run.status, run.started_ms),
-        )
-        await self._insert_message(message)
-        await self.db.commit()
+        def accept(db: sqlite3.Connection) -> None:
+            if db.execute(INSERT_NEW_MESSAGE, message_values(message)).rowcount == 0:
+                raise DuplicateMessage(f"{message.session_id}/{message.message_id}")
+            db.execute(
+                "INSERT INTO runs (run_id, session_id, user_message_id, status, started_ms) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (run.run_id, run.session_id, run.user_message_id, run.status, run.started_ms),
+            )
+            db.execute(
+                "UPDATE sessions SET title = ? WHERE session_id = ? AND title != ?",
+                (title, message.session_id, title),
+            )
+
+        await self._writing(accept)
 
     async def find_user_message(self, session_id: str, message_id: str) -> MessageRecord | None:
-        rows = list(
-            await self.db.execute_fetchall(
-                "SELECT * FROM messages WHERE session_id = ? AND message_id = ? AND role = 'user'",
-                (session_id, message_id),
-            )
+        rows = await self._rows(
+            "SELECT * FROM messages WHERE session_id = ? AND message_id = ? AND role = 'user'",
+            (session_id, message_id),
         )
         return message_from_row(rows[0]) if rows else None
 
     async def note_accept_seq(self, session_id: str, message_id: str, seq: int) -> None:
-        await self.db.execute(
-            "UPDATE messages SET accept_seq = ? WHERE session_id = ? AND message_id = ?",
-            (seq, session_id, message_id),
+        await self._writing(
+            lambda db: db.execute(
+                "UPDATE messages SET accept_seq = ? WHERE session_id = ? AND message_id = ?",
+                (seq, session_id, message_id),
+            )
         )
-        # committed at once: an open write transaction would hold the file's write lock,
-        # and the event log (its own connection to this file) waits for that lock
-        await self.db.commit()
 
     async def upsert_message(self, message: MessageRecord) -> None:
-        await self._insert_message(message, upsert=True)
-        await self.db.commit()
-
-    async def _insert_message(self, m: MessageRecord, *, upsert: bool = False) -> None:
-        sql = f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
-        if upsert:
-            sql += (
-                " ON CONFLICT (session_id, message_id) DO UPDATE SET text = excluded.text, "
-                "status = excluded.status, tool_calls_json = excluded.tool_calls_json, "
-                "duration_ms = excluded.duration_ms"
-            )
-        await self.db.execute(sql, message_values(m))
+        values = message_values(message)
+        await self._writing(lambda db: db.execute(UPSERT_MESSAGE, values))
 
     async def update_run(self, run: RunRecord, *, user_message_status: str = "") -> None:
-        if user_message_status:
-            await self.db.execute(
-                "UPDATE messages SET status = ? WHERE session_id = ? AND message_id = ? "
-                "AND role = 'user'",
-                (user_message_status, run.session_id, run.user_message_id),
+        def update(db: sqlite3.Connection) -> None:
+            if user_message_status:
+                db.execute(
+                    "UPDATE messages SET status = ? WHERE session_id = ? AND message_id = ? "
+                    "AND role = 'user'",
+                    (user_message_status, run.session_id, run.user_message_id),
+                )
+            db.execute(
+                "UPDATE runs SET status = ?, finish_reason = ?, input_tokens = ?, "
+                "output_tokens = ?, started_ms = ?, ended_ms = ? WHERE run_id = ?",
+                (
+                    run.status,
+                    run.finish_reason,
+                    run.input_tokens,
+                    run.output_tokens,
+                    run.started_ms,
+                    run.ended_ms,
+                    run.run_id,
+                ),
             )
-        await self.db.execute(
-            "UPDATE runs SET status = ?, finish_reason = ?, input_tokens = ?, output_tokens = ?, "
-            "started_ms = ?, ended_ms = ? WHERE run_id = ?",
-            (
-                run.status,
-                run.finish_reason,
-                run.input_tokens,
-                run.output_tokens,
-                run.started_ms,
-                run.ended_ms,
-                run.run_id,
-            ),
-        )
-        await self.db.commit()
+
+        await self._writing(update)
 
     async def list_messages(
         self, session_id: str, limit: int, after_position: int
     ) -> list[MessageRecord]:
         query = ORDERED_MESSAGES.format(extra="") + " LIMIT ? OFFSET ?"
-        rows = await self.db.execute_fetchall(query, (session_id, limit, after_position))
+        rows = await self._rows(query, (session_id, limit, after_position))
         return [message_from_row(row) for row in rows]
 
     async def context_for_run(self, session_id: str, run_id: str) -> Sequence[MessageRecord]:
         extra = "AND r.run_order <= (SELECT run_order FROM runs WHERE run_id = ?)"
-        rows = await self.db.execute_fetchall(
-            ORDERED_MESSAGES.format(extra=extra), (session_id, run_id)
-        )
+        rows = await self._rows(ORDERED_MESSAGES.format(extra=extra), (session_id, run_id))
         return [message_from_row(row) for row in rows]
+
+
+def _settle(futures: list[asyncio.Future[Any]], outcomes: list[tuple[bool, Any]]) -> None:
+    """On the event loop: each queued write's caller gets its result or its exception."""
+    for future, (ok, value) in zip(futures, outcomes, strict=True):
+        if future.done():
+            continue
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)

@@ -10,6 +10,7 @@ import pytest
 
 from agent_service.store import (
     ConversationStore,
+    DuplicateMessage,
     MessageRecord,
     RunRecord,
     SessionRecord,
@@ -103,6 +104,54 @@ async def test_user_messages_are_found_by_client_id(store: ConversationStore) ->
     found = await store.find_user_message("s", "m1")
     assert found is not None and (found.text, found.run_id, found.accept_seq) == ("hello", "r1", 7)
     assert await store.find_user_message("s", "m2") is None
+
+
+async def test_a_message_id_stored_before_is_refused_whole(store: ConversationStore) -> None:
+    await store.create_session(SessionRecord("s", "u", "", 1, 0))
+    await store.accept_user_message(
+        user("s", "m1", "r1", "first"), RunRecord("r1", "s", "m1", "running"), title="first"
+    )
+    with pytest.raises(DuplicateMessage):
+        await store.accept_user_message(
+            user("s", "m1", "r2", "again"), RunRecord("r2", "s", "m1", "queued"), title="again"
+        )
+    # nothing of the refused acceptance is stored: not its run, not its title
+    assert [r.run_id for r in await store.runs_in_flight()] == ["r1"]
+    assert (await store.get_session("s")).title == "first"  # type: ignore[union-attr]
+    assert [m.text for m in await store.list_messages("s", 10, 0)] == ["first"]
+    # and the store goes on working
+    await store.accept_user_message(
+        user("s", "m2", "r3", "next"), RunRecord("r3", "s", "m2", "queued"), title="first"
+    )
+    assert [m.message_id for m in await store.list_messages("s", 10, 0)] == ["m1", "m2"]
+
+
+async def test_writes_at_once_each_succeed_or_fail_alone(store: ConversationStore) -> None:
+    # SQLite commits writes that arrive together in one transaction: a refused one must
+    # not take the others with it
+    await store.create_session(SessionRecord("s", "u", "", 1, 0))
+    await store.accept_user_message(
+        user("s", "m0", "r0"), RunRecord("r0", "s", "m0", "running"), title=""
+    )
+
+    async def accept(index: int) -> str:
+        message_id = "m0" if index % 5 == 0 else f"m{index}"  # every fifth is a duplicate
+        try:
+            await store.accept_user_message(
+                user("s", message_id, f"r{index}"),
+                RunRecord(f"r{index}", "s", message_id, "queued"),
+                title="",
+            )
+        except DuplicateMessage:
+            return "duplicate"
+        return "stored"
+
+    outcomes = await asyncio.gather(*(accept(i) for i in range(1, 41)))
+    assert outcomes.count("duplicate") == 8 and outcomes.count("stored") == 32
+    stored = {m.message_id for m in await store.list_messages("s", 100, 0)}
+    assert stored == {"m0"} | {f"m{i}" for i in range(1, 41) if i % 5}
+    in_flight = {r.run_id for r in await store.runs_in_flight()}
+    assert in_flight == {"r0"} | {f"r{i}" for i in range(1, 41) if i % 5}
 
 
 async def test_upsert_replaces_text_and_status(store: ConversationStore) -> None:

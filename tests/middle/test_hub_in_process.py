@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 
 from agent_relay.v1 import agent_pb2 as pb
-from agent_service.agent import AgentLoop, context_from_history
+from agent_service.agent import AgentLoop
 from agent_service.auth import OPEN_CALLER
 from agent_service.auth_interceptor import _caller
 from agent_service.chat_stream import ChatStream
 from agent_service.config import ServiceSettings, load
+from agent_service.context import context_from_history
 from agent_service.hub import Hub
 from agent_service.log_memory import MemoryLog
 from agent_service.providers.demo import DemoModel

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from agent_relay.v1 import agent_pb2 as pb
-from agent_service.agent import context_from_history
+from agent_service.context import context_from_history
 from agent_service.recovery import plan
 from agent_service.store import MessageRecord, RunRecord, StoredToolCall
 
