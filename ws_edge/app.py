@@ -37,7 +37,7 @@ from ws_edge.connection import Connection
 from ws_edge.errors import CloseCode, EdgeError, ErrorCode
 from ws_edge.events import message_to_dict
 from ws_edge.frames import PROTOCOL, SUPPORTED_PROTOCOLS, welcome_frame
-from ws_edge.http_tracing import install_http_tracing
+from ws_edge.http_tracing import handshake_failed, install_http_tracing
 from ws_edge.hub import Hub
 from ws_edge.limits import AddressBuckets
 from ws_edge.linger import linger_on_close
@@ -194,7 +194,13 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         max_msg_size=settings.hard_max_frame_bytes,
         writer_limit=settings.socket_write_buffer_bytes,
     )
-    await ws.prepare(request)
+    try:
+        await ws.prepare(request)
+    except web.HTTPException:
+        raise  # answered with its status: the response hook ends the span
+    except BaseException as exc:
+        handshake_failed(request, exc)
+        raise
     linger_on_close(request.transport, settings.close_linger_s)
     if isinstance(request.transport, asyncio.WriteTransport):
         # The transport's own buffer (64 KiB by default) would hold frames outside the send
@@ -237,12 +243,22 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
 
 
 @web.middleware
-async def _api_errors_as_json(
+def _api_errors_as_json(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> Awaitable[web.StreamResponse]:
+    """Under /api/, a fault is a JSON 500 `internal` like every other API error.
+
+    Not a coroutine itself: outside /api/ it hands back the handler's own awaitable, so a
+    WebSocket (whose handler runs as long as the socket) holds no frame of this middleware
+    (PERFORMANCE.md: memory per idle socket)."""
+    if not request.path.startswith("/api/"):
+        return handler(request)
+    return _api_call(request, handler)
+
+
+async def _api_call(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    """Under /api/, a fault is a JSON 500 `internal` like every other API error."""
-    if not request.path.startswith("/api/"):
-        return await handler(request)
     try:
         return await handler(request)
     except web.HTTPException:

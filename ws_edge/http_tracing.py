@@ -159,12 +159,21 @@ class HttpTracing:
         return HttpTrace(self, span, trace.set_span_in_context(span), attributes, request.path)
 
     @web.middleware
-    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+    def middleware(self, request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]:
         traced = self.start(request)
         request[TRACE_KEY] = traced
-        upgrade = request.headers.get(hdrs.UPGRADE, "").lower() == "websocket"
-        # the socket outlives its handshake: its frames must not become children of it
-        token = None if upgrade else otel_context.attach(traced.context)
+        if request.headers.get(hdrs.UPGRADE, "").lower() == "websocket":
+            # The socket outlives its handshake, so its frames must not become children of
+            # it, and nothing of this middleware should live as long as the socket (memory
+            # per idle socket): the handler's own awaitable goes back as it is. The span
+            # ends at the 101 or the refusal (on_response_prepare), or in handshake_failed.
+            return handler(request)
+        return self._traced(request, handler, traced)
+
+    async def _traced(
+        self, request: web.Request, handler: Handler, traced: HttpTrace
+    ) -> web.StreamResponse:
+        token = otel_context.attach(traced.context)
         try:
             return await handler(request)
         except web.HTTPException:
@@ -176,13 +185,20 @@ class HttpTracing:
             traced.finish(500, exc)  # aiohttp answers 500
             raise
         finally:
-            if token is not None:
-                otel_context.detach(token)
+            otel_context.detach(token)
 
     async def on_response_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
-        traced = request.get(TRACE_KEY)
+        traced = request.pop(TRACE_KEY, None)  # a socket's request lives on: let the trace go
         if traced is not None:
             traced.finish(response.status)
+
+
+def handshake_failed(request: web.Request, error: BaseException) -> None:
+    """A WebSocket handshake ended in `error` before its answer went out: end its span as
+    the middleware ends a plain request's (a 500, or no answer when cancelled)."""
+    traced = request.pop(TRACE_KEY, None)
+    if traced is not None:
+        traced.finish(None if isinstance(error, asyncio.CancelledError) else 500, error)
 
 
 def install_http_tracing(app: web.Application, telemetry: EdgeTelemetry) -> None:

@@ -27,27 +27,39 @@ def linger_on_close(transport: asyncio.BaseTransport | None, linger_s: float) ->
         return
     if not transport.can_write_eof():
         return
-    close_now = transport.close
-    loop = asyncio.get_running_loop()
-    scheduled: list[asyncio.TimerHandle] = []
+    lingering = _Lingering(transport, linger_s)
+    # Instance attributes: this one transport only; aiohttp and asyncio call them as usual.
+    transport.close = lingering.close  # type: ignore[method-assign]
+    transport.abort = lingering.abort  # type: ignore[method-assign]
 
-    def close() -> None:
-        if scheduled or transport.is_closing():
+
+class _Lingering:
+    """The replacement close and abort of one transport. A slotted object rather than two
+    closures: every open socket holds one (a third of the memory, PERFORMANCE.md)."""
+
+    __slots__ = ("_linger_s", "_scheduled", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, linger_s: float) -> None:
+        self._transport = transport
+        self._linger_s = linger_s
+        self._scheduled: asyncio.TimerHandle | None = None
+
+    def _close_now(self) -> None:
+        type(self._transport).close(self._transport)  # the class's own close, not ours
+
+    def close(self) -> None:
+        transport = self._transport
+        if self._scheduled is not None or transport.is_closing():
             return
         try:
             transport.write_eof()  # after the buffered bytes: the close frame, then FIN
         except (OSError, RuntimeError):
-            close_now()
+            self._close_now()
             return
-        scheduled.append(loop.call_later(linger_s, close_now))
+        self._scheduled = asyncio.get_running_loop().call_later(self._linger_s, self._close_now)
 
-    def abort() -> None:
-        for handle in scheduled:
-            handle.cancel()
+    def abort(self) -> None:
+        if self._scheduled is not None:
+            self._scheduled.cancel()
         with contextlib.suppress(Exception):
-            abort_now()
-
-    abort_now = transport.abort
-    # Instance attributes: this one transport only; aiohttp and asyncio call them as usual.
-    transport.close = close  # type: ignore[method-assign]
-    transport.abort = abort  # type: ignore[method-assign]
+            type(self._transport).abort(self._transport)

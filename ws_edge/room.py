@@ -41,7 +41,7 @@ from ws_edge.events import FINAL_TOOL_STATUSES, delta_frame, encode_event, event
 from ws_edge.frames import encode, error_frame, upstream_frame
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Preferences:
     """What a socket wants live: every delta or only completions; every tool update or finals."""
 
@@ -164,13 +164,13 @@ class RoomState(enum.Enum):
     CLOSED = "closed"
 
 
-@dataclass
+@dataclass(slots=True)
 class _Subscriber:
     after_seq: int
     prefs: Preferences
 
 
-@dataclass
+@dataclass(slots=True)
 class _Buffered:
     event: pb.SessionEvent
     data: bytes | None = None
@@ -181,7 +181,7 @@ class _Buffered:
         return self.data
 
 
-@dataclass
+@dataclass(slots=True)
 class _Batch:
     run_id: str
     step: int
@@ -191,6 +191,30 @@ class _Batch:
 
 class Room:
     """Sockets joined to one session on this node. Does no I/O; see the module docstring."""
+
+    # Slots, and the event buffer and open-run set made at first use: an edge holds one
+    # room per session its sockets follow, most of them idle (PERFORMANCE.md: memory per
+    # idle socket; an empty deque alone costs 600 bytes).
+    __slots__ = (
+        "_base_seq",
+        "_batch",
+        "_batch_window_s",
+        "_buffer",
+        "_buffer_events",
+        "_empty_since",
+        "_flush_scheduled",
+        "_grace_s",
+        "_head_seq",
+        "_last_flush_at",
+        "_max_linger_s",
+        "_next_seq",
+        "_open_runs",
+        "_subs",
+        "_told_lost",
+        "_waiting",
+        "session_id",
+        "state",
+    )
 
     def __init__(
         self,
@@ -205,7 +229,8 @@ class Room:
         self.state = RoomState.NEW
         self._batch_window_s = batch_window_s
         self._grace_s = grace_s
-        self._buffer: deque[_Buffered] = deque(maxlen=buffer_events)
+        self._buffer_events = buffer_events
+        self._buffer: deque[_Buffered] | None = None
         self._subs: dict[str, _Subscriber] = {}
         self._waiting: dict[str, str | None] = {}  # socket id -> join ref awaiting the reply
         self._told_lost = False  # sockets were told the upstream is gone: tell them it is back
@@ -217,7 +242,7 @@ class Room:
         self._flush_scheduled = False
         # Runs accepted and not yet completed: while there are some, an empty room lingers
         # (up to max_linger_s) so their completion is seen and the run limit released.
-        self._open_runs: set[str] = set()
+        self._open_runs: set[str] | None = None
         self._max_linger_s = max_linger_s
         self._empty_since: float | None = None
 
@@ -420,9 +445,12 @@ class Room:
         self._next_seq = event.seq + 1
         self._head_seq = max(self._head_seq, event.seq)
         buffered = _Buffered(event)
-        if len(self._buffer) == self._buffer.maxlen:
-            self._base_seq = self._buffer[0].event.seq
-        self._buffer.append(buffered)
+        buffer = self._buffer
+        if buffer is None:
+            buffer = self._buffer = deque(maxlen=self._buffer_events)
+        elif len(buffer) == buffer.maxlen:
+            self._base_seq = buffer[0].event.seq
+        buffer.append(buffered)
         if kind == "response_delta":
             delta = event.response_delta
             batch = self._batch
@@ -442,9 +470,12 @@ class Room:
         for sid in targets:
             self._subs[sid].after_seq = event.seq
         if kind == "message_accepted" and event.run_id:
+            if self._open_runs is None:
+                self._open_runs = set()
             self._open_runs.add(event.run_id)
         elif kind == "run_completed":
-            self._open_runs.discard(event.run_id)
+            if self._open_runs is not None:
+                self._open_runs.discard(event.run_id)
             effects.append(RunFinished(event.run_id))
 
     def _flush(self, now: float, effects: list[Effect]) -> None:
@@ -490,7 +521,7 @@ class Room:
                 info = self._delta_info(batch, -1)
                 effects.append(Deliver((socket_id,), info.encode(), info))
 
-        for item in self._buffer:
+        for item in self._buffer or ():
             event = item.event
             if event.seq <= after_seq:
                 continue
@@ -511,7 +542,7 @@ class Room:
 
     def _rewind(self, after_seq: int, effects: list[Effect]) -> None:
         """Resubscribe upstream from an older seq; sockets ahead of it skip the overlap."""
-        self._buffer.clear()
+        self._buffer = None
         self._next_seq = after_seq + 1
         self._base_seq = after_seq
         if self.state in (RoomState.LIVE, RoomState.SUBSCRIBING):
@@ -534,7 +565,7 @@ class Room:
                 effects.append(Deliver((sid,), encode(frame)))
                 sub.after_seq = first_seq - 1
         if first_seq > self._next_seq:
-            self._buffer.clear()
+            self._buffer = None
             self._next_seq = first_seq
             self._base_seq = first_seq - 1
 

@@ -48,13 +48,15 @@ class SendQueue:
         self._max_bytes = max_bytes
         self._max_frames = max_frames
         self._coalesce_after = coalesce_after_frames
-        self._frames: deque[QueuedFrame] = deque()
-        self._last_of_session: dict[str, QueuedFrame] = {}
+        # Made at the first frame and dropped when the queue empties: most sockets are idle
+        # with nothing queued, and an empty deque costs 600 bytes.
+        self._frames: deque[QueuedFrame] | None = None
+        self._last_of_session: dict[str, QueuedFrame] | None = None
         self.bytes = 0
         self.coalesced = 0  # frames merged into earlier ones, for metrics and tests
 
     def __len__(self) -> int:
-        return len(self._frames)
+        return len(self._frames) if self._frames is not None else 0
 
     def push(
         self,
@@ -67,8 +69,14 @@ class SendQueue:
         """Queue a frame. False: the queue (with the `held_bytes` its transport still holds)
         is over its bound and the socket must close 1013."""
         session = delta.session_id if delta is not None else session_id
-        if delta is not None and len(self._frames) >= self._coalesce_after:
-            last = self._last_of_session.get(delta.session_id)
+        frames = self._frames
+        if frames is None:
+            frames = self._frames = deque()
+            self._last_of_session = {}
+        last_of_session = self._last_of_session
+        assert last_of_session is not None
+        if delta is not None and len(frames) >= self._coalesce_after:
+            last = last_of_session.get(delta.session_id)
             if last is not None and last.delta is not None and last.delta.can_merge(delta):
                 merged = last.delta.merged(delta)
                 new_data = merged.encode()
@@ -78,24 +86,29 @@ class SendQueue:
                 self.coalesced += 1
                 return before <= self._max_bytes
         item = QueuedFrame(data, session, delta)
-        self._frames.append(item)
+        frames.append(item)
         if session is not None:
-            self._last_of_session[session] = item
+            last_of_session[session] = item
         before = self.bytes + held_bytes
         self.bytes += len(data)
-        return before <= self._max_bytes and len(self._frames) <= self._max_frames
+        return before <= self._max_bytes and len(frames) <= self._max_frames
 
     def pop(self) -> bytes | None:
         """The next frame to write, or None when the queue is empty."""
-        if not self._frames:
+        frames = self._frames
+        if frames is None:
             return None
-        item = self._frames.popleft()
+        item = frames.popleft()
         self.bytes -= len(item.data)
-        if item.session_id is not None and self._last_of_session.get(item.session_id) is item:
-            del self._last_of_session[item.session_id]
+        if not frames:  # every queued frame is out: nothing is the last of its session
+            self._frames = self._last_of_session = None
+        elif item.session_id is not None:
+            last_of_session = self._last_of_session
+            assert last_of_session is not None
+            if last_of_session.get(item.session_id) is item:
+                del last_of_session[item.session_id]
         return item.data
 
     def clear(self) -> None:
-        self._frames.clear()
-        self._last_of_session.clear()
+        self._frames = self._last_of_session = None
         self.bytes = 0
