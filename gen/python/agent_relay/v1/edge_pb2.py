@@ -25,53 +25,39 @@ _sym_db = _symbol_database.Default()
 from agent_relay.v1 import agent_pb2 as agent__relay_dot_v1_dot_agent__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x61gent_relay/v1/edge.proto\x12\x0e\x61gent_relay.v1\x1a\x1a\x61gent_relay/v1/agent.proto\"\xe0\x05\n\x05\x46rame\x12\x0f\n\x02id\x18\x01 \x01(\tH\x01\x88\x01\x01\x12\x10\n\x03ref\x18\x02 \x01(\tH\x02\x88\x01\x01\x12)\n\x04\x61uth\x18\n \x01(\x0b\x32\x19.agent_relay.v1.AuthFrameH\x00\x12)\n\x04join\x18\x0b \x01(\x0b\x32\x19.agent_relay.v1.JoinFrameH\x00\x12+\n\x05leave\x18\x0c \x01(\x0b\x32\x1a.agent_relay.v1.LeaveFrameH\x00\x12\x38\n\x0c\x63hat_message\x18\r \x01(\x0b\x32 .agent_relay.v1.ChatMessageFrameH\x00\x12\x36\n\x0b\x63hat_cancel\x18\x0e \x01(\x0b\x32\x1f.agent_relay.v1.ChatCancelFrameH\x00\x12\x36\n\x0btool_cancel\x18\x0f \x01(\x0b\x32\x1f.agent_relay.v1.ToolCancelFrameH\x00\x12)\n\x04ping\x18\x10 \x01(\x0b\x32\x19.agent_relay.v1.PingFrameH\x00\x12/\n\x07welcome\x18\x1e \x01(\x0b\x32\x1c.agent_relay.v1.WelcomeFrameH\x00\x12\'\n\x03\x61\x63k\x18\x1f \x01(\x0b\x32\x18.agent_relay.v1.AckFrameH\x00\x12+\n\x05\x65rror\x18  \x01(\x0b\x32\x1a.agent_relay.v1.ErrorFrameH\x00\x12)\n\x04pong\x18! \x01(\x0b\x32\x19.agent_relay.v1.PongFrameH\x00\x12\x31\n\x08upstream\x18\" \x01(\x0b\x32\x1d.agent_relay.v1.UpstreamFrameH\x00\x12-\n\x05\x65vent\x18# \x01(\x0b\x32\x1c.agent_relay.v1.SessionEventH\x00\x12\x31\n\x08response\x18$ \x01(\x0b\x32\x1d.agent_relay.v1.ResponseFrameH\x00\x42\x06\n\x04kindB\x05\n\x03_idB\x06\n\x04_ref\"\x1a\n\tAuthFrame\x12\r\n\x05token\x18\x01 \x01(\t\"\x80\x01\n\tJoinFrame\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x15\n\tafter_seq\x18\x02 \x01(\x04\x42\x02\x30\x02\x12\x13\n\x06\x64\x65ltas\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x18\n\x0btool_output\x18\x04 \x01(\tH\x01\x88\x01\x01\x42\t\n\x07_deltasB\x0e\n\x0c_tool_output\" \n\nLeaveFrame\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\xc4\x01\n\x10\x43hatMessageFrame\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x18\n\x0b\x62usy_policy\x18\x04 \x01(\tH\x00\x88\x01\x01\x12\x18\n\x0btraceparent\x18\x05 \x01(\tH\x01\x88\x01\x01\x12\x17\n\ntracestate\x18\x06 \x01(\tH\x02\x88\x01\x01\x42\x0e\n\x0c_busy_policyB\x0e\n\x0c_traceparentB\r\n\x0b_tracestate\"5\n\x0f\x43hatCancelFrame\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\"6\n\x0fToolCancelFrame\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x02 \x01(\t\"#\n\tPingFrame\x12\x0f\n\x02ts\x18\x01 \x01(\x01H\x00\x88\x01\x01\x42\x05\n\x03_ts\"z\n\x0cWelcomeFrame\x12\x10\n\x08protocol\x18\x01 \x01(\t\x12\x14\n\x0cheartbeat_ms\x18\x02 \x01(\r\x12\x17\n\x0f\x61uth_timeout_ms\x18\x03 \x01(\r\x12\x17\n\x0fmax_frame_bytes\x18\x04 \x01(\r\x12\x10\n\x08\x62\x61tch_ms\x18\x05 \x01(\x01\"\xfa\x02\n\x08\x41\x63kFrame\x12\x14\n\x07user_id\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x1b\n\nexpires_at\x18\x02 \x01(\x03\x42\x02\x30\x02H\x01\x88\x01\x01\x12\x17\n\nsession_id\x18\x03 \x01(\tH\x02\x88\x01\x01\x12\x19\n\x08head_seq\x18\x04 \x01(\x04\x42\x02\x30\x02H\x03\x88\x01\x01\x12\x17\n\nmessage_id\x18\x05 \x01(\tH\x04\x88\x01\x01\x12\x14\n\x03seq\x18\x06 \x01(\x04\x42\x02\x30\x02H\x05\x88\x01\x01\x12\x13\n\x06run_id\x18\x07 \x01(\tH\x06\x88\x01\x01\x12\x13\n\x06queued\x18\x08 \x01(\x08H\x07\x88\x01\x01\x12\x16\n\tduplicate\x18\t \x01(\x08H\x08\x88\x01\x01\x12\x16\n\tcancelled\x18\n \x01(\x08H\t\x88\x01\x01\x42\n\n\x08_user_idB\r\n\x0b_expires_atB\r\n\x0b_session_idB\x0b\n\t_head_seqB\r\n\x0b_message_idB\x06\n\x04_seqB\t\n\x07_run_idB\t\n\x07_queuedB\x0c\n\n_duplicateB\x0c\n\n_cancelled\"\x96\x01\n\nErrorFrame\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\tretryable\x18\x03 \x01(\x08\x12\x1b\n\x0eretry_after_ms\x18\x04 \x01(\rH\x00\x88\x01\x01\x12\x17\n\nsession_id\x18\x05 \x01(\tH\x01\x88\x01\x01\x42\x11\n\x0f_retry_after_msB\r\n\x0b_session_id\"#\n\tPongFrame\x12\x0f\n\x02ts\x18\x01 \x01(\x01H\x00\x88\x01\x01\x42\x05\n\x03_ts\"2\n\rUpstreamFrame\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\"\x90\x01\n\rResponseFrame\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x03seq\x18\x02 \x01(\x04\x42\x02\x30\x02\x12\x14\n\x08\x66rom_seq\x18\x03 \x01(\x04\x42\x02\x30\x02\x12\x0e\n\x06run_id\x18\x04 \x01(\t\x12\x18\n\x0ctime_unix_ms\x18\x05 \x01(\x03\x42\x02\x30\x02\x12\x0c\n\x04text\x18\x06 \x01(\t\x12\x0c\n\x04step\x18\x07 \x01(\rb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x61gent_relay/v1/edge.proto\x12\x0e\x61gent_relay.v1\x1a\x1a\x61gent_relay/v1/agent.proto\"\xe0\x05\n\x05\x46rame\x12\x0f\n\x02id\x18\x01 \x01(\tH\x01\x88\x01\x01\x12\x10\n\x03ref\x18\x02 \x01(\tH\x02\x88\x01\x01\x12)\n\x04\x61uth\x18\n \x01(\x0b\x32\x19.agent_relay.v1.AuthFrameH\x00\x12)\n\x04join\x18\x0b \x01(\x0b\x32\x19.agent_relay.v1.JoinFrameH\x00\x12+\n\x05leave\x18\x0c \x01(\x0b\x32\x1a.agent_relay.v1.LeaveFrameH\x00\x12\x38\n\x0c\x63hat_message\x18\r \x01(\x0b\x32 .agent_relay.v1.ChatMessageFrameH\x00\x12\x36\n\x0b\x63hat_cancel\x18\x0e \x01(\x0b\x32\x1f.agent_relay.v1.ChatCancelFrameH\x00\x12\x36\n\x0btool_cancel\x18\x0f \x01(\x0b\x32\x1f.agent_relay.v1.ToolCancelFrameH\x00\x12)\n\x04ping\x18\x10 \x01(\x0b\x32\x19.agent_relay.v1.PingFrameH\x00\x12/\n\x07welcome\x18\x1e \x01(\x0b\x32\x1c.agent_relay.v1.WelcomeFrameH\x00\x12\'\n\x03\x61\x63k\x18\x1f \x01(\x0b\x32\x18.agent_relay.v1.AckFrameH\x00\x12+\n\x05\x65rror\x18  \x01(\x0b\x32\x1a.agent_relay.v1.ErrorFrameH\x00\x12)\n\x04pong\x18! \x01(\x0b\x32\x19.agent_relay.v1.PongFrameH\x00\x12\x31\n\x08upstream\x18\" \x01(\x0b\x32\x1d.agent_relay.v1.UpstreamFrameH\x00\x12-\n\x05\x65vent\x18# \x01(\x0b\x32\x1c.agent_relay.v1.SessionEventH\x00\x12\x31\n\x08response\x18$ \x01(\x0b\x32\x1d.agent_relay.v1.ResponseFrameH\x00\x42\x06\n\x04kindB\x05\n\x03_idB\x06\n\x04_ref\"\x1a\n\tAuthFrame\x12\r\n\x05token\x18\x01 \x01(\t\"|\n\tJoinFrame\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x04\x12\x13\n\x06\x64\x65ltas\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x18\n\x0btool_output\x18\x04 \x01(\tH\x01\x88\x01\x01\x42\t\n\x07_deltasB\x0e\n\x0c_tool_output\" \n\nLeaveFrame\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\xc4\x01\n\x10\x43hatMessageFrame\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x18\n\x0b\x62usy_policy\x18\x04 \x01(\tH\x00\x88\x01\x01\x12\x18\n\x0btraceparent\x18\x05 \x01(\tH\x01\x88\x01\x01\x12\x17\n\ntracestate\x18\x06 \x01(\tH\x02\x88\x01\x01\x42\x0e\n\x0c_busy_policyB\x0e\n\x0c_traceparentB\r\n\x0b_tracestate\"5\n\x0f\x43hatCancelFrame\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\"6\n\x0fToolCancelFrame\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x02 \x01(\t\"#\n\tPingFrame\x12\x0f\n\x02ts\x18\x01 \x01(\x01H\x00\x88\x01\x01\x42\x05\n\x03_ts\"z\n\x0cWelcomeFrame\x12\x10\n\x08protocol\x18\x01 \x01(\t\x12\x14\n\x0cheartbeat_ms\x18\x02 \x01(\r\x12\x17\n\x0f\x61uth_timeout_ms\x18\x03 \x01(\r\x12\x17\n\x0fmax_frame_bytes\x18\x04 \x01(\r\x12\x10\n\x08\x62\x61tch_ms\x18\x05 \x01(\x01\"\xee\x02\n\x08\x41\x63kFrame\x12\x14\n\x07user_id\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x17\n\nexpires_at\x18\x02 \x01(\x03H\x01\x88\x01\x01\x12\x17\n\nsession_id\x18\x03 \x01(\tH\x02\x88\x01\x01\x12\x15\n\x08head_seq\x18\x04 \x01(\x04H\x03\x88\x01\x01\x12\x17\n\nmessage_id\x18\x05 \x01(\tH\x04\x88\x01\x01\x12\x10\n\x03seq\x18\x06 \x01(\x04H\x05\x88\x01\x01\x12\x13\n\x06run_id\x18\x07 \x01(\tH\x06\x88\x01\x01\x12\x13\n\x06queued\x18\x08 \x01(\x08H\x07\x88\x01\x01\x12\x16\n\tduplicate\x18\t \x01(\x08H\x08\x88\x01\x01\x12\x16\n\tcancelled\x18\n \x01(\x08H\t\x88\x01\x01\x42\n\n\x08_user_idB\r\n\x0b_expires_atB\r\n\x0b_session_idB\x0b\n\t_head_seqB\r\n\x0b_message_idB\x06\n\x04_seqB\t\n\x07_run_idB\t\n\x07_queuedB\x0c\n\n_duplicateB\x0c\n\n_cancelled\"\x96\x01\n\nErrorFrame\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\tretryable\x18\x03 \x01(\x08\x12\x1b\n\x0eretry_after_ms\x18\x04 \x01(\rH\x00\x88\x01\x01\x12\x17\n\nsession_id\x18\x05 \x01(\tH\x01\x88\x01\x01\x42\x11\n\x0f_retry_after_msB\r\n\x0b_session_id\"#\n\tPongFrame\x12\x0f\n\x02ts\x18\x01 \x01(\x01H\x00\x88\x01\x01\x42\x05\n\x03_ts\"2\n\rUpstreamFrame\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\"\x84\x01\n\rResponseFrame\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x10\n\x08\x66rom_seq\x18\x03 \x01(\x04\x12\x0e\n\x06run_id\x18\x04 \x01(\t\x12\x14\n\x0ctime_unix_ms\x18\x05 \x01(\x03\x12\x0c\n\x04text\x18\x06 \x01(\t\x12\x0c\n\x04step\x18\x07 \x01(\rb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'agent_relay.v1.edge_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_JOINFRAME'].fields_by_name['after_seq']._loaded_options = None
-  _globals['_JOINFRAME'].fields_by_name['after_seq']._serialized_options = b'0\002'
-  _globals['_ACKFRAME'].fields_by_name['expires_at']._loaded_options = None
-  _globals['_ACKFRAME'].fields_by_name['expires_at']._serialized_options = b'0\002'
-  _globals['_ACKFRAME'].fields_by_name['head_seq']._loaded_options = None
-  _globals['_ACKFRAME'].fields_by_name['head_seq']._serialized_options = b'0\002'
-  _globals['_ACKFRAME'].fields_by_name['seq']._loaded_options = None
-  _globals['_ACKFRAME'].fields_by_name['seq']._serialized_options = b'0\002'
-  _globals['_RESPONSEFRAME'].fields_by_name['seq']._loaded_options = None
-  _globals['_RESPONSEFRAME'].fields_by_name['seq']._serialized_options = b'0\002'
-  _globals['_RESPONSEFRAME'].fields_by_name['from_seq']._loaded_options = None
-  _globals['_RESPONSEFRAME'].fields_by_name['from_seq']._serialized_options = b'0\002'
-  _globals['_RESPONSEFRAME'].fields_by_name['time_unix_ms']._loaded_options = None
-  _globals['_RESPONSEFRAME'].fields_by_name['time_unix_ms']._serialized_options = b'0\002'
   _globals['_FRAME']._serialized_start=74
   _globals['_FRAME']._serialized_end=810
   _globals['_AUTHFRAME']._serialized_start=812
   _globals['_AUTHFRAME']._serialized_end=838
-  _globals['_JOINFRAME']._serialized_start=841
-  _globals['_JOINFRAME']._serialized_end=969
-  _globals['_LEAVEFRAME']._serialized_start=971
-  _globals['_LEAVEFRAME']._serialized_end=1003
-  _globals['_CHATMESSAGEFRAME']._serialized_start=1006
-  _globals['_CHATMESSAGEFRAME']._serialized_end=1202
-  _globals['_CHATCANCELFRAME']._serialized_start=1204
-  _globals['_CHATCANCELFRAME']._serialized_end=1257
-  _globals['_TOOLCANCELFRAME']._serialized_start=1259
-  _globals['_TOOLCANCELFRAME']._serialized_end=1313
-  _globals['_PINGFRAME']._serialized_start=1315
-  _globals['_PINGFRAME']._serialized_end=1350
-  _globals['_WELCOMEFRAME']._serialized_start=1352
-  _globals['_WELCOMEFRAME']._serialized_end=1474
-  _globals['_ACKFRAME']._serialized_start=1477
-  _globals['_ACKFRAME']._serialized_end=1855
-  _globals['_ERRORFRAME']._serialized_start=1858
-  _globals['_ERRORFRAME']._serialized_end=2008
-  _globals['_PONGFRAME']._serialized_start=2010
-  _globals['_PONGFRAME']._serialized_end=2045
-  _globals['_UPSTREAMFRAME']._serialized_start=2047
-  _globals['_UPSTREAMFRAME']._serialized_end=2097
-  _globals['_RESPONSEFRAME']._serialized_start=2100
-  _globals['_RESPONSEFRAME']._serialized_end=2244
+  _globals['_JOINFRAME']._serialized_start=840
+  _globals['_JOINFRAME']._serialized_end=964
+  _globals['_LEAVEFRAME']._serialized_start=966
+  _globals['_LEAVEFRAME']._serialized_end=998
+  _globals['_CHATMESSAGEFRAME']._serialized_start=1001
+  _globals['_CHATMESSAGEFRAME']._serialized_end=1197
+  _globals['_CHATCANCELFRAME']._serialized_start=1199
+  _globals['_CHATCANCELFRAME']._serialized_end=1252
+  _globals['_TOOLCANCELFRAME']._serialized_start=1254
+  _globals['_TOOLCANCELFRAME']._serialized_end=1308
+  _globals['_PINGFRAME']._serialized_start=1310
+  _globals['_PINGFRAME']._serialized_end=1345
+  _globals['_WELCOMEFRAME']._serialized_start=1347
+  _globals['_WELCOMEFRAME']._serialized_end=1469
+  _globals['_ACKFRAME']._serialized_start=1472
+  _globals['_ACKFRAME']._serialized_end=1838
+  _globals['_ERRORFRAME']._serialized_start=1841
+  _globals['_ERRORFRAME']._serialized_end=1991
+  _globals['_PONGFRAME']._serialized_start=1993
+  _globals['_PONGFRAME']._serialized_end=2028
+  _globals['_UPSTREAMFRAME']._serialized_start=2030
+  _globals['_UPSTREAMFRAME']._serialized_end=2080
+  _globals['_RESPONSEFRAME']._serialized_start=2083
+  _globals['_RESPONSEFRAME']._serialized_end=2215
 # @@protoc_insertion_point(module_scope)
