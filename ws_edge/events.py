@@ -21,7 +21,7 @@ from google.protobuf.message import Message
 
 from agent_relay.v1 import agent_pb2 as pb
 from ws_edge.frames import encode
-from ws_edge.wire import EventFrame, FieldsFrame, OutFrame
+from ws_edge.wire import DeltaFrame, EventFrame, OutFrame
 
 # The frame `type` of each SessionEvent.kind case.
 FRAME_TYPES: dict[str, str] = {
@@ -141,15 +141,12 @@ def delta_frame(
     step: int,
 ) -> OutFrame:
     """The frame of a batch of deltas of one run and step: `from_seq`..`seq`, texts joined."""
-    return FieldsFrame(
-        {
-            "type": "chat:response",
-            "session_id": session_id,
-            "seq": seq,
-            "from_seq": from_seq,
-            "run_id": run_id,
-            "time_unix_ms": time_unix_ms,
-            "text": text,
-            "step": step,
-        }
+    return DeltaFrame(
+        session_id=session_id,
+        run_id=run_id,
+        from_seq=from_seq,
+        seq=seq,
+        time_unix_ms=time_unix_ms,
+        text=text,
+        step=step,
     )

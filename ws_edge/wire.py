@@ -124,30 +124,90 @@ class EventFrame(OutFrame):
         return data
 
 
-# The Frame.kind case and message of each server frame type given as fields.
-_SERVER_KINDS: dict[str, tuple[str, Any]] = {
-    "welcome": ("welcome", epb.WelcomeFrame),
-    "ack": ("ack", epb.AckFrame),
-    "error": ("error", epb.ErrorFrame),
-    "pong": ("pong", epb.PongFrame),
-    "upstream": ("upstream", epb.UpstreamFrame),
-    "chat:response": ("response", epb.ResponseFrame),
+# The Frame.kind case of each server frame type given as fields.
+_SERVER_KINDS: dict[str, str] = {
+    "welcome": "welcome",
+    "ack": "ack",
+    "error": "error",
+    "pong": "pong",
+    "upstream": "upstream",
+    "chat:response": "response",
 }
 
 
 def fields_to_proto(fields: dict[str, Any]) -> epb.Frame:
     """The proto Frame of a server frame's JSON mapping. A None value is an absent field."""
-    body = {k: v for k, v in fields.items() if k not in ("type", "ref") and v is not None}
     frame_type = fields["type"]
+    frame = epb.Frame()
     ref = fields.get("ref")
+    if ref is not None:
+        frame.ref = ref
     if frame_type == "chat:gap":
-        gap = pb.ReplayGap(after_seq=body["after_seq"], first_seq=body["first_seq"])
-        event = pb.SessionEvent(
-            session_id=body["session_id"],
-            run_id=body.get("run_id", ""),
-            time_unix_ms=body["time_unix_ms"],
-            replay_gap=gap,
+        event = frame.event
+        event.session_id = fields["session_id"]
+        event.run_id = fields.get("run_id", "")
+        event.time_unix_ms = fields["time_unix_ms"]
+        event.replay_gap.after_seq = fields["after_seq"]
+        event.replay_gap.first_seq = fields["first_seq"]
+        return frame
+    body = getattr(frame, _SERVER_KINDS[frame_type])
+    body.SetInParent()  # the case is set even when every field is absent
+    # Attribute by attribute: about 3x faster than building the message from keywords
+    # and copying it into the Frame (upb, measured with timeit).
+    for key, value in fields.items():
+        if value is not None and key != "type" and key != "ref":
+            setattr(body, key, value)
+    return frame
+
+
+class DeltaFrame(OutFrame):
+    """`chat:response`: a batch of deltas of one run and step (the most frequent frame)."""
+
+    __slots__ = ("from_seq", "run_id", "seq", "session_id", "step", "text", "time_unix_ms")
+
+    def __init__(
+        self,
+        *,
+        session_id: str,
+        run_id: str,
+        from_seq: int,
+        seq: int,
+        time_unix_ms: int,
+        text: str,
+        step: int,
+    ) -> None:
+        super().__init__()
+        self.session_id = session_id
+        self.run_id = run_id
+        self.from_seq = from_seq
+        self.seq = seq
+        self.time_unix_ms = time_unix_ms
+        self.text = text
+        self.step = step
+
+    def _encode_json(self) -> bytes:
+        return _JSON.encode(
+            {
+                "type": "chat:response",
+                "session_id": self.session_id,
+                "seq": self.seq,
+                "from_seq": self.from_seq,
+                "run_id": self.run_id,
+                "time_unix_ms": self.time_unix_ms,
+                "text": self.text,
+                "step": self.step,
+            }
         )
-        return epb.Frame(ref=ref, event=event)
-    case, message = _SERVER_KINDS[frame_type]
-    return epb.Frame(ref=ref, **{case: message(**body)})
+
+    def _encode_proto(self) -> bytes:
+        frame = epb.Frame()
+        r = frame.response
+        r.session_id = self.session_id
+        r.seq = self.seq
+        r.from_seq = self.from_seq
+        r.run_id = self.run_id
+        r.time_unix_ms = self.time_unix_ms
+        r.text = self.text
+        r.step = self.step
+        data: bytes = frame.SerializeToString()
+        return data
