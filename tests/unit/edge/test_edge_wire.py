@@ -7,6 +7,8 @@ import base64
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent_relay.v1 import edge_pb2 as epb
 from tests.support import wire_frames
@@ -109,3 +111,28 @@ def test_groups_nested_past_the_parser_s_limit_are_bad_frame_not_a_crash():
     data = b"\x9b\x06" * 1000 + b"\x9c\x06" * 1000
     frame, error, _ = decode_for(Wire.PROTO, data, max_bytes=65536)
     assert frame is None and error is not None and error.code is ErrorCode.BAD_FRAME
+
+
+_RECORDED_CLIENT = [base64.b64decode(c["proto"]) for c in wire_frames.build()["client"]]
+_ANSWERS = {ErrorCode.BAD_FRAME, ErrorCode.INVALID_FIELD, ErrorCode.FRAME_TOO_LARGE}
+
+
+def _mutated(draw: st.DrawFn) -> bytes:
+    data = bytearray(draw(st.sampled_from(_RECORDED_CLIENT)))
+    for _ in range(draw(st.integers(1, 4))):
+        if data and draw(st.booleans()):
+            data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
+        else:
+            data = data[: draw(st.integers(0, len(data)))]
+    return bytes(data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.binary(max_size=300), st.composite(_mutated)()))
+def test_any_bytes_on_the_proto_wire_get_a_frame_or_a_documented_error(data: bytes) -> None:
+    frame, error, ref = decode_for(Wire.PROTO, data, max_bytes=256)
+    if frame is None:
+        assert error is not None and error.code in _ANSWERS and error.message
+        assert ref is None or (isinstance(ref, str) and len(ref) <= 64)
+    else:
+        assert error is None and ref is None
