@@ -16,7 +16,7 @@ help:
 	@echo "make cluster  2 agent replicas + 2 edges on local Redis and PostgreSQL (started if needed)"
 	@echo "make test   set up and run every test suite"
 	@echo "make web    build the web UI (npm ci + vite) when its sources changed"
-	@echo "make proto  regenerate gen/python and the code tables from proto/"
+	@echo "make proto  regenerate gen/python, clients/web/src/gen and the code tables from proto/"
 	@echo "make lint   ruff + mypy --strict + buf lint"
 	@echo "make breaking  buf breaking: proto/ against main (or the commit before)"
 	@echo "make bench  agent-relay beside its peers, and the durable log's cost (BENCH_ARGS=--full: full sizes)"
@@ -79,9 +79,10 @@ chromium: $(CHROMIUM)
 test-web: $(WEB_DEPS)
 	cd $(WEB) && npx vitest run
 
-proto: $(STAMP)
+proto: $(STAMP) $(TOOLS_DEPS) $(WEB_DEPS)
 	$(BIN)/python proto/generate.py
 	$(BIN)/python proto/generate_codes.py
+	$(BUF) generate --template proto/buf.gen.web.yaml
 
 run: $(STAMP) $(WEB_BUILD)
 	$(BIN)/agent-relay run

@@ -17,6 +17,8 @@ Scenarios (docs/performance.md says what each one compares):
   fanout    one session streamed to --fanout-sockets sockets
   burst     --burst-sessions messages sent at once: first delta p50/p99
   idle      memory per idle socket, each on its own session (RSS growth / sockets)
+  wire      full speed and fan-out again, JSON sockets beside agent-relay.v1+proto sockets
+            of the same edge, interleaved: deltas/s and CPU per delta of each wire
 
 Bounded: `--budget-s` (default 540) stops starting new rounds once spent.
 
@@ -560,8 +562,8 @@ async def paced_grpc(b: Bench, n: int) -> Metrics:
 # ---------------------------------------------------------------- full speed
 
 
-async def full_relay(b: Bench) -> Metrics:
-    socks = b.full_socks
+async def full_relay(b: Bench, socks: list[RelaySocket] | None = None) -> Metrics:
+    socks = b.full_socks if socks is None else socks
     watches = []
     for sock in socks:
         watch = RunWatch()
@@ -686,8 +688,8 @@ async def full_grpc(b: Bench) -> Metrics:
 # ---------------------------------------------------------------- fan-out
 
 
-async def fan_relay(b: Bench) -> Metrics:
-    socks = b.fan_socks
+async def fan_relay(b: Bench, socks: list[RelaySocket] | None = None) -> Metrics:
+    socks = b.fan_socks if socks is None else socks
     message_id = uuid.uuid4().hex
     watches = []
     for sock in socks:
@@ -697,16 +699,7 @@ async def fan_relay(b: Bench) -> Metrics:
     meter = CpuMeter({"service": b.stream.service.pid, "edge": b.stream.edge.pid})
     meter.start()
     start = time.perf_counter()
-    await socks[0].ws.send_str(
-        json.dumps(
-            {
-                "type": "chat:message",
-                "session_id": socks[0].session_id,
-                "message_id": message_id,
-                "text": "fanout",
-            }
-        )
-    )
+    await socks[0].say("fanout", message_id)
     await asyncio.wait_for(asyncio.gather(*(w.done.wait() for w in watches)), 180)
     elapsed = time.perf_counter() - start
     cpu = meter.stop()
@@ -932,6 +925,41 @@ async def idle_sio(b: Bench, idle: Idle, step: int) -> Metrics:
     }
 
 
+# ---------------------------------------------------------------- wire formats
+
+
+async def wire_rounds(b: Bench, results: Results, deadline: float) -> None:
+    """Full speed and fan-out on the `stream` edge, JSON sockets beside proto sockets."""
+    stream, n, fan = b.stream, b.args.full_sessions, b.args.fanout_sockets
+    socks: dict[str, list[RelaySocket]] = {}
+    fans: dict[str, list[RelaySocket]] = {}
+    for wire in ("json", "proto"):
+        sessions = await create_sessions(b.http, stream.http, n)
+        socks[wire] = await gather_limited(
+            n, lambda i, w=wire, s=sessions: RelaySocket.open(b.http, stream.ws_url, *s[i], w)
+        )
+        one = (await create_sessions(b.http, stream.http, 1))[0]
+        fans[wire] = await gather_limited(
+            fan, lambda _, w=wire, o=one: RelaySocket.open(b.http, stream.ws_url, *o, w)
+        )
+    await run_rounds(
+        b,
+        results,
+        "wire-full",
+        {w: lambda w=w: full_relay(b, socks[w]) for w in socks},
+        deadline,
+    )
+    await run_rounds(
+        b,
+        results,
+        "wire-fanout",
+        {w: lambda w=w: fan_relay(b, fans[w]) for w in fans},
+        deadline,
+    )
+    for sock in [*socks["json"], *socks["proto"], *fans["json"], *fans["proto"]]:
+        await sock.close()
+
+
 # ---------------------------------------------------------------- orchestration
 
 
@@ -1070,6 +1098,8 @@ async def measure(args: argparse.Namespace, tmp: Path) -> tuple[Results, dict[st
                 )
                 for sock in b.fan_socks:
                     await sock.close()
+            if "wire" in args.scenarios:
+                await wire_rounds(b, results, deadline)
             if "paced" in args.scenarios:
                 b.paced_socks = await b.relay_socks(paced, max(args.paced_n))
                 for n in args.paced_n:
@@ -1142,7 +1172,7 @@ def main() -> int:
     parser.add_argument(
         "--budget-s", type=float, default=480.0, help="no new round starts after this"
     )
-    parser.add_argument("--scenarios", default="rtt,burst,full,fanout,paced,idle")
+    parser.add_argument("--scenarios", default="rtt,burst,full,fanout,wire,paced,idle")
     parser.add_argument("--rtt-count", type=int, default=100, help="messages per round trip round")
     parser.add_argument(
         "--history", type=int, default=1000, help="messages behind the history session"

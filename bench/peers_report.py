@@ -159,6 +159,23 @@ def report(results: Results, args: argparse.Namespace) -> list[list[str]]:
                 ),
             ]
         )
+    for scenario, what in (
+        ("wire-full", f"{args.full_sessions} sessions at full speed"),
+        ("wire-fanout", f"one session to {args.fanout_sockets} sockets"),
+    ):
+        if scenario not in results:
+            continue
+        for wire in ("json", "proto"):
+            name = "agent-relay.v1+proto" if wire == "proto" else "agent-relay.v1 (JSON)"
+            rows.append(
+                [
+                    f"{what}, {name} sockets: deltas/s; CPU us per delta",
+                    f"{v.cell(scenario, wire, 'deltas_per_s')} deltas/s; edge "
+                    f"{v.cell(scenario, wire, 'cpu_us_per_delta_edge')}, service "
+                    f"{v.cell(scenario, wire, 'cpu_us_per_delta_service')}",
+                    "JSON and proto rows: one edge, rounds interleaved",
+                ]
+            )
     if "burst" in results:
         rows.append(
             [

@@ -1,7 +1,8 @@
 """The bench's side of the real system: start the processes, open sockets, create sessions.
 
 Every process is a real subprocess on 127.0.0.1 (port 0). `RelaySocket` is one
-WebSocket to the edge speaking agent-relay.v1 (docs/protocol.md) over aiohttp, with
+WebSocket to the edge speaking agent-relay.v1 (docs/protocol.md) over aiohttp, or with
+wire="proto" its binary twin agent-relay.v1+proto, with
 a reader task that keeps answering the edge's pings and hands each decoded frame to
 whatever `on_frame` callback the current scenario set.
 """
@@ -23,6 +24,9 @@ from typing import Any
 import aiohttp
 import msgspec
 
+from agent_relay.v1 import edge_pb2 as epb
+from agent_relay_client.wire import PROTOCOLS, ProtoCodec
+
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "peers-bench-secret-0123456789abcdef-0123456789abcdef"
 # The edge's per-user and per-socket budgets protect a real deployment; a load generator
@@ -38,6 +42,55 @@ UNLIMITED = (
 )
 decode = msgspec.json.decode
 encode = msgspec.json.encode
+
+_EVENT_TYPES = {
+    "message_accepted": "chat:accepted",
+    "run_started": "chat:run_started",
+    "response_delta": "chat:response",
+    "tool_execution": "chat:tool_execution",
+    "run_error": "chat:run_error",
+    "run_completed": "chat:complete",
+    "replay_gap": "chat:gap",
+}
+
+
+def decode_proto(data: bytes) -> dict[str, Any]:
+    """A binary frame as the dict of the JSON frame, with the keys the bench reads (type,
+    ref, session_id, seq, from_seq, run_id, time_unix_ms, text, message_id, reply fields)."""
+    frame = epb.Frame.FromString(data)
+    case = frame.WhichOneof("kind")
+    if case == "response":
+        r = frame.response
+        return {
+            "type": "chat:response",
+            "session_id": r.session_id,
+            "seq": r.seq,
+            "from_seq": r.from_seq,
+            "run_id": r.run_id,
+            "time_unix_ms": r.time_unix_ms,
+            "text": r.text,
+        }
+    if case == "event":
+        ev = frame.event
+        kind = ev.WhichOneof("kind") or ""
+        out: dict[str, Any] = {
+            "type": _EVENT_TYPES.get(kind, "chat:unknown"),
+            "session_id": ev.session_id,
+            "seq": ev.seq,
+            "run_id": ev.run_id,
+            "time_unix_ms": ev.time_unix_ms,
+        }
+        if kind == "message_accepted":
+            out["message_id"] = ev.message_accepted.message_id
+        elif kind == "response_delta":
+            out["text"] = ev.response_delta.text
+        return out
+    out = {"type": case}
+    if frame.HasField("ref"):
+        out["ref"] = frame.ref
+    for fd, value in getattr(frame, case or "").ListFields():
+        out[fd.name] = value
+    return out
 
 
 @dataclass
@@ -163,12 +216,18 @@ async def create_sessions(
     return list(await asyncio.gather(*(one(i) for i in range(count))))
 
 
+_PROTO = ProtoCodec()
+
+
 class RelaySocket:
     """One socket to the edge: authenticated, joined to one session, always reading."""
 
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse, session_id: str) -> None:
+    def __init__(
+        self, ws: aiohttp.ClientWebSocketResponse, session_id: str, wire: str = "json"
+    ) -> None:
         self.ws = ws
         self.session_id = session_id
+        self.wire = wire
         self.on_frame: Callable[[dict[str, Any]], None] | None = None
         self._waiters: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._ids = 0
@@ -176,13 +235,13 @@ class RelaySocket:
 
     @classmethod
     async def open(
-        cls, http: aiohttp.ClientSession, url: str, session_id: str, token: str
+        cls, http: aiohttp.ClientSession, url: str, session_id: str, token: str, wire: str = "json"
     ) -> RelaySocket:
         ws = await http.ws_connect(
-            url, protocols=["agent-relay.v1"], compress=0, max_msg_size=0, autoping=True
+            url, protocols=[PROTOCOLS[wire]], compress=0, max_msg_size=0, autoping=True
         )
         await ws.receive()  # welcome
-        sock = cls(ws, session_id)
+        sock = cls(ws, session_id, wire)
         ack = await sock.request({"type": "auth", "token": token})
         assert ack["type"] == "ack", ack
         for _ in range(50):
@@ -195,9 +254,12 @@ class RelaySocket:
 
     async def _read(self) -> None:
         async for msg in self.ws:
-            if msg.type is not aiohttp.WSMsgType.TEXT:
+            if msg.type is aiohttp.WSMsgType.TEXT:
+                frame = decode(msg.data)
+            elif msg.type is aiohttp.WSMsgType.BINARY:
+                frame = decode_proto(msg.data)
+            else:
                 continue
-            frame = decode(msg.data)
             ref = frame.get("ref")
             if ref is not None and ref in self._waiters:
                 self._waiters.pop(ref).set_result(frame)
@@ -209,21 +271,28 @@ class RelaySocket:
         ref = f"b{self._ids}"
         waiter = asyncio.get_running_loop().create_future()
         self._waiters[ref] = waiter
-        await self.ws.send_str(encode({**frame, "id": ref}).decode())
+        await self.send({**frame, "id": ref})
         return await asyncio.wait_for(waiter, timeout_s)
 
-    async def say(self, text: str) -> str:
+    async def send(self, frame: dict[str, Any]) -> None:
+        """One client frame, in this socket's wire format."""
+        if self.wire == "proto":
+            data = _PROTO.encode(frame)
+            assert isinstance(data, bytes)
+            await self.ws.send_bytes(data)
+        else:
+            await self.ws.send_str(encode(frame).decode())
+
+    async def say(self, text: str, message_id: str | None = None) -> str:
         """Send a chat:message without waiting for its ack; returns its message_id."""
-        message_id = uuid.uuid4().hex
-        await self.ws.send_str(
-            encode(
-                {
-                    "type": "chat:message",
-                    "session_id": self.session_id,
-                    "message_id": message_id,
-                    "text": text,
-                }
-            ).decode()
+        message_id = message_id or uuid.uuid4().hex
+        await self.send(
+            {
+                "type": "chat:message",
+                "session_id": self.session_id,
+                "message_id": message_id,
+                "text": text,
+            }
         )
         return message_id
 

@@ -36,12 +36,13 @@ from ws_edge.config import EdgeSettings
 from ws_edge.connection import Connection
 from ws_edge.errors import CloseCode, EdgeError, ErrorCode
 from ws_edge.events import message_to_dict
-from ws_edge.frames import PROTOCOL, SUPPORTED_PROTOCOLS, welcome_frame
+from ws_edge.frames import PROTOCOL, welcome_frame
 from ws_edge.http_tracing import handshake_failed, install_http_tracing
 from ws_edge.hub import Hub
 from ws_edge.limits import AddressBuckets
 from ws_edge.linger import linger_on_close
 from ws_edge.upstream import unary
+from ws_edge.wire import SUPPORTED_PROTOCOLS, parse_offer, select_protocol
 
 log = logging.getLogger(__name__)
 
@@ -182,13 +183,14 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         raise web.HTTPServiceUnavailable(text="edge draining")
     if not origin_allowed(request, settings.allowed_origins):
         raise web.HTTPForbidden(text=f"origin {request.headers.get(hdrs.ORIGIN)!r} not allowed")
-    offered = [p.strip() for p in request.headers.get(hdrs.SEC_WEBSOCKET_PROTOCOL, "").split(",")]
-    if not any(p in SUPPORTED_PROTOCOLS for p in offered):
+    wire = select_protocol(parse_offer(request.headers.get(hdrs.SEC_WEBSOCKET_PROTOCOL, "")))
+    if wire is None:
         raise web.HTTPBadRequest(
             text=f"offer a WebSocket subprotocol this edge speaks: {', '.join(SUPPORTED_PROTOCOLS)}"
         )
     ws = web.WebSocketResponse(
-        protocols=SUPPORTED_PROTOCOLS,
+        # only the one chosen: aiohttp then echoes exactly it (RFC 6455 4.2.2)
+        protocols=(wire.value,),
         heartbeat=settings.ping_interval_s,
         compress=settings.compress,
         max_msg_size=settings.hard_max_frame_bytes,
@@ -211,7 +213,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         raw_socket.setsockopt(
             socket.SOL_SOCKET, socket.SO_SNDBUF, settings.socket_send_buffer_bytes
         )
-    conn = Connection(ws, hub, request.app[AUTHORITY], transport=request.transport)
+    conn = Connection(ws, hub, request.app[AUTHORITY], transport=request.transport, wire=wire)
     hub.add_connection(conn)
     conn.send(
         welcome_frame(
@@ -219,15 +221,14 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
             auth_timeout_ms=int(settings.auth_timeout_s * 1000),
             max_frame_bytes=settings.max_frame_bytes,
             batch_ms=settings.batch_ms,
+            wire=wire,
         )
     )
     try:
         async for msg in ws:  # ends when either side closes (conn.close feeds the end in)
             try:
-                if msg.type is WSMsgType.TEXT:
-                    conn.receive_text(msg.data)
-                elif msg.type is WSMsgType.BINARY:
-                    conn.receive_binary()
+                if msg.type is WSMsgType.TEXT or msg.type is WSMsgType.BINARY:
+                    conn.receive_frame(msg.data)
             except Exception:
                 # A fault in the edge, not the client's: the socket and its peers go on.
                 log.exception("socket %s: a frame could not be handled", conn.socket_id)

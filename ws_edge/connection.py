@@ -1,8 +1,8 @@
 """One WebSocket: its frames in, through validation, limits and auth, to the hub; frames out
 through its bounded send queue.
 
-Calling rule: `receive_text` is called by the socket's read loop for every text
-frame, in order; `send` is called by the hub (never awaits: it queues, and a
+Calling rule: `receive_frame` is called by the socket's read loop for every text or
+binary frame, in order; `send` is called by the hub (never awaits: it queues, and a
 writer task exists only while the queue is non-empty, so an idle socket owns no
 task of its own); `close` may be called from anywhere, once or many times.
 
@@ -10,6 +10,10 @@ Expiry holds on delivery too: once the token's `exp` has passed, the socket gets
 no more frames of its sessions. It is told with one `unauthenticated` notice per
 joined session (which it leaves, so nothing it missed is skipped): after an
 `auth` with a fresh token it joins again from its last `seq`.
+
+The socket speaks the wire format chosen at the handshake (`wire`, ws_edge/wire.py):
+its frames in are decoded for it, and frames out are written as text (JSON) or
+binary (proto) frames; nothing else here knows which.
 """
 
 from __future__ import annotations
@@ -36,16 +40,17 @@ from ws_edge.frames import (
     Ping,
     ToolCancel,
     ack_frame,
-    decode_client_frame,
+    decode_for,
     error_frame,
-    frame_ref,
     frame_size,
     pong_frame,
+    ref_for,
 )
 from ws_edge.hub import Hub
 from ws_edge.limits import AbuseCounter, FrameBudget, FrameLimiter, admit
 from ws_edge.room import DeltaInfo, Preferences
 from ws_edge.send_queue import SendQueue
+from ws_edge.wire import OutFrame, Wire
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +87,7 @@ class Connection:
         "opened_at",
         "queue",
         "socket_id",
+        "wire",
         "ws",
     )
 
@@ -93,8 +99,10 @@ class Connection:
         *,
         transport: asyncio.BaseTransport | None = None,
         wall_clock: Callable[[], float] = time.time,
+        wire: Wire = Wire.JSON,
     ) -> None:
         settings = hub.settings
+        self.wire = wire
         self.socket_id = f"w{next(_socket_ids)}"
         self.ws = ws
         self._transport = transport
@@ -120,6 +128,7 @@ class Connection:
             max_bytes=settings.send_queue_max_bytes,
             max_frames=settings.send_queue_max_frames,
             coalesce_after_frames=settings.send_queue_coalesce_frames,
+            wire=wire,
         )
         self._writer: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
@@ -133,7 +142,7 @@ class Connection:
     # -- out -------------------------------------------------------------------------------
 
     def send(
-        self, data: bytes, delta: DeltaInfo | None = None, session_id: str | None = None
+        self, frame: OutFrame, delta: DeltaInfo | None = None, session_id: str | None = None
     ) -> None:
         """Queue one frame. A queue past its bound (counting what the transport still holds)
         closes the socket with 1013. A frame of a session (`session_id`) is dropped once the
@@ -148,7 +157,7 @@ class Connection:
             if isinstance(transport, asyncio.WriteTransport)
             else 0
         )
-        if not self.queue.push(data, delta, session_id, held_bytes=held):
+        if not self.queue.push(frame, delta, session_id, held_bytes=held):
             log.warning(
                 "socket %s: send queue over its bound (%d frames, %d bytes, %d in the transport):"
                 " closing 1013",
@@ -169,8 +178,9 @@ class Connection:
     async def _write(self) -> None:
         try:
             sent = self.hub.telemetry.sent
+            kind = WSMsgType.BINARY if self.wire is Wire.PROTO else WSMsgType.TEXT
             while (data := self.queue.pop()) is not None:
-                await self.ws.send_frame(data, WSMsgType.TEXT)
+                await self.ws.send_frame(data, kind)
                 sent(len(data))
         except (ConnectionError, RuntimeError) as exc:
             log.debug("socket %s: write failed: %s", self.socket_id, exc)
@@ -257,8 +267,8 @@ class Connection:
 
     # -- in --------------------------------------------------------------------------------
 
-    def receive_text(self, data: str) -> None:
-        """One text frame from the client."""
+    def receive_frame(self, data: str | bytes) -> None:
+        """One frame from the client: text (str) or binary (bytes)."""
         now = self.hub.clock()
         self.last_frame_at = now
         size = frame_size(data)
@@ -270,27 +280,20 @@ class Connection:
         if wait_ms:
             self.hub.telemetry.rate_limited("frames")
             self._refuse(
-                frame_ref(data),
+                ref_for(self.wire, data),
                 EdgeError(ErrorCode.RATE_LIMITED, "too many frames or bytes", wait_ms),
                 now,
             )
             return
-        try:
-            frame = decode_client_frame(data, max_bytes=self.hub.settings.max_frame_bytes)
-        except EdgeError as error:
-            self._refuse(frame_ref(data), error, now)
+        frame, error, ref = decode_for(self.wire, data, max_bytes=self.hub.settings.max_frame_bytes)
+        if frame is None:
+            assert error is not None
+            self._refuse(ref, error, now)
             return
         try:
             self._dispatch(frame, now)
         except EdgeError as error:
             self._refuse(frame.id, error, now, frame)
-
-    def receive_binary(self) -> None:
-        self._refuse(
-            None,
-            EdgeError(ErrorCode.BAD_FRAME, "binary frames are not accepted; send JSON text frames"),
-            self.hub.clock(),
-        )
 
     def _refuse(
         self, ref: str | None, error: EdgeError, now: float, frame: ClientFrame | None = None

@@ -21,6 +21,7 @@ from google.protobuf.message import Message
 
 from agent_relay.v1 import agent_pb2 as pb
 from ws_edge.frames import encode
+from ws_edge.wire import DeltaFrame, EventFrame, OutFrame
 
 # The frame `type` of each SessionEvent.kind case.
 FRAME_TYPES: dict[str, str] = {
@@ -111,9 +112,14 @@ def event_to_dict(event: pb.SessionEvent) -> dict[str, Any]:
     return frame
 
 
-def encode_event(event: pb.SessionEvent) -> bytes:
-    """The frame bytes of one event."""
+def event_json(event: pb.SessionEvent) -> bytes:
+    """The JSON frame bytes of one event."""
     return encode(event_to_dict(event))
+
+
+def encode_event(event: pb.SessionEvent) -> OutFrame:
+    """The frame of one event, for either wire (the proto wire sends the event as is)."""
+    return EventFrame(event, event_json)
 
 
 def tool_status(event: pb.SessionEvent) -> str | None:
@@ -133,17 +139,14 @@ def delta_frame(
     time_unix_ms: int,
     text: str,
     step: int,
-) -> bytes:
+) -> OutFrame:
     """The frame of a batch of deltas of one run and step: `from_seq`..`seq`, texts joined."""
-    return encode(
-        {
-            "type": "chat:response",
-            "session_id": session_id,
-            "seq": seq,
-            "from_seq": from_seq,
-            "run_id": run_id,
-            "time_unix_ms": time_unix_ms,
-            "text": text,
-            "step": step,
-        }
+    return DeltaFrame(
+        session_id=session_id,
+        run_id=run_id,
+        from_seq=from_seq,
+        seq=seq,
+        time_unix_ms=time_unix_ms,
+        text=text,
+        step=step,
     )

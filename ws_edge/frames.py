@@ -6,6 +6,15 @@ msgspec decodes and validates in one pass against a tagged union of Structs
 is well-formed. A bad frame raises `EdgeError` whose message names the field;
 `frame_ref` salvages the frame's `id` so the error can name it in `ref`.
 
+`decode_client_binary` does the same for a binary frame of the `agent-relay.v1+proto`
+subprotocol: it parses the proto `Frame`, maps it to the fields the JSON frame would
+have, and validates those with the same Structs, so both wires give the same frame
+objects and the same `invalid_field` messages. Bytes that are no `Frame`, or a
+`Frame` that is no client frame, are `bad_frame` as unreadable JSON is.
+
+The reply builders return `OutFrame`s (ws_edge/wire.py), which encode for the wire
+of the socket they are sent on.
+
 JSON nested deeper than the decoder's recursion limit (about 1,000 levels, which
 fits in a 64 KiB frame) raises RecursionError inside msgspec; both functions turn
 it into `bad_frame` like any other unreadable frame, so a hostile frame earns a
@@ -17,11 +26,13 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import msgspec
+from google.protobuf.message import DecodeError as ProtoDecodeError
 
+from agent_relay.v1 import edge_pb2 as epb
 from ws_edge.errors import EdgeError, ErrorCode
+from ws_edge.wire import FieldsFrame, OutFrame, Wire
 
-PROTOCOL = "agent-relay.v1"
-SUPPORTED_PROTOCOLS = (PROTOCOL,)
+PROTOCOL = Wire.JSON.value
 
 FrameId = Annotated[str, msgspec.Meta(max_length=64)]
 SessionId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
@@ -144,6 +155,102 @@ def frame_ref(data: str | bytes) -> str | None:
         return None
 
 
+# The JSON `type` of each client case of the proto Frame's `kind`.
+_CLIENT_CASES = {
+    "auth": "auth",
+    "join": "join",
+    "leave": "leave",
+    "chat_message": "chat:message",
+    "chat_cancel": "chat:cancel",
+    "tool_cancel": "tool:cancel",
+    "ping": "ping",
+}
+
+
+def _parse_binary(data: bytes) -> epb.Frame:
+    try:
+        return epb.Frame.FromString(data)
+    except ProtoDecodeError as exc:
+        raise EdgeError(ErrorCode.BAD_FRAME, f"not a protobuf Frame: {exc}") from None
+    except RecursionError:  # a message nested past the parser's limit
+        raise EdgeError(ErrorCode.BAD_FRAME, "protobuf nested too deep") from None
+
+
+def decode_client_binary(data: bytes, *, max_bytes: int) -> ClientFrame:
+    """Decode and validate one binary (proto) client frame. Raises EdgeError as
+    `decode_client_frame` does."""
+    if len(data) > max_bytes:
+        raise EdgeError(
+            ErrorCode.FRAME_TOO_LARGE, f"frame is {len(data)} bytes; the limit is {max_bytes}"
+        )
+    parsed = _parse_binary(data)
+    case = parsed.WhichOneof("kind")
+    frame_type = _CLIENT_CASES.get(case or "")
+    if frame_type is None:
+        what = f"`{case}` is not a client frame" if case else "a Frame with no kind"
+        raise EdgeError(ErrorCode.BAD_FRAME, f"{what} (known kinds: {', '.join(_CLIENT_CASES)})")
+    fields: dict[str, Any] = {"type": frame_type}
+    if parsed.HasField("id"):
+        fields["id"] = parsed.id
+    # ListFields: the fields set (a scalar not at its default, an optional one present),
+    # so an absent field takes the Struct's default just as a missing JSON key does.
+    for fd, value in getattr(parsed, case or "").ListFields():
+        fields[fd.name] = value
+    try:
+        frame: ClientFrame = msgspec.convert(fields, ClientFrame)
+    except msgspec.ValidationError as exc:
+        raise EdgeError(ErrorCode.INVALID_FIELD, str(exc)) from None
+    return frame
+
+
+def binary_frame_ref(data: bytes) -> str | None:
+    """The `id` of a binary frame that failed validation, when it parses at all."""
+    try:
+        parsed = epb.Frame.FromString(data)
+    except (ProtoDecodeError, RecursionError):
+        return None
+    if not parsed.HasField("id") or len(parsed.id) > 64:
+        return None
+    ref: str = parsed.id
+    return ref
+
+
+def decode_for(
+    wire: Wire, data: str | bytes, *, max_bytes: int
+) -> tuple[ClientFrame | None, EdgeError | None, str | None]:
+    """One client frame of a socket speaking `wire`: (frame, None, None) when it is good,
+    else (None, the error, the frame's id when readable). A text frame on the proto wire
+    or a binary one on the JSON wire is `bad_frame`."""
+    if wire is Wire.PROTO:
+        if isinstance(data, str):
+            return None, EdgeError(ErrorCode.BAD_FRAME, _WRONG_KIND[wire]), None
+        try:
+            return decode_client_binary(data, max_bytes=max_bytes), None, None
+        except EdgeError as error:
+            return None, error, binary_frame_ref(data)
+    if isinstance(data, bytes):
+        return None, EdgeError(ErrorCode.BAD_FRAME, _WRONG_KIND[wire]), None
+    try:
+        return decode_client_frame(data, max_bytes=max_bytes), None, None
+    except EdgeError as error:
+        return None, error, frame_ref(data)
+
+
+def ref_for(wire: Wire, data: str | bytes) -> str | None:
+    """The id of a frame refused before decoding (over budget), when readable."""
+    if isinstance(data, bytes):
+        return binary_frame_ref(data) if wire is Wire.PROTO else None
+    return frame_ref(data) if wire is Wire.JSON else None
+
+
+_WRONG_KIND = {
+    Wire.JSON: "binary frames are not accepted on agent-relay.v1; send JSON text frames"
+    " (or offer agent-relay.v1+proto at the handshake)",
+    Wire.PROTO: "text frames are not accepted on agent-relay.v1+proto; send binary"
+    " protobuf Frame messages",
+}
+
+
 KNOWN_TYPES = ", ".join(
     str(cls.__struct_config__.tag)
     for cls in (Auth, Join, Leave, ChatMessage, ChatCancel, ToolCancel, Ping)
@@ -156,13 +263,18 @@ def encode(frame: dict[str, Any]) -> bytes:
 
 
 def welcome_frame(
-    *, heartbeat_ms: int, auth_timeout_ms: int, max_frame_bytes: int, batch_ms: float
-) -> bytes:
-    """The first frame the edge sends on every socket."""
-    return encode(
+    *,
+    heartbeat_ms: int,
+    auth_timeout_ms: int,
+    max_frame_bytes: int,
+    batch_ms: float,
+    wire: Wire = Wire.JSON,
+) -> OutFrame:
+    """The first frame the edge sends on every socket; `protocol` names its subprotocol."""
+    return FieldsFrame(
         {
             "type": "welcome",
-            "protocol": PROTOCOL,
+            "protocol": wire.value,
             "heartbeat_ms": heartbeat_ms,
             "auth_timeout_ms": auth_timeout_ms,
             "max_frame_bytes": max_frame_bytes,
@@ -178,27 +290,27 @@ def _with_ref(frame: dict[str, Any], ref: str | None) -> dict[str, Any]:
     return frame
 
 
-def ack_frame(ref: str | None, **fields: Any) -> bytes:
+def ack_frame(ref: str | None, **fields: Any) -> OutFrame:
     """The success reply to a client frame."""
-    return encode({**_with_ref({"type": "ack"}, ref), **fields})
+    return FieldsFrame({**_with_ref({"type": "ack"}, ref), **fields})
 
 
-def error_frame(error: EdgeError, ref: str | None = None, **extra: Any) -> bytes:
+def error_frame(error: EdgeError, ref: str | None = None, **extra: Any) -> OutFrame:
     """The failure reply to a client frame (or, without ref, a notice about the socket)."""
     frame = _with_ref({"type": "error"}, ref)
     frame.update(code=str(error.code), message=error.message, retryable=error.retryable)
     if error.retry_after_ms is not None:
         frame["retry_after_ms"] = error.retry_after_ms
     frame.update(extra)
-    return encode(frame)
+    return FieldsFrame(frame)
 
 
-def upstream_frame(session_id: str, state: str) -> bytes:
+def upstream_frame(session_id: str, state: str) -> OutFrame:
     """A notice that the agent service behind a joined session went away (`unavailable`)
     or is back and the session followed again (`available`)."""
-    return encode({"type": "upstream", "session_id": session_id, "state": state})
+    return FieldsFrame({"type": "upstream", "session_id": session_id, "state": state})
 
 
-def pong_frame(ref: str | None, ts: int | float | None) -> bytes:
+def pong_frame(ref: str | None, ts: int | float | None) -> OutFrame:
     """The reply to an application ping."""
-    return encode({**_with_ref({"type": "pong"}, ref), "ts": ts})
+    return FieldsFrame({**_with_ref({"type": "pong"}, ref), "ts": ts})

@@ -4,7 +4,8 @@ The room is fed what happened (`join`, `leave`, `receive_events`, `receive_joine
 `receive_flush_due`, `receive_upstream_lost`, ...) with the current time, and
 returns a list of effects for the I/O layer to carry out, in order:
 
-- `Deliver(socket_ids, data, delta)`: send the same bytes to each socket (encoded once);
+- `Deliver(socket_ids, data, delta)`: send the same frame to each socket (an `OutFrame`,
+  encoded once per wire format in use, ws_edge/wire.py);
 - `AckJoin` / `RejectJoin`: answer a socket's join frame;
 - `SubscribeUpstream(after_seq)` / `UnsubscribeUpstream`: (re)join or leave the
   session on the upstream Chat stream;
@@ -38,7 +39,8 @@ from dataclasses import dataclass, field
 from agent_relay.v1 import agent_pb2 as pb
 from ws_edge.errors import EdgeError, ErrorCode
 from ws_edge.events import FINAL_TOOL_STATUSES, delta_frame, encode_event, event_kind, tool_status
-from ws_edge.frames import encode, error_frame, upstream_frame
+from ws_edge.frames import error_frame, upstream_frame
+from ws_edge.wire import FieldsFrame, OutFrame
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +81,7 @@ class DeltaInfo:
             later.step,
         ) and later.from_seq == self.seq + 1
 
-    def encode(self) -> bytes:
+    def encode(self) -> OutFrame:
         return delta_frame(
             session_id=self.session_id,
             run_id=self.run_id,
@@ -94,7 +96,7 @@ class DeltaInfo:
 @dataclass(frozen=True)
 class Deliver:
     socket_ids: tuple[str, ...]
-    data: bytes
+    data: OutFrame
     delta: DeltaInfo | None = None
 
 
@@ -173,9 +175,9 @@ class _Subscriber:
 @dataclass(slots=True)
 class _Buffered:
     event: pb.SessionEvent
-    data: bytes | None = None
+    data: OutFrame | None = None
 
-    def frame(self) -> bytes:
+    def frame(self) -> OutFrame:
         if self.data is None:
             self.data = encode_event(self.event)
         return self.data
@@ -562,7 +564,7 @@ class Room:
                     "after_seq": sub.after_seq,
                     "first_seq": first_seq,
                 }
-                effects.append(Deliver((sid,), encode(frame)))
+                effects.append(Deliver((sid,), FieldsFrame(frame)))
                 sub.after_seq = first_seq - 1
         if first_seq > self._next_seq:
             self._buffer = None
@@ -575,7 +577,7 @@ class Room:
             f"after_seq: {after_seq} is beyond the session's head {self._head_seq}",
         )
 
-    def _lost_frame(self) -> bytes:
+    def _lost_frame(self) -> OutFrame:
         return error_frame(_upstream_error(), None, session_id=self.session_id)
 
 

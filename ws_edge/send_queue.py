@@ -14,6 +14,9 @@ The bound covers the bytes the socket's transport still holds, too (`held_bytes`
 from `transport.get_write_buffer_size()`): a frame written to the transport has
 left the queue but not the process, and a peer that does not read must not get a
 second, unbounded buffer beside this one.
+
+Frames are pushed as `OutFrame`s and queued as bytes of the socket's wire format
+(`wire`): the frame shared by a room's sockets is encoded once per format.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from ws_edge.room import DeltaInfo
+from ws_edge.wire import OutFrame, Wire
 
 
 @dataclass(slots=True)
@@ -40,11 +44,20 @@ class SendQueue:
         "_last_of_session",
         "_max_bytes",
         "_max_frames",
+        "_wire",
         "bytes",
         "coalesced",
     )
 
-    def __init__(self, *, max_bytes: int, max_frames: int, coalesce_after_frames: int) -> None:
+    def __init__(
+        self,
+        *,
+        max_bytes: int,
+        max_frames: int,
+        coalesce_after_frames: int,
+        wire: Wire = Wire.JSON,
+    ) -> None:
+        self._wire = wire
         self._max_bytes = max_bytes
         self._max_frames = max_frames
         self._coalesce_after = coalesce_after_frames
@@ -60,7 +73,7 @@ class SendQueue:
 
     def push(
         self,
-        data: bytes,
+        frame: OutFrame,
         delta: DeltaInfo | None = None,
         session_id: str | None = None,
         *,
@@ -79,12 +92,13 @@ class SendQueue:
             last = last_of_session.get(delta.session_id)
             if last is not None and last.delta is not None and last.delta.can_merge(delta):
                 merged = last.delta.merged(delta)
-                new_data = merged.encode()
+                new_data = merged.encode().data(self._wire)
                 before = self.bytes + held_bytes
                 self.bytes += len(new_data) - len(last.data)
                 last.data, last.delta = new_data, merged
                 self.coalesced += 1
                 return before <= self._max_bytes
+        data = frame.data(self._wire)
         item = QueuedFrame(data, session, delta)
         frames.append(item)
         if session is not None:

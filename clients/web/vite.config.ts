@@ -32,6 +32,7 @@ function serviceWorker(): Plugin {
 // Two builds from one config:
 //   `vite build`            -> dist/      the chat app, served by ws_edge at `/`
 //   `vite build --mode lib` -> dist-lib/  the library entry (service + hooks), React external
+// (and `vite build --mode bench` -> dist-bench/, the decode bench page, below)
 export default defineConfig(({ mode }) => {
   if (mode === "lib") {
     return {
@@ -45,6 +46,17 @@ export default defineConfig(({ mode }) => {
           fileName: "agent-relay",
         },
         rollupOptions: { external: ["react", "react/jsx-runtime", "react-dom"] },
+      },
+    };
+  }
+  if (mode === "bench") {
+    // `vite build --mode bench` -> dist-bench/  the frame decode bench page (bench/browser_decode.py)
+    return {
+      base: "./",
+      build: {
+        outDir: "dist-bench",
+        emptyOutDir: true,
+        rollupOptions: { input: resolve(import.meta.dirname, "bench.html") },
       },
     };
   }

@@ -22,6 +22,7 @@ from agent_relay_client.resilient import (
     StateChanged,
     Update,
 )
+from agent_relay_client.wire import PROTOCOLS
 from agent_relay_client.ws import EdgeClient
 from tests.clients_python.tcp_proxy import CuttableProxy
 from tests.support.edge import EdgeProcess, make_token, start_edge
@@ -116,11 +117,14 @@ async def proxy(edge: EdgeProcess) -> AsyncIterator[tuple[CuttableProxy, str]]:
     await p.close()
 
 
-async def test_a_reply_streams_and_assembles(edge: EdgeProcess) -> None:
-    async with EdgeClient(edge.url) as client:
+@pytest.mark.parametrize("wire", ["json", "proto"])
+async def test_a_reply_streams_and_assembles(edge: EdgeProcess, wire) -> None:
+    async with EdgeClient(edge.url, wire=wire) as client:
         rec = Recorder(client)
         session = await client.create_session(title="ws")
         conv = await client.follow(session)
+        assert client.link is not None
+        assert client.link.welcome.protocol == PROTOCOLS[wire]
         await client.send(session, "hello through the edge")
         done = await rec.completed(session)
         assert done.finish_reason == "stop"
@@ -136,11 +140,12 @@ async def test_a_reply_streams_and_assembles(edge: EdgeProcess) -> None:
         await rec.close()
 
 
+@pytest.mark.parametrize("wire", ["json", "proto"])
 async def test_a_cut_connection_mid_reply_resumes_exactly(
-    proxy: tuple[CuttableProxy, str],
+    proxy: tuple[CuttableProxy, str], wire
 ) -> None:
     cutter, url = proxy
-    async with EdgeClient(url) as client:
+    async with EdgeClient(url, wire=wire) as client:
         rec = Recorder(client)
         session = await client.create_session()
         conv = await client.follow(session)

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import jwt
 import websockets
 
+from agent_relay.v1 import edge_pb2 as epb
+from agent_relay_client.wire import PROTOCOLS, ProtoCodec
 from tests.support.process import ManagedProcess, start_module
 from tests.support.timing import scaled
 
@@ -71,23 +73,50 @@ def make_token(
     )
 
 
-class EdgeClient:
-    """A `websockets` client speaking agent-relay.v1, for tests. Frames are kept in order."""
+def proto_frame_to_dict(data: bytes) -> dict:
+    """A binary frame of agent-relay.v1+proto as the JSON frame of the same meaning: events
+    by the edge's own JSON mapping (so the two wires can be compared), other frames field by
+    field, as present."""
+    from ws_edge.events import event_to_dict
 
-    def __init__(self, ws: object) -> None:
+    frame = epb.Frame.FromString(data)
+    case = frame.WhichOneof("kind")
+    if case == "event":
+        return event_to_dict(frame.event)
+    out: dict = {"type": "chat:response" if case == "response" else case}
+    if frame.HasField("ref"):
+        out["ref"] = frame.ref
+    for fd, value in getattr(frame, case).ListFields():
+        out[fd.name] = value
+    return out
+
+
+class EdgeClient:
+    """A `websockets` client speaking agent-relay.v1 (or, with wire="proto", its binary
+    twin agent-relay.v1+proto, frames mapped to and from the same dicts), for tests.
+    Frames are kept in order."""
+
+    def __init__(self, ws: object, wire: str = "json") -> None:
         self.ws = ws
+        self.wire = wire
         self.frames: list[dict] = []
         self._ids = iter(range(1, 1_000_000))
         self.welcome: dict = {}
 
     @classmethod
     async def connect(
-        cls, url: str, *, token: str | None = None, origin: str | None = None, **kwargs: object
+        cls,
+        url: str,
+        *,
+        token: str | None = None,
+        origin: str | None = None,
+        wire: str = "json",
+        **kwargs: object,
     ) -> EdgeClient:
         ws = await websockets.connect(
-            url, subprotocols=["agent-relay.v1"], origin=origin, open_timeout=scaled(10), **kwargs
+            url, subprotocols=[PROTOCOLS[wire]], origin=origin, open_timeout=scaled(10), **kwargs
         )
-        client = cls(ws)
+        client = cls(ws, wire)
         client.welcome = await client.recv()
         if token is not None:
             ack = await client.request({"type": "auth", "token": token})
@@ -95,12 +124,20 @@ class EdgeClient:
         return client
 
     async def recv(self, timeout_s: float = 10.0) -> dict:
-        frame = json.loads(await asyncio.wait_for(self.ws.recv(), scaled(timeout_s)))
+        data = await asyncio.wait_for(self.ws.recv(), scaled(timeout_s))
+        if self.wire == "proto":
+            assert isinstance(data, bytes), f"a text frame on agent-relay.v1+proto: {data!r}"
+            frame = proto_frame_to_dict(data)
+        else:
+            frame = json.loads(data)
         self.frames.append(frame)
         return frame
 
     async def send(self, frame: dict) -> None:
-        await self.ws.send(json.dumps(frame))
+        if self.wire == "proto":
+            await self.ws.send(ProtoCodec().encode(frame))
+        else:
+            await self.ws.send(json.dumps(frame))
 
     async def request(self, frame: dict, timeout_s: float = 10.0) -> dict:
         """Send a frame with a fresh id; return its reply (ack or error), keeping other frames."""

@@ -12,7 +12,9 @@
                 print(conv.messages[-1].text)
                 break
 
-What it keeps (docs/protocol.md): the `agent-relay.v1` subprotocol; `auth`
+What it keeps (docs/protocol.md): the `agent-relay.v1` subprotocol (JSON text frames), or
+with `wire="proto"` its binary twin `agent-relay.v1+proto` (agent_relay_client/wire.py:
+the same frames as protobuf; nothing above the codec differs); `auth`
 right after `welcome`; every followed session joined again after a reconnect
 with `after_seq` = the last seq processed, so no event is missed or repeated;
 user messages with client ids in an outbox (optionally a JSON file) sent once
@@ -48,10 +50,10 @@ from agent_relay_client.events import (
     SessionEvent,
     UpstreamChanged,
     Welcome,
-    decode_frame,
 )
 from agent_relay_client.outbox import Outbox, OutboxEntry
 from agent_relay_client.resilient import Accepted, History, ResilientChat
+from agent_relay_client.wire import JsonCodec, ProtoCodec, Wire, codec_for
 
 PROTOCOL = "agent-relay.v1"
 Delivery = Literal["stream", "final"]
@@ -90,8 +92,10 @@ class EdgeLink:
         tool_output: Delivery,
         heartbeat_s: float | None,
         reply_timeout_s: float,
+        codec: JsonCodec | ProtoCodec | None = None,
     ) -> None:
         self._ws = ws
+        self._codec = codec if codec is not None else JsonCodec()
         self.welcome = welcome
         self._deltas = deltas
         self._tool_output = tool_output
@@ -121,13 +125,16 @@ class EdgeLink:
         heartbeat_s: float | None = None,
         connect_timeout_s: float = 10.0,
         reply_timeout_s: float = 30.0,
+        wire: Wire = "json",
     ) -> EdgeLink:
-        """Connect, read `welcome`, authenticate."""
+        """Connect, read `welcome`, authenticate. `wire`: JSON text frames
+        (`agent-relay.v1`) or binary protobuf frames (`agent-relay.v1+proto`)."""
+        codec = codec_for(wire)
         headers = {"Origin": origin} if origin else {}
         try:
             ws = await http.ws_connect(
                 url,
-                protocols=(PROTOCOL,),
+                protocols=(codec.protocol,),
                 headers=headers,
                 timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
                 autoping=True,
@@ -141,7 +148,7 @@ class EdgeLink:
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise errors.TransportError(f"cannot connect to {url}: {exc}") from exc
         try:
-            welcome = await asyncio.wait_for(_read_welcome(ws), connect_timeout_s)
+            welcome = await asyncio.wait_for(_read_welcome(ws, codec), connect_timeout_s)
         except TimeoutError as exc:
             await ws.close()
             raise errors.TransportError("no welcome from the edge") from exc
@@ -155,6 +162,7 @@ class EdgeLink:
             tool_output=tool_output,
             heartbeat_s=heartbeat_s,
             reply_timeout_s=reply_timeout_s,
+            codec=codec,
         )
         try:
             link.auth_ack = await asyncio.wait_for(link.authenticate(token), connect_timeout_s)
@@ -176,10 +184,8 @@ class EdgeLink:
         try:
             async for msg in self._ws:
                 self.last_frame_at = time.monotonic()
-                if msg.type is aiohttp.WSMsgType.TEXT:
+                if msg.type is aiohttp.WSMsgType.TEXT or msg.type is aiohttp.WSMsgType.BINARY:
                     self._on_frame(msg.data)
-                elif msg.type is aiohttp.WSMsgType.BINARY:
-                    self._events.put_nowait(errors.ProtocolError("binary frame from the edge"))
             code = self._ws.close_code or 1006
             failure = errors.TransportError(f"the edge closed the socket ({code})", code=code)
         except asyncio.CancelledError:
@@ -198,9 +204,9 @@ class EdgeLink:
         self._pending.clear()
         self._events.put_nowait(failure)
 
-    def _on_frame(self, data: str) -> None:
+    def _on_frame(self, data: str | bytes) -> None:
         try:
-            frame = decode_frame(data)
+            frame = self._codec.decode(data)
         except errors.ProtocolError as exc:
             self._events.put_nowait(exc)
             return
@@ -245,6 +251,13 @@ class EdgeLink:
 
     # ----- commands ---------------------------------------------------------------------------
 
+    async def _send(self, frame: dict[str, Any]) -> None:
+        data = self._codec.encode(frame)
+        if isinstance(data, bytes):
+            await self._ws.send_bytes(data)
+        else:
+            await self._ws.send_str(data)
+
     async def _write(self, frame: dict[str, Any], *, wait: bool = True) -> Ack:
         if self._failure is not None:
             raise self._failure
@@ -254,7 +267,7 @@ class EdgeLink:
         if wait:
             self._pending[frame_id] = future
         try:
-            await self._ws.send_str(json.dumps(frame, ensure_ascii=False, separators=(",", ":")))
+            await self._send(frame)
         except (aiohttp.ClientError, ConnectionError, RuntimeError) as exc:
             self._pending.pop(frame_id, None)
             raise errors.TransportError(f"send failed: {exc}") from exc
@@ -327,7 +340,7 @@ class EdgeLink:
         future: asyncio.Future[Ack | Pong] = asyncio.get_running_loop().create_future()
         self._pending[frame_id] = future
         started = time.perf_counter()
-        await self._ws.send_str(json.dumps({"type": "ping", "id": frame_id, "ts": 0}))
+        await self._send({"type": "ping", "id": frame_id, "ts": 0})
         await asyncio.wait_for(future, self._reply_timeout_s)
         return time.perf_counter() - started
 
@@ -357,14 +370,16 @@ class EdgeLink:
                 await asyncio.wait_for(self._ws.close(), 1.0)
 
 
-async def _read_welcome(ws: aiohttp.ClientWebSocketResponse) -> Welcome:
+async def _read_welcome(
+    ws: aiohttp.ClientWebSocketResponse, codec: JsonCodec | ProtoCodec
+) -> Welcome:
     msg = await ws.receive()
-    if msg.type is not aiohttp.WSMsgType.TEXT:
+    if msg.type is not (aiohttp.WSMsgType.BINARY if codec.binary else aiohttp.WSMsgType.TEXT):
         code = ws.close_code or 1006
         if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED):
             raise errors.TransportError(f"closed before welcome ({code})", code=code)
         raise errors.TransportError(f"unexpected {msg.type.name} before welcome")
-    frame = decode_frame(msg.data)
+    frame = codec.decode(msg.data)
     if not isinstance(frame, Welcome):
         raise errors.ProtocolError(f"expected welcome, got {type(frame).__name__}")
     return frame
@@ -392,7 +407,10 @@ class EdgeClient(ResilientChat):
         request_timeout_s: float = 30.0,
         on_token: Callable[[str], None] | None = None,
         refresh_at_fraction: float = 0.8,
+        wire: Wire = "json",
     ) -> None:
+        codec_for(wire)  # a wrong name fails here, not at the first connect
+        self.wire: Wire = wire
         super().__init__(
             self._open_link,
             self.history,
@@ -460,6 +478,7 @@ class EdgeClient(ResilientChat):
             tool_output=self._tool_output,
             heartbeat_s=self._heartbeat_s,
             reply_timeout_s=self._timeout_s,
+            wire=self.wire,
         )
         ack = self.link.auth_ack
         if ack is not None and ack.expires_at and self._refresher is None:

@@ -39,7 +39,7 @@ def test_every_kind_of_the_proto_has_a_frame_type():
 
 @pytest.mark.parametrize("event", sample_events(), ids=lambda e: e.WhichOneof("kind"))
 def test_every_proto_field_appears_under_its_proto_name(event):
-    frame = json.loads(encode_event(event))
+    frame = json.loads(encode_event(event).json())
     kind = event.WhichOneof("kind")
     assert frame["type"] == FRAME_TYPES[kind]
     envelope = {"session_id", "run_id", "time_unix_ms", "seq"}

@@ -89,9 +89,9 @@ def test_ref_is_salvaged_from_an_invalid_frame_when_readable():
 
 
 def test_error_frame_carries_retry_after_only_when_known():
-    limited = error_frame(EdgeError(ErrorCode.RATE_LIMITED, "slow down", 800), "m1")
+    limited = error_frame(EdgeError(ErrorCode.RATE_LIMITED, "slow down", 800), "m1").json()
     assert b'"retry_after_ms":800' in limited and b'"retryable":true' in limited
-    assert b"retry_after_ms" not in error_frame(EdgeError(ErrorCode.FORBIDDEN, "no"), "j1")
+    assert b"retry_after_ms" not in error_frame(EdgeError(ErrorCode.FORBIDDEN, "no"), "j1").json()
 
 
 @pytest.mark.parametrize(

@@ -67,7 +67,7 @@ def of(effects, kind):
 
 
 def frames_for(effects, socket_id):
-    return [json.loads(e.data) for e in of(effects, Deliver) if socket_id in e.socket_ids]
+    return [json.loads(e.data.json()) for e in of(effects, Deliver) if socket_id in e.socket_ids]
 
 
 def live_room(*sockets: str, after_seq: int = 0, head: int = 0) -> Room:
@@ -95,7 +95,7 @@ def test_an_event_is_encoded_once_and_the_same_bytes_go_to_every_socket():
     effects = room.receive_events([accepted(1)], now=1.0)
     (deliver,) = of(effects, Deliver)
     assert set(deliver.socket_ids) == {"a", "b", "c"}
-    assert json.loads(deliver.data)["type"] == "chat:accepted"
+    assert json.loads(deliver.data.json())["type"] == "chat:accepted"
 
 
 def test_duplicate_and_out_of_order_events_are_never_delivered_twice():

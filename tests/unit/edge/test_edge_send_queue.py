@@ -4,6 +4,20 @@ import json
 
 from ws_edge.room import DeltaInfo
 from ws_edge.send_queue import SendQueue
+from ws_edge.wire import OutFrame
+
+
+class Raw(OutFrame):
+    """A frame given as its JSON bytes."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: bytes) -> None:
+        super().__init__()
+        self.raw = raw
+
+    def _encode_json(self) -> bytes:
+        return self.raw
 
 
 def delta(from_seq: int, seq: int, text: str, session: str = "s", run: str = "r") -> DeltaInfo:
@@ -43,7 +57,7 @@ def test_a_lagging_socket_gets_its_deltas_coalesced_losing_nothing():
 def test_deltas_are_not_merged_across_another_frame_of_their_session_or_another_run():
     queue = SendQueue(max_bytes=10_000, max_frames=100, coalesce_after_frames=0)
     push(queue, delta(1, 1, "a"))
-    queue.push(b'{"type":"chat:tool_execution","seq":2}', None, "s")
+    queue.push(Raw(b'{"type":"chat:tool_execution","seq":2}'), None, "s")
     push(queue, delta(3, 3, "b"))
     push(queue, delta(4, 4, "c", run="other"))
     push(queue, delta(1, 1, "x", session="s2"))
@@ -54,30 +68,30 @@ def test_deltas_are_not_merged_across_another_frame_of_their_session_or_another_
 
 def test_past_the_byte_bound_push_says_close():
     queue = SendQueue(max_bytes=300, max_frames=100, coalesce_after_frames=1)
-    assert queue.push(b"x" * 200, None, "s")
-    assert queue.push(b"y" * 200, None, "s")
-    assert not queue.push(b"z", None, "s")
+    assert queue.push(Raw(b"x" * 200), None, "s")
+    assert queue.push(Raw(b"y" * 200), None, "s")
+    assert not queue.push(Raw(b"z"), None, "s")
 
 
 def test_one_frame_larger_than_the_bound_still_fits_an_empty_queue():
     queue = SendQueue(max_bytes=100, max_frames=100, coalesce_after_frames=1)
-    assert queue.push(b"c" * 5000, None, "s")
+    assert queue.push(Raw(b"c" * 5000), None, "s")
     assert queue.pop() == b"c" * 5000
-    assert queue.push(b"d", None, "s")
+    assert queue.push(Raw(b"d"), None, "s")
 
 
 def test_past_the_frame_bound_push_says_close():
     queue = SendQueue(max_bytes=10_000, max_frames=3, coalesce_after_frames=100)
-    assert all(queue.push(b"{}", None, "s") for _ in range(3))
-    assert not queue.push(b"{}", None, "s")
+    assert all(queue.push(Raw(b"{}"), None, "s") for _ in range(3))
+    assert not queue.push(Raw(b"{}"), None, "s")
 
 
 def test_bytes_the_transport_still_holds_count_against_the_bound():
     queue = SendQueue(max_bytes=1000, max_frames=100, coalesce_after_frames=100)
-    assert queue.push(b"x" * 100, held_bytes=900)  # 900 held: at the bound, still fits
-    assert not queue.push(b"x" * 100, held_bytes=901)  # 100 queued + 901 held: over
+    assert queue.push(Raw(b"x" * 100), held_bytes=900)  # 900 held: at the bound, still fits
+    assert not queue.push(Raw(b"x" * 100), held_bytes=901)  # 100 queued + 901 held: over
     empty = SendQueue(max_bytes=1000, max_frames=100, coalesce_after_frames=100)
-    assert not empty.push(b"x", held_bytes=1001)  # nothing queued, the transport is full
+    assert not empty.push(Raw(b"x"), held_bytes=1001)  # nothing queued, the transport is full
 
 
 def test_a_coalesced_delta_counts_what_the_transport_holds_too():

@@ -18,6 +18,15 @@ export {
   isRetryableError,
   type CloseAction,
 } from "./codes";
+export {
+  DEFAULT_WIRE,
+  PROTO_PROTOCOL,
+  jsonCodec,
+  loadCodec,
+  wireFromQuery,
+  type FrameCodec,
+  type Wire,
+} from "./codec";
 export { ConnectionMachine, linkDead, type Decision, type MachineState } from "./connectionMachine";
 export { SessionCore, type Command, type EventOutcome } from "./sessionCore";
 export {

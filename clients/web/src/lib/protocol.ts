@@ -196,6 +196,14 @@ export function parseServerFrame(data: string): ServerFrame | undefined {
   } catch {
     return undefined;
   }
+  return validServerFrame(value);
+}
+
+/**
+ * The checks of `parseServerFrame` on a value already decoded (from JSON, or
+ * mapped from a binary frame by src/lib/codec.ts).
+ */
+export function validServerFrame(value: unknown): ServerFrame | undefined {
   if (typeof value !== "object" || value === null || Array.isArray(value)) return undefined;
   const frame = value as { type?: unknown; seq?: unknown; session_id?: unknown };
   if (typeof frame.type !== "string" || !FRAME_TYPES.has(frame.type)) return undefined;

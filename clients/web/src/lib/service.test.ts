@@ -3,9 +3,14 @@ import type { ConnectionState, WebSocketServiceOptions } from "./service";
 import { WebSocketService } from "./service";
 import { MemoryStorage, StorageKey } from "./storage";
 import { FakeApi, FakeNetwork, FakeSocket, FakeTokens } from "./testing";
+import { type Wire, jsonCodec } from "./codec";
+import { protoCodec } from "./protoCodec";
 
 const T0 = 1_700_000_000_000;
 const SID = "s_1";
+
+/** The wire under test: service.proto.test.ts runs this whole file again with "proto". */
+const WIRE = (globalThis as { __AGENT_RELAY_TEST_WIRE__?: Wire }).__AGENT_RELAY_TEST_WIRE__ ?? "json";
 
 function setup(overrides: Partial<WebSocketServiceOptions> & { storage?: MemoryStorage } = {}) {
   const sockets: FakeSocket[] = [];
@@ -21,8 +26,9 @@ function setup(overrides: Partial<WebSocketServiceOptions> & { storage?: MemoryS
     tokens,
     storage,
     network,
-    transport: (url) => {
-      const socket = new FakeSocket(url);
+    codec: WIRE === "proto" ? protoCodec : jsonCodec,
+    transport: (url, protocol) => {
+      const socket = new FakeSocket(url, protocol);
       sockets.push(socket);
       return socket;
     },
@@ -539,7 +545,8 @@ describe("resume, dedup and gaps", () => {
     expect(last().lastOf("join").after_seq).toBe(950);
     last().push(event(950, { type: "chat:response", text: "partial " })); // a repeat: ignored
     last().push(event(951, { type: "chat:response", text: "answer" }));
-    last().push(event(952, { type: "chat:complete", finish_reason: "stop" }));
+    // (the edge always sends the whole text with chat:complete; the proto wire cannot leave it out)
+    last().push(event(952, { type: "chat:complete", finish_reason: "stop", text: "partial answer" }));
     const c = service.getSnapshot().conversation!;
     expect(c.messages.map((m) => [m.role, m.text, m.state])).toEqual([
       ["user", "old question", "sent"],

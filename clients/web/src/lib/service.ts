@@ -33,7 +33,7 @@ import type { ChatMessage, Conversation, ToolExecution } from "./conversation";
 import { Listeners } from "./listeners";
 import { Outbox, type OutboxEntry } from "./outbox";
 import type { AckFrame, BusyPolicy, ClientFrame, ErrorFrame, ServerFrame } from "./protocol";
-import { isSessionEvent, parseServerFrame } from "./protocol";
+import { isSessionEvent } from "./protocol";
 import { tokenRefreshDelayMs } from "./reconnect";
 import { type Command, SessionCore } from "./sessionCore";
 import type { StoredToken } from "./sessions";
@@ -41,6 +41,7 @@ import { ConversationSnapshots } from "./snapshots";
 import { watchEnvironment } from "./environment";
 import { type KeyValueStorage, MemoryStorage } from "./storage";
 import { type Transport, type TransportFactory, browserTransport } from "./transport";
+import { type FrameCodec, encodedBytes, jsonCodec } from "./codec";
 import {
   type ConnectionInfo,
   type ConnectionState,
@@ -77,6 +78,7 @@ const MAX_NOT_JOINED_RESENDS = 5;
 export class WebSocketService {
   private readonly storage: KeyValueStorage;
   private readonly transportFactory: TransportFactory;
+  private readonly codec: FrameCodec;
   private readonly clock: Clock;
   private readonly network: NetworkMonitor;
   private readonly newId: () => string;
@@ -116,6 +118,7 @@ export class WebSocketService {
   constructor(private readonly options: WebSocketServiceOptions) {
     this.storage = options.storage ?? new MemoryStorage();
     this.transportFactory = options.transport ?? browserTransport;
+    this.codec = options.codec ?? jsonCodec;
     this.clock = options.clock ?? systemClock;
     this.network = options.network ?? browserNetwork();
     this.newId = options.newId ?? (() => globalThis.crypto.randomUUID());
@@ -292,7 +295,7 @@ export class WebSocketService {
   }
 
   private openSocket(generation: number, token: StoredToken): void {
-    const transport = this.transportFactory(this.options.url);
+    const transport = this.transportFactory(this.options.url, this.codec.protocol);
     this.transport = transport;
     this.lastFrameMs = this.clock.now();
     transport.open({
@@ -417,11 +420,12 @@ export class WebSocketService {
 
   // ------------------------------------------------------------------ frames in
 
-  private receiveFrame(data: string): void {
+  private receiveFrame(data: string | ArrayBuffer): void {
     this.lastFrameMs = this.clock.now(); // any frame proves the link alive
-    const frame = parseServerFrame(data);
+    const frame = this.codec.decode(data);
     if (!frame) {
-      this.emitError(new ServiceError(ClientErrorCode.PROTOCOL, `unreadable frame: ${data.slice(0, 120)}`));
+      const shown = typeof data === "string" ? data.slice(0, 120) : `${data.byteLength} bytes`;
+      this.emitError(new ServiceError(ClientErrorCode.PROTOCOL, `unreadable ${this.codec.wire} frame: ${shown}`));
       return;
     }
     this.dispatch(frame);
@@ -621,8 +625,8 @@ export class WebSocketService {
       ...(entry.busyPolicy ? { busy_policy: entry.busyPolicy } : {}),
       ...(this.options.traceMessages === false ? {} : { traceparent: this.traceparent() }),
     };
-    const data = JSON.stringify(frame);
-    const bytes = new TextEncoder().encode(data).length;
+    const data = this.codec.encode(frame);
+    const bytes = encodedBytes(data);
     if (this.maxFrameBytes !== undefined && bytes > this.maxFrameBytes) {
       // The edge would refuse it (or close the socket past its hard limit): fail it
       // here, with a reason the user can act on, instead of sending it at all.
@@ -800,7 +804,7 @@ export class WebSocketService {
   }
 
   private sendFrame(frame: ClientFrame): void {
-    this.transport?.send(JSON.stringify(frame));
+    this.transport?.send(this.codec.encode(frame));
   }
 
   private track(pending: Pending): string {

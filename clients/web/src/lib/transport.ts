@@ -3,7 +3,8 @@ import { PROTOCOL } from "./codes";
 /** What a transport reports. Called at most once each for open and close. */
 export interface TransportCallbacks {
   onOpen(): void;
-  onMessage(data: string): void;
+  /** A text frame (string) or a binary one (bytes). */
+  onMessage(data: string | ArrayBuffer): void;
   /** The socket closed (or never opened): 1006 when no close frame arrived. */
   onClose(code: number, reason: string): void;
 }
@@ -15,36 +16,44 @@ export interface TransportCallbacks {
 export interface Transport {
   /** Start connecting; report through `callbacks`. Called once. */
   open(callbacks: TransportCallbacks): void;
-  /** Send one text frame. */
-  send(data: string): void;
+  /** Send one frame: text (string) or binary (bytes). */
+  send(data: string | Uint8Array): void;
   /** Close; no callback fires afterwards. */
   close(code: number, reason: string): void;
 }
 
-/** Makes a fresh transport for each connection attempt. */
-export type TransportFactory = (url: string) => Transport;
+/**
+ * Makes a fresh transport for each connection attempt; `protocol` is the
+ * subprotocol to offer (the service's wire format, src/lib/codec.ts).
+ */
+export type TransportFactory = (url: string, protocol: string) => Transport;
 
-/** The browser's `WebSocket`, offering the `agent-relay.v1` subprotocol. */
+/** The browser's `WebSocket`, offering one subprotocol (`agent-relay.v1` by default). */
 export class BrowserWebSocketTransport implements Transport {
   private socket: WebSocket | undefined;
   private callbacks: TransportCallbacks | undefined;
 
-  constructor(private readonly url: string) {}
+  constructor(
+    private readonly url: string,
+    private readonly protocol: string = PROTOCOL,
+  ) {}
 
   open(callbacks: TransportCallbacks): void {
     this.callbacks = callbacks;
     let socket: WebSocket;
     try {
-      socket = new WebSocket(this.url, [PROTOCOL]);
+      socket = new WebSocket(this.url, [this.protocol]);
     } catch {
       // A malformed URL throws synchronously; report it the way a failed handshake is.
       queueMicrotask(() => this.callbacks?.onClose(1006, "could not open the socket"));
       return;
     }
     this.socket = socket;
+    socket.binaryType = "arraybuffer";
     socket.onopen = () => this.callbacks?.onOpen();
     socket.onmessage = (event: MessageEvent) => {
-      if (typeof event.data === "string") this.callbacks?.onMessage(event.data);
+      const data: unknown = event.data;
+      if (typeof data === "string" || data instanceof ArrayBuffer) this.callbacks?.onMessage(data);
     };
     socket.onclose = (event: CloseEvent) => {
       const callbacks = this.callbacks;
@@ -53,8 +62,9 @@ export class BrowserWebSocketTransport implements Transport {
     };
   }
 
-  send(data: string): void {
-    if (this.socket?.readyState === WebSocket.OPEN) this.socket.send(data);
+  send(data: string | Uint8Array): void {
+    // (a Uint8Array of protobuf-es is over a plain ArrayBuffer, never a shared one)
+    if (this.socket?.readyState === WebSocket.OPEN) this.socket.send(data as string | Uint8Array<ArrayBuffer>);
   }
 
   close(code: number, reason: string): void {
@@ -79,4 +89,4 @@ export class BrowserWebSocketTransport implements Transport {
   }
 }
 
-export const browserTransport: TransportFactory = (url) => new BrowserWebSocketTransport(url);
+export const browserTransport: TransportFactory = (url, protocol) => new BrowserWebSocketTransport(url, protocol);
