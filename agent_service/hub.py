@@ -462,7 +462,8 @@ class Hub:
         forwarded: bool,
         accept_by_ms: int,
     ) -> pb.MessageAccepted:
-        self._refuse_if_expired(accept_by_ms)
+        # The deadline is checked where the id is known to be new (below): a resent id
+        # that was accepted before gets its acceptance back, however late.
         owner = await self._owner(session_id, forwarded=forwarded)
         if isinstance(owner, Holder):
             return await self.forwarder.send(

@@ -115,3 +115,55 @@ async def test_cancel_with_a_tool_call_in_flight_stores_a_result_for_the_call(hu
     assert [m.role for m in context] == ["user", "assistant", "tool"]
     completed = [e for e in session.log.retained() if e.HasField("run_completed")]
     assert [e.run_completed.finish_reason for e in completed] == [pb.FINISH_REASON_CANCELLED]
+
+
+class StalledLookups(SqliteStore):
+    """A store whose message lookups wait until `go` is set: a stalled store, in front of
+    the moment of acceptance."""
+
+    go: asyncio.Event
+
+    async def find_user_message(self, session_id: str, message_id: str):  # type: ignore[no-untyped-def]
+        await self.go.wait()
+        return await super().find_user_message(session_id, message_id)
+
+
+async def test_a_message_whose_deadline_passes_before_acceptance_is_refused_and_not_stored(
+    tmp_path: Path,
+) -> None:
+    from agent_service.errors import Overloaded
+    from agent_service.ids import now_ms
+
+    settings: ServiceSettings = load(
+        ["--workspace-dir", str(tmp_path / "ws"), "--store-url", "sqlite:///:memory:"], env={}
+    )
+    store = StalledLookups(":memory:")
+    store.go = asyncio.Event()
+    await store.open()
+    tools = build_registry(settings)
+    body = AgentLoop(settings, store, DemoModel(tokens_per_s=0), tools, AgentTelemetry(None))
+    hub = Hub(settings, store, MemoryLog(), tools, body)
+    hub.start()
+    try:
+        sid = (await hub.create_session("u", "")).session_id
+        deadline = now_ms() + 100
+        late = asyncio.create_task(hub.send_message(sid, "m1", "hi", None, accept_by_ms=deadline))
+        while now_ms() <= deadline:  # the store stays stalled past the deadline
+            await asyncio.sleep(0.02)
+        store.go.set()
+        with pytest.raises(Overloaded) as refused:
+            await late
+        assert refused.value.reason == "DEADLINE_PASSED" and refused.value.retry_after_ms >= 500
+        assert await store.find_user_message(sid, "m1") is None
+        assert hub.admission.depth == 0 and hub.admission.refused == 1
+        # the session is as before: the same id, sent again in time, is accepted once
+        accepted = await hub.send_message(sid, "m1", "hi", None, accept_by_ms=now_ms() + 60_000)
+        assert not accepted.duplicate and accepted.seq == 1
+        # and a resend of an accepted id gets its acceptance back, however late
+        again = await hub.send_message(sid, "m1", "hi", None, accept_by_ms=1)
+        assert again.duplicate and again.seq == accepted.seq
+        assert [m.message_id for m in await store.list_messages(sid, 100, 0)][:1] == ["m1"]
+    finally:
+        store.go.set()
+        await hub.shutdown(1.0)
+        await store.close()
