@@ -56,10 +56,11 @@ class ServiceSettings:
         "before it fails with UNAVAILABLE (retryable)",
     )
     max_pending_accepts: int = field(
-        256,
-        "user messages this process accepts at once (read, not yet answered); past it a new "
-        "one is refused at once with RESOURCE_EXHAUSTED (the edge's `overloaded`) and a retry "
-        "time, instead of waiting past its sender's deadline",
+        1024,
+        "user messages this process accepts at once (read, not yet answered); past it, or "
+        "when those ahead would hold a new one past its sender's deadline (at the rate "
+        "messages were accepted lately), it is refused at once with RESOURCE_EXHAUSTED (the "
+        "edge's `overloaded`) and a retry time",
     )
     busy_policy: str = field("queue", "a message during an active run: queue, reject or interrupt")
     model: str = field("demo", "model provider: demo (built in, no network), openai or anthropic")

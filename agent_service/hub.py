@@ -415,35 +415,35 @@ class Hub:
         sent there (forwarded: only once).
 
         Raises Overloaded, before anything is stored, when this process already
-        accepts max_pending_accepts messages, or when `accept_by_ms` (wall-clock ms,
-        0: none) has passed at the moment of acceptance: the sender has given up or
-        is about to, so the message must not be accepted behind its back.
+        accepts max_pending_accepts messages or more than it can accept before
+        `accept_by_ms` (wall-clock ms, 0: none), or when that has passed at the moment
+        of acceptance: the sender has given up or is about to, so the message must not
+        be accepted behind its back. A resend of an id accepted here is answered as
+        such, however late or loaded.
         """
         self._check_accepting()
-        wait_ms = self.admission.try_enter(time.monotonic())
+        args = (session_id, message_id, text, policy, trace_context)
+        loaded = self.loaded_session(session_id)
+        if loaded is not None and loaded.state.known_acceptance(message_id) is not None:
+            return await self._send_admitted(*args, forwarded=forwarded, accept_by_ms=0)
+        left_s = (accept_by_ms - now_ms()) / 1000 if accept_by_ms else None
+        wait_ms = self.admission.try_enter(time.monotonic(), left_s)
         if wait_ms is not None:
             raise Overloaded(
-                f"{self.admission.depth} messages are being accepted here already; "
-                f"nothing was stored: send it again in {wait_ms} ms",
+                f"{self.admission.depth} messages wait to be accepted here, more than it "
+                "takes in at once or accepts before this one's deadline; nothing was "
+                f"stored: send it again in {wait_ms} ms",
                 retry_after_ms=wait_ms,
                 reason="BACKLOG_FULL",
             )
         try:
-            return await self._send_admitted(
-                session_id,
-                message_id,
-                text,
-                policy,
-                trace_context,
-                forwarded=forwarded,
-                accept_by_ms=accept_by_ms,
-            )
+            return await self._send_admitted(*args, forwarded=forwarded, accept_by_ms=accept_by_ms)
         finally:
             self.admission.leave(time.monotonic())
 
     def _refuse_if_expired(self, accept_by_ms: int) -> None:
         if self.admission.expired(accept_by_ms, now_ms()):
-            wait_ms = self.admission.refuse_expired(time.monotonic())
+            wait_ms = self.admission.refuse_expired()
             raise Overloaded(
                 "the message waited past its deadline to be accepted; nothing was stored: "
                 f"send it again in {wait_ms} ms",

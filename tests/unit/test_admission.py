@@ -6,12 +6,23 @@ import random
 
 import pytest
 
-from relay_shared.admission import MAX_RETRY_MS, MIN_RETRY_MS, Admission
+from relay_shared.admission import DEFAULT_RATE_PER_S, MAX_RETRY_MS, MIN_RETRY_MS, Admission
 
 
 class NoJitter(random.Random):
     def random(self) -> float:
         return 0.0
+
+
+def answered(gate: Admission, count: int, start_s: float, per_s: float) -> float:
+    """`count` messages admitted at start_s and answered at per_s; returns the end time."""
+    for _ in range(count):
+        assert gate.try_enter(start_s) is None
+    now = start_s
+    for _ in range(count):
+        now += 1 / per_s
+        gate.leave(now)
+    return now
 
 
 def test_past_the_bound_a_message_is_refused_with_a_retry_time_until_one_leaves() -> None:
@@ -24,25 +35,30 @@ def test_past_the_bound_a_message_is_refused_with_a_retry_time_until_one_leaves(
     assert gate.try_enter(0.1) is None
 
 
-def test_the_retry_time_is_the_backlogs_drain_time_at_the_recent_rate() -> None:
-    gate = Admission(1000, rng=NoJitter())
-    for _ in range(101):
-        gate.try_enter(0.0)
-    for i in range(101):  # 100 answers per second
-        gate.leave(i / 100)
+def test_the_rate_is_measured_over_busy_time_only() -> None:
+    gate = Admission(10_000, rng=NoJitter())
+    assert gate.rate_per_s() == DEFAULT_RATE_PER_S  # nothing measured yet
+    end = answered(gate, 100, 0.0, 100.0)
+    assert gate.rate_per_s() == pytest.approx(100)
+    answered(gate, 100, end + 3600.0, 100.0)  # an idle hour between: still 100 a second
+    assert gate.rate_per_s() == pytest.approx(100)
+
+
+def test_a_message_that_the_backlog_would_hold_past_its_deadline_is_refused_at_once() -> None:
+    gate = Admission(10_000, rng=NoJitter())
+    now = answered(gate, 100, 0.0, 100.0)  # 100 a second
     for _ in range(299):
-        gate.try_enter(1.0)
-    assert gate.rate_per_s(1.0) == pytest.approx(100)
-    assert gate.retry_after_ms(1.0) == 3000  # (299 + 1) at 100/s
+        assert gate.try_enter(now, deadline_in_s=5.0) is None
+    assert gate.try_enter(now, deadline_in_s=2.0) == 3000  # 300 ahead of it: 3 s to drain
+    assert gate.try_enter(now, deadline_in_s=None) is None  # no deadline: only the bound
+    assert gate.try_enter(now, deadline_in_s=-0.1) is not None  # passed already
 
 
 def test_the_retry_time_is_bounded_and_spread() -> None:
     slow = Admission(10_000, rng=NoJitter())
-    slow.try_enter(0.0), slow.try_enter(0.0)
-    slow.leave(0.0), slow.leave(100.0)  # one answer in 100 s
-    slow.try_enter(100.0)
-    assert slow.retry_after_ms(100.0) == MAX_RETRY_MS // 2
-    spread = {Admission(5, rng=random.Random(seed)).retry_after_ms(0.0) for seed in range(20)}
+    answered(slow, 20, 0.0, 0.01)  # one answer per 100 s
+    assert slow.retry_after_ms() == MAX_RETRY_MS // 2
+    spread = {Admission(5, rng=random.Random(seed)).retry_after_ms() for seed in range(20)}
     assert len(spread) > 10 and all(MIN_RETRY_MS <= w < 2 * MIN_RETRY_MS for w in spread)
 
 

@@ -215,7 +215,7 @@ async def test_past_the_services_backlog_bound_messages_are_refused_at_once(
             assert counts.get("ack", 0) >= 1 and counts.get("overloaded", 0) >= 1, counts
             assert "upstream_unavailable" not in counts, counts
             backlog = [a for a in answers if a.get("code") == "overloaded"]
-            assert all("being accepted here already" in a["message"] for a in backlog)
+            assert all("wait to be accepted here" in a["message"] for a in backlog)
     finally:
         edge.stop()
         agent.process.send_signal(signal.SIGCONT)
