@@ -879,6 +879,8 @@ async def overload_relay(b: Bench, tmp: Path) -> Metrics:
             "sessions": n,
             "acked": kinds.count("ack"),
             "overloaded": kinds.count("overloaded"),
+            # of those, refused at the moment of acceptance: the deadline had passed
+            "overloaded_late": sum(1 for a in first if "waited past" in str(a.get("message"))),
             "upstream_unavailable": kinds.count("upstream_unavailable"),
             "other": n - kinds.count("ack") - kinds.count("overloaded")
             - kinds.count("upstream_unavailable"),
