@@ -856,13 +856,14 @@ async def overload_relay(b: Bench, tmp: Path) -> Metrics:
 
         async def until_acked(i: int) -> None:
             nonlocal resends
-            answer, refused_as = first[i], kinds[i]
+            answer = first[i]
             while answer["type"] != "ack":
+                refused_as = str(answer.get("code"))
                 await asyncio.sleep(max(500, answer.get("retry_after_ms", 1000)) / 1000)
                 resends += 1
                 answer = await say(i)
-            if refused_as in untrue and answer.get("duplicate"):
-                untrue[refused_as] += 1  # it had been accepted after all
+                if answer["type"] == "ack" and answer.get("duplicate") and refused_as in untrue:
+                    untrue[refused_as] += 1  # the attempt refused last had been accepted
 
         await asyncio.wait_for(asyncio.gather(*(until_acked(i) for i in range(n))), 600)
         acked_s = time.perf_counter() - start

@@ -33,7 +33,7 @@ MAX_RETRY_MS = 30_000
 # Before enough answers were measured: optimistic, so that nothing is refused on a guess
 # (the deadline itself still holds at the moment of acceptance).
 DEFAULT_RATE_PER_S = 1000.0
-_RATE_WINDOW = 64  # answers the drain rate is measured over
+_RATE_WINDOW = 256  # answers the drain rate is measured over (group commits answer in bursts)
 
 
 class Admission:

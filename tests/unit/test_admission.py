@@ -56,7 +56,7 @@ def test_a_message_that_the_backlog_would_hold_past_its_deadline_is_refused_at_o
 
 def test_the_retry_time_is_bounded_and_spread() -> None:
     slow = Admission(10_000, rng=NoJitter())
-    answered(slow, 20, 0.0, 0.01)  # one answer per 100 s
+    answered(slow, 70, 0.0, 0.01)  # one answer per 100 s
     assert slow.retry_after_ms() == MAX_RETRY_MS // 2
     spread = {Admission(5, rng=random.Random(seed)).retry_after_ms() for seed in range(20)}
     assert len(spread) > 10 and all(MIN_RETRY_MS <= w < 2 * MIN_RETRY_MS for w in spread)
