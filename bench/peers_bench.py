@@ -1189,13 +1189,18 @@ async def measure(args: argparse.Namespace, tmp: Path) -> tuple[Results, dict[st
                         deadline,
                     )
             if "overload" in args.scenarios:
-                await run_rounds(
-                    b,
-                    results,
-                    "overload",
-                    {"relay": lambda: overload_relay(b, tmp)},
-                    deadline,
-                )
+                # no peer to interleave with, and each round starts a pair of its own
+                rounds, args.rounds = args.rounds, min(args.rounds, args.overload_rounds)
+                try:
+                    await run_rounds(
+                        b,
+                        results,
+                        "overload",
+                        {"relay": lambda: overload_relay(b, tmp)},
+                        deadline,
+                    )
+                finally:
+                    args.rounds = rounds
             for sock in [*b.paced_socks, *b.full_socks, *b.burst_socks, *b.peer_socks]:
                 await sock.close()
             if b.history_sock is not None:
@@ -1253,7 +1258,7 @@ def main() -> int:
     parser.add_argument(
         "--budget-s", type=float, default=480.0, help="no new round starts after this"
     )
-    parser.add_argument("--scenarios", default="rtt,burst,full,fanout,paced,idle")
+    parser.add_argument("--scenarios", default="rtt,burst,full,fanout,paced,overload,idle")
     parser.add_argument("--rtt-count", type=int, default=100, help="messages per round trip round")
     parser.add_argument(
         "--history", type=int, default=1000, help="messages behind the history session"
@@ -1276,6 +1281,7 @@ def main() -> int:
         "--overload-sessions", type=int, default=1000, help="sessions sending at once (overload)"
     )
     parser.add_argument("--overload-words", type=int, default=50, help="overload reply length")
+    parser.add_argument("--overload-rounds", type=int, default=2, help="at most --rounds")
     parser.add_argument(
         "--overload-timeout-s", type=float, default=10.0,
         help="the overload edge's --command-timeout-s (its default: 10); lower it to overload "
