@@ -12,6 +12,10 @@ from ws_edge import codes_gen
 DELIVERY_MODES = ("stream", "final")
 
 
+# The least time the edge waits for a message's reply beyond its acceptance deadline.
+ACCEPT_MARGIN_S = 1.0
+
+
 @dataclass(frozen=True, kw_only=True)
 class EdgeSettings:
     """Everything the edge can be told. Flags (--batch-ms) and AGENT_RELAY_* variables set it."""
@@ -137,10 +141,15 @@ class EdgeSettings:
             raise ValueError("upstream_tls_cert_file needs upstream_tls_ca_file")
         if self.upstream_channels < 1 or self.upstream_max_in_flight < 1:
             raise ValueError("upstream_channels and upstream_max_in_flight must be at least 1")
-        if self.command_timeout_s <= 0 or not 0 < self.accept_window_s < self.command_timeout_s:
+        margin_s = min(ACCEPT_MARGIN_S, self.command_timeout_s / 2)
+        if self.command_timeout_s <= 0 or not (
+            0 < self.accept_window_s <= self.command_timeout_s - margin_s
+        ):
             raise ValueError(
-                "need 0 < accept_timeout_s < command_timeout_s: a sender must wait longer "
-                "than the service may take to accept"
+                "need 0 < accept_timeout_s <= command_timeout_s - "
+                f"{ACCEPT_MARGIN_S:g} s (or half of it when shorter): the edge must wait "
+                "longer than the service may take to accept, by a margin for the store "
+                "write after the check and for clock skew"
             )
         if not 0 < self.max_frame_bytes <= self.hard_max_frame_bytes:
             raise ValueError("need 0 < max_frame_bytes <= hard_max_frame_bytes")

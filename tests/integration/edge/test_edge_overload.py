@@ -249,4 +249,8 @@ def test_the_edge_refuses_an_acceptance_window_longer_than_its_command_timeout()
 
     with pytest.raises(ValueError, match="accept_timeout_s"):
         EdgeSettings(command_timeout_s=2, accept_timeout_s=3)
+    with pytest.raises(ValueError, match="margin"):  # no time left for the store's write
+        EdgeSettings(command_timeout_s=10, accept_timeout_s=9.5)
+    assert EdgeSettings(command_timeout_s=10, accept_timeout_s=9).accept_window_s == 9
     assert EdgeSettings(command_timeout_s=8).accept_window_s == 4
+    assert EdgeSettings(command_timeout_s=1).accept_window_s == 0.5
