@@ -214,6 +214,11 @@ class ChatStream:
             "send.trace_context",
             f"at most {MAX_TRACE_ENTRIES} entries",
         )
+        require(
+            send.accept_by_unix_ms >= 0,
+            "send.accept_by_unix_ms",
+            "must be 0 (no deadline) or a time in ms since the Unix epoch",
+        )
         return await self.hub.send_message(
             send.session_id,
             send.message_id,
@@ -221,6 +226,7 @@ class ChatStream:
             POLICIES[send.busy_policy],
             dict(send.trace_context),
             forwarded=self.forwarded,
+            accept_by_ms=send.accept_by_unix_ms,
         )
 
     def collect(self) -> pb.ChatResponse | None:

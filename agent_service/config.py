@@ -55,6 +55,13 @@ class ServiceSettings:
         "longest a command waits for the store, the log or the owning replica, in seconds, "
         "before it fails with UNAVAILABLE (retryable)",
     )
+    max_pending_accepts: int = field(
+        1024,
+        "user messages this process accepts at once (read, not yet answered); past it, or "
+        "when those ahead would hold a new one past its sender's deadline (at the rate "
+        "messages were accepted lately), it is refused at once with RESOURCE_EXHAUSTED (the "
+        "edge's `overloaded`) and a retry time",
+    )
     busy_policy: str = field("queue", "a message during an active run: queue, reject or interrupt")
     model: str = field("demo", "model provider: demo (built in, no network), openai or anthropic")
     demo_tokens_per_s: float = field(
@@ -179,6 +186,8 @@ class ServiceSettings:
             raise ValueError("replica_id must contain no space")
         if self.retention_events < 1:
             raise ValueError("retention_events must be at least 1")
+        if self.max_pending_accepts < 1:
+            raise ValueError("max_pending_accepts must be at least 1")
         if self.max_steps < 1:
             raise ValueError("max_steps must be at least 1")
         if self.demo_tokens_per_s < 0:

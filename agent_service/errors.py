@@ -7,6 +7,9 @@
     +-- AlreadyExists                 ALREADY_EXISTS
     +-- FailedPrecondition            FAILED_PRECONDITION (busy session, gone run)
     +-- OutOfRangeError               OUT_OF_RANGE (resume beyond the head)
+    +-- Overloaded                    RESOURCE_EXHAUSTED, with a RetryInfo: refused before
+    |                                 acceptance (too much waiting, or past the message's
+    |                                 accept_by deadline); nothing stored; retry after it
     +-- Unavailable                   UNAVAILABLE (shutting down; retry elsewhere)
     +-- Unauthenticated               UNAUTHENTICATED (no, a bad or an expired credential)
     +-- PermissionDenied              PERMISSION_DENIED (a scope or a user the credential lacks)
@@ -20,7 +23,7 @@ ErrorInfo details) that both unary aborts and Chat's CommandReply carry.
 from __future__ import annotations
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 ERROR_DOMAIN = "agent-relay"
@@ -64,7 +67,11 @@ class ServiceError(Exception):
                     reason=self.reason, domain=ERROR_DOMAIN, metadata=self.metadata
                 )
             )
-        return status_pb2.Status(code=self.code.value[0], message=self.message, details=[detail])
+        details = [detail, *self._more_details()]
+        return status_pb2.Status(code=self.code.value[0], message=self.message, details=details)
+
+    def _more_details(self) -> list[any_pb2.Any]:
+        return []
 
 
 class InvalidArgument(ServiceError):
@@ -85,6 +92,23 @@ class FailedPrecondition(ServiceError):
 
 class OutOfRangeError(ServiceError):
     code = grpc.StatusCode.OUT_OF_RANGE
+
+
+class Overloaded(ServiceError):
+    """Refused before acceptance; the status carries a RetryInfo of `retry_after_ms`."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(self, message: str, *, retry_after_ms: int, reason: str = "OVERLOADED") -> None:
+        super().__init__(message, reason=reason)
+        self.retry_after_ms = retry_after_ms
+
+    def _more_details(self) -> list[any_pb2.Any]:
+        delay = duration_pb2.Duration()
+        delay.FromMilliseconds(self.retry_after_ms)
+        detail = any_pb2.Any()
+        detail.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+        return [detail]
 
 
 class Unavailable(ServiceError):
@@ -128,6 +152,7 @@ def error_from_status(status: status_pb2.Status) -> ServiceError:
     }
     kind = kinds.get(status.code, Unavailable)
     reason, field_name, metadata = "", "", {}
+    retry_after_ms = retry_after_ms_of(status)
     for detail in status.details:
         info = error_details_pb2.ErrorInfo()
         bad = error_details_pb2.BadRequest()
@@ -135,7 +160,20 @@ def error_from_status(status: status_pb2.Status) -> ServiceError:
             reason, metadata = info.reason, dict(info.metadata)
         elif detail.Unpack(bad) and bad.field_violations:
             field_name = bad.field_violations[0].field
+    if status.code == Overloaded.code.value[0]:
+        return Overloaded(
+            status.message, retry_after_ms=retry_after_ms, reason=reason or "OVERLOADED"
+        )
     return kind(status.message, reason=reason, field=field_name, metadata=metadata)
+
+
+def retry_after_ms_of(status: status_pb2.Status) -> int:
+    """The wait a status's RetryInfo asks for, in milliseconds (0 without one)."""
+    for detail in status.details:
+        info = error_details_pb2.RetryInfo()
+        if detail.Is(info.DESCRIPTOR) and detail.Unpack(info):
+            return int(info.retry_delay.ToMilliseconds())
+    return 0
 
 
 def is_backend_outage(error: BaseException) -> bool:

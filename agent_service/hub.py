@@ -34,7 +34,13 @@ from collections.abc import Awaitable, Callable, Iterable
 
 from agent_relay.v1 import agent_pb2 as pb
 from agent_service.config import ServiceSettings
-from agent_service.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable
+from agent_service.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    NotFound,
+    Overloaded,
+    Unavailable,
+)
 from agent_service.eventlog import SessionLog
 from agent_service.forward import POLICIES, Forwarder
 from agent_service.ids import new_id, now_ms
@@ -65,6 +71,7 @@ from agent_service.store import (
 )
 from agent_service.tools.base import ToolRegistry
 from agent_service.tools.executor import ToolCallRunner
+from relay_shared.admission import Admission
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +113,7 @@ class Hub:
             self.lease.replica_id, timeout_s=settings.backend_timeout_s
         )
         self._promoting: dict[str, asyncio.Lock] = {}
+        self.admission = Admission(settings.max_pending_accepts)
         self._taker: asyncio.Task[None] | None = None
         self._demotions: set[asyncio.Task[None]] = set()
 
@@ -403,6 +411,7 @@ class Hub:
         trace_context: dict[str, str] | None = None,
         *,
         forwarded: bool = False,
+        accept_by_ms: int = 0,
     ) -> pb.MessageAccepted:
         """Accept a user message once per id; start or queue its run.
 
@@ -412,8 +421,57 @@ class Hub:
         the owning replica does not answer within backend_timeout_s (retry with
         the same id: it is accepted once). A session owned by another replica is
         sent there (forwarded: only once).
+
+        Raises Overloaded, before anything is stored, when this process already
+        accepts max_pending_accepts messages or more than it can accept before
+        `accept_by_ms` (wall-clock ms, 0: none), or when that has passed at the moment
+        of acceptance: the sender has given up or is about to, so the message must not
+        be accepted behind its back. A resend of an id accepted here is answered as
+        such, however late or loaded.
         """
         self._check_accepting()
+        args = (session_id, message_id, text, policy, trace_context)
+        loaded = self.loaded_session(session_id)
+        if loaded is not None and loaded.state.known_acceptance(message_id) is not None:
+            return await self._send_admitted(*args, forwarded=forwarded, accept_by_ms=0)
+        left_s = (accept_by_ms - now_ms()) / 1000 if accept_by_ms else None
+        wait_ms = self.admission.try_enter(time.monotonic(), left_s)
+        if wait_ms is not None:
+            raise Overloaded(
+                f"{self.admission.depth} messages wait to be accepted here, more than it "
+                "takes in at once or accepts before this one's deadline; nothing was "
+                f"stored: send it again in {wait_ms} ms",
+                retry_after_ms=wait_ms,
+                reason="BACKLOG_FULL",
+            )
+        try:
+            return await self._send_admitted(*args, forwarded=forwarded, accept_by_ms=accept_by_ms)
+        finally:
+            self.admission.leave(time.monotonic())
+
+    def _refuse_if_expired(self, accept_by_ms: int) -> None:
+        if self.admission.expired(accept_by_ms, now_ms()):
+            wait_ms = self.admission.refuse_expired()
+            raise Overloaded(
+                "the message waited past its deadline to be accepted; nothing was stored: "
+                f"send it again in {wait_ms} ms",
+                retry_after_ms=wait_ms,
+                reason="DEADLINE_PASSED",
+            )
+
+    async def _send_admitted(
+        self,
+        session_id: str,
+        message_id: str,
+        text: str,
+        policy: BusyPolicy | None,
+        trace_context: dict[str, str] | None,
+        *,
+        forwarded: bool,
+        accept_by_ms: int,
+    ) -> pb.MessageAccepted:
+        # The deadline is checked where the id is known to be new (below): a resent id
+        # that was accepted before gets its acceptance back, however late.
         owner = await self._owner(session_id, forwarded=forwarded)
         if isinstance(owner, Holder):
             return await self.forwarder.send(
@@ -424,6 +482,7 @@ class Hub:
                     text=text,
                     busy_policy=POLICIES[policy],
                     trace_context=trace_context or {},
+                    accept_by_unix_ms=accept_by_ms,
                 ),
             )
         session = owner
@@ -453,6 +512,12 @@ class Hub:
                 raise FailedPrecondition(
                     "a run is active in this session and busy_policy is reject", reason="BUSY"
                 )
+            try:
+                # The moment of acceptance: what comes next stores the message.
+                self._refuse_if_expired(accept_by_ms)
+            except Overloaded:
+                session.state.restore(before)
+                raise
             session.runs[run_id] = RunHandle(
                 run_id, session_id, message_id, dict(trace_context or {})
             )

@@ -16,6 +16,7 @@ Scenarios (docs/performance.md says what each one compares):
   full      --full-sessions sessions at full demo speed: deltas/s delivered
   fanout    one session streamed to --fanout-sockets sockets
   burst     --burst-sessions messages sent at once: first delta p50/p99
+  overload  --overload-sessions messages sent at once: acks, refusals, untrue answers
   idle      memory per idle socket, each on its own session (RSS growth / sockets)
   wire      full speed and fan-out again, JSON sockets beside agent-relay.v1+proto sockets
             of the same edge, interleaved: deltas/s and CPU per delta of each wire
@@ -789,6 +790,108 @@ async def fan_sio(b: Bench) -> Metrics:
     }
 
 
+# ---------------------------------------------------------------- overload
+
+
+async def overload_relay(b: Bench, tmp: Path) -> Metrics:
+    """N sessions, one socket each, all sending one message at once (issue 15's overload).
+
+    Runs on a service and edge of its own (demo at --paced-rate words/s, --overload-words
+    replies, the edge's command timeout --overload-timeout-s). Counts each message's first
+    answer: acked, refused `overloaded` (before acceptance), `upstream_unavailable` (the
+    edge heard nothing in time: outcome unknown) or other; then sends each refused message
+    again with the same id once its retry_after_ms has passed, as both clients do, until
+    it is acked. A refusal was untrue when the service accepted the message anyway: its
+    resend is acked as a `duplicate`. Finally every message must be in its session's
+    history exactly once."""
+    from bench.relay_client import SECRET, UNLIMITED
+
+    n, py, index = b.args.overload_sessions, sys.executable, uuid.uuid4().hex[:8]
+    service = start_process(
+        f"overload{index}-service",
+        [
+            py, "-m", "agent_service", "--listen", "127.0.0.1:0",
+            "--store-url", f"sqlite:///{tmp}/overload{index}.sqlite3",
+            "--demo-tokens-per-s", str(b.args.paced_rate),
+            "--demo-reply-words", str(b.args.overload_words), "--log-level", "WARNING",
+        ],
+        "agent_service listening on",
+    )  # fmt: skip
+    edge = start_process(
+        f"overload{index}-edge",
+        [
+            py, "-m", "ws_edge", "--listen", "127.0.0.1:0", "--upstream", service.address,
+            "--jwt-secret", SECRET, "--static-dir", "/nonexistent", "--log-level", "WARNING",
+            "--anon-sessions-per-s", "1e9", "--anon-sessions-burst", "1e9", *UNLIMITED,
+            "--command-timeout-s", str(b.args.overload_timeout_s),
+        ],
+        "ws_edge listening on",
+    )  # fmt: skip
+    pair = RelayPair(service, edge)
+    socks: list[RelaySocket] = []
+    try:
+        sessions = await create_sessions(b.http, pair.http, n)
+        socks = await gather_limited(
+            n, lambda i: RelaySocket.open(b.http, pair.ws_url, *sessions[i])
+        )
+        ids = [f"overload-{uuid.uuid4().hex}" for _ in range(n)]
+
+        async def say(i: int) -> dict[str, Any]:
+            frame = {"type": "chat:message", "session_id": sessions[i][0], "text": "hi"}
+            return await socks[i].request({**frame, "message_id": ids[i]}, timeout_s=300)
+
+        start = time.perf_counter()
+        first = await asyncio.gather(*(say(i) for i in range(n)))
+        answered_s = time.perf_counter() - start
+        kinds = [a["type"] if a["type"] == "ack" else str(a.get("code")) for a in first]
+        untrue = {"overloaded": 0, "upstream_unavailable": 0}
+        resends = 0
+
+        async def until_acked(i: int) -> None:
+            nonlocal resends
+            answer = first[i]
+            while answer["type"] != "ack":
+                refused_as = str(answer.get("code"))
+                await asyncio.sleep(max(500, answer.get("retry_after_ms", 1000)) / 1000)
+                resends += 1
+                answer = await say(i)
+                if answer["type"] == "ack" and answer.get("duplicate") and refused_as in untrue:
+                    untrue[refused_as] += 1  # the attempt refused last had been accepted
+
+        await asyncio.wait_for(asyncio.gather(*(until_acked(i) for i in range(n))), 600)
+        acked_s = time.perf_counter() - start
+
+        async def stored(i: int) -> int:
+            url = f"{pair.http}/api/sessions/{sessions[i][0]}/messages"
+            headers = {"Authorization": f"Bearer {sessions[i][1]}"}
+            async with b.http.get(url, headers=headers) as reply:
+                body = await reply.json()
+            return sum(1 for m in body["messages"] if m["message_id"] == ids[i])
+
+        counts = await gather_limited(n, stored)
+        return {
+            "sessions": n,
+            "acked": kinds.count("ack"),
+            "overloaded": kinds.count("overloaded"),
+            # of those, refused at the moment of acceptance: the deadline had passed
+            "overloaded_late": sum(1 for a in first if "waited past" in str(a.get("message"))),
+            "upstream_unavailable": kinds.count("upstream_unavailable"),
+            "other": n - kinds.count("ack") - kinds.count("overloaded")
+            - kinds.count("upstream_unavailable"),
+            "untrue": untrue["overloaded"] + untrue["upstream_unavailable"],
+            "untrue_overloaded": untrue["overloaded"],
+            "unavailable_then_run": untrue["upstream_unavailable"],
+            "answered_s": answered_s,
+            "all_acked_s": acked_s,
+            "resends": resends,
+            "not_once_in_history": sum(1 for c in counts if c != 1),
+        }  # fmt: skip
+    finally:
+        for sock in socks:
+            await sock.close()
+        pair.stop()
+
+
 # ---------------------------------------------------------------- burst
 
 
@@ -1115,6 +1218,19 @@ async def measure(args: argparse.Namespace, tmp: Path) -> tuple[Results, dict[st
                         },
                         deadline,
                     )
+            if "overload" in args.scenarios:
+                # no peer to interleave with, and each round starts a pair of its own
+                rounds, args.rounds = args.rounds, min(args.rounds, args.overload_rounds)
+                try:
+                    await run_rounds(
+                        b,
+                        results,
+                        "overload",
+                        {"relay": lambda: overload_relay(b, tmp)},
+                        deadline,
+                    )
+                finally:
+                    args.rounds = rounds
             for sock in [*b.paced_socks, *b.full_socks, *b.burst_socks, *b.peer_socks]:
                 await sock.close()
             if b.history_sock is not None:
@@ -1172,7 +1288,7 @@ def main() -> int:
     parser.add_argument(
         "--budget-s", type=float, default=480.0, help="no new round starts after this"
     )
-    parser.add_argument("--scenarios", default="rtt,burst,full,fanout,wire,paced,idle")
+    parser.add_argument("--scenarios", default="rtt,burst,full,fanout,wire,paced,overload,idle")
     parser.add_argument("--rtt-count", type=int, default=100, help="messages per round trip round")
     parser.add_argument(
         "--history", type=int, default=1000, help="messages behind the history session"
@@ -1191,6 +1307,16 @@ def main() -> int:
     )
     parser.add_argument("--fanout-sockets", type=int, default=100)
     parser.add_argument("--burst-sessions", type=int, default=100)
+    parser.add_argument(
+        "--overload-sessions", type=int, default=1000, help="sessions sending at once (overload)"
+    )
+    parser.add_argument("--overload-words", type=int, default=50, help="overload reply length")
+    parser.add_argument("--overload-rounds", type=int, default=2, help="at most --rounds")
+    parser.add_argument(
+        "--overload-timeout-s", type=float, default=10.0,
+        help="the overload edge's --command-timeout-s (its default: 10); lower it to overload "
+        "relative to the timeout",
+    )  # fmt: skip
     parser.add_argument(
         "--idle", type=int, default=2000, help="idle sockets in all (--full: 10,000)"
     )

@@ -184,6 +184,22 @@ def report(results: Results, args: argparse.Namespace) -> list[list[str]]:
                 "; ".join(f"{p} {v.lat('burst', p)}" for p in (WS, BIDI, SIO)),
             ]
         )
+    if "overload" in results:
+        n = fmt(v.med("overload", "relay", "sessions"))
+        rows.append(
+            [
+                f"overload: {n} sessions send at once: first answers acked / overloaded / "
+                "upstream_unavailable; untrue; s to all answered; s to all acked (resent)",
+                " / ".join(
+                    v.cell("overload", "relay", k)
+                    for k in ("acked", "overloaded", "upstream_unavailable")
+                )
+                + f"; untrue {v.cell('overload', 'relay', 'untrue')}"
+                + f"; {v.cell('overload', 'relay', 'answered_s')} s"
+                + f"; {v.cell('overload', 'relay', 'all_acked_s')} s",
+                "-",
+            ]
+        )
     if "idle" in results:
         total = max((m["sockets"] for m in v.runs("idle", "relay")), default=0)
         rows.append(
@@ -265,6 +281,14 @@ def targets(results: Results, args: argparse.Namespace) -> list[dict[str, Any]]:
         judge(
             f"first delta p99 <= 50 ms, {args.burst_sessions} sessions at once",
             p99, 50.0, p99 <= 50.0, "ms",
+        )  # fmt: skip
+    if "overload" in results:
+        untrue = v.med("overload", "relay", "untrue")
+        twice = v.med("overload", "relay", "not_once_in_history")
+        note = f"untrue {fmt(untrue)}, not once in history {fmt(twice)}"
+        judge(
+            "under overload every answer true: no refused message accepted, each once in history",
+            untrue + twice, 0.0, untrue + twice == 0, note,
         )  # fmt: skip
     if "idle" in results:
         relay = v.med("idle", "relay", "kib_per_socket")

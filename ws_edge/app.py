@@ -68,6 +68,7 @@ _HTTP_STATUS = {
     ErrorCode.NOT_JOINED: 409,
     ErrorCode.BUSY: 409,
     ErrorCode.RATE_LIMITED: 429,
+    ErrorCode.OVERLOADED: 503,
     ErrorCode.UPSTREAM_UNAVAILABLE: 503,
     ErrorCode.INTERNAL: 500,
 }
@@ -502,6 +503,11 @@ def _register_gauges(telemetry: EdgeTelemetry, hub: Hub) -> None:
         "By",
     )
     telemetry.gauge(
+        "agent_relay.edge.upstream_messages_in_flight",
+        "chat:message commands sent upstream, reply pending.",
+        lambda: sum(slot.sends.depth for slot in hub.upstream.slots),
+    )
+    telemetry.gauge(
         "agent_relay.edge.upstream_streams_up",
         "Upstream Chat streams open.",
         lambda: sum(1 for slot in hub.upstream.slots if slot.up),
@@ -529,6 +535,11 @@ async def metrics(request: web.Request) -> web.Response:
         "# HELP agent_relay_edge_upstream_streams_up Upstream Chat streams open.",
         "# TYPE agent_relay_edge_upstream_streams_up gauge",
         f"agent_relay_edge_upstream_streams_up {up}",
+        "# HELP agent_relay_edge_upstream_messages_in_flight chat:message commands sent "
+        "upstream, reply pending.",
+        "# TYPE agent_relay_edge_upstream_messages_in_flight gauge",
+        "agent_relay_edge_upstream_messages_in_flight "
+        f"{sum(slot.sends.depth for slot in hub.upstream.slots)}",
         "# HELP agent_relay_edge_send_queue_frames Frames waiting in all send queues.",
         "# TYPE agent_relay_edge_send_queue_frames gauge",
         f"agent_relay_edge_send_queue_frames {sum(len(c.queue) for c in hub.connections.values())}",

@@ -34,6 +34,7 @@ class ErrorCode(enum.StrEnum):
     NOT_FOUND = "not_found"
     BUSY = "busy"
     RATE_LIMITED = "rate_limited"
+    OVERLOADED = "overloaded"
     UPSTREAM_UNAVAILABLE = "upstream_unavailable"
     INTERNAL = "internal"
 
@@ -73,6 +74,7 @@ ERROR_CODES: Final[tuple[str, ...]] = (
     "not_found",
     "busy",
     "rate_limited",
+    "overloaded",
     "upstream_unavailable",
     "internal",
 )
@@ -80,6 +82,7 @@ ERROR_CODES: Final[tuple[str, ...]] = (
 RETRYABLE_ERROR_CODES: Final[frozenset[str]] = frozenset(
     {
         "rate_limited",
+        "overloaded",
         "upstream_unavailable",
         "internal",
     }
@@ -93,7 +96,7 @@ GRPC_STATUS_TO_ERROR_CODE: Final[dict[str, str]] = {
     "PERMISSION_DENIED": "forbidden",
     "NOT_FOUND": "not_found",
     "FAILED_PRECONDITION": "busy",
-    "RESOURCE_EXHAUSTED": "rate_limited",
+    "RESOURCE_EXHAUSTED": "overloaded",
     "UNAVAILABLE": "upstream_unavailable",
     "DEADLINE_EXCEEDED": "upstream_unavailable",
     "CANCELLED": "upstream_unavailable",
@@ -117,6 +120,7 @@ CLIENT_ERROR_CLASS: Final[dict[str, str]] = {
     "not_found": "NotFound",
     "busy": "Busy",
     "rate_limited": "RateLimited",
+    "overloaded": "Overloaded",
     "upstream_unavailable": "Unavailable",
     "internal": "Unavailable",
 }

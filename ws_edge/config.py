@@ -12,6 +12,10 @@ from ws_edge import codes_gen
 DELIVERY_MODES = ("stream", "final")
 
 
+# The least time the edge waits for a message's reply beyond its acceptance deadline.
+ACCEPT_MARGIN_S = 1.0
+
+
 @dataclass(frozen=True, kw_only=True)
 class EdgeSettings:
     """Everything the edge can be told. Flags (--batch-ms) and AGENT_RELAY_* variables set it."""
@@ -35,6 +39,19 @@ class EdgeSettings:
     )
     upstream_backoff_max_s: float = field(2.0, "longest reconnect delay to the agent service")
     command_timeout_s: float = field(10.0, "how long a command may wait for the agent's reply")
+    accept_timeout_s: float = field(
+        0.0,
+        "a chat:message must be accepted within this many seconds: the edge sends the deadline "
+        "with it and the agent service refuses it `overloaded` (nothing stored) once it has "
+        "passed. Less than command_timeout_s: the difference covers the service's store write "
+        "and log commit after the deadline check, and clock skew between the machines; "
+        "0: half of command_timeout_s",
+    )
+    upstream_max_in_flight: int = field(
+        512,
+        "chat:message commands one upstream stream carries at once; past it a new one is "
+        "refused at once with `overloaded` and a retry time",
+    )
     upstream_tls_ca_file: Path | None = field(None, "PEM CA bundle: use TLS to the agent service")
     upstream_tls_cert_file: Path | None = field(None, "PEM client certificate for mutual TLS")
     upstream_tls_key_file: Path | None = field(None, "PEM private key of upstream_tls_cert_file")
@@ -110,6 +127,11 @@ class EdgeSettings:
     )
     log_level: str = field("INFO", "DEBUG, INFO, WARNING or ERROR")
 
+    @property
+    def accept_window_s(self) -> float:
+        """The seconds a chat:message may wait to be accepted (accept_timeout_s, or its default)."""
+        return self.accept_timeout_s or self.command_timeout_s / 2
+
     def __post_init__(self) -> None:
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("tls_cert_file and tls_key_file go together")
@@ -117,8 +139,18 @@ class EdgeSettings:
             raise ValueError("upstream_tls_cert_file and upstream_tls_key_file go together")
         if self.upstream_tls_cert_file is not None and self.upstream_tls_ca_file is None:
             raise ValueError("upstream_tls_cert_file needs upstream_tls_ca_file")
-        if self.upstream_channels < 1:
-            raise ValueError("upstream_channels must be at least 1")
+        if self.upstream_channels < 1 or self.upstream_max_in_flight < 1:
+            raise ValueError("upstream_channels and upstream_max_in_flight must be at least 1")
+        margin_s = min(ACCEPT_MARGIN_S, self.command_timeout_s / 2)
+        if self.command_timeout_s <= 0 or not (
+            0 < self.accept_window_s <= self.command_timeout_s - margin_s
+        ):
+            raise ValueError(
+                "need 0 < accept_timeout_s <= command_timeout_s - "
+                f"{ACCEPT_MARGIN_S:g} s (or half of it when shorter): the edge must wait "
+                "longer than the service may take to accept, by a margin for the store "
+                "write after the check and for clock skew"
+            )
         if not 0 < self.max_frame_bytes <= self.hard_max_frame_bytes:
             raise ValueError("need 0 < max_frame_bytes <= hard_max_frame_bytes")
         if self.batch_ms < 0:

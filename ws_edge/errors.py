@@ -13,7 +13,11 @@
     +-- code not_found              no such session, run or tool call
     +-- code busy                   a run is active and busy_policy is reject (not retryable)
     +-- code rate_limited           a frame, byte or run budget is spent (retryable, retry_after_ms)
-    +-- code upstream_unavailable   the agent service does not answer (retryable)
+    +-- code overloaded             refused before acceptance: too much waiting at the service or
+    |                               the edge, or the message's deadline passed; nothing stored
+    |                               (retryable, retry_after_ms: resend the same message_id)
+    +-- code upstream_unavailable   the agent service does not answer (retryable; a message's
+    |                               outcome is unknown: resend the same message_id)
     +-- code internal               a fault in the edge or the service (retryable)
 
     Disconnect                      the socket is closed; the code's range says whether to reconnect
@@ -38,6 +42,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import grpc
+from google.rpc import error_details_pb2, status_pb2
 
 from ws_edge import codes_gen
 from ws_edge.codes_gen import CloseCode, ErrorCode
@@ -49,6 +54,7 @@ __all__ = [
     "EdgeError",
     "ErrorCode",
     "error_from_grpc",
+    "error_from_status",
     "should_reconnect",
 ]
 
@@ -95,14 +101,28 @@ _GRPC_TO_EDGE: dict[grpc.StatusCode, ErrorCode] = {
 }
 
 
-def error_from_grpc(code: int | grpc.StatusCode, message: str) -> EdgeError:
-    """Map a gRPC status (an enum, or the integer of a google.rpc.Status) to a reply error."""
+def error_from_grpc(
+    code: int | grpc.StatusCode, message: str, retry_after_ms: int = 0
+) -> EdgeError:
+    """Map a gRPC status (an enum, or the integer of a google.rpc.Status) to a reply error;
+    a retryable one waits `retry_after_ms` (the service's RetryInfo), 1000 when not given."""
     status = code if isinstance(code, grpc.StatusCode) else _status_from_int(code)
     default = ErrorCode(codes_gen.DEFAULT_ERROR_CODE)
     edge_code = _GRPC_TO_EDGE.get(status, default) if status else default
-    retry_after = 1000 if edge_code in RETRYABLE else None
+    retry_after = (retry_after_ms or 1000) if edge_code in RETRYABLE else None
     text = message or (status.name.lower() if status else "error")
     return EdgeError(edge_code, text, retry_after)
+
+
+def error_from_status(status: status_pb2.Status) -> EdgeError:
+    """The reply error a Chat command's failed google.rpc.Status stands for, with the wait
+    its RetryInfo asks for."""
+    retry_after_ms = 0
+    for detail in status.details:
+        info = error_details_pb2.RetryInfo()
+        if detail.Is(info.DESCRIPTOR) and detail.Unpack(info):
+            retry_after_ms = int(info.retry_delay.ToMilliseconds())
+    return error_from_grpc(status.code, status.message, retry_after_ms)
 
 
 def _status_from_int(value: int) -> grpc.StatusCode | None:

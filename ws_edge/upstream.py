@@ -17,6 +17,15 @@ sockets), and tries again after a full-jitter backoff.
 Commands are written on the slot's stream and matched to their CommandReply by
 request_id. A command on a slot that is down fails at once with a retryable
 `upstream_unavailable`, never waits for the service to come back.
+
+A user message (`send`) carries its acceptance deadline, `accept_window_s` from
+when the edge writes it: the service refuses it `overloaded` once that has
+passed, before storing anything. The edge waits for the reply `command_timeout_s`,
+longer than the deadline, so a sender told `overloaded` was truly refused, and an
+edge that hears nothing at all says the truth of that case: the outcome is
+unknown, send it again with the same message id (accepted once per session).
+Past `upstream_max_in_flight` messages waiting on one stream, a new one is
+refused `overloaded` at once, with a retry time from relay_shared.admission.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ import contextlib
 import itertools
 import logging
 import socket
+import time
 import zlib
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -35,10 +45,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from agent_relay.v1 import agent_pb2 as pb
 from agent_relay.v1 import agent_pb2_grpc
+from relay_shared.admission import Admission
 from relay_shared.grpc_telemetry import client_interceptors
 from ws_edge.backoff import backoff_s
 from ws_edge.config import EdgeSettings, parse_targets
-from ws_edge.errors import EdgeError, ErrorCode, error_from_grpc
+from ws_edge.errors import EdgeError, ErrorCode, error_from_grpc, error_from_status
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +68,12 @@ _CHANNEL_OPTIONS = [
 
 def unavailable(detail: str = "the agent service does not answer") -> EdgeError:
     return EdgeError(ErrorCode.UPSTREAM_UNAVAILABLE, detail, 1000)
+
+
+_OUTCOME_UNKNOWN = (
+    "; the message may have been accepted: send it again with the same message_id "
+    "(a message id is accepted once: an accepted one gets its first ack back)"
+)
 
 
 def _with_token(details: grpc.aio.ClientCallDetails, entry: tuple[str, str]) -> Any:
@@ -166,6 +183,7 @@ class UpstreamSlot:
         self.up = False
         self.became_up = asyncio.Event()  # set while the stream is open
         self.responses = 0
+        self.sends = Admission(settings.upstream_max_in_flight)  # messages awaiting a reply
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"upstream-slot-{self.index}")
@@ -253,10 +271,30 @@ class UpstreamSlot:
             self._on_down(self)
 
     async def command(self, request: pb.ChatRequest) -> pb.CommandReply:
-        """Write one command and wait for its reply. Raises EdgeError (a failed status included)."""
+        """Write one command and wait for its reply. Raises EdgeError (a failed status
+        included). A `send` is bounded and given its deadline (the module docstring)."""
         call = self._call
         if not self.up or call is None:
             raise unavailable()
+        if request.WhichOneof("command") != "send":
+            return await self._exchange(call, request, "")
+        wait_ms = self.sends.try_enter(time.monotonic())
+        if wait_ms is not None:
+            raise EdgeError(
+                ErrorCode.OVERLOADED,
+                f"{self.sends.depth} messages wait for the agent service on this link; "
+                f"nothing was sent: send it again in {wait_ms} ms",
+                wait_ms,
+            )
+        try:
+            window_ms = self._settings.accept_window_s * 1000
+            request.send.accept_by_unix_ms = int(time.time() * 1000 + window_ms)
+            return await self._exchange(call, request, _OUTCOME_UNKNOWN)
+        finally:
+            self.sends.leave(time.monotonic())
+
+    async def _exchange(self, call: Any, request: pb.ChatRequest, unknown: str) -> pb.CommandReply:
+        """Write, then wait for the reply; `unknown` is what a lost reply means for it."""
         request_id = f"e{next(self._ids)}"
         request.request_id = request_id
         future: asyncio.Future[pb.CommandReply] = asyncio.get_running_loop().create_future()
@@ -266,13 +304,18 @@ class UpstreamSlot:
                 await call.write(request)
             reply = await asyncio.wait_for(future, self._settings.command_timeout_s)
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError, ConnectionError) as exc:
-            raise unavailable(f"the agent service stream failed: {exc}") from None
+            raise unavailable(f"the agent service stream failed: {exc}{unknown}") from None
+        except EdgeError as error:  # the stream broke while the command waited
+            raise unavailable(f"{error.message}{unknown}") from None
         except TimeoutError:
-            raise unavailable("the agent service did not reply in time") from None
+            timeout_s = self._settings.command_timeout_s
+            raise unavailable(
+                f"the agent service did not reply within {timeout_s:g} s{unknown}"
+            ) from None
         finally:
             self._pending.pop(request_id, None)
         if reply.status.code != 0:
-            raise error_from_grpc(reply.status.code, reply.status.message)
+            raise error_from_status(reply.status)
         return reply
 
 

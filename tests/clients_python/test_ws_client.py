@@ -430,3 +430,44 @@ async def test_a_busy_refusal_is_shown_once_and_never_resent(edge: EdgeProcess) 
         sent = [u for u in rec.updates if isinstance(u, MessageSent)]
         assert refused not in [u.accepted.message_id for u in sent]
         await rec.close()
+
+
+async def test_a_message_refused_overloaded_is_sent_again_with_its_id_and_accepted_once(
+    tmp_path: Path,
+) -> None:
+    """The service is stalled (SIGSTOP) until the message's acceptance deadline has passed:
+    it refuses it `overloaded` before storing it, and the client, on its own, sends it
+    again with the same id after retry_after_ms; it is then accepted, once."""
+    import signal
+
+    agent = start_agent_service(tmp_path, "--demo-tokens-per-s", "0", "--demo-reply-words", "3")
+    edge = start_edge(agent.address, "--command-timeout-s", "60", "--accept-timeout-s", "1")
+    try:
+        async with EdgeClient(edge.url) as client:
+            rec = Recorder(client)
+            session = await client.create_session()
+            await client.follow(session)
+            await eventually(lambda: client.core.is_joined(session))
+            agent.process.send_signal(signal.SIGSTOP)
+            try:
+                message_id = await client.send(session, "under load")
+                entry = next(e for e in client.core.outbox.entries() if e.message_id == message_id)
+                await eventually(lambda: entry.in_flight)
+                await asyncio.sleep(1.5)  # past its deadline, 1 s after the edge sent it
+            finally:
+                agent.process.send_signal(signal.SIGCONT)
+            # refused, kept, and waiting for its retry time: the refusal was retryable
+            await eventually(lambda: entry.attempts == 1 and not entry.in_flight, 30)
+            sent = await rec.until(lambda u: isinstance(u, MessageSent), 30)
+            assert isinstance(sent, MessageSent)
+            assert sent.accepted.message_id == message_id and not sent.accepted.duplicate
+            assert entry.attempts == 2
+            await rec.completed(session, timeout_s=30)
+            history = await client.history(session)
+            users = [m.message_id for m in history.messages if m.role == "user"]
+            assert users == [message_id]  # exactly once
+            await rec.close()
+    finally:
+        edge.stop()
+        agent.process.send_signal(signal.SIGCONT)
+        agent.stop()

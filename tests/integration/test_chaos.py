@@ -54,7 +54,7 @@ SEED = int(os.environ.get("AGENT_RELAY_CHAOS_SEED", "12"))
 AGENT_ARGS = ("--demo-tokens-per-s", "100", "--demo-reply-words", "50", "--metrics-listen", "")
 EDGE_ARGS = ("--upstream-backoff-base-s", "0.1", "--upstream-backoff-max-s", "0.5")
 PHRASES = ("calc 2 * (3 + 4)", "long task 2s", "hello there", "tell me about the weather")
-RETRYABLE = {"upstream_unavailable", "rate_limited", "internal"}
+RETRYABLE = {"upstream_unavailable", "rate_limited", "overloaded", "internal"}
 # Pause between faults: the system gets back up (the restart has returned) and works a while.
 FAULT_GAP_S = (1.5, 3.5)
 DROPS = (ConnectionClosed, InvalidHandshake, OSError, TimeoutError)

@@ -116,3 +116,60 @@ async def test_cancel_with_a_tool_call_in_flight_stores_a_result_for_the_call(hu
     assert [m.role for m in context] == ["user", "assistant", "tool"]
     completed = [e for e in session.log.retained() if e.HasField("run_completed")]
     assert [e.run_completed.finish_reason for e in completed] == [pb.FINISH_REASON_CANCELLED]
+
+
+class StalledFirstWrite(SqliteStore):
+    """A store whose write of message `m0` waits until `go` is set: a stalled store holds
+    the session's acceptance, and the messages behind it wait in front of theirs."""
+
+    go: asyncio.Event
+
+    async def accept_user_message(self, message, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if message.message_id == "m0":
+            await self.go.wait()
+        return await super().accept_user_message(message, *args, **kwargs)
+
+
+async def test_a_message_whose_deadline_passes_before_acceptance_is_refused_and_not_stored(
+    tmp_path: Path,
+) -> None:
+    from agent_service.errors import Overloaded
+    from agent_service.ids import now_ms
+
+    settings: ServiceSettings = load(
+        ["--workspace-dir", str(tmp_path / "ws"), "--store-url", "sqlite:///:memory:"], env={}
+    )
+    store = StalledFirstWrite(":memory:")
+    store.go = asyncio.Event()
+    await store.open()
+    tools = build_registry(settings)
+    body = AgentLoop(settings, store, DemoModel(tokens_per_s=0), tools, AgentTelemetry(None))
+    hub = Hub(settings, store, MemoryLog(), tools, body)
+    hub.start()
+    try:
+        sid = (await hub.create_session("u", "")).session_id
+        first = asyncio.create_task(hub.send_message(sid, "m0", "first", None))
+        await asyncio.sleep(0.05)  # m0's write holds the session's acceptance
+        deadline = now_ms() + 100
+        late = asyncio.create_task(hub.send_message(sid, "m1", "hi", None, accept_by_ms=deadline))
+        await asyncio.sleep((deadline - now_ms()) / 1000 + 0.05)  # stalled past the deadline
+        assert not late.done()
+        store.go.set()
+        assert not (await first).duplicate
+        with pytest.raises(Overloaded) as refused:
+            await late
+        assert refused.value.reason == "DEADLINE_PASSED" and refused.value.retry_after_ms >= 500
+        assert await store.find_user_message(sid, "m1") is None
+        assert hub.admission.depth == 0 and hub.admission.refused == 1
+        # the session is as before: the same id, sent again in time, is accepted once
+        accepted = await hub.send_message(sid, "m1", "hi", None, accept_by_ms=now_ms() + 60_000)
+        assert not accepted.duplicate and accepted.seq > 1
+        # and a resend of an accepted id gets its acceptance back, however late
+        again = await hub.send_message(sid, "m1", "hi", None, accept_by_ms=1)
+        assert again.duplicate and again.seq == accepted.seq
+        stored = [m.message_id for m in await store.list_messages(sid, 100, 0) if m.role == "user"]
+        assert stored == ["m0", "m1"]
+    finally:
+        store.go.set()
+        await hub.shutdown(1.0)
+        await store.close()

@@ -18,9 +18,13 @@
         ├── PermissionDenied         forbidden / PERMISSION_DENIED
         ├── NotFound                 not_found, not_joined / NOT_FOUND
         ├── Busy                     busy / FAILED_PRECONDITION (a run is active): not retried
-        ├── RateLimited              rate_limited / RESOURCE_EXHAUSTED: wait retry_after_ms
+        ├── RateLimited              rate_limited: a budget is spent: wait retry_after_ms
+        ├── Overloaded               overloaded / RESOURCE_EXHAUSTED: refused before it was
+        │                            accepted (nothing stored, nothing runs): send it again,
+        │                            same message id, after retry_after_ms
         └── Unavailable              upstream_unavailable, internal / UNAVAILABLE, INTERNAL,
-                                     DEADLINE_EXCEEDED, ABORTED, UNKNOWN...: retry later
+                                     DEADLINE_EXCEEDED, ABORTED, UNKNOWN...: retry later (a
+                                     message's outcome is unknown: resend the same id)
 
 Both transports map to the same tree: `error_from_code()` takes an edge error
 code (docs/protocol.md), `grpc.error_from_rpc()` a gRPC status. `.code` always
@@ -115,8 +119,15 @@ class RateLimited(RequestError):
     """A budget is spent: wait `retry_after_ms` and retry."""
 
 
+class Overloaded(RequestError):
+    """Refused before acceptance: the service had too much waiting, or could not accept the
+    message before its deadline. Nothing was stored and nothing runs: send it again, with the
+    same message id, after `retry_after_ms`."""
+
+
 class Unavailable(RequestError):
-    """The service did not answer, or failed inside. Retry later."""
+    """The service did not answer, or failed inside. Retry later. For a message the outcome
+    is unknown: send it again with the same message id (accepted once per session)."""
 
 
 _CLASSES: dict[str, type[RequestError]] = {
@@ -130,6 +141,7 @@ _CLASSES: dict[str, type[RequestError]] = {
         NotFound,
         Busy,
         RateLimited,
+        Overloaded,
         Unavailable,
     )
 }

@@ -47,7 +47,10 @@ export function ChatView({
   const onError = useCallback((error: ServiceError) => {
     // Connection churn and the agent service's outages are shown by the badge and
     // the banner; the rest deserves a line of its own.
-    if (error.code !== "connection_lost" && error.code !== "closed" && error.code !== "upstream_unavailable") {
+    if (error.code === "overloaded") {
+      // Refused before it was accepted; the outbox sends it again on its own.
+      setNotice({ text: "The service is busy: your message goes again in a moment.", transient: true });
+    } else if (error.code !== "connection_lost" && error.code !== "closed" && error.code !== "upstream_unavailable") {
       setNotice({ text: error.message, transient: error.retryable });
     }
   }, []);

@@ -58,7 +58,7 @@ describe("close codes", () => {
   });
 
   it("knows which reply errors are retryable: one table, and busy is not in it", () => {
-    expect(["rate_limited", "upstream_unavailable", "internal"].every((c) => isRetryableError(c))).toBe(true);
+    expect(["rate_limited", "overloaded", "upstream_unavailable", "internal"].every((c) => isRetryableError(c))).toBe(true);
     expect(["busy", "bad_frame", "invalid_field", "forbidden", "not_found", "out_of_range", "already_exists"].some((c) => isRetryableError(c))).toBe(false);
   });
 });

@@ -111,6 +111,7 @@ export const ErrorCode = {
   NOT_FOUND: "not_found",
   BUSY: "busy",
   RATE_LIMITED: "rate_limited",
+  OVERLOADED: "overloaded",
   UPSTREAM_UNAVAILABLE: "upstream_unavailable",
   INTERNAL: "internal",
 } as const;
@@ -120,6 +121,7 @@ export type ErrorCodeName = (typeof ErrorCode)[keyof typeof ErrorCode];
 /** Reply errors after which sending the same frame later may succeed. */
 export const RETRYABLE_ERRORS: ReadonlySet<string> = new Set<string>([
   "rate_limited",
+  "overloaded",
   "upstream_unavailable",
   "internal",
 ]);
@@ -138,7 +140,7 @@ export const GRPC_STATUS_TO_ERROR_CODE: Readonly<Record<string, ErrorCodeName>> 
   PERMISSION_DENIED: "forbidden",
   NOT_FOUND: "not_found",
   FAILED_PRECONDITION: "busy",
-  RESOURCE_EXHAUSTED: "rate_limited",
+  RESOURCE_EXHAUSTED: "overloaded",
   UNAVAILABLE: "upstream_unavailable",
   DEADLINE_EXCEEDED: "upstream_unavailable",
   CANCELLED: "upstream_unavailable",

@@ -482,6 +482,34 @@ describe("outbox", () => {
     vi.advanceTimersByTime(1);
     expect(last().framesOf("chat:message")).toHaveLength(2);
   });
+
+  it("sends a message refused `overloaded` again after retry_after_ms, with the same message id", () => {
+    const { service, last } = setup();
+    service.connect(SID);
+    last().handshake();
+    void service.sendMessage("under load");
+    const first = last().lastOf("chat:message");
+    last().push({ type: "error", ref: first.id, code: "overloaded", retryable: true, retry_after_ms: 1800 });
+    expect(service.getSnapshot().conversation?.messages[0]?.state).toBe("queued");
+    vi.advanceTimersByTime(1799);
+    expect(last().framesOf("chat:message")).toHaveLength(1);
+    vi.advanceTimersByTime(1);
+    const frames = last().framesOf("chat:message");
+    expect(frames).toHaveLength(2);
+    expect(frames[1]?.message_id).toBe(first.message_id);
+  });
+
+  it("sends a message whose outcome is unknown (`upstream_unavailable`) again with the same id", () => {
+    const { service, last } = setup();
+    service.connect(SID);
+    last().handshake();
+    void service.sendMessage("maybe accepted");
+    const first = last().lastOf("chat:message");
+    last().push({ type: "error", ref: first.id, code: "upstream_unavailable", retryable: true, retry_after_ms: 1000 });
+    vi.advanceTimersByTime(1000);
+    const frames = last().framesOf("chat:message");
+    expect(frames.map((f) => f.message_id)).toEqual([first.message_id, first.message_id]);
+  });
 });
 
 describe("resume, dedup and gaps", () => {

@@ -102,7 +102,7 @@ class LeaveSession(_message.Message):
     def __init__(self, session_id: _Optional[str] = ...) -> None: ...
 
 class SendMessage(_message.Message):
-    __slots__ = ("session_id", "message_id", "text", "busy_policy", "trace_context")
+    __slots__ = ("session_id", "message_id", "text", "busy_policy", "trace_context", "accept_by_unix_ms")
     class TraceContextEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -115,12 +115,14 @@ class SendMessage(_message.Message):
     TEXT_FIELD_NUMBER: _ClassVar[int]
     BUSY_POLICY_FIELD_NUMBER: _ClassVar[int]
     TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    ACCEPT_BY_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     message_id: str
     text: str
     busy_policy: BusyPolicy
     trace_context: _containers.ScalarMap[str, str]
-    def __init__(self, session_id: _Optional[str] = ..., message_id: _Optional[str] = ..., text: _Optional[str] = ..., busy_policy: _Optional[_Union[BusyPolicy, str]] = ..., trace_context: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    accept_by_unix_ms: int
+    def __init__(self, session_id: _Optional[str] = ..., message_id: _Optional[str] = ..., text: _Optional[str] = ..., busy_policy: _Optional[_Union[BusyPolicy, str]] = ..., trace_context: _Optional[_Mapping[str, str]] = ..., accept_by_unix_ms: _Optional[int] = ...) -> None: ...
 
 class CancelRun(_message.Message):
     __slots__ = ("session_id", "run_id")
