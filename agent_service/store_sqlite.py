@@ -24,7 +24,8 @@ CREATE TABLE IF NOT EXISTS sessions (
     user_id      TEXT NOT NULL,
     title        TEXT NOT NULL,
     created_ms   INTEGER NOT NULL,
-    seq_reserved INTEGER NOT NULL DEFAULT 0
+    seq_reserved INTEGER NOT NULL DEFAULT 0,
+    fence        INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS sessions_by_user ON sessions (user_id, created_ms);
 CREATE TABLE IF NOT EXISTS runs (
@@ -106,9 +107,42 @@ class SqliteStore:
             await self.db.execute(
                 "ALTER TABLE messages ADD COLUMN duration_ms REAL NOT NULL DEFAULT 0"
             )
+        columns = {row[1] for row in await self.db.execute_fetchall("PRAGMA table_info(sessions)")}
+        if "fence" not in columns:
+            await self.db.execute(
+                "ALTER TABLE sessions ADD COLUMN fence INTEGER NOT NULL DEFAULT 0"
+            )
 
     async def ping(self) -> None:
         await self.db.execute_fetchall("SELECT 1")
+
+    async def next_fence(self, session_id: str) -> int:
+        rows = await self.db.execute_fetchall(
+            "UPDATE sessions SET fence = fence + 1 WHERE session_id = ? RETURNING fence",
+            (session_id,),
+        )
+        await self.db.commit()
+        return int(next(iter(rows))[0]) if rows else 0
+
+    async def fences(self, session_ids: Sequence[str]) -> dict[str, int]:
+        found: dict[str, int] = {}
+        ids = list(session_ids)
+        for start in range(0, len(ids), 500):  # SQLite bounds the parameters of a statement
+            chunk = ids[start : start + 500]
+            rows = await self.db.execute_fetchall(
+                "SELECT session_id, fence FROM sessions WHERE session_id IN "
+                f"({','.join('?' * len(chunk))})",
+                chunk,
+            )
+            found.update({row[0]: int(row[1]) for row in rows})
+        return found
+
+    async def reserve_seq(self, reservations: Sequence[tuple[str, int]]) -> None:
+        await self.db.executemany(
+            "UPDATE sessions SET seq_reserved = MAX(seq_reserved, ?) WHERE session_id = ?",
+            [(upto, session_id) for session_id, upto in reservations],
+        )
+        await self.db.commit()
 
     async def runs_in_flight(self) -> list[RunRecord]:
         rows = await self.db.execute_fetchall(
