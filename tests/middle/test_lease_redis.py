@@ -12,6 +12,8 @@ from agent_service.lease import LocalLease
 from agent_service.lease_redis import RedisLease
 from agent_service.log import Append, Fenced, SeqConflict
 from agent_service.log_redis import RedisLog
+from agent_service.store import SessionRecord
+from agent_service.store_sqlite import SqliteStore
 from tests.support.backends import redis_prefix
 
 
@@ -25,6 +27,22 @@ async def url() -> AsyncIterator[str]:
         yield f"{redis_url}?prefix={prefix}"
 
 
+@pytest.fixture(autouse=True)
+async def store() -> AsyncIterator[SqliteStore]:
+    """Where the leases' fencing tokens come from: sessions s1 and s2 exist."""
+    global STORE
+    opened = SqliteStore(":memory:")
+    await opened.open()
+    for session_id in ("s1", "s2"):
+        await opened.create_session(SessionRecord(session_id, "u", "", 1))
+    STORE = opened
+    yield opened
+    await opened.close()
+
+
+STORE: SqliteStore | None = None
+
+
 async def taken_after_expiry(lease: RedisLease, session_id: str) -> int:
     """Acquire once the current holder's lease has expired (bounded wait)."""
     for _ in range(100):
@@ -36,7 +54,10 @@ async def taken_after_expiry(lease: RedisLease, session_id: str) -> int:
 
 
 async def opened(url: str, replica_id: str, ttl_s: float = 5.0) -> RedisLease:
-    lease = RedisLease(url, ttl_s=ttl_s, replica_id=replica_id, address=f"{replica_id}:1")
+    assert STORE is not None
+    lease = RedisLease(
+        url, ttl_s=ttl_s, fences=STORE, replica_id=replica_id, address=f"{replica_id}:1"
+    )
     await lease.open()
     return lease
 
