@@ -125,6 +125,7 @@ class RedisLease:
         self._renewer: asyncio.Task[None] | None = None
         self._healthy = True
         self._settles_at = 0.0  # monotonic time from which a missing lease may be taken
+        self._acquiring: dict[str, asyncio.Future[int | None]] = {}
 
     @property
     def shared(self) -> bool:
@@ -185,6 +186,17 @@ class RedisLease:
         token = self.held(session_id)
         if token is not None:
             return token
+        # one acquire per session at a time in this process, shared by its callers: two at
+        # once (the start-up takeover beside the takeover loop) would take two tokens, the
+        # second fencing the first's appends
+        task = self._acquiring.get(session_id)
+        if task is None:
+            task = asyncio.ensure_future(self._acquire(session_id))
+            self._acquiring[session_id] = task
+            task.add_done_callback(lambda _: self._acquiring.pop(session_id, None))
+        return await asyncio.shield(task)
+
+    async def _acquire(self, session_id: str) -> int | None:
         current: Any = await self.redis.get(self._key(session_id))
         if current is not None and parse_holder(current).replica_id != self.replica_id:
             return None

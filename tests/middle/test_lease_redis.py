@@ -151,3 +151,15 @@ async def test_renewal_puts_back_a_vanished_key_nobody_else_took(url: str) -> No
 async def test_the_local_lease_owns_everything_without_fencing() -> None:
     lease = LocalLease("solo")
     assert not lease.shared and await lease.acquire("any") == 0 and lease.held("any") == 0
+
+
+async def test_acquires_at_once_in_one_process_share_one_token(url: str) -> None:
+    """The start-up takeover and the takeover loop may ask together: a second token
+    would fence the first one's appends."""
+    a = await opened(url, "a")
+    try:
+        tokens = await asyncio.gather(*(a.acquire("s1") for _ in range(5)))
+        assert tokens[0] is not None and set(tokens) == {tokens[0]}
+        assert a.held("s1") == tokens[0]
+    finally:
+        await a.close()
