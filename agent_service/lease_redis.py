@@ -197,6 +197,19 @@ class RedisLease:
         return await asyncio.shield(task)
 
     async def _acquire(self, session_id: str) -> int | None:
+        entry = self._held.get(session_id)
+        if entry is not None:
+            # this replica's lease, not renewed in time (Redis was slow or away): renew it
+            # (or put it back) with the same token rather than fence its own appends
+            await self._renew_chunk([(session_id, entry)])
+            token = self.held(session_id)
+            if token is not None:
+                return token
+            if session_id in self._held:  # put back or not: the store did not say
+                raise Unavailable(
+                    f"cannot confirm this replica's lease of session {session_id}; retry",
+                    reason="LEASE_UNCONFIRMED",
+                )
         current: Any = await self.redis.get(self._key(session_id))
         if current is not None and parse_holder(current).replica_id != self.replica_id:
             return None
@@ -263,31 +276,37 @@ class RedisLease:
         if await self.redis.set(self._sentinel, b"1", nx=True):
             self._settle("Redis lost its data")
         held = list(self._held.items())
-        ttl_ms = round(self.ttl_s * 1000)
         for start in range(0, len(held), RENEW_CHUNK):
-            chunk = held[start : start + RENEW_CHUNK]
-            sent = time.monotonic()
-            keys = [self._key(s) for s, _ in chunk]
-            reply: Any = await self._scripts["renew"](
-                keys=keys, args=[ttl_ms, *(value for _, (value, _) in chunk)]
-            )
-            lost = {chunk[int(i) - 1][0] for i in reply[0]}
-            vanished = [chunk[int(i) - 1] for i in reply[1]]
-            unsure: set[str] = set()
-            if vanished:
-                lost_too, restored = await self._put_back(vanished, ttl_ms)
-                lost |= lost_too
-                unsure = {s for s, _ in vanished} - lost_too - restored
-            for session_id, (value, _) in chunk:
-                if self._held.get(session_id, (b"",))[0] != value:
-                    continue  # released or re-taken meanwhile
-                if session_id in lost:
-                    del self._held[session_id]
-                    log.warning("lost the lease of session %s", session_id)
-                    for callback in self._callbacks:
-                        callback(session_id)
-                elif session_id not in unsure:
-                    self._held[session_id] = (value, sent + self.ttl_s * TRUST)
+            await self._renew_chunk(held[start : start + RENEW_CHUNK])
+
+    async def _renew_chunk(self, chunk: list[tuple[str, tuple[bytes, float]]]) -> None:
+        """Renew these leases in one script; put back those whose keys vanished (when the
+        store allows it) and tell the callbacks of those lost."""
+        ttl_ms = round(self.ttl_s * 1000)
+        if not chunk:
+            return
+        sent = time.monotonic()
+        keys = [self._key(s) for s, _ in chunk]
+        reply: Any = await self._scripts["renew"](
+            keys=keys, args=[ttl_ms, *(value for _, (value, _) in chunk)]
+        )
+        lost = {chunk[int(i) - 1][0] for i in reply[0]}
+        vanished = [chunk[int(i) - 1] for i in reply[1]]
+        unsure: set[str] = set()
+        if vanished:
+            lost_too, restored = await self._put_back(vanished, ttl_ms)
+            lost |= lost_too
+            unsure = {s for s, _ in vanished} - lost_too - restored
+        for session_id, (value, _) in chunk:
+            if self._held.get(session_id, (b"",))[0] != value:
+                continue  # released or re-taken meanwhile
+            if session_id in lost:
+                del self._held[session_id]
+                log.warning("lost the lease of session %s", session_id)
+                for callback in self._callbacks:
+                    callback(session_id)
+            elif session_id not in unsure:
+                self._held[session_id] = (value, sent + self.ttl_s * TRUST)
 
     async def _put_back(
         self, vanished: list[tuple[str, tuple[bytes, float]]], ttl_ms: int

@@ -163,3 +163,24 @@ async def test_acquires_at_once_in_one_process_share_one_token(url: str) -> None
         assert a.held("s1") == tokens[0]
     finally:
         await a.close()
+
+
+async def test_a_lease_held_past_its_trust_is_renewed_with_its_token_not_replaced(
+    url: str,
+) -> None:
+    """Renewals that did not get through (Redis slow or away for a while) leave the lease
+    untrusted; the next acquire renews it, or puts it back, with the same token: a new
+    one would fence this replica's own appends in flight."""
+    a = await opened(url, "a", ttl_s=0.6)
+    try:
+        token = await a.acquire("s1")
+        assert token is not None
+        a._renewer.cancel()  # type: ignore[union-attr]
+        await asyncio.sleep(0.6)
+        assert a.held("s1") is None
+        await a.redis.delete(f"{a.prefix}lease:s1")  # and Redis lost the key meanwhile
+        assert await a.acquire("s1") == token
+        holder = await a.holder("s1")
+        assert holder is not None and holder.token == token
+    finally:
+        await a.close()
