@@ -171,6 +171,14 @@ async def until_ready(edge: EdgeProcess) -> None:
         await asyncio.sleep(0.1)
 
 
+async def until_not_ready(edge: EdgeProcess) -> None:
+    """Wait (bounded) until the edge's /readyz says 503: no replica is SERVING."""
+    deadline = asyncio.get_running_loop().time() + scaled(30)
+    while await asyncio.to_thread(_readyz, edge.url) == 200:
+        assert asyncio.get_running_loop().time() < deadline, "readyz stayed 200 in the outage"
+        await asyncio.sleep(0.1)
+
+
 def _readyz(url: str) -> int:
     try:
         with urllib.request.urlopen(url + "/readyz", timeout=5) as reply:
@@ -348,6 +356,8 @@ async def _resumes_after(four: Four, outage: str) -> None:
         down_since = asyncio.get_running_loop().time()
         await asyncio.sleep(1.0)
         during = await on_2.say(sid, "during the outage", message_id="m2")
+        for edge in four.edges:  # both replicas say NOT_SERVING, so no edge is ready
+            await until_not_ready(edge)
         # an outage that outlasts the lease: every lease expires (or is gone) meanwhile
         await asyncio.sleep(max(0.0, down_since + 2 * TTL_S - asyncio.get_running_loop().time()))
         await four.redis.start()
@@ -355,7 +365,11 @@ async def _resumes_after(four: Four, outage: str) -> None:
         await four.postgres.cut()
         await asyncio.sleep(1.0)
         during = await on_2.say(sid, "during the outage", message_id="m2")
+        for edge in four.edges:
+            await until_not_ready(edge)
         await four.postgres.restore()
+    for edge in four.edges:
+        await until_ready(edge)
     if during["type"] == "ack":
         accepted.append("m2")
     else:
