@@ -25,7 +25,11 @@ restarted), and both leave the session's events in order:
 With a `reserve` callback (replicas: the store's reserve_seq) a session's seqs
 are reserved in the store, RESERVE_AHEAD at a time, before they are appended:
 a replica that takes a session over from a log that lost all of it continues
-after the reservation, never at a seq a client may have seen.
+after the reservation, never at a seq a client may have seen. A task of its own
+reserves the next block once a session is half way through its current one, so
+the writer does not wait for the store; only events past the reservation (a new
+session's first, or a store that has not answered for a while) are held back
+until it is stored, and only their session's.
 
 Retention runs beside it: every `trim_interval_s` the sessions that grew are
 trimmed to their newest `retention_events`.
@@ -99,6 +103,9 @@ class LogWriter:
         self.log = event_log
         self.reserve = reserve
         self._parked: dict[str, float] = {}  # session -> its next wait for a lease back
+        self._to_reserve: dict[str, tuple[LogTail, int]] = {}  # session -> its newest seq
+        self._held_back: set[str] = set()  # sessions whose events wait for a reservation
+        self._reserve_wake = asyncio.Event()
         self.retention_events = retention_events
         self.trim_interval_s = trim_interval_s
         self.healthy = True  # False while appends fail (reported by health checks)
@@ -115,6 +122,10 @@ class LogWriter:
                 asyncio.create_task(self._write_loop(), name="log-writer"),
                 asyncio.create_task(self._trim_loop(), name="log-trim"),
             ]
+            if self.reserve is not None:
+                self._tasks.append(
+                    asyncio.create_task(self._reserve_loop(), name="log-seq-reservation")
+                )
 
     def submit(self, tail: LogTail) -> None:
         """`tail` has stamped events to write."""
@@ -124,9 +135,13 @@ class LogWriter:
 
     async def flush(self) -> None:
         """Return once everything submitted so far is durable and published."""
-        while self._waiting or not self._idle.is_set():
+        while self._waiting or self._held_back or not self._idle.is_set():
             if not self._tasks:
+                if self._to_reserve and not await self._reserve_once():
+                    await asyncio.sleep(RETRY_FIRST_S)
                 await self._write_once()
+            elif self._held_back:
+                await asyncio.sleep(RETRY_FIRST_S)  # the reservation loop submits them
             else:
                 await self._idle.wait()
 
@@ -149,11 +164,9 @@ class LogWriter:
         batch: list[tuple[LogTail, Append]] = []
         for tail in tails.values():
             events = tail.take_unsubmitted()
-            if events:
+            if events and not self._needs_reservation(tail, events):
                 batch.append((tail, Append(tail.session_id, events, tail.fence)))
         if batch:
-            if self.reserve is not None:
-                await self._reserve_until_done(batch)
             try:
                 await self._append_until_done([a for _, a in batch])
             except SeqConflict:
@@ -210,30 +223,51 @@ class LogWriter:
         tail.untake(item.expected_seq)
         asyncio.get_running_loop().call_later(delay, self.submit, tail)
 
-    async def _reserve_until_done(self, batch: list[tuple[LogTail, Append]]) -> None:
-        """Reserve, in the store, the seqs of every session about to pass its reservation;
-        retried with backoff (the events wait: none may be visible beyond it)."""
-        assert self.reserve is not None
-        short = [
-            (tail, item.events[-1].seq + RESERVE_AHEAD)
-            for tail, item in batch
-            if item.events[-1].seq > tail.seq_reserved
-        ]
-        if not short:
-            return
+    def _needs_reservation(self, tail: LogTail, events: list[pb.SessionEvent]) -> bool:
+        """Ask for a reservation when the session nears its end (in the background, so the
+        writer never waits for the store); True when these events pass it: they wait."""
+        last = events[-1].seq
+        if self.reserve is None or last <= tail.seq_reserved - RESERVE_AHEAD // 2:
+            return False
+        self._to_reserve[tail.session_id] = (tail, last)
+        self._reserve_wake.set()
+        if last <= tail.seq_reserved:
+            return False
+        tail.untake(events[0].seq)  # submitted again once the reservation is stored
+        self._held_back.add(tail.session_id)
+        return True
+
+    async def _reserve_loop(self) -> None:
         delay = RETRY_FIRST_S
         while True:
-            try:
-                await self.reserve([(tail.session_id, upto) for tail, upto in short])
-            except Exception:
-                self.healthy = False
-                log.exception("could not reserve seqs of %d sessions; retrying", len(short))
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX_S)
-            else:
-                break
-        for tail, upto in short:
-            tail.seq_reserved = max(tail.seq_reserved, upto)
+            await self._reserve_wake.wait()
+            self._reserve_wake.clear()
+            while self._to_reserve:
+                if await self._reserve_once():
+                    delay = RETRY_FIRST_S
+                else:
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, RETRY_MAX_S)
+
+    async def _reserve_once(self) -> bool:
+        """Store the reservations asked for (one statement); the sessions held back for
+        them are submitted again. False when the store failed (they are asked again)."""
+        todo, self._to_reserve = self._to_reserve, {}
+        wanted = {sid: last + RESERVE_AHEAD for sid, (_, last) in todo.items()}
+        try:
+            assert self.reserve is not None
+            await self.reserve(list(wanted.items()))
+        except Exception as exc:
+            log.warning("could not reserve seqs of %d sessions: %s; retrying", len(todo), exc)
+            for sid, entry in todo.items():
+                self._to_reserve.setdefault(sid, entry)
+            return False
+        for sid, (tail, _) in todo.items():
+            tail.seq_reserved = max(tail.seq_reserved, wanted[sid])
+            if sid in self._held_back:
+                self._held_back.discard(sid)
+                self.submit(tail)
+        return True
 
     async def _append_until_done(self, batch: list[Append]) -> None:
         """Retry a failed append with backoff: its events were stamped, and seq must stay

@@ -194,3 +194,37 @@ async def test_seqs_are_reserved_in_the_store_before_they_are_appended(
     finally:
         await writer.stop()
         await lease.close()
+
+
+async def test_a_store_that_cannot_reserve_holds_back_only_the_sessions_that_need_it(
+    backends: Backends,
+) -> None:
+    """The store down (PostgreSQL cut) while one session needs its next block of seqs:
+    that session's events wait, the others' are written, and the held ones follow once
+    the store answers."""
+    await backends.store.create_session(SessionRecord("s2", "u", "", 1))
+    down = asyncio.Event()
+
+    async def reserve(items):  # type: ignore[no-untyped-def]
+        if down.is_set():
+            raise ConnectionError("the store does not answer")
+        await backends.store.reserve_seq(items)
+
+    writer = LogWriter(backends.log, retention_events=100, reserve=reserve)
+    writer.start()
+    try:
+        reserved = owner_session(writer, 0)
+        reserved.seq_reserved = 10 * RESERVE_AHEAD  # far from its end
+        fresh = Session(SessionRecord("s2", "u", "", 1), SessionLog("s2", capacity=100), writer)
+        down.set()
+        fresh.append(delta("waits"))
+        reserved.append(delta("goes"))
+        await asyncio.wait_for(reserved.durable(1), 10)
+        await asyncio.sleep(0.2)
+        assert fresh.log.head_seq == 0 and await backends.log.head("s2") == 0
+        down.clear()
+        await asyncio.wait_for(fresh.durable(1), 10)
+        record = await backends.store.get_session("s2")
+        assert record is not None and record.seq_reserved == 1 + RESERVE_AHEAD
+    finally:
+        await writer.stop()
