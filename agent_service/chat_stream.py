@@ -174,7 +174,7 @@ class ChatStream:
         head = rt.log.head_seq
         if join.live_only:
             cursor = head
-        elif join.after_seq > head:
+        elif join.after_seq > head and not await self.hub.may_come_back(rt, join.after_seq):
             raise OutOfRangeError(
                 f"join.after_seq: {join.after_seq} is beyond the session's head {head}",
                 field="join.after_seq",

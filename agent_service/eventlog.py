@@ -124,6 +124,11 @@ class SessionLog:
         pending = self._pending
         return [pending[i] for i in range(len(pending) - count, len(pending))]
 
+    def untake(self, first_seq: int) -> None:
+        """Stamped events from `first_seq` on count as not handed to the log writer (it
+        could not write them yet and gives them back)."""
+        self._submitted = min(self._submitted, max(first_seq - 1, self._head))
+
     def publish_through(self, seq: int) -> int:
         """Make stamped events up to `seq` visible (they are durable). Returns how many."""
         published = 0
@@ -163,3 +168,8 @@ class SessionLog:
     def retained(self) -> list[pb.SessionEvent]:
         """Every visible event still in the window, oldest first."""
         return self._buf[self._start :]
+
+    def retained_after(self, seq: int) -> list[pb.SessionEvent]:
+        """The visible events still in the window with a seq above `seq`, oldest first."""
+        first = self._start + max(seq + 1 - self._base_seq, 0)
+        return self._buf[first:]

@@ -21,6 +21,16 @@ runs in flight with no owner), runs the last owner started end `interrupted`
 session whose lease is lost (or whose append is fenced) stops its runs without
 writing anything more and becomes a follower.
 
+A Redis restart. The owner keeps its sessions when it lives through it: its
+lease is put back, its writer writes what waited (and its window again, when
+Redis lost it: log_writer.py), and its runs go on. Other replicas wait a TTL
+before taking a lease Redis does not show (lease_redis.py), their followers
+read again from their head, and a fenced session that cannot follow yet keeps
+retrying with its subscribers. When the owner died too, the next one continues
+after the store's seq reservation: clients are told of a gap. While the event
+log does not answer, a message is refused before it is stored (UNAVAILABLE),
+so one told to retry never runs unseen.
+
 Calling rule: every method runs on the service's event loop.
 """
 
@@ -100,7 +110,13 @@ class Hub:
         self.store = store
         self.event_log = event_log
         self.tools = tools
-        self.writer = LogWriter(event_log, retention_events=settings.retention_events)
+        self.lease: Lease = lease or LocalLease()
+        # with replicas the log (Redis) may lose data: seqs are reserved in the store
+        self.writer = LogWriter(
+            event_log,
+            retention_events=settings.retention_events,
+            reserve=store.reserve_seq if self.lease.shared else None,
+        )
         self.supervisor = RunSupervisor()
         self.accepting = True
         self.direct_calls: dict[str, ToolCallRunner] = {}
@@ -108,7 +124,6 @@ class Hub:
         self._sessions: dict[str, Session] = {}
         self._loading: dict[str, asyncio.Task[Session]] = {}
         self._unloader: asyncio.Task[None] | None = None
-        self.lease: Lease = lease or LocalLease()
         self.forwarder = forwarder or Forwarder(
             self.lease.replica_id, timeout_s=settings.backend_timeout_s
         )
@@ -170,9 +185,12 @@ class Hub:
         session_id = record.session_id
         capacity = self.settings.retention_events
         head = await self.event_log.head(session_id)
-        window = SessionLog(
-            session_id, capacity=capacity, durable_head=max(head, record.seq_reserved)
-        )
+        # an owner whose log has none of the session's events (new, or lost with its Redis)
+        # continues after the store's reservation: never at a seq a client may have seen.
+        # A follower starts at the log's head: the owner may have reserved seqs it has not
+        # appended yet, and a log that starts again later shows the follower a gap.
+        start = (head or record.seq_reserved) if owner else head
+        window = SessionLog(session_id, capacity=capacity, durable_head=start)
         if head:
             window.restore(await self.event_log.read_tail(session_id, capacity))
         session = Session(
@@ -207,6 +225,18 @@ class Hub:
             session.session_id, session.log.head_seq, self.settings.retention_events
         )
         session.receive_followed(events)
+
+    async def may_come_back(self, session: Session, seq: int) -> bool:
+        """Whether a follower whose log is short of `seq` may yet reach it: the log holds
+        nothing of the session (caught up: Redis restarted empty) and the seq is within
+        what the store reserved, so some replica may have appended it before the loss. A
+        subscriber there waits: the owner writes its window again (one append, past every
+        seq a client saw), or a new owner continues past the reservation (a gap). Any other
+        seq beyond the head is a client's error (OUT_OF_RANGE)."""
+        if session.owner or not self.lease.shared or session.log.head_seq > 0:
+            return False
+        record = await self.store.get_session(session.session_id)
+        return record is not None and seq <= record.seq_reserved
 
     def _replace(self, old: Session | None, new: Session) -> None:
         """`new` is the session's runtime from now on; `old`'s subscribers move over."""
@@ -255,11 +285,9 @@ class Hub:
                     current.context.invalidate()
                 current.fence = token
                 return current
-            record = current.record if current is not None else None
+            record = await self.store.get_session(session_id)  # its reservation as of now
             if record is None:
-                record = await self.store.get_session(session_id)
-                if record is None:
-                    raise NotFound(f"no session {session_id!r}", reason="SESSION_NOT_FOUND")
+                raise NotFound(f"no session {session_id!r}", reason="SESSION_NOT_FOUND")
             if current is not None and current.follower_task is not None:
                 current.follower_task.cancel()
             session = await self._new_session(record, owner=True, fence=token)
@@ -315,8 +343,8 @@ class Hub:
         """Take over every session with runs in flight whose owner is gone: nobody holds
         its lease, or an earlier process of this replica id does (a replica restarted
         under the same --replica-id takes its sessions back at once)."""
-        if not self.accepting:
-            return
+        if not self.accepting or not self.lease.settled:
+            return  # after a Redis outage, live owners put their leases back first
         runs = await self.store.runs_in_flight()
         for session_id in dict.fromkeys(run.session_id for run in runs):
             loaded = self._sessions.get(session_id)
@@ -347,17 +375,24 @@ class Hub:
         task.add_done_callback(self._demotions.discard)
 
     async def _become_follower(self, session: Session) -> None:
+        """Replace a fenced session by a follower, retrying with backoff while the log does
+        not answer (it may be the outage that fenced it): its subscribers stay with it
+        and move to the follower, so their streams go on."""
         lock = self._promoting.setdefault(session.session_id, asyncio.Lock())
-        async with lock:
-            if self._sessions.get(session.session_id) is not session:
-                return
-            try:
-                follower = await self._new_session(session.record, owner=False, fence=0)
-            except Exception:
-                log.exception("could not follow session %s; unloading it", session.session_id)
-                del self._sessions[session.session_id]
-                return
-            self._replace(session, follower)
+        delay = FOLLOW_RETRY_FIRST_S
+        while True:
+            async with lock:
+                if self._sessions.get(session.session_id) is not session:
+                    return
+                try:
+                    follower = await self._new_session(session.record, owner=False, fence=0)
+                except Exception as exc:
+                    log.warning("cannot follow session %s yet: %s", session.session_id, exc)
+                else:
+                    self._replace(session, follower)
+                    return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, FOLLOW_RETRY_MAX_S)
 
     def loaded_session(self, session_id: str) -> Session | None:
         """The session if it is loaded in this process, else None (no I/O)."""
@@ -629,6 +664,15 @@ class Hub:
                 Unavailable(
                     f"this replica's lease of session {session.session_id} ran out; retry",
                     reason="NOT_OWNER",
+                )
+            )
+        if not self.writer.healthy:
+            # refused before it is stored: the acceptance could not become durable in
+            # time, and a message told UNAVAILABLE should not run later
+            raise PersistFailed(
+                Unavailable(
+                    "the event log does not answer; retry with the same message id",
+                    reason="LOG_UNAVAILABLE",
                 )
             )
         created = now_ms()

@@ -11,8 +11,9 @@ Two implementations:
 
 - `LocalLease`: one process owns every session (the single-machine default:
   SQLite, `make run`). Nothing is shared, the token is 0 (no fencing).
-- `RedisLease` (lease_redis.py): `SET key owner NX PX ttl` plus an INCR'd token,
-  renewed in the background, released on a clean shutdown.
+- `RedisLease` (lease_redis.py): `SET key owner PX ttl` with a token from the
+  conversation store (a FenceSource: durable, so it keeps growing even when Redis
+  loses everything), renewed in the background, released on a clean shutdown.
 
 Calling rule: every method runs on the service's event loop.
 """
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -39,6 +40,19 @@ LostCallback = Callable[[str], None]
 """Called with a session id when this replica finds it no longer holds that lease."""
 
 
+class FenceSource(Protocol):
+    """Where fencing tokens come from (store.ConversationStore is one): durable, so a
+    token is never handed out twice, whatever the lease backend forgets."""
+
+    async def next_fence(self, session_id: str) -> int:
+        """A token larger than every earlier one of the session; 0: no such session."""
+        ...
+
+    async def fences(self, session_ids: Sequence[str]) -> dict[str, int]:
+        """The newest token given to each of these sessions."""
+        ...
+
+
 class Lease(Protocol):
     """Session leases of one replica."""
 
@@ -53,6 +67,13 @@ class Lease(Protocol):
     @property
     def healthy(self) -> bool:
         """False while the lease backend does not answer (reported by health checks)."""
+        ...
+
+    @property
+    def settled(self) -> bool:
+        """False for a TTL after the backend came back from an outage or lost its data:
+        a lease it does not show may still be held by a live replica that has not
+        renewed (put back) yet, so nobody takes it meanwhile."""
         ...
 
     def on_lost(self, callback: LostCallback) -> None:
@@ -104,6 +125,10 @@ class LocalLease:
 
     @property
     def healthy(self) -> bool:
+        return True
+
+    @property
+    def settled(self) -> bool:
         return True
 
     def on_lost(self, callback: LostCallback) -> None:

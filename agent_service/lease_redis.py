@@ -1,18 +1,33 @@
 """Session leases in Redis, beside the log they fence (`redis://HOST:PORT/DB?prefix=P`).
 
 A session's lease is one key, `<prefix>lease:<session_id>`, whose value is
-`<token> <replica_id> <address>` and which expires after the TTL; its token
-comes from `INCR <prefix>lease-token:<session_id>`, so every grant's token is
-larger than every earlier one. The log's append script (log_redis.py) reads the
-token at the start of the value: a writer whose token is not the current one is
-refused.
+`<token> <replica_id> <address>` and which expires after the TTL. The log's
+append script (log_redis.py) reads the token at the start of the value: a
+writer whose token is not the current one is refused.
 
-- acquire: one script, the `SET NX PX` with a fresh INCR'd token (atomic: no
-  key without a token, no token without its key).
+Tokens come from the conversation store (lease.FenceSource: a counter per
+session in PostgreSQL, or in the SQLite file), not from Redis. Redis may come
+back from a restart with nothing (no persistence, as CI runs it) or with what
+its append-only file kept; a counter kept there would then start again at 1 and
+hand a new owner the very token the old one still writes with, and the fence
+would let both write. The store is durable and outside Redis, so a token is
+never given twice. (A token made of the wall clock would also grow, but only as
+long as no clock steps back; a counter in the store needs no such assumption.)
+
+- acquire: when nobody else holds the key, a fresh token from the store, then
+  one script that sets the key (and refuses when another replica got there in
+  between: that token is simply never used).
 - renewal: a background loop every TTL/3 extends every lease held in one
-  script. A lease whose key vanished while nobody else took it (Redis lost it,
-  say) is put back with the same token, since nobody can have written with a
-  newer one; a lease another replica holds is lost, and the callback is told.
+  script. A lease another replica holds is lost, and the callback is told. A
+  lease whose key vanished (its Redis restarted: the key expired during the
+  outage, or all data went) is put back with the same token (`SET NX`) when the
+  store says no newer token was given since: nobody can have written with a
+  newer one, so this replica is still the session's only writer, and its runs
+  and its unwritten events go on. Otherwise it is lost.
+- settling: for a TTL after this process sees Redis answer again, or sees that
+  Redis lost its data (a sentinel key it keeps is gone), `acquire` does not take
+  a lease Redis does not show: its live holder has that long to put it back, so
+  a Redis restart does not move every session to whichever replica looks first.
 - `held()` trusts a lease only until its last successful renewal + 0.9 TTL by
   this process's monotonic clock: a process that was paused past that refuses
   to accept commands for the session even before it has heard it lost it.
@@ -31,7 +46,8 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 
-from agent_service.lease import Holder, LostCallback, default_replica_id
+from agent_service.errors import Unavailable
+from agent_service.lease import FenceSource, Holder, LostCallback, default_replica_id
 from agent_service.log_redis import SOCKET_TIMEOUT_S, lease_key
 
 log = logging.getLogger(__name__)
@@ -39,34 +55,32 @@ log = logging.getLogger(__name__)
 TRUST = 0.9  # of the TTL, after a renewal was sent, that this process trusts its lease
 RENEW_CHUNK = 500  # leases renewed per script call
 
-# KEYS: lease, counter; ARGV: replica_id, address, ttl_ms. Returns the new token, or 0
-# when another replica holds the lease.
+# KEYS: lease; ARGV: replica_id, address, ttl_ms, token. Returns the token, or 0 when
+# another replica holds the lease.
 ACQUIRE = """
 local v = redis.call('GET', KEYS[1])
 if v and string.match(v, '^%d+ (%S+)') ~= ARGV[1] then
   return 0
 end
-local token = redis.call('INCR', KEYS[2])
-redis.call('SET', KEYS[1], token .. ' ' .. ARGV[1] .. ' ' .. ARGV[2], 'PX', ARGV[3])
-return token
+redis.call('SET', KEYS[1], ARGV[4] .. ' ' .. ARGV[1] .. ' ' .. ARGV[2], 'PX', ARGV[3])
+return tonumber(ARGV[4])
 """
 
-# KEYS: n leases, then their n counters; ARGV: ttl_ms, then the n values held. Returns the
-# 1-based positions of the leases lost.
+# KEYS: n leases; ARGV: ttl_ms, then the n values held. Returns {lost, vanished}: the
+# 1-based positions of the leases another replica holds and of those with no key.
 RENEW = """
-local n = #KEYS / 2
-local lost = {}
-for i = 1, n do
+local lost, vanished = {}, {}
+for i = 1, #KEYS do
   local v = redis.call('GET', KEYS[i])
   if v == ARGV[i + 1] then
     redis.call('PEXPIRE', KEYS[i], ARGV[1])
-  elseif (not v) and redis.call('GET', KEYS[n + i]) == string.match(ARGV[i + 1], '^(%d+)') then
-    redis.call('SET', KEYS[i], ARGV[i + 1], 'PX', ARGV[1])
+  elseif not v then
+    table.insert(vanished, i)
   else
     table.insert(lost, i)
   end
 end
-return lost
+return {lost, vanished}
 """
 
 # KEYS: lease; ARGV: the value held. Deletes it only when it is still ours.
@@ -88,11 +102,20 @@ def parse_holder(value: bytes | str) -> Holder:
 class RedisLease:
     """Lease on Redis. See the module docstring."""
 
-    def __init__(self, url: str, *, ttl_s: float, replica_id: str = "", address: str = "") -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        ttl_s: float,
+        fences: FenceSource,
+        replica_id: str = "",
+        address: str = "",
+    ) -> None:
         parts = urlsplit(url)
         self.prefix = parse_qs(parts.query).get("prefix", ["agent-relay:"])[0]
         self._url = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
         self.ttl_s = ttl_s
+        self.fences = fences
         self.replica_id = replica_id or default_replica_id()
         self.address = address
         self._redis: aioredis.Redis | None = None
@@ -101,6 +124,8 @@ class RedisLease:
         self._callbacks: list[LostCallback] = []
         self._renewer: asyncio.Task[None] | None = None
         self._healthy = True
+        self._settles_at = 0.0  # monotonic time from which a missing lease may be taken
+        self._acquiring: dict[str, asyncio.Future[int | None]] = {}
 
     @property
     def shared(self) -> bool:
@@ -111,6 +136,10 @@ class RedisLease:
         return self._healthy
 
     @property
+    def settled(self) -> bool:
+        return self._healthy and time.monotonic() >= self._settles_at
+
+    @property
     def redis(self) -> aioredis.Redis:
         if self._redis is None:
             raise RuntimeError("lease is not open")
@@ -119,8 +148,9 @@ class RedisLease:
     def _key(self, session_id: str) -> str:
         return lease_key(self.prefix, session_id)
 
-    def _counter(self, session_id: str) -> str:
-        return f"{self.prefix}lease-token:{session_id}"
+    @property
+    def _sentinel(self) -> str:
+        return f"{self.prefix}leases-kept"
 
     def on_lost(self, callback: LostCallback) -> None:
         self._callbacks.append(callback)
@@ -134,7 +164,7 @@ class RedisLease:
             socket_timeout=SOCKET_TIMEOUT_S,
             socket_connect_timeout=SOCKET_TIMEOUT_S,
         )
-        await self._redis.ping()
+        await self._redis.set(self._sentinel, b"1", nx=True)
         for name, body in (("acquire", ACQUIRE), ("renew", RENEW), ("release", RELEASE)):
             self._scripts[name] = self._redis.register_script(body)
         self._renewer = asyncio.create_task(self._renew_loop(), name="lease-renewal")
@@ -156,11 +186,46 @@ class RedisLease:
         token = self.held(session_id)
         if token is not None:
             return token
+        # one acquire per session at a time in this process, shared by its callers: two at
+        # once (the start-up takeover beside the takeover loop) would take two tokens, the
+        # second fencing the first's appends
+        task = self._acquiring.get(session_id)
+        if task is None:
+            task = asyncio.ensure_future(self._acquire(session_id))
+            self._acquiring[session_id] = task
+            task.add_done_callback(lambda _: self._acquiring.pop(session_id, None))
+        return await asyncio.shield(task)
+
+    async def _acquire(self, session_id: str) -> int | None:
+        entry = self._held.get(session_id)
+        if entry is not None:
+            # this replica's lease, not renewed in time (Redis was slow or away): renew it
+            # (or put it back) with the same token rather than fence its own appends
+            await self._renew_chunk([(session_id, entry)])
+            token = self.held(session_id)
+            if token is not None:
+                return token
+            if session_id in self._held:  # put back or not: the store did not say
+                raise Unavailable(
+                    f"cannot confirm this replica's lease of session {session_id}; retry",
+                    reason="LEASE_UNCONFIRMED",
+                )
+        current: Any = await self.redis.get(self._key(session_id))
+        if current is not None and parse_holder(current).replica_id != self.replica_id:
+            return None
+        if current is None and not self.settled:
+            raise Unavailable(
+                f"session leases are settling after a Redis outage; retry (session {session_id})",
+                reason="LEASES_SETTLING",
+            )
         sent = time.monotonic()
+        fresh = await self.fences.next_fence(session_id)
+        if fresh == 0:
+            raise LookupError(f"no session {session_id!r} to lease")
         token = int(
             await self._scripts["acquire"](
-                keys=[self._key(session_id), self._counter(session_id)],
-                args=[self.replica_id, self.address, round(self.ttl_s * 1000)],
+                keys=[self._key(session_id)],
+                args=[self.replica_id, self.address, round(self.ttl_s * 1000), fresh],
             )
         )
         if token == 0:
@@ -196,29 +261,74 @@ class RedisLease:
                     log.error("cannot renew session leases: %s", exc)
                 self._healthy = False
             else:
+                if not self._healthy:
+                    self._settle("Redis answers again")
                 self._healthy = True
 
+    def _settle(self, why: str) -> None:
+        """Leases Redis does not show are left to their live holders for a TTL."""
+        log.warning(
+            "%s: leases it lost may be put back by their holders for %.1f s", why, self.ttl_s
+        )
+        self._settles_at = time.monotonic() + self.ttl_s
+
     async def _renew_all(self) -> None:
-        if not self._held:
-            await self.redis.ping()
-            return
+        if await self.redis.set(self._sentinel, b"1", nx=True):
+            self._settle("Redis lost its data")
         held = list(self._held.items())
-        ttl_ms = round(self.ttl_s * 1000)
         for start in range(0, len(held), RENEW_CHUNK):
-            chunk = held[start : start + RENEW_CHUNK]
-            sent = time.monotonic()
-            keys = [self._key(s) for s, _ in chunk] + [self._counter(s) for s, _ in chunk]
-            lost: Any = await self._scripts["renew"](
-                keys=keys, args=[ttl_ms, *(value for _, (value, _) in chunk)]
-            )
-            lost_ids = {chunk[int(i) - 1][0] for i in lost}
-            for session_id, (value, _) in chunk:
-                if self._held.get(session_id, (b"",))[0] != value:
-                    continue  # released or re-taken meanwhile
-                if session_id in lost_ids:
-                    del self._held[session_id]
-                    log.warning("lost the lease of session %s", session_id)
-                    for callback in self._callbacks:
-                        callback(session_id)
-                else:
-                    self._held[session_id] = (value, sent + self.ttl_s * TRUST)
+            await self._renew_chunk(held[start : start + RENEW_CHUNK])
+
+    async def _renew_chunk(self, chunk: list[tuple[str, tuple[bytes, float]]]) -> None:
+        """Renew these leases in one script; put back those whose keys vanished (when the
+        store allows it) and tell the callbacks of those lost."""
+        ttl_ms = round(self.ttl_s * 1000)
+        if not chunk:
+            return
+        sent = time.monotonic()
+        keys = [self._key(s) for s, _ in chunk]
+        reply: Any = await self._scripts["renew"](
+            keys=keys, args=[ttl_ms, *(value for _, (value, _) in chunk)]
+        )
+        lost = {chunk[int(i) - 1][0] for i in reply[0]}
+        vanished = [chunk[int(i) - 1] for i in reply[1]]
+        unsure: set[str] = set()
+        if vanished:
+            lost_too, restored = await self._put_back(vanished, ttl_ms)
+            lost |= lost_too
+            unsure = {s for s, _ in vanished} - lost_too - restored
+        for session_id, (value, _) in chunk:
+            if self._held.get(session_id, (b"",))[0] != value:
+                continue  # released or re-taken meanwhile
+            if session_id in lost:
+                del self._held[session_id]
+                log.warning("lost the lease of session %s", session_id)
+                for callback in self._callbacks:
+                    callback(session_id)
+            elif session_id not in unsure:
+                self._held[session_id] = (value, sent + self.ttl_s * TRUST)
+
+    async def _put_back(
+        self, vanished: list[tuple[str, tuple[bytes, float]]], ttl_ms: int
+    ) -> tuple[set[str], set[str]]:
+        """Put back the leases whose keys vanished and whose token is still the newest the
+        store gave; returns the sessions lost (a newer token exists, or another replica set
+        the key first) and those put back. A store that does not answer leaves them as they
+        are: their trust runs out, and the next renewal asks again."""
+        try:
+            newest = await self.fences.fences([s for s, _ in vanished])
+        except Exception as exc:
+            log.warning("cannot check %d vanished leases with the store: %s", len(vanished), exc)
+            return set(), set()
+        lost: set[str] = set()
+        restored: set[str] = set()
+        for session_id, (value, _) in vanished:
+            token = int(value.split(b" ", 1)[0])
+            if newest.get(session_id) != token or not await self.redis.set(
+                self._key(session_id), value, nx=True, px=ttl_ms
+            ):
+                lost.add(session_id)
+            else:
+                restored.add(session_id)
+                log.warning("put back the lease of session %s (token %d)", session_id, token)
+        return lost, restored

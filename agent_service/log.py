@@ -38,6 +38,11 @@ class Append:
     # process owns every session). A backend that keeps leases refuses a batch whose
     # token is no longer the session's current one with Fenced.
     fence: int = 0
+    # a re-seed (log_writer.py): the log lost events this writer had made durable (its
+    # Redis came back with less, or with nothing), and the writer, still the fenced
+    # owner, writes them again from its window; events[0].seq may then be beyond the
+    # log's head + 1 (what the window no longer holds is a gap). Needs a fence.
+    reseed: bool = False
 
     @property
     def expected_seq(self) -> int:
@@ -53,6 +58,22 @@ class Fenced(SeqConflict):
     lost ownership (paused, cut off) and another replica may be writing."""
 
 
+class LeaseMissing(SeqConflict):
+    """An append carried a fencing token but the session has no lease at all now (its
+    Redis restarted): refused, but not for good. The holder may put its lease back
+    (lease_redis.py) and write; the log writer retries later."""
+
+
+class LogBehind(SeqConflict):
+    """The log's head is below the seq the writer continues from: the log lost events
+    this writer had made durable (Redis restarted with less). `head` is what it holds;
+    the writer, still the fenced owner, re-seeds (Append.reseed)."""
+
+    def __init__(self, message: str, head: int) -> None:
+        super().__init__(message)
+        self.head = head
+
+
 class EventLog(Protocol):
     """Durable per-session event logs. Methods may be called concurrently."""
 
@@ -65,7 +86,8 @@ class EventLog(Protocol):
         ...
 
     async def append(self, batch: Sequence[Append]) -> None:
-        """Make every event of the batch durable, all or none. Raises SeqConflict."""
+        """Make every event of the batch durable, all or none. Raises SeqConflict (or
+        Fenced); a log that keeps leases and can lose data also LeaseMissing or LogBehind."""
         ...
 
     async def head(self, session_id: str) -> int:

@@ -9,6 +9,14 @@ SeqConflict instead of forking a log. Retention is bounded by `XTRIM MINID`.
 An append that carries a fencing token also checks the session's lease
 (lease_redis.py) in the same script: a replica that lost its lease gets
 Fenced and can never write after the one that took over.
+
+Redis may restart with less than it had (no persistence: nothing; an
+append-only file synced every second: all but the last second). The script
+then tells the writer (LeaseMissing while the lease key is gone, LogBehind when
+the head is short of the writer's seq) rather than refusing it for good, and
+the owner, its lease put back, writes its window again (a re-seed) at the
+same seqs: readers that resume by seq get no duplicate, and a gap only for
+what no window holds.
 Readers in any process follow with blocking `XREAD`, which costs nothing per
 idle session.
 
@@ -17,6 +25,7 @@ URL query options: `prefix` (key prefix, default `agent-relay:`).
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 from urllib.parse import parse_qs, urlsplit, urlunsplit
@@ -25,33 +34,48 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from agent_relay.v1 import agent_pb2 as pb
-from agent_service.log import Append, Fenced, SeqConflict
+from agent_service.log import Append, Fenced, LeaseMissing, LogBehind, SeqConflict
 
 # KEYS: stream1, head1, lease1, stream2, head2, lease2, ...; ARGV: n, then per session:
-# expected, count, fence, then every body of every session in order. A fence of 0 checks
-# no lease; any other must be the token at the start of the session's lease value
-# (lease_redis.py), else the whole batch is refused. Returns 1, or an error naming the
-# conflict.
+# expected, count, fence, reseed, then every body of every session in order. A fence of
+# 0 checks no lease; any other must be the token at the start of the session's lease
+# value (lease_redis.py), else the whole batch is refused: FENCED when another token
+# holds the lease, NOLEASE when none does. Then the head: SEQCONFLICT when the log is at
+# or past the expected seq (another writer got there), BEHIND when it is short of it
+# (it lost events), except for a fenced re-seed, which may start past head + 1 but never
+# at or before the stream's newest entry. Returns 1, or an error naming the conflict.
 APPEND = """
 local n = tonumber(ARGV[1])
 local arg = 2
 for i = 1, n do
-  local head = tonumber(redis.call('GET', KEYS[3 * i - 1]) or '0')
-  local expected = tonumber(ARGV[arg])
-  if head + 1 ~= expected then
-    return redis.error_reply('SEQCONFLICT ' .. KEYS[3 * i - 2] .. ' head ' .. head)
-  end
   local fence = tonumber(ARGV[arg + 2])
   if fence ~= 0 then
     local lease = redis.call('GET', KEYS[3 * i])
-    local token = lease and tonumber(string.match(lease, '^(%d+)')) or -1
+    if not lease then
+      return redis.error_reply('NOLEASE ' .. KEYS[3 * i - 2])
+    end
+    local token = tonumber(string.match(lease, '^(%d+)'))
     if token ~= fence then
       return redis.error_reply('FENCED ' .. KEYS[3 * i - 2] .. ' token ' .. token)
     end
   end
-  arg = arg + 3
+  local head = tonumber(redis.call('GET', KEYS[3 * i - 1]) or '0')
+  local expected = tonumber(ARGV[arg])
+  if head + 1 > expected then
+    return redis.error_reply('SEQCONFLICT ' .. KEYS[3 * i - 2] .. ' head ' .. head)
+  end
+  if head + 1 < expected then
+    if fence == 0 or ARGV[arg + 3] ~= '1' then
+      return redis.error_reply('BEHIND ' .. KEYS[3 * i - 2] .. ' head ' .. head)
+    end
+    local newest = redis.call('XREVRANGE', KEYS[3 * i - 2], '+', '-', 'COUNT', 1)[1]
+    if newest and tonumber(string.match(newest[1], '^(%d+)')) >= expected then
+      return redis.error_reply('SEQCONFLICT ' .. KEYS[3 * i - 2] .. ' head ' .. head)
+    end
+  end
+  arg = arg + 4
 end
-local body = 2 + 3 * n
+local body = 2 + 4 * n
 arg = 2
 for i = 1, n do
   local expected = tonumber(ARGV[arg])
@@ -61,7 +85,7 @@ for i = 1, n do
     body = body + 1
   end
   redis.call('SET', KEYS[3 * i - 1], expected + count - 1)
-  arg = arg + 3
+  arg = arg + 4
 end
 return 1
 """
@@ -128,15 +152,22 @@ class RedisLog:
                 self._head_key(item.session_id),
                 lease_key(self.prefix, item.session_id),
             ]
-            args += [item.expected_seq, len(item.events), item.fence]
+            args += [item.expected_seq, len(item.events), item.fence, int(item.reseed)]
             bodies += [e.SerializeToString() for e in item.events]
         try:
             await self._append(keys=keys, args=[*args, *bodies])  # type: ignore[operator]
         except ResponseError as exc:
-            if "FENCED" in str(exc):
-                raise Fenced(str(exc)) from exc
-            if "SEQCONFLICT" in str(exc):
-                raise SeqConflict(str(exc)) from exc
+            text = str(exc)
+            code = text.split(" ", 1)[0]
+            if code == "FENCED":
+                raise Fenced(text) from exc
+            if code == "NOLEASE":
+                raise LeaseMissing(text) from exc
+            if code == "SEQCONFLICT":
+                raise SeqConflict(text) from exc
+            if code == "BEHIND":
+                found = re.search(r"head (\d+)", text)
+                raise LogBehind(text, int(found.group(1)) if found else 0) from exc
             raise
 
     async def head(self, session_id: str) -> int:

@@ -11,6 +11,26 @@ the session's lease) is told so through `receive_refused()` and its events are
 dropped, never retried: they would fork the log. The other sessions of the batch
 are written on their own. Any other failure is retried with backoff.
 
+Two refusals are not final; both come from a log that lost data (Redis
+restarted), and both leave the session's events in order:
+
+- LeaseMissing (the lease key is gone): the session's events are handed back
+  and submitted again with backoff, until the lease is put back (lease_redis.py)
+  or lost (then the session is fenced and submits nothing more).
+- LogBehind (the log's head is short of the events'): the log lost what this
+  owner had made durable. The writer appends the session's window after the
+  log's head, then its new events, as one re-seed (log.Append.reseed): the same
+  events at the same seqs, so nobody who saw them sees them differently.
+
+With a `reserve` callback (replicas: the store's reserve_seq) a session's seqs
+are reserved in the store, RESERVE_AHEAD at a time, before they are appended:
+a replica that takes a session over from a log that lost all of it continues
+after the reservation, never at a seq a client may have seen. A task of its own
+reserves the next block once a session is half way through its current one, so
+the writer does not wait for the store; only events past the reservation (a new
+session's first, or a store that has not answered for a while) are held back
+until it is stored, and only their session's.
+
 Retention runs beside it: every `trim_interval_s` the sessions that grew are
 trimmed to their newest `retention_events`.
 """
@@ -19,15 +39,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 from agent_relay.v1 import agent_pb2 as pb
-from agent_service.log import Append, EventLog, SeqConflict
+from agent_service.log import Append, EventLog, LeaseMissing, LogBehind, SeqConflict
 
 log = logging.getLogger(__name__)
 
 RETRY_FIRST_S = 0.05
 RETRY_MAX_S = 2.0
+RESERVE_AHEAD = 10_000  # seqs a session reserves in the store at a time
+
+Reserve = Callable[[Sequence[tuple[str, int]]], Awaitable[None]]
+"""Raise sessions' seq reservations (store.ConversationStore.reserve_seq)."""
 
 
 class LogTail(Protocol):
@@ -39,6 +64,16 @@ class LogTail(Protocol):
     def take_unsubmitted(self) -> list[pb.SessionEvent]:
         """Stamped events not yet handed to the writer, oldest first."""
         ...
+
+    def untake(self, first_seq: int) -> None:
+        """Events from `first_seq` on count as not handed to the writer again."""
+        ...
+
+    def retained_after(self, seq: int) -> list[pb.SessionEvent]:
+        """Durable events still in the window with a seq above `seq`, oldest first."""
+        ...
+
+    seq_reserved: int  # no event of the session may have a larger seq (see Reserve)
 
     @property
     def fence(self) -> int:
@@ -57,8 +92,20 @@ class LogTail(Protocol):
 class LogWriter:
     """Owns the writing task. `start()` on the loop; `submit()` from anywhere on it."""
 
-    def __init__(self, event_log: EventLog, *, retention_events: int, trim_interval_s: float = 5.0):
+    def __init__(
+        self,
+        event_log: EventLog,
+        *,
+        retention_events: int,
+        trim_interval_s: float = 5.0,
+        reserve: Reserve | None = None,
+    ):
         self.log = event_log
+        self.reserve = reserve
+        self._parked: dict[str, float] = {}  # session -> its next wait for a lease back
+        self._to_reserve: dict[str, tuple[LogTail, int]] = {}  # session -> its newest seq
+        self._held_back: set[str] = set()  # sessions whose events wait for a reservation
+        self._reserve_wake = asyncio.Event()
         self.retention_events = retention_events
         self.trim_interval_s = trim_interval_s
         self.healthy = True  # False while appends fail (reported by health checks)
@@ -75,6 +122,10 @@ class LogWriter:
                 asyncio.create_task(self._write_loop(), name="log-writer"),
                 asyncio.create_task(self._trim_loop(), name="log-trim"),
             ]
+            if self.reserve is not None:
+                self._tasks.append(
+                    asyncio.create_task(self._reserve_loop(), name="log-seq-reservation")
+                )
 
     def submit(self, tail: LogTail) -> None:
         """`tail` has stamped events to write."""
@@ -84,9 +135,13 @@ class LogWriter:
 
     async def flush(self) -> None:
         """Return once everything submitted so far is durable and published."""
-        while self._waiting or not self._idle.is_set():
+        while self._waiting or self._held_back or not self._idle.is_set():
             if not self._tasks:
+                if self._to_reserve and not await self._reserve_once():
+                    await asyncio.sleep(RETRY_FIRST_S)
                 await self._write_once()
+            elif self._held_back:
+                await asyncio.sleep(RETRY_FIRST_S)  # the reservation loop submits them
             else:
                 await self._idle.wait()
 
@@ -109,7 +164,7 @@ class LogWriter:
         batch: list[tuple[LogTail, Append]] = []
         for tail in tails.values():
             events = tail.take_unsubmitted()
-            if events:
+            if events and not self._needs_reservation(tail, events):
                 batch.append((tail, Append(tail.session_id, events, tail.fence)))
         if batch:
             try:
@@ -125,18 +180,94 @@ class LogWriter:
     def _written(self, tail: LogTail, item: Append) -> None:
         head = item.events[-1].seq
         self._grown[tail.session_id] = head
+        self._parked.pop(tail.session_id, None)
         tail.receive_durable(head)
 
     async def _write_each(self, batch: list[tuple[LogTail, Append]]) -> None:
         """A batch was refused: write each session alone, and tell the refused ones."""
         for tail, item in batch:
             try:
-                await self._append_until_done([item])
+                try:
+                    await self._append_until_done([item])
+                except LogBehind as behind:
+                    await self._append_until_done([self._reseed(tail, item, behind.head)])
+            except LeaseMissing:
+                self._park(tail, item)
             except SeqConflict as exc:
                 log.warning("the log refused events of session %s: %s", tail.session_id, exc)
                 tail.receive_refused(exc)
             else:
                 self._written(tail, item)
+
+    def _reseed(self, tail: LogTail, item: Append, head: int) -> Append:
+        """The append that writes again what the log lost of this session (its window
+        after the log's head), then the new events."""
+        again = tail.retained_after(head)
+        first = again[0].seq if again else item.expected_seq
+        log.warning(
+            "the log of session %s lost events: it holds up to %d, this owner wrote up to %d; "
+            "writing %d again from %d%s",
+            tail.session_id,
+            head,
+            item.expected_seq - 1,
+            len(again),
+            first,
+            f" (events {head + 1}-{first - 1} are gone)" if first > head + 1 else "",
+        )
+        return Append(tail.session_id, [*again, *item.events], item.fence, reseed=True)
+
+    def _park(self, tail: LogTail, item: Append) -> None:
+        """The session's lease is missing for now: hand its events back, submit it later."""
+        delay = self._parked.get(tail.session_id, RETRY_FIRST_S)
+        self._parked[tail.session_id] = min(delay * 2, RETRY_MAX_S)
+        tail.untake(item.expected_seq)
+        asyncio.get_running_loop().call_later(delay, self.submit, tail)
+
+    def _needs_reservation(self, tail: LogTail, events: list[pb.SessionEvent]) -> bool:
+        """Ask for a reservation when the session nears its end (in the background, so the
+        writer never waits for the store); True when these events pass it: they wait."""
+        last = events[-1].seq
+        if self.reserve is None or last <= tail.seq_reserved - RESERVE_AHEAD // 2:
+            return False
+        self._to_reserve[tail.session_id] = (tail, last)
+        self._reserve_wake.set()
+        if last <= tail.seq_reserved:
+            return False
+        tail.untake(events[0].seq)  # submitted again once the reservation is stored
+        self._held_back.add(tail.session_id)
+        return True
+
+    async def _reserve_loop(self) -> None:
+        delay = RETRY_FIRST_S
+        while True:
+            await self._reserve_wake.wait()
+            self._reserve_wake.clear()
+            while self._to_reserve:
+                if await self._reserve_once():
+                    delay = RETRY_FIRST_S
+                else:
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, RETRY_MAX_S)
+
+    async def _reserve_once(self) -> bool:
+        """Store the reservations asked for (one statement); the sessions held back for
+        them are submitted again. False when the store failed (they are asked again)."""
+        todo, self._to_reserve = self._to_reserve, {}
+        wanted = {sid: last + RESERVE_AHEAD for sid, (_, last) in todo.items()}
+        try:
+            assert self.reserve is not None
+            await self.reserve(list(wanted.items()))
+        except Exception as exc:
+            log.warning("could not reserve seqs of %d sessions: %s; retrying", len(todo), exc)
+            for sid, entry in todo.items():
+                self._to_reserve.setdefault(sid, entry)
+            return False
+        for sid, (tail, _) in todo.items():
+            tail.seq_reserved = max(tail.seq_reserved, wanted[sid])
+            if sid in self._held_back:
+                self._held_back.discard(sid)
+                self.submit(tail)
+        return True
 
     async def _append_until_done(self, batch: list[Append]) -> None:
         """Retry a failed append with backoff: its events were stamped, and seq must stay

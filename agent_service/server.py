@@ -91,14 +91,17 @@ def make_provider(settings: ServiceSettings) -> ModelProvider:
     return DemoModel(tokens_per_s=settings.demo_tokens_per_s, reply_words=settings.demo_reply_words)
 
 
-def make_lease(settings: ServiceSettings) -> Lease:
-    """Leases in Redis beside a log on Redis (replicas share both); otherwise this process
-    owns every session."""
+def make_lease(settings: ServiceSettings, store: ConversationStore) -> Lease:
+    """Leases in Redis beside a log on Redis (replicas share both), their fencing tokens
+    from the store; otherwise this process owns every session."""
     if settings.log_url.startswith(("redis://", "rediss://", "unix://")):
         from agent_service.lease_redis import RedisLease
 
         return RedisLease(
-            settings.log_url, ttl_s=settings.lease_ttl_s, replica_id=settings.replica_id
+            settings.log_url,
+            ttl_s=settings.lease_ttl_s,
+            fences=store,
+            replica_id=settings.replica_id,
         )
     return LocalLease(settings.replica_id)
 
@@ -179,7 +182,7 @@ async def create_server(
     agent_telemetry = AgentTelemetry(telemetry)
     tools = tools or build_registry(settings)
     run_body = AgentLoop(settings, store, provider, tools, agent_telemetry)
-    lease = make_lease(settings)
+    lease = make_lease(settings, store)
     forwarder = Forwarder(
         lease.replica_id,
         timeout_s=settings.backend_timeout_s,

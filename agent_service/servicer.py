@@ -220,9 +220,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
                     title=record.title,
                     user_id=record.user_id,
                     created_unix_ms=record.created_ms,
-                    head_seq=max(
-                        await self.hub.event_log.head(record.session_id), record.seq_reserved
-                    ),
+                    head_seq=await self.hub.event_log.head(record.session_id),
                 )
         if len(records) > limit:
             response.next_page_token = str(records[limit - 1].created_ms)

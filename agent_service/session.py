@@ -65,6 +65,7 @@ class Session:
         self.record = record
         self.owner = owner  # False: a follower of a session another replica owns
         self.fence = fence  # the lease token its appends carry
+        self.seq_reserved = record.seq_reserved  # the log writer raises it (log_writer.py)
         self.fenced = False  # the log refused its appends: it lost the lease
         self.follower_task: asyncio.Task[None] | None = None  # feeds a follower's window
         self._on_refused = on_refused
@@ -107,7 +108,15 @@ class Session:
         return event
 
     def take_unsubmitted(self) -> list[pb.SessionEvent]:
+        if self.fenced:
+            return []  # no longer the session's writer: nothing of it may be written
         return self.log.take_unsubmitted()
+
+    def untake(self, first_seq: int) -> None:
+        self.log.untake(first_seq)
+
+    def retained_after(self, seq: int) -> list[pb.SessionEvent]:
+        return self.log.retained_after(seq)
 
     def receive_durable(self, seq: int) -> None:
         """The log writer made events through `seq` durable: publish, wake, resolve."""

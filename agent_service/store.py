@@ -27,8 +27,9 @@ class SessionRecord:
     user_id: str
     title: str
     created_ms: int
-    # the seq numbers an older version reserved (it numbered from there); a log with no
-    # events of this session continues after it, so seq never goes back
+    # no event of the session has a larger seq (the log writer reserves blocks ahead,
+    # with a log that may lose data: Redis); a log with no events of this session
+    # continues after it, so seq never goes back
     seq_reserved: int = 0
 
 
@@ -119,6 +120,21 @@ class ConversationStore(Protocol):
 
     async def ping(self) -> None:
         """Return when the store answers; raise when it does not (health checks)."""
+        ...
+
+    async def next_fence(self, session_id: str) -> int:
+        """A fencing token for a new lease of the session (lease_redis.py), larger than
+        every one given before: the store is durable, so a lease backend that lost its
+        data can never hand an old token out again. 0 when the session does not exist."""
+        ...
+
+    async def fences(self, session_ids: Sequence[str]) -> dict[str, int]:
+        """The newest token next_fence gave each of these sessions (absent: none exists)."""
+        ...
+
+    async def reserve_seq(self, reservations: Sequence[tuple[str, int]]) -> None:
+        """Raise each session's seq_reserved to at least the seq given (never lower it):
+        a log that loses the session's events continues after it (hub.py)."""
         ...
 
     async def find_user_message(self, session_id: str, message_id: str) -> MessageRecord | None:

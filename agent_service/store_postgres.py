@@ -68,6 +68,7 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         """,
     ),
     (2, "ALTER TABLE messages ADD COLUMN duration_ms DOUBLE PRECISION NOT NULL DEFAULT 0"),
+    (3, "ALTER TABLE sessions ADD COLUMN fence BIGINT NOT NULL DEFAULT 0"),
 )
 MIGRATION_LOCK = 0x61676E74  # pg_advisory_lock key for applying migrations
 
@@ -138,6 +139,29 @@ class PostgresStore:
 
     async def ping(self) -> None:
         await self.pool.fetchval("SELECT 1")
+
+    async def next_fence(self, session_id: str) -> int:
+        token = await self.pool.fetchval(
+            "UPDATE sessions SET fence = fence + 1 WHERE session_id = $1 RETURNING fence",
+            session_id,
+        )
+        return int(token or 0)
+
+    async def fences(self, session_ids: Sequence[str]) -> dict[str, int]:
+        rows = await self.pool.fetch(
+            "SELECT session_id, fence FROM sessions WHERE session_id = ANY($1::text[])",
+            list(session_ids),
+        )
+        return {row["session_id"]: int(row["fence"]) for row in rows}
+
+    async def reserve_seq(self, reservations: Sequence[tuple[str, int]]) -> None:
+        await self.pool.execute(
+            "UPDATE sessions SET seq_reserved = GREATEST(seq_reserved, r.upto) "
+            "FROM unnest($1::text[], $2::bigint[]) AS r(session_id, upto) "
+            "WHERE sessions.session_id = r.session_id",
+            [s for s, _ in reservations],
+            [n for _, n in reservations],
+        )
 
     async def runs_in_flight(self) -> list[RunRecord]:
         rows = await self.pool.fetch(

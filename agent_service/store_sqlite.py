@@ -39,7 +39,8 @@ CREATE TABLE IF NOT EXISTS sessions (
     user_id      TEXT NOT NULL,
     title        TEXT NOT NULL,
     created_ms   INTEGER NOT NULL,
-    seq_reserved INTEGER NOT NULL DEFAULT 0
+    seq_reserved INTEGER NOT NULL DEFAULT 0,
+    fence        INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS sessions_by_user ON sessions (user_id, created_ms);
 CREATE TABLE IF NOT EXISTS runs (
@@ -217,9 +218,48 @@ class SqliteStore:
         columns = {row[1] for row in db.execute("PRAGMA table_info(messages)")}
         if "duration_ms" not in columns:
             db.execute("ALTER TABLE messages ADD COLUMN duration_ms REAL NOT NULL DEFAULT 0")
+        columns = {row[1] for row in db.execute("PRAGMA table_info(sessions)")}
+        if "fence" not in columns:
+            db.execute("ALTER TABLE sessions ADD COLUMN fence INTEGER NOT NULL DEFAULT 0")
 
     async def ping(self) -> None:
         await self._rows("SELECT 1")
+
+    async def next_fence(self, session_id: str) -> int:
+        def bump(db: sqlite3.Connection) -> int:
+            rows = db.execute(
+                "UPDATE sessions SET fence = fence + 1 WHERE session_id = ? RETURNING fence",
+                (session_id,),
+            ).fetchall()
+            return int(rows[0][0]) if rows else 0
+
+        return await self._writing(bump)
+
+    async def fences(self, session_ids: Sequence[str]) -> dict[str, int]:
+        ids = list(session_ids)
+
+        def read() -> dict[str, int]:
+            found: dict[str, int] = {}
+            for start in range(0, len(ids), 500):  # SQLite bounds the parameters of a statement
+                chunk = ids[start : start + 500]
+                rows = self.db.execute(
+                    "SELECT session_id, fence FROM sessions WHERE session_id IN "
+                    f"({','.join('?' * len(chunk))})",
+                    chunk,
+                ).fetchall()
+                found.update({row[0]: int(row[1]) for row in rows})
+            return found
+
+        return await self._call(read)
+
+    async def reserve_seq(self, reservations: Sequence[tuple[str, int]]) -> None:
+        values = [(upto, session_id) for session_id, upto in reservations]
+        await self._writing(
+            lambda db: db.executemany(
+                "UPDATE sessions SET seq_reserved = MAX(seq_reserved, ?) WHERE session_id = ?",
+                values,
+            )
+        )
 
     async def runs_in_flight(self) -> list[RunRecord]:
         rows = await self._rows(

@@ -65,6 +65,33 @@ async def test_sessions_round_trip_and_list_newest_first(store: ConversationStor
     assert [s.session_id for s in await store.list_sessions("", 10, 102)] == ["s1", "s0"]
 
 
+async def test_fencing_tokens_only_grow_and_outlive_the_connection(durable_url: str) -> None:
+    store = open_store(durable_url)
+    await store.open()
+    await store.create_session(SessionRecord("s1", "u", "", 1))
+    await store.create_session(SessionRecord("s2", "u", "", 2))
+    first = await store.next_fence("s1")
+    second = await store.next_fence("s1")
+    assert 0 < first < second
+    assert await store.next_fence("nope") == 0  # no session, no token
+    assert await store.fences(["s1", "s2", "nope"]) == {"s1": second, "s2": 0}
+    await store.close()
+    store = open_store(durable_url)  # a lease backend that forgot everything asks again
+    await store.open()
+    try:
+        assert await store.next_fence("s1") > second
+    finally:
+        await store.close()
+
+
+async def test_a_seq_reservation_only_grows(store: ConversationStore) -> None:
+    await store.create_session(SessionRecord("s1", "u", "", 1))
+    await store.reserve_seq([("s1", 500), ("nope", 9)])
+    await store.reserve_seq([("s1", 200)])  # a late, smaller one changes nothing
+    record = await store.get_session("s1")
+    assert record is not None and record.seq_reserved == 500
+
+
 async def test_history_groups_each_run_after_its_user_message(store: ConversationStore) -> None:
     await store.create_session(SessionRecord("s", "u", "", 1, 0))
     await store.accept_user_message(

@@ -12,6 +12,8 @@ from agent_service.lease import LocalLease
 from agent_service.lease_redis import RedisLease
 from agent_service.log import Append, Fenced, SeqConflict
 from agent_service.log_redis import RedisLog
+from agent_service.store import SessionRecord
+from agent_service.store_sqlite import SqliteStore
 from tests.support.backends import redis_prefix
 
 
@@ -25,6 +27,22 @@ async def url() -> AsyncIterator[str]:
         yield f"{redis_url}?prefix={prefix}"
 
 
+@pytest.fixture(autouse=True)
+async def store() -> AsyncIterator[SqliteStore]:
+    """Where the leases' fencing tokens come from: sessions s1 and s2 exist."""
+    global STORE
+    opened = SqliteStore(":memory:")
+    await opened.open()
+    for session_id in ("s1", "s2"):
+        await opened.create_session(SessionRecord(session_id, "u", "", 1))
+    STORE = opened
+    yield opened
+    await opened.close()
+
+
+STORE: SqliteStore | None = None
+
+
 async def taken_after_expiry(lease: RedisLease, session_id: str) -> int:
     """Acquire once the current holder's lease has expired (bounded wait)."""
     for _ in range(100):
@@ -36,7 +54,10 @@ async def taken_after_expiry(lease: RedisLease, session_id: str) -> int:
 
 
 async def opened(url: str, replica_id: str, ttl_s: float = 5.0) -> RedisLease:
-    lease = RedisLease(url, ttl_s=ttl_s, replica_id=replica_id, address=f"{replica_id}:1")
+    assert STORE is not None
+    lease = RedisLease(
+        url, ttl_s=ttl_s, fences=STORE, replica_id=replica_id, address=f"{replica_id}:1"
+    )
     await lease.open()
     return lease
 
@@ -130,3 +151,36 @@ async def test_renewal_puts_back_a_vanished_key_nobody_else_took(url: str) -> No
 async def test_the_local_lease_owns_everything_without_fencing() -> None:
     lease = LocalLease("solo")
     assert not lease.shared and await lease.acquire("any") == 0 and lease.held("any") == 0
+
+
+async def test_acquires_at_once_in_one_process_share_one_token(url: str) -> None:
+    """The start-up takeover and the takeover loop may ask together: a second token
+    would fence the first one's appends."""
+    a = await opened(url, "a")
+    try:
+        tokens = await asyncio.gather(*(a.acquire("s1") for _ in range(5)))
+        assert tokens[0] is not None and set(tokens) == {tokens[0]}
+        assert a.held("s1") == tokens[0]
+    finally:
+        await a.close()
+
+
+async def test_a_lease_held_past_its_trust_is_renewed_with_its_token_not_replaced(
+    url: str,
+) -> None:
+    """Renewals that did not get through (Redis slow or away for a while) leave the lease
+    untrusted; the next acquire renews it, or puts it back, with the same token: a new
+    one would fence this replica's own appends in flight."""
+    a = await opened(url, "a", ttl_s=0.6)
+    try:
+        token = await a.acquire("s1")
+        assert token is not None
+        a._renewer.cancel()  # type: ignore[union-attr]
+        await asyncio.sleep(0.6)
+        assert a.held("s1") is None
+        await a.redis.delete(f"{a.prefix}lease:s1")  # and Redis lost the key meanwhile
+        assert await a.acquire("s1") == token
+        holder = await a.holder("s1")
+        assert holder is not None and holder.token == token
+    finally:
+        await a.close()
