@@ -18,6 +18,7 @@ class _Server(asyncio.Protocol):
         self.lost = asyncio.Event()
         self.eofs = 0
         self.received = b""
+        self.got_data = asyncio.Event()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -27,6 +28,7 @@ class _Server(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.received += data
+        self.got_data.set()
 
     def eof_received(self) -> bool:
         self.eofs += 1
@@ -76,10 +78,7 @@ async def test_a_second_close_before_the_fin_keeps_lingering() -> None:
         protocol.transport.close()  # again, the peer still open: the linger goes on
         writer.write(b"still sending")
         await writer.drain()
-        for _ in range(100):  # let the loop deliver the bytes
-            if protocol.received:
-                break
-            await asyncio.sleep(0.01)
+        await asyncio.wait_for(protocol.got_data.wait(), 20)
         assert protocol.received == b"still sending"
         assert not protocol.lost.is_set()
         writer.write_eof()
