@@ -11,14 +11,15 @@ socket's reader is waiting, so this cannot be left to the closing handshake.
 `linger_on_close(transport, linger_s)` makes the transport's `close()` half-close
 instead: the buffered frames and a FIN go out, the peer's bytes are still read
 (and discarded by the closed WebSocket), and the connection is closed
-`linger_s` later. `abort()` still drops it at once; TLS transports (which cannot
-half-close) keep their plain close.
+`linger_s` later, or as soon as the peer's FIN arrives (it sends no more). `abort()`
+still drops it at once; TLS transports (which cannot half-close) keep their plain close.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 
 
 def linger_on_close(transport: asyncio.BaseTransport | None, linger_s: float) -> None:
@@ -49,7 +50,16 @@ class _Lingering:
 
     def close(self) -> None:
         transport = self._transport
-        if self._scheduled is not None or transport.is_closing():
+        if self._scheduled is not None:
+            # A close while lingering comes from asyncio's reader at the peer's FIN (or from
+            # the app again). At the FIN the linger is over: left as it is, the reader would
+            # find EOF again at every turn of the loop until the timer fired, a busy loop of
+            # linger_s per closed socket.
+            if _peer_finished(transport):
+                self._scheduled.cancel()
+                self._close_now()
+            return
+        if transport.is_closing():
             return
         try:
             transport.write_eof()  # after the buffered bytes: the close frame, then FIN
@@ -63,3 +73,19 @@ class _Lingering:
             self._scheduled.cancel()
         with contextlib.suppress(Exception):
             type(self._transport).abort(self._transport)
+
+
+def _peer_finished(transport: asyncio.Transport) -> bool:
+    """True once the peer has sent its FIN and nothing is left to read (or the socket
+    failed): a peek at the socket, on a duplicate of its descriptor."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return True
+    try:
+        with sock.dup() as probe:
+            waiting: bytes = probe.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        return not waiting
+    except BlockingIOError:
+        return False  # still open, nothing waiting
+    except OSError:
+        return True
