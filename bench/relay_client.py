@@ -34,6 +34,7 @@ UNLIMITED = (
     *("--user-bytes-per-s", "1e12", "--user-bytes-burst", "1e12"),
     *("--max-runs-per-user", "1000000", "--abuse-strikes", "1000000"),
     *("--send-queue-max-bytes", "1000000000", "--max-connections-per-user", "1000000"),
+    *("--anon-sessions-per-s", "1e9", "--anon-sessions-burst", "1e9"),
 )
 decode = msgspec.json.decode
 encode = msgspec.json.encode
