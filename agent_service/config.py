@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent_service.auth import MIN_SECRET_BYTES, parse_identities
+from relay_shared.event_loop import check_event_loop
 from relay_shared.settings import field, load_settings
 from relay_shared.telemetry import parse_listen
 
@@ -152,6 +153,9 @@ class ServiceSettings:
         "allow listening beyond loopback with no credentials configured: anyone who reaches "
         "the port may do anything",
     )
+    event_loop: str = field(
+        "uvloop", "the event loop: uvloop (libuv's, in C: cheaper per callback) or asyncio"
+    )
     gc_gen0_threshold: int = field(
         50_000,
         "after start-up: gc.freeze() and this gen0 collection threshold (objects); "
@@ -163,6 +167,7 @@ class ServiceSettings:
     )
 
     def __post_init__(self) -> None:
+        check_event_loop(self.event_loop)
         if self.busy_policy not in BUSY_POLICIES:
             raise ValueError(f"busy_policy must be one of {', '.join(BUSY_POLICIES)}")
         if self.model not in MODEL_PROVIDERS:
