@@ -214,10 +214,8 @@ class RunExecution:
                     if isinstance(item, TextDelta):
                         if item.text:
                             step.text.append(item.text)
-                            # the delta's fields as a mapping: protobuf then builds it in
-                            # place, a third of the cost of building a ResponseDelta and
-                            # copying it in (the service's cost per word)
-                            event = self.emit(response_delta={"text": item.text, "step": index})
+                            # under load it may join the previous delta's event (Session)
+                            event = self.rt.append_delta(self.run.run_id, index, item.text)
                             reply.add(item.text, event.seq)
                     elif isinstance(item, ToolCallRequested):
                         step.calls.append(item)

@@ -14,6 +14,9 @@ writer tells it what became durable; subscribers ask it what they have not seen.
   first when events after `n` are no longer retained: a subscriber is never
   silently skipped ahead.
 - `restore()` refills the window from the durable log when a session loads.
+- `extend_unsubmitted_delta()` adds a model delta's text to the newest stamped
+  event when that is a delta of the same run and step not yet handed to the log
+  writer: under load several words share one event and one seq.
 - `receive()` adds events another process made durable (a follower replica's
   window, fed from the shared log): they are visible at once.
 """
@@ -25,6 +28,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from agent_relay.v1 import agent_pb2 as pb
+
+MAX_MERGED_DELTA_CHARS = 4096  # a delta event stops taking more words past this
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +118,24 @@ class SessionLog:
         self._next_seq += 1
         self._pending.append(event)
         return event
+
+    def extend_unsubmitted_delta(self, run_id: str, step: int, text: str) -> pb.SessionEvent | None:
+        """Add `text` to the newest stamped event and return it, when that event is a
+        response delta of this run and step that the log writer has not taken yet (so
+        nobody has seen it, and no seq is spent), and it holds under MAX_MERGED_DELTA_CHARS;
+        None otherwise. The deltas a session makes while a commit is in flight so travel
+        as one event: the busier the writer, the more words per event, at no extra wait."""
+        pending = self._pending
+        if not pending or self._submitted >= self._next_seq - 1:
+            return None
+        last = pending[-1]
+        if last.run_id != run_id or last.WhichOneof("kind") != "response_delta":
+            return None
+        delta = last.response_delta
+        if delta.step != step or len(delta.text) >= MAX_MERGED_DELTA_CHARS:
+            return None
+        delta.text += text
+        return last
 
     def take_unsubmitted(self) -> list[pb.SessionEvent]:
         """Stamped events not yet handed to the log writer, oldest first; they count as
