@@ -164,13 +164,13 @@ class RoomState(enum.Enum):
     CLOSED = "closed"
 
 
-@dataclass
+@dataclass(slots=True)
 class _Subscriber:
     after_seq: int
     prefs: Preferences
 
 
-@dataclass
+@dataclass(slots=True)
 class _Buffered:
     event: pb.SessionEvent
     data: bytes | None = None
@@ -181,7 +181,7 @@ class _Buffered:
         return self.data
 
 
-@dataclass
+@dataclass(slots=True)
 class _Batch:
     run_id: str
     step: int
