@@ -153,6 +153,13 @@ class ServiceSettings:
         "allow listening beyond loopback with no credentials configured: anyone who reaches "
         "the port may do anything",
     )
+    merge_delta_chars: int = field(
+        0,
+        "a model delta made while its step's previous delta waits for the log joins that "
+        "event, up to this many characters (0: every delta is its own event). Off by "
+        "default: a resume's catch-up then outruns a reader with a small send queue at the "
+        "edge (tests/integration/edge/test_edge_faults.py closes it 1013)",
+    )
     event_loop: str = field(
         "uvloop", "the event loop: uvloop (libuv's, in C: cheaper per callback) or asyncio"
     )
@@ -182,6 +189,8 @@ class ServiceSettings:
             raise ValueError("lease_ttl_s and backend_timeout_s must be positive")
         if " " in self.replica_id:
             raise ValueError("replica_id must contain no space")
+        if self.merge_delta_chars < 0:
+            raise ValueError("merge_delta_chars must be 0 (off) or more")
         if self.retention_events < 1:
             raise ValueError("retention_events must be at least 1")
         if self.max_steps < 1:

@@ -29,8 +29,6 @@ from dataclasses import dataclass
 
 from agent_relay.v1 import agent_pb2 as pb
 
-MAX_MERGED_DELTA_CHARS = 4096  # a delta event stops taking more words past this
-
 
 @dataclass(frozen=True, slots=True)
 class Replay:
@@ -47,11 +45,16 @@ class OutOfRange(ValueError):
 class SessionLog:
     """The visible window and the not-yet-durable tail of one session's events."""
 
-    def __init__(self, session_id: str, *, capacity: int, durable_head: int = 0) -> None:
-        if capacity < 1 or durable_head < 0:
-            raise ValueError("capacity must be positive and durable_head not negative")
+    def __init__(
+        self, session_id: str, *, capacity: int, durable_head: int = 0, merge_delta_chars: int = 0
+    ) -> None:
+        if capacity < 1 or durable_head < 0 or merge_delta_chars < 0:
+            raise ValueError(
+                "capacity must be positive, durable_head and merge_delta_chars not negative"
+            )
         self.session_id = session_id
         self.capacity = capacity
+        self.merge_delta_chars = merge_delta_chars  # 0: every delta is its own event
         self._buf: list[pb.SessionEvent] = []
         self._start = 0  # index in _buf of the oldest retained event
         self._base_seq = durable_head + 1  # seq of _buf[_start] (when any)
@@ -122,17 +125,18 @@ class SessionLog:
     def extend_unsubmitted_delta(self, run_id: str, step: int, text: str) -> pb.SessionEvent | None:
         """Add `text` to the newest stamped event and return it, when that event is a
         response delta of this run and step that the log writer has not taken yet (so
-        nobody has seen it, and no seq is spent), and it holds under MAX_MERGED_DELTA_CHARS;
-        None otherwise. The deltas a session makes while a commit is in flight so travel
-        as one event: the busier the writer, the more words per event, at no extra wait."""
+        nobody has seen it, and no seq is spent) and holds under `merge_delta_chars`
+        characters; None otherwise (always, with merge_delta_chars 0). The deltas a
+        session makes while a commit is in flight so travel as one event: the busier the
+        writer, the more words per event, at no extra wait."""
         pending = self._pending
-        if not pending or self._submitted >= self._next_seq - 1:
+        if not self.merge_delta_chars or not pending or self._submitted >= self._next_seq - 1:
             return None
         last = pending[-1]
         if last.run_id != run_id or last.WhichOneof("kind") != "response_delta":
             return None
         delta = last.response_delta
-        if delta.step != step or len(delta.text) >= MAX_MERGED_DELTA_CHARS:
+        if delta.step != step or len(delta.text) >= self.merge_delta_chars:
             return None
         delta.text += text
         return last

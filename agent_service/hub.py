@@ -163,7 +163,10 @@ class Hub:
         capacity = self.settings.retention_events
         head = await self.event_log.head(session_id)
         window = SessionLog(
-            session_id, capacity=capacity, durable_head=max(head, record.seq_reserved)
+            session_id,
+            capacity=capacity,
+            durable_head=max(head, record.seq_reserved),
+            merge_delta_chars=self.settings.merge_delta_chars,
         )
         if head:
             window.restore(await self.event_log.read_tail(session_id, capacity))

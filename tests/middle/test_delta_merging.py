@@ -43,7 +43,11 @@ class SlowLog(MemoryLog):
 @pytest.fixture
 async def hub(tmp_path: Path) -> AsyncIterator[Hub]:
     settings: ServiceSettings = load(
-        ["--workspace-dir", str(tmp_path / "ws"), "--store-url", "sqlite:///:memory:"], env={}
+        [
+            *("--workspace-dir", str(tmp_path / "ws"), "--store-url", "sqlite:///:memory:"),
+            *("--merge-delta-chars", "64"),
+        ],
+        env={},
     )
     store = SqliteStore(":memory:")
     await store.open()

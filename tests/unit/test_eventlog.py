@@ -3,7 +3,7 @@
 import pytest
 
 from agent_relay.v1 import agent_pb2 as pb
-from agent_service.eventlog import MAX_MERGED_DELTA_CHARS, OutOfRange, SessionLog
+from agent_service.eventlog import OutOfRange, SessionLog
 
 
 def delta(text: str) -> pb.SessionEvent:
@@ -123,7 +123,7 @@ def run_delta(text: str, run_id: str = "r1", step: int = 0) -> pb.SessionEvent:
 
 
 def test_a_delta_joins_the_newest_delta_of_its_step_until_the_writer_takes_it() -> None:
-    log = SessionLog("s1", capacity=10)
+    log = SessionLog("s1", capacity=10, merge_delta_chars=64)
     first = log.stamp(run_delta("a "))
     assert log.extend_unsubmitted_delta("r1", 0, "b ") is first
     assert first.response_delta.text == "a b " and first.seq == 1
@@ -137,13 +137,19 @@ def test_a_delta_joins_the_newest_delta_of_its_step_until_the_writer_takes_it() 
 
 
 def test_a_delta_does_not_join_another_run_step_kind_or_a_full_event() -> None:
-    log = SessionLog("s1", capacity=10)
+    log = SessionLog("s1", capacity=10, merge_delta_chars=64)
     log.stamp(run_delta("a", run_id="r1", step=0))
     assert log.extend_unsubmitted_delta("r2", 0, "b") is None
     assert log.extend_unsubmitted_delta("r1", 1, "b") is None
     log.stamp(pb.SessionEvent(run_id="r1", run_started=pb.RunStarted()))
     assert log.extend_unsubmitted_delta("r1", 0, "b") is None
-    big = log.stamp(run_delta("x" * MAX_MERGED_DELTA_CHARS))
+    big = log.stamp(run_delta("x" * 64))
     assert log.extend_unsubmitted_delta("r1", 0, "b") is None
-    assert big.response_delta.text == "x" * MAX_MERGED_DELTA_CHARS
-    assert SessionLog("s2", capacity=10).extend_unsubmitted_delta("r1", 0, "b") is None
+    assert big.response_delta.text == "x" * 64
+    assert (
+        SessionLog("s2", capacity=10, merge_delta_chars=64).extend_unsubmitted_delta("r1", 0, "b")
+        is None
+    )
+    off = SessionLog("s3", capacity=10)  # the default: every delta is its own event
+    off.stamp(run_delta("a"))
+    assert off.extend_unsubmitted_delta("r1", 0, "b") is None
