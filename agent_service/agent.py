@@ -211,9 +211,8 @@ class RunExecution:
                     if isinstance(item, TextDelta):
                         if item.text:
                             step.text.append(item.text)
-                            event = self.emit(
-                                response_delta=pb.ResponseDelta(text=item.text, step=index)
-                            )
+                            # under load it may join the previous delta's event (Session)
+                            event = self.rt.append_delta(self.run.run_id, index, item.text)
                             reply.add(item.text, event.seq)
                     elif isinstance(item, ToolCallRequested):
                         step.calls.append(item)

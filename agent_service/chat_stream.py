@@ -249,10 +249,9 @@ class ChatStream:
             if replay.gap is not None:  # said once: the cursor moves to the window's start
                 response.events.add(session_id=session_id, replay_gap=replay.gap)
                 self.subscriber.cursors[session_id] = replay.gap.first_seq - 1
-            for event in replay.events:
-                response.events.append(event)
-                size += event.ByteSize()
-            if replay.events:
+            if replay.events:  # one extend: a copy per event in C, not a call per event
+                response.events.extend(replay.events)
+                size += sum(map(pb.SessionEvent.ByteSize, replay.events))
                 self.subscriber.cursors[session_id] = replay.events[-1].seq
             if len(response.events) >= MAX_EVENTS_PER_RESPONSE or size >= MAX_BYTES_PER_RESPONSE:
                 self.subscriber.notify(session_id)  # more may wait: collect again at once

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent_service.auth import MIN_SECRET_BYTES, parse_identities
+from relay_shared.event_loop import check_event_loop
 from relay_shared.settings import field, load_settings
 from relay_shared.telemetry import parse_listen
 
@@ -159,6 +160,16 @@ class ServiceSettings:
         "allow listening beyond loopback with no credentials configured: anyone who reaches "
         "the port may do anything",
     )
+    merge_delta_chars: int = field(
+        0,
+        "a model delta made while its step's previous delta waits for the log joins that "
+        "event, up to this many characters (0: every delta is its own event). Off by "
+        "default: a resume's catch-up then outruns a reader with a small send queue at the "
+        "edge (tests/integration/edge/test_edge_faults.py closes it 1013)",
+    )
+    event_loop: str = field(
+        "uvloop", "the event loop: uvloop (libuv's, in C: cheaper per callback) or asyncio"
+    )
     gc_gen0_threshold: int = field(
         50_000,
         "after start-up: gc.freeze() and this gen0 collection threshold (objects); "
@@ -170,6 +181,7 @@ class ServiceSettings:
     )
 
     def __post_init__(self) -> None:
+        check_event_loop(self.event_loop)
         if self.busy_policy not in BUSY_POLICIES:
             raise ValueError(f"busy_policy must be one of {', '.join(BUSY_POLICIES)}")
         if self.model not in MODEL_PROVIDERS:
@@ -184,6 +196,8 @@ class ServiceSettings:
             raise ValueError("lease_ttl_s and backend_timeout_s must be positive")
         if " " in self.replica_id:
             raise ValueError("replica_id must contain no space")
+        if self.merge_delta_chars < 0:
+            raise ValueError("merge_delta_chars must be 0 (off) or more")
         if self.retention_events < 1:
             raise ValueError("retention_events must be at least 1")
         if self.max_pending_accepts < 1:

@@ -14,6 +14,9 @@ writer tells it what became durable; subscribers ask it what they have not seen.
   first when events after `n` are no longer retained: a subscriber is never
   silently skipped ahead.
 - `restore()` refills the window from the durable log when a session loads.
+- `extend_unsubmitted_delta()` adds a model delta's text to the newest stamped
+  event when that is a delta of the same run and step not yet handed to the log
+  writer: under load several words share one event and one seq.
 - `receive()` adds events another process made durable (a follower replica's
   window, fed from the shared log): they are visible at once.
 """
@@ -42,11 +45,16 @@ class OutOfRange(ValueError):
 class SessionLog:
     """The visible window and the not-yet-durable tail of one session's events."""
 
-    def __init__(self, session_id: str, *, capacity: int, durable_head: int = 0) -> None:
-        if capacity < 1 or durable_head < 0:
-            raise ValueError("capacity must be positive and durable_head not negative")
+    def __init__(
+        self, session_id: str, *, capacity: int, durable_head: int = 0, merge_delta_chars: int = 0
+    ) -> None:
+        if capacity < 1 or durable_head < 0 or merge_delta_chars < 0:
+            raise ValueError(
+                "capacity must be positive, durable_head and merge_delta_chars not negative"
+            )
         self.session_id = session_id
         self.capacity = capacity
+        self.merge_delta_chars = merge_delta_chars  # 0: every delta is its own event
         self._buf: list[pb.SessionEvent] = []
         self._start = 0  # index in _buf of the oldest retained event
         self._base_seq = durable_head + 1  # seq of _buf[_start] (when any)
@@ -113,6 +121,25 @@ class SessionLog:
         self._next_seq += 1
         self._pending.append(event)
         return event
+
+    def extend_unsubmitted_delta(self, run_id: str, step: int, text: str) -> pb.SessionEvent | None:
+        """Add `text` to the newest stamped event and return it, when that event is a
+        response delta of this run and step that the log writer has not taken yet (so
+        nobody has seen it, and no seq is spent) and holds under `merge_delta_chars`
+        characters; None otherwise (always, with merge_delta_chars 0). The deltas a
+        session makes while a commit is in flight so travel as one event: the busier the
+        writer, the more words per event, at no extra wait."""
+        pending = self._pending
+        if not self.merge_delta_chars or not pending or self._submitted >= self._next_seq - 1:
+            return None
+        last = pending[-1]
+        if last.run_id != run_id or last.WhichOneof("kind") != "response_delta":
+            return None
+        delta = last.response_delta
+        if delta.step != step or len(delta.text) >= self.merge_delta_chars:
+            return None
+        delta.text += text
+        return last
 
     def take_unsubmitted(self) -> list[pb.SessionEvent]:
         """Stamped events not yet handed to the log writer, oldest first; they count as

@@ -190,7 +190,12 @@ class Hub:
         # A follower starts at the log's head: the owner may have reserved seqs it has not
         # appended yet, and a log that starts again later shows the follower a gap.
         start = (head or record.seq_reserved) if owner else head
-        window = SessionLog(session_id, capacity=capacity, durable_head=start)
+        window = SessionLog(
+            session_id,
+            capacity=capacity,
+            durable_head=start,
+            merge_delta_chars=self.settings.merge_delta_chars,
+        )
         if head:
             window.restore(await self.event_log.read_tail(session_id, capacity))
         session = Session(

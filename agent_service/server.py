@@ -37,6 +37,7 @@ from agent_service.servicer import AgentServicer
 from agent_service.store import ConversationStore, open_store
 from agent_service.tools.base import ToolRegistry
 from agent_service.tools.builtins import build_registry
+from relay_shared import event_loop
 from relay_shared.agent_telemetry import AgentTelemetry
 from relay_shared.gc_tuning import tune_gc
 from relay_shared.grpc_telemetry import bind_server_address, server_interceptors
@@ -299,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     telemetry = setup_telemetry("agent_service")
     try:
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(serve(settings, telemetry))
+            event_loop.run(serve(settings, telemetry), settings.event_loop)
     except OSError as exc:  # a port in use: one line, not a traceback
         print(f"agent_service: {exc}", file=sys.stderr, flush=True)
         return 1

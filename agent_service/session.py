@@ -107,6 +107,20 @@ class Session:
         self._writer.submit(self)
         return event
 
+    def append_delta(self, run_id: str, step: int, text: str) -> pb.SessionEvent:
+        """A model delta of `run_id`'s `step`: added to the newest event when that is a delta
+        of the same step the log writer has not taken yet (SessionLog), else appended as a
+        new event. Either way the returned event carries the text, under its seq."""
+        if self.owner and not self.fenced:
+            merged = self.log.extend_unsubmitted_delta(run_id, step, text)
+            if merged is not None:
+                return merged
+        # the delta's fields as a mapping: protobuf builds it in place, a third of the cost
+        # of building a ResponseDelta and copying it in
+        return self.append(
+            pb.SessionEvent(run_id=run_id, response_delta={"text": text, "step": step})
+        )
+
     def take_unsubmitted(self) -> list[pb.SessionEvent]:
         if self.fenced:
             return []  # no longer the session's writer: nothing of it may be written

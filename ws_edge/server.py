@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
+from relay_shared import event_loop
 from relay_shared.gc_tuning import tune_gc
 from relay_shared.logs import configure_logging
 from relay_shared.telemetry import Telemetry, setup_telemetry
@@ -73,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.log_level)
     telemetry = setup_telemetry("ws_edge")
     try:
-        asyncio.run(serve(settings, telemetry))
+        event_loop.run(serve(settings, telemetry), settings.event_loop)
     finally:
         telemetry.shutdown()  # flushes the spans still waiting for export
     return 0

@@ -116,3 +116,40 @@ def test_resume_beyond_the_head_is_refused() -> None:
         log.read_after(2)
     with pytest.raises(OutOfRange):
         log.read_after(-1)
+
+
+def run_delta(text: str, run_id: str = "r1", step: int = 0) -> pb.SessionEvent:
+    return pb.SessionEvent(run_id=run_id, response_delta=pb.ResponseDelta(text=text, step=step))
+
+
+def test_a_delta_joins_the_newest_delta_of_its_step_until_the_writer_takes_it() -> None:
+    log = SessionLog("s1", capacity=10, merge_delta_chars=64)
+    first = log.stamp(run_delta("a "))
+    assert log.extend_unsubmitted_delta("r1", 0, "b ") is first
+    assert first.response_delta.text == "a b " and first.seq == 1
+    assert [e.response_delta.text for e in log.take_unsubmitted()] == ["a b "]
+    # handed to the writer: it may be being written, so it is never changed again
+    assert log.extend_unsubmitted_delta("r1", 0, "c ") is None
+    assert first.response_delta.text == "a b "
+    assert log.stamp(run_delta("c ")).seq == 2  # seq stays dense
+    log.publish_through(2)
+    assert [e.response_delta.text for e in log.read_after(0).events] == ["a b ", "c "]
+
+
+def test_a_delta_does_not_join_another_run_step_kind_or_a_full_event() -> None:
+    log = SessionLog("s1", capacity=10, merge_delta_chars=64)
+    log.stamp(run_delta("a", run_id="r1", step=0))
+    assert log.extend_unsubmitted_delta("r2", 0, "b") is None
+    assert log.extend_unsubmitted_delta("r1", 1, "b") is None
+    log.stamp(pb.SessionEvent(run_id="r1", run_started=pb.RunStarted()))
+    assert log.extend_unsubmitted_delta("r1", 0, "b") is None
+    big = log.stamp(run_delta("x" * 64))
+    assert log.extend_unsubmitted_delta("r1", 0, "b") is None
+    assert big.response_delta.text == "x" * 64
+    assert (
+        SessionLog("s2", capacity=10, merge_delta_chars=64).extend_unsubmitted_delta("r1", 0, "b")
+        is None
+    )
+    off = SessionLog("s3", capacity=10)  # the default: every delta is its own event
+    off.stamp(run_delta("a"))
+    assert off.extend_unsubmitted_delta("r1", 0, "b") is None
