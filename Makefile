@@ -126,7 +126,7 @@ soak: $(STAMP)
 BENCH_ARGS ?=
 bench: $(STAMP)
 	$(BIN)/python bench/peers_bench.py $(BENCH_ARGS)
-	$(BIN)/python bench/service_bench.py --paced "" --runs 20
+	$(BIN)/python bench/service_bench.py --paced "" --runs 20 --sessions 200
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(TOOLS)/node_modules

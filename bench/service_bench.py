@@ -1,6 +1,6 @@
 """The agent service with the demo model at full speed, beside a bare grpc.aio baseline.
 
-Prints, for one session at a time and for 100 concurrent sessions in one process:
+Prints, for one session at a time and for --sessions concurrent sessions (100; `make bench`: 200) in one process:
 time to first delta (p50 / p99) and deltas per second, for the service with its
 durable SQLite event log (the default) beside the same service on the memory://
 log (the cost of durability), on Redis Streams when Redis answers on 127.0.0.1,
