@@ -1,8 +1,8 @@
 """The agent service with the demo model at full speed, beside a bare grpc.aio baseline.
 
-Prints, for one session at a time and for --sessions concurrent sessions (100; `make bench`: 200) in one process:
-time to first delta (p50 / p99) and deltas per second, for the service with its
-durable SQLite event log (the default) beside the same service on the memory://
+Prints, for one session at a time and for --sessions concurrent sessions (100; `make
+bench`: 200) in one process: time to first delta (p50 / p99) and deltas per second, for
+the service with its durable SQLite event log (the default) beside the same service on the memory://
 log (the cost of durability), on Redis Streams when Redis answers on 127.0.0.1,
 and a bare grpc.aio server. All run as separate
 processes on 127.0.0.1 and are measured in the same run by the same client code.
