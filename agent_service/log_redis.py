@@ -90,6 +90,11 @@ end
 return 1
 """
 FOLLOW_BLOCK_MS = 5_000
+# Each follower parks one connection in XREAD BLOCK while it follows: follows get a pool
+# of their own, as large as Redis's own default client limit (maxclients 10,000), so
+# a replica that follows many sessions neither runs out (redis-py's pools hold 100 by
+# default) nor makes appends and reads wait behind parked followers.
+MAX_FOLLOWERS = 10_000
 SOCKET_TIMEOUT_S = 3.0
 
 
@@ -111,6 +116,7 @@ class RedisLog:
         self.prefix = options.get("prefix", ["agent-relay:"])[0]
         self._url = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
         self._redis: aioredis.Redis | None = None
+        self._follow_redis: aioredis.Redis | None = None
         self._append: object = None
 
     @property
@@ -136,11 +142,19 @@ class RedisLog:
         )
         await self._redis.ping()
         self._append = self._redis.register_script(APPEND)
+        self._follow_redis = aioredis.Redis.from_url(
+            self._url,
+            decode_responses=False,
+            socket_timeout=FOLLOW_BLOCK_MS / 1000 + SOCKET_TIMEOUT_S,
+            socket_connect_timeout=SOCKET_TIMEOUT_S,
+            max_connections=MAX_FOLLOWERS,
+        )
 
     async def close(self) -> None:
-        if self._redis is not None:
-            await self._redis.aclose()
-            self._redis = None
+        for client in (self._redis, self._follow_redis):
+            if client is not None:
+                await client.aclose()
+        self._redis = self._follow_redis = None
 
     async def append(self, batch: Sequence[Append]) -> None:
         keys: list[str] = []
@@ -191,8 +205,11 @@ class RedisLog:
     async def follow(self, session_id: str, after_seq: int) -> AsyncIterator[list[pb.SessionEvent]]:
         stream = self._stream(session_id)
         last = f"{after_seq}-0"
+        follows = self._follow_redis
+        if follows is None:
+            raise RuntimeError("event log is not open")
         while True:
-            reply: Any = await self.redis.xread({stream: last}, count=1000, block=FOLLOW_BLOCK_MS)
+            reply: Any = await follows.xread({stream: last}, count=1000, block=FOLLOW_BLOCK_MS)
             for _, entries in reply:
                 if entries:
                     last = f"{_seq(entries[-1][0])}-0"

@@ -105,6 +105,38 @@ async def test_redis_events_outlive_the_connection() -> None:
         await second.close()
 
 
+async def test_redis_follows_more_sessions_than_a_connection_pool_holds() -> None:
+    """Each follower parks a connection in XREAD BLOCK; a replica following more sessions
+    than redis-py's default pool (100 connections) must still append, read and follow
+    (`make bench`'s 200 sessions at once failed with "Too many connections")."""
+    async with redis_prefix() as (url, prefix):
+        log = open_log(f"{url}?prefix={prefix}")
+        await log.open()
+        count = 150
+        got: dict[str, list[int]] = {f"s{i}": [] for i in range(count)}
+        complete = asyncio.Event()
+
+        async def follow(session_id: str) -> None:
+            async for batch in log.follow(session_id, 0):
+                got[session_id] += [e.seq for e in batch]
+                if all(seqs == [1, 2] for seqs in got.values()):
+                    complete.set()
+
+        followers = [asyncio.create_task(follow(sid)) for sid in got]
+        try:
+            await asyncio.sleep(0.5)  # every follower is parked in its blocking read
+            assert not [t.exception() for t in followers if t.done()]
+            await log.append([Append(sid, events(sid, 1, 2)) for sid in got])
+            assert await log.head("s149") == 2
+            async with asyncio.timeout(30):
+                await complete.wait()
+        finally:
+            for task in followers:
+                task.cancel()
+            await asyncio.gather(*followers, return_exceptions=True)
+            await log.close()
+
+
 def test_the_default_log_is_the_store_file_or_memory() -> None:
     from agent_service.log_memory import MemoryLog
     from agent_service.log_redis import RedisLog
