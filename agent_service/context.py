@@ -1,7 +1,7 @@
 """The model's context: built from stored messages, and kept per loaded session.
 
 `ContextBuilder` turns stored messages, in history order, into the conversation a
-model reads, one message at a time (`context_from_history` is it fed a whole
+model reads, one message at a time (`context_from_history` feeds it a whole
 history at once).
 
 `SessionContext` keeps a loaded session's context in memory and extends it run by
