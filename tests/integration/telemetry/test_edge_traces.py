@@ -13,7 +13,11 @@ import asyncio
 import secrets
 import time
 
-from tests.integration.telemetry.otlp_receiver import OtlpGrpcReceiver, OtlpHttpReceiver
+from tests.integration.telemetry.otlp_receiver import (
+    OtlpGrpcReceiver,
+    OtlpHttpReceiver,
+    ReceivedSpan,
+)
 from tests.integration.telemetry.processes import FAST_EXPORT, start_traced_service
 from tests.integration.telemetry.prometheus import scrape, value
 from tests.support.edge import EdgeClient, create_session, start_edge
@@ -108,19 +112,26 @@ async def test_the_trace_runs_from_the_client_span_through_the_edge_to_the_tool_
         assert not [(s.name, k) for s in trace for k in s.attributes if k in captured]
         assert all(m.attributes["gen_ai.response.model"] == "demo" for m in models)
 
-        started = store.wait_for(
-            lambda spans: any(
-                s.name.startswith("invoke_agent")
-                and s.attributes.get("agent_relay.run.id") == second["run_id"]
-                for s in spans
+        def second_run(spans: list[ReceivedSpan]) -> ReceivedSpan | None:
+            return next(
+                (
+                    s
+                    for s in spans
+                    if s.name.startswith("invoke_agent")
+                    and s.attributes.get("agent_relay.run.id") == second["run_id"]
+                ),
+                None,
             )
-        )
-        run2 = next(
-            s
-            for s in started
-            if s.name.startswith("invoke_agent")
-            and s.attributes.get("agent_relay.run.id") == second["run_id"]
-        )
+
+        def second_chain(spans: list[ReceivedSpan]) -> bool:
+            # the edge and the service export on their own schedules: wait for both spans
+            run = second_run(spans)
+            return run is not None and any(
+                s.name == "chat:message" and s.trace_id == run.trace_id for s in spans
+            )
+
+        run2 = second_run(store.wait_for(second_chain))
+        assert run2 is not None
         frame2 = next(s for s in store.trace(run2.trace_id) if s.name == "chat:message")
         assert frame2.parent_span_id == "" and run2.parent_span_id == frame2.span_id
         assert run2.trace_id != trace_id
