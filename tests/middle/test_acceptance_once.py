@@ -12,34 +12,19 @@ from pathlib import Path
 
 import pytest
 
-from agent_service.agent import AgentLoop
-from agent_service.config import ServiceSettings, load
 from agent_service.errors import AlreadyExists, Unavailable
 from agent_service.hub import Hub
-from agent_service.log_memory import MemoryLog
-from agent_service.providers.demo import DemoModel
 from agent_service.runs import BusyPolicy
 from agent_service.store import MessageRecord, RunRecord
 from agent_service.store_sqlite import SqliteStore
-from agent_service.tools.builtins import build_registry
-from relay_shared.agent_telemetry import AgentTelemetry
+from tests.middle.hubs import running_hub
 from tests.middle.test_context_in_memory import run_to_end, wait_for_tool_call
 
 
 @pytest.fixture
 async def hub(tmp_path: Path) -> AsyncIterator[Hub]:
-    settings: ServiceSettings = load(
-        ["--workspace-dir", str(tmp_path / "ws"), "--store-url", "sqlite:///:memory:"], env={}
-    )
-    store = SqliteStore(":memory:")
-    await store.open()
-    tools = build_registry(settings)
-    body = AgentLoop(settings, store, DemoModel(tokens_per_s=0), tools, AgentTelemetry(None))
-    running = Hub(settings, store, MemoryLog(), tools, body)
-    running.start()
-    yield running
-    await running.shutdown(1.0)
-    await store.close()
+    async with running_hub(tmp_path) as running:
+        yield running
 
 
 async def test_a_retry_after_a_reload_gets_the_first_acceptance(hub: Hub) -> None:
@@ -125,16 +110,8 @@ class LandsThenFails(SqliteStore):
 async def test_a_retry_of_an_acceptance_whose_event_never_came_gets_no_other_events_seq(
     tmp_path: Path,
 ) -> None:
-    settings: ServiceSettings = load(
-        ["--workspace-dir", str(tmp_path / "ws"), "--store-url", "sqlite:///:memory:"], env={}
-    )
     store = LandsThenFails(":memory:")
-    await store.open()
-    tools = build_registry(settings)
-    body = AgentLoop(settings, store, DemoModel(tokens_per_s=0), tools, AgentTelemetry(None))
-    hub = Hub(settings, store, MemoryLog(), tools, body)
-    hub.start()
-    try:
+    async with running_hub(tmp_path, store) as hub:
         session = await hub.session((await hub.create_session("u", "")).session_id)
         store.lands_then_fails = True
         with pytest.raises(Unavailable):
@@ -143,6 +120,3 @@ async def test_a_retry_of_an_acceptance_whose_event_never_came_gets_no_other_eve
         retry = await hub.send_message(session.session_id, "m1", "hello", policy=None)
         assert retry.duplicate
         assert retry.seq != second.seq, "m2's acceptance is not m1's"
-    finally:
-        await hub.shutdown(1.0)
-        await store.close()

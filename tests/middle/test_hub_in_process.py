@@ -10,19 +10,14 @@ from pathlib import Path
 import pytest
 
 from agent_relay.v1 import agent_pb2 as pb
-from agent_service.agent import AgentLoop
 from agent_service.auth import OPEN_CALLER
 from agent_service.auth_interceptor import _caller
 from agent_service.chat_stream import ChatStream
-from agent_service.config import ServiceSettings, load
 from agent_service.context import context_from_history
 from agent_service.hub import Hub
-from agent_service.log_memory import MemoryLog
-from agent_service.providers.demo import DemoModel
 from agent_service.store import SessionRecord
 from agent_service.store_sqlite import SqliteStore
-from agent_service.tools.builtins import build_registry
-from relay_shared.agent_telemetry import AgentTelemetry
+from tests.middle.hubs import running_hub
 
 
 class SlowLoads(SqliteStore):
@@ -38,18 +33,8 @@ class SlowLoads(SqliteStore):
 
 @pytest.fixture
 async def hub(tmp_path: Path) -> AsyncIterator[Hub]:
-    settings: ServiceSettings = load(
-        ["--workspace-dir", str(tmp_path / "ws"), "--store-url", "sqlite:///:memory:"], env={}
-    )
-    store = SlowLoads(":memory:")
-    await store.open()
-    tools = build_registry(settings)
-    body = AgentLoop(settings, store, DemoModel(tokens_per_s=0), tools, AgentTelemetry(None))
-    running = Hub(settings, store, MemoryLog(), tools, body)
-    running.start()
-    yield running
-    await running.shutdown(1.0)
-    await store.close()
+    async with running_hub(tmp_path, SlowLoads(":memory:")) as running:
+        yield running
 
 
 async def requests(*items: pb.ChatRequest) -> AsyncIterator[pb.ChatRequest]:
@@ -136,40 +121,33 @@ async def test_a_message_whose_deadline_passes_before_acceptance_is_refused_and_
     from agent_service.errors import Overloaded
     from agent_service.ids import now_ms
 
-    settings: ServiceSettings = load(
-        ["--workspace-dir", str(tmp_path / "ws"), "--store-url", "sqlite:///:memory:"], env={}
-    )
     store = StalledFirstWrite(":memory:")
     store.go = asyncio.Event()
-    await store.open()
-    tools = build_registry(settings)
-    body = AgentLoop(settings, store, DemoModel(tokens_per_s=0), tools, AgentTelemetry(None))
-    hub = Hub(settings, store, MemoryLog(), tools, body)
-    hub.start()
-    try:
-        sid = (await hub.create_session("u", "")).session_id
-        first = asyncio.create_task(hub.send_message(sid, "m0", "first", None))
-        await asyncio.sleep(0.05)  # m0's write holds the session's acceptance
-        deadline = now_ms() + 100
-        late = asyncio.create_task(hub.send_message(sid, "m1", "hi", None, accept_by_ms=deadline))
-        await asyncio.sleep((deadline - now_ms()) / 1000 + 0.05)  # stalled past the deadline
-        assert not late.done()
-        store.go.set()
-        assert not (await first).duplicate
-        with pytest.raises(Overloaded) as refused:
-            await late
-        assert refused.value.reason == "DEADLINE_PASSED" and refused.value.retry_after_ms >= 500
-        assert await store.find_user_message(sid, "m1") is None
-        assert hub.admission.depth == 0 and hub.admission.refused == 1
-        # the session is as before: the same id, sent again in time, is accepted once
-        accepted = await hub.send_message(sid, "m1", "hi", None, accept_by_ms=now_ms() + 60_000)
-        assert not accepted.duplicate and accepted.seq > 1
-        # and a resend of an accepted id gets its acceptance back, however late
-        again = await hub.send_message(sid, "m1", "hi", None, accept_by_ms=1)
-        assert again.duplicate and again.seq == accepted.seq
-        stored = [m.message_id for m in await store.list_messages(sid, 100, 0) if m.role == "user"]
-        assert stored == ["m0", "m1"]
-    finally:
-        store.go.set()
-        await hub.shutdown(1.0)
-        await store.close()
+    async with running_hub(tmp_path, store) as hub:
+        try:
+            sid = (await hub.create_session("u", "")).session_id
+            first = asyncio.create_task(hub.send_message(sid, "m0", "first", None))
+            await asyncio.sleep(0.05)  # m0's write holds the session's acceptance
+            deadline = now_ms() + 100
+            late = asyncio.create_task(
+                hub.send_message(sid, "m1", "hi", None, accept_by_ms=deadline)
+            )
+            await asyncio.sleep((deadline - now_ms()) / 1000 + 0.05)  # stalled past the deadline
+            assert not late.done()
+            store.go.set()
+            assert not (await first).duplicate
+            with pytest.raises(Overloaded) as refused:
+                await late
+            assert refused.value.reason == "DEADLINE_PASSED" and refused.value.retry_after_ms >= 500
+            assert await store.find_user_message(sid, "m1") is None
+            assert hub.admission.depth == 0 and hub.admission.refused == 1
+            # the session is as before: the same id, sent again in time, is accepted once
+            accepted = await hub.send_message(sid, "m1", "hi", None, accept_by_ms=now_ms() + 60_000)
+            assert not accepted.duplicate and accepted.seq > 1
+            # and a resend of an accepted id gets its acceptance back, however late
+            again = await hub.send_message(sid, "m1", "hi", None, accept_by_ms=1)
+            assert again.duplicate and again.seq == accepted.seq
+            stored = await store.list_messages(sid, 100, 0)
+            assert [m.message_id for m in stored if m.role == "user"] == ["m0", "m1"]
+        finally:
+            store.go.set()  # before the hub shuts down
