@@ -134,3 +134,41 @@ async def test_list_tools_gives_each_tools_argument_schema(stub):
     schema = json.loads(tools["calculator"].parameters_json_schema)
     assert schema["type"] == "object" and "expression" in schema["properties"]
     assert tools["python"].timeout_s > 0
+
+
+async def test_python_output_is_the_programs_own_while_chats_stream(stub):
+    """Each python call's result is what its program printed, however busy gRPC is.
+
+    A child the service's loop forks (libuv forks; CPython's subprocess uses vfork) ran
+    gRPC's fork handlers while other threads were in gRPC: about one child in eight
+    printed nothing or a gRPC check failure instead of its program's output (23 of 40 calls
+    here were killed by SIGSEGV before the fix).
+    """
+    chats = [await joined_session(stub) for _ in range(2)]
+
+    async def chatter(session, chat):
+        for i in range(100):
+            run_id = (await chat.send(session, f"m{i}", "hello")).accepted.run_id
+            await chat.wait_completed(session, run_id)
+
+    streams = [asyncio.create_task(chatter(session, chat)) for session, chat in chats]
+    results = []
+    for i in range(12):
+        outcome = await execute_one(stub, "python", {"code": f"print({i} * 2)"})
+        results.append(outcome.completed.result if outcome.HasField("completed") else outcome)
+    for task in streams:
+        task.cancel()
+    await asyncio.gather(*streams, return_exceptions=True)
+    for _, chat in chats:
+        await chat.close()
+    wrong = [(i, r) for i, r in enumerate(results) if str(i * 2) not in str(r) or "Check" in str(r)]
+    assert wrong == []
+
+
+async def execute_one(stub, tool: str, args: dict) -> pb.ToolExecution:
+    async def one():
+        yield pb.ExecuteToolRequest(
+            start=pb.StartTool(tool_name=tool, arguments_json=json.dumps(args))
+        )
+
+    return [r.execution async for r in stub.ExecuteTool(one())][-1]
