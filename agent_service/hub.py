@@ -750,8 +750,11 @@ class Hub:
                 return  # another replica owns the session now: its queue is that one's
             if not self.accepting and self.lease.shared:
                 return  # queued runs stay queued in the store: another replica goes on
-            effects = session.state.receive_run_ended(ended.run_id, accepting=self.accepting)
-            await self._carry_out(session, effects)
+            # After an acceptance in flight: the next run may be that message's, which
+            # starts only once its acceptance is stored and appended.
+            async with session.accept_lock:
+                effects = session.state.receive_run_ended(ended.run_id, accepting=self.accepting)
+                await self._carry_out(session, effects)
             if not session.busy:
                 # The RunCompleted became visible while the run still stored its end
                 # (agent.py: the store follows the log): a half-closed Chat stream that
