@@ -25,6 +25,7 @@ URL query options: `prefix` (key prefix, default `agent-relay:`).
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -208,8 +209,13 @@ class RedisLog:
         follows = self._follow_redis
         if follows is None:
             raise RuntimeError("event log is not open")
+        task = asyncio.current_task()
         while True:
             reply: Any = await follows.xread({stream: last}, count=1000, block=FOLLOW_BLOCK_MS)
+            if task is not None and task.cancelling():
+                # redis-py can swallow a cancel that lands in a blocking read (it returns
+                # the read's reply instead); the follower must still stop
+                raise asyncio.CancelledError
             for _, entries in reply:
                 if entries:
                     last = f"{_seq(entries[-1][0])}-0"

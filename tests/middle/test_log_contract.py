@@ -133,7 +133,8 @@ async def test_redis_follows_more_sessions_than_a_connection_pool_holds() -> Non
         finally:
             for task in followers:
                 task.cancel()
-            await asyncio.gather(*followers, return_exceptions=True)
+            async with asyncio.timeout(20):  # a follower that ignored its cancel fails here
+                await asyncio.gather(*followers, return_exceptions=True)
             await log.close()
 
 
