@@ -64,6 +64,14 @@ BUSY_POLICIES = {
 }
 
 
+# The four possible preferences, shared by every joined socket (they are frozen).
+_PREFERENCES = {
+    (deltas, tool_output): Preferences(deltas=deltas, tool_output=tool_output)
+    for deltas in (True, False)
+    for tool_output in (True, False)
+}
+
+
 class Connection:
     """The edge's side of one socket; see the module docstring for the calling rule."""
 
@@ -316,9 +324,7 @@ class Connection:
                 raise EdgeError(
                     ErrorCode.FORBIDDEN, f"the token does not name session {frame.session_id!r}"
                 )
-            prefs = Preferences(
-                deltas=frame.deltas == "stream", tool_output=frame.tool_output == "stream"
-            )
+            prefs = _PREFERENCES[frame.deltas == "stream", frame.tool_output == "stream"]
             self.hub.join(self, frame.session_id, frame.id, frame.after_seq, prefs)
         elif isinstance(frame, Leave):
             if frame.session_id not in self.joined:

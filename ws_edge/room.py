@@ -143,6 +143,7 @@ class RunFinished:
 @dataclass(frozen=True)
 class RoomClosed:
     session_id: str
+    socket_ids: tuple[str, ...] = ()  # the sockets it still had, dropped with it
 
 
 Effect = (
@@ -368,13 +369,12 @@ class Room:
         if error.retryable and self._subs:
             self.state = RoomState.UPSTREAM_LOST
             return effects
-        if self._subs:
-            effects.append(
-                Deliver(self.socket_ids, error_frame(error, None, session_id=self.session_id))
-            )
+        dropped = self.socket_ids
+        if dropped:
+            effects.append(Deliver(dropped, error_frame(error, None, session_id=self.session_id)))
         self._subs.clear()
         self.state = RoomState.CLOSED
-        effects.append(RoomClosed(self.session_id))
+        effects.append(RoomClosed(self.session_id, dropped))
         return effects
 
     def receive_upstream_lost(self, now: float) -> list[Effect]:
