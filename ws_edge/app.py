@@ -234,6 +234,9 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
                 # A fault in the edge, not the client's: the socket and its peers go on.
                 log.exception("socket %s: a frame could not be handled", conn.socket_id)
                 conn.reply_error(None, EdgeError(ErrorCode.INTERNAL, "the edge failed", 1000))
+            # The loop's variable would keep the last frame (its message and its text) for
+            # as long as the socket then stays idle (memory per idle socket).
+            del msg
     finally:
         hub.remove_connection(conn)
         conn.detach()

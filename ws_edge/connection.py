@@ -47,7 +47,7 @@ from ws_edge.frames import (
     ref_for,
 )
 from ws_edge.hub import Hub
-from ws_edge.limits import AbuseCounter, FrameBudget, FrameLimiter, admit
+from ws_edge.limits import AbuseCounter, FrameLimiter, admit
 from ws_edge.room import DeltaInfo, Preferences
 from ws_edge.send_queue import SendQueue
 from ws_edge.wire import OutFrame, Wire
@@ -120,18 +120,12 @@ class Connection:
         self.opened_at = self.last_frame_at = hub.clock()
         self.claims: Claims | None = None
         self._expiry_told = False
-        self.joined: dict[str, Preferences] = {}
-        self._limiter = FrameLimiter(
-            FrameBudget(
-                settings.conn_frames_per_s,
-                settings.conn_frames_burst,
-                settings.conn_bytes_per_s,
-                settings.conn_bytes_burst,
-            ),
-            self.opened_at,
-        )
+        # The sessions joined, in join order: a tuple (a dict of one entry costs 230 B; the
+        # room keeps the socket's preferences).
+        self.joined: tuple[str, ...] = ()
+        self._limiter = FrameLimiter(hub.connection_budget, self.opened_at)
         self._user_limiter: FrameLimiter | None = None
-        self._abuse = AbuseCounter(settings.abuse_strikes, settings.abuse_window_s)
+        self._abuse: AbuseCounter | None = None  # made at the first refused frame
         self.queue = SendQueue(
             max_bytes=settings.send_queue_max_bytes,
             max_frames=settings.send_queue_max_frames,
@@ -217,6 +211,16 @@ class Connection:
         for session_id in list(self.joined):
             self.hub.leave(self, session_id)
             self.reply_error(None, error, session_id=session_id)
+
+    def now_joined(self, session_id: str) -> None:
+        """The hub joined the socket to session_id (again: no change)."""
+        if session_id not in self.joined:
+            self.joined = (*self.joined, session_id)
+
+    def now_left(self, session_id: str) -> None:
+        """The socket no longer follows session_id (if it did)."""
+        if session_id in self.joined:
+            self.joined = tuple(joined for joined in self.joined if joined != session_id)
 
     def reply_error(self, ref: str | None, error: EdgeError, **extra: Any) -> None:
         self.send(error_frame(error, ref, **extra))
@@ -308,7 +312,11 @@ class Connection:
     ) -> None:
         self.hub.telemetry.refused(str(error.code), frame)  # a span with error.type = the code
         self.reply_error(ref, error)
-        if self._abuse.strike(now):
+        abuse = self._abuse
+        if abuse is None:
+            settings = self.hub.settings
+            abuse = self._abuse = AbuseCounter(settings.abuse_strikes, settings.abuse_window_s)
+        if abuse.strike(now):
             self.close(CloseCode.POLICY_VIOLATION, "too many rejected frames")
 
     def _dispatch(self, frame: ClientFrame, now: float) -> None:
@@ -320,12 +328,13 @@ class Connection:
             return
         claims = self._require_auth()
         if isinstance(frame, Join):
-            if not claims.may_join(frame.session_id):
+            session_id = claims.granted(frame.session_id)
+            if session_id is None:
                 raise EdgeError(
                     ErrorCode.FORBIDDEN, f"the token does not name session {frame.session_id!r}"
                 )
             prefs = _PREFERENCES[frame.deltas == "stream", frame.tool_output == "stream"]
-            self.hub.join(self, frame.session_id, frame.id, frame.after_seq, prefs)
+            self.hub.join(self, session_id, frame.id, frame.after_seq, prefs)
         elif isinstance(frame, Leave):
             if frame.session_id not in self.joined:
                 raise EdgeError(ErrorCode.NOT_JOINED, f"session {frame.session_id!r} not joined")

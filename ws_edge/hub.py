@@ -87,6 +87,13 @@ class Hub:
         # and a count per user rather than a set (memory per idle socket, PERFORMANCE.md).
         self._users: dict[str, _User] = {}
         self.runs = RunLimiter(settings.max_runs_per_user)
+        # The budgets every socket's and every user's limiter refer to.
+        self.connection_budget = FrameBudget(
+            settings.conn_frames_per_s,
+            settings.conn_frames_burst,
+            settings.conn_bytes_per_s,
+            settings.conn_bytes_burst,
+        )
         self.user_budget = FrameBudget(
             settings.user_frames_per_s,
             settings.user_frames_burst,
@@ -96,6 +103,7 @@ class Hub:
         self.upstream = UpstreamPool(
             settings, on_up=self._slot_up, on_down=self._slot_down, on_response=self._slot_response
         )
+        self._batch_window_s = settings.batch_ms / 1000.0  # one float for all rooms
         self._tasks: set[asyncio.Task[Any]] = set()
         self.draining = False
         self.all_closed = asyncio.Event()  # set while no socket is open
@@ -171,15 +179,15 @@ class Hub:
         if room is None:
             room = self.rooms[session_id] = Room(
                 session_id,
-                batch_window_s=self.settings.batch_ms / 1000.0,
+                batch_window_s=self._batch_window_s,
                 grace_s=self.settings.room_grace_s,
                 buffer_events=self.settings.room_buffer_events,
             )
-        conn.joined[session_id] = prefs
+        conn.now_joined(session_id)
         self._apply(room, room.join(conn.socket_id, ref, after_seq, prefs, self.clock()))
 
     def leave(self, conn: Connection, session_id: str) -> None:
-        conn.joined.pop(session_id, None)
+        conn.now_left(session_id)
         room = self.rooms.get(session_id)
         if room is not None:
             self._apply(room, room.leave(conn.socket_id, self.clock()))
@@ -219,7 +227,7 @@ class Hub:
         for socket_id in socket_ids:
             conn = self.connections.get(socket_id)
             if conn is not None:
-                conn.joined.pop(session_id, None)
+                conn.now_left(session_id)
 
     def _close_room(self, room: Room, dropped: tuple[str, ...]) -> None:
         session_id = room.session_id

@@ -241,7 +241,7 @@ class Room:
         self._base_seq = 0  # the buffer holds (base_seq, next_seq)
         self._head_seq = 0
         self._batch: _Batch | None = None
-        self._last_flush_at = float("-inf")
+        self._last_flush_at = _NEVER
         self._flush_scheduled = False
         # Runs accepted and not yet completed: while there are some, an empty room lingers
         # (up to max_linger_s) so their completion is seen and the run limit released.
@@ -579,6 +579,9 @@ class Room:
 
     def _lost_frame(self) -> OutFrame:
         return error_frame(_upstream_error(), None, session_id=self.session_id)
+
+
+_NEVER = float("-inf")  # one float for every room that has not flushed yet
 
 
 def _upstream_error() -> EdgeError:
