@@ -82,6 +82,8 @@ class Connection:
         "_closer",
         "_expiry_told",
         "_limiter",
+        "_ping_sent_at",
+        "_seen_at",
         "_transport",
         "_user_limiter",
         "_wall",
@@ -117,7 +119,8 @@ class Connection:
         self.hub = hub
         self._authority = authority
         self._wall = wall_clock
-        self.opened_at = self.last_frame_at = hub.clock()
+        self.opened_at = self.last_frame_at = self._seen_at = hub.clock()
+        self._ping_sent_at: float | None = None  # a WebSocket ping awaits its answer
         self.claims: Claims | None = None
         self._expiry_told = False
         # The sessions joined, in join order: a tuple (a dict of one entry costs 230 B; the
@@ -469,9 +472,16 @@ class Connection:
 
     # -- timers (checked by the app's sweeper) ------------------------------------------------
 
+    def peer_seen(self) -> None:
+        """Something came from the peer (a frame of any kind, a ping or a pong): it is alive."""
+        self._seen_at = self.hub.clock()
+        self._ping_sent_at = None
+
     def check_timers(self, now: float) -> None:
         settings = self.hub.settings
         if self.closing:
+            return
+        if self._heartbeat_due(now, settings.ping_interval_s):
             return
         if self.claims is None and now - self.opened_at > settings.auth_timeout_s:
             self.close(CloseCode.AUTH_TIMEOUT, "no auth frame in time")
@@ -479,3 +489,29 @@ class Connection:
             self.close(CloseCode.IDLE_TIMEOUT, "idle: no session joined and no frames")
         elif self.joined:
             self.token_expired()  # tell a socket whose sessions are quiet, too
+
+    def _heartbeat_due(self, now: float, interval_s: float) -> bool:
+        """The WebSocket heartbeat, checked by the sweeper rather than a timer per socket
+        (PERFORMANCE.md: memory per idle socket): a ping once the peer has been silent for
+        interval_s, and a close (4001) when its answer has not come interval_s / 2 later.
+        True when the socket is now closing."""
+        if interval_s <= 0:
+            return False
+        sent = self._ping_sent_at
+        if sent is not None:
+            if now - sent > interval_s / 2:
+                log.info("socket %s: no pong in %.1f s: closing", self.socket_id, now - sent)
+                self.close(
+                    CloseCode.HEARTBEAT_TIMEOUT, "no answer to the heartbeat ping", flush=False
+                )
+                return True
+        elif now - self._seen_at >= interval_s:
+            self._ping_sent_at = now
+            self.hub.spawn(self._ping())
+        return False
+
+    async def _ping(self) -> None:
+        try:
+            await self.ws.ping()
+        except (ConnectionError, RuntimeError) as exc:
+            log.debug("socket %s: ping failed: %s", self.socket_id, exc)
