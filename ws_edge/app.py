@@ -140,9 +140,13 @@ async def _hub_context(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _sweep(hub: Hub) -> None:
-    """Auth and idle timeouts: one task for all sockets, not a timer per socket."""
+    """Auth and idle timeouts and the heartbeat: one task for all sockets, not a timer per
+    socket."""
     settings = hub.settings
-    period = max(0.05, min(1.0, settings.auth_timeout_s / 4, settings.idle_timeout_s / 4))
+    timeouts = [settings.auth_timeout_s, settings.idle_timeout_s]
+    if settings.ping_interval_s > 0:
+        timeouts.append(settings.ping_interval_s)
+    period = max(0.05, min(1.0, *(t / 4 for t in timeouts)))
     while True:
         await asyncio.sleep(period)
         now = hub.clock()
@@ -192,7 +196,9 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(
         # only the one chosen: aiohttp then echoes exactly it (RFC 6455 4.2.2)
         protocols=(wire.value,),
-        heartbeat=settings.ping_interval_s,
+        # The heartbeat is the sweeper's (Connection.check_timers), not a timer per socket;
+        # the handler answers pings itself, and every frame of the peer counts as alive.
+        autoping=False,
         compress=settings.compress,
         max_msg_size=settings.hard_max_frame_bytes,
         writer_limit=settings.socket_write_buffer_bytes,
@@ -227,13 +233,20 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     )
     try:
         async for msg in ws:  # ends when either side closes (conn.close feeds the end in)
+            conn.peer_seen()
             try:
                 if msg.type is WSMsgType.TEXT or msg.type is WSMsgType.BINARY:
                     conn.receive_frame(msg.data)
+                elif msg.type is WSMsgType.PING:
+                    with contextlib.suppress(ConnectionError, RuntimeError):
+                        await ws.pong(msg.data)
             except Exception:
                 # A fault in the edge, not the client's: the socket and its peers go on.
                 log.exception("socket %s: a frame could not be handled", conn.socket_id)
                 conn.reply_error(None, EdgeError(ErrorCode.INTERNAL, "the edge failed", 1000))
+            # The loop's variable would keep the last frame (its message and its text) for
+            # as long as the socket then stays idle (memory per idle socket).
+            del msg
     finally:
         hub.remove_connection(conn)
         conn.detach()

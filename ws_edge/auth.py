@@ -35,6 +35,14 @@ class Claims:
     def may_join(self, session_id: str) -> bool:
         return session_id in self.sessions
 
+    def granted(self, session_id: str) -> str | None:
+        """The token's own copy of session_id if it names it, else None. A joined socket
+        keys its room with it, so the frame's copy of the id does not live on."""
+        for granted in self.sessions:
+            if granted == session_id:
+                return granted
+        return None
+
 
 class TokenAuthority:
     """Issues and verifies tokens with one secret; time comes from the caller."""

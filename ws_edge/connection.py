@@ -47,7 +47,7 @@ from ws_edge.frames import (
     ref_for,
 )
 from ws_edge.hub import Hub
-from ws_edge.limits import AbuseCounter, FrameBudget, FrameLimiter, admit
+from ws_edge.limits import AbuseCounter, FrameLimiter, admit
 from ws_edge.room import DeltaInfo, Preferences
 from ws_edge.send_queue import SendQueue
 from ws_edge.wire import OutFrame, Wire
@@ -64,6 +64,14 @@ BUSY_POLICIES = {
 }
 
 
+# The four possible preferences, shared by every joined socket (they are frozen).
+_PREFERENCES = {
+    (deltas, tool_output): Preferences(deltas=deltas, tool_output=tool_output)
+    for deltas in (True, False)
+    for tool_output in (True, False)
+}
+
+
 class Connection:
     """The edge's side of one socket; see the module docstring for the calling rule."""
 
@@ -74,6 +82,8 @@ class Connection:
         "_closer",
         "_expiry_told",
         "_limiter",
+        "_ping_sent_at",
+        "_seen_at",
         "_transport",
         "_user_limiter",
         "_wall",
@@ -109,21 +119,16 @@ class Connection:
         self.hub = hub
         self._authority = authority
         self._wall = wall_clock
-        self.opened_at = self.last_frame_at = hub.clock()
+        self.opened_at = self.last_frame_at = self._seen_at = hub.clock()
+        self._ping_sent_at: float | None = None  # a WebSocket ping awaits its answer
         self.claims: Claims | None = None
         self._expiry_told = False
-        self.joined: dict[str, Preferences] = {}
-        self._limiter = FrameLimiter(
-            FrameBudget(
-                settings.conn_frames_per_s,
-                settings.conn_frames_burst,
-                settings.conn_bytes_per_s,
-                settings.conn_bytes_burst,
-            ),
-            self.opened_at,
-        )
+        # The sessions joined, in join order: a tuple (a dict of one entry costs 230 B; the
+        # room keeps the socket's preferences).
+        self.joined: tuple[str, ...] = ()
+        self._limiter = FrameLimiter(hub.connection_budget, self.opened_at)
         self._user_limiter: FrameLimiter | None = None
-        self._abuse = AbuseCounter(settings.abuse_strikes, settings.abuse_window_s)
+        self._abuse: AbuseCounter | None = None  # made at the first refused frame
         self.queue = SendQueue(
             max_bytes=settings.send_queue_max_bytes,
             max_frames=settings.send_queue_max_frames,
@@ -209,6 +214,16 @@ class Connection:
         for session_id in list(self.joined):
             self.hub.leave(self, session_id)
             self.reply_error(None, error, session_id=session_id)
+
+    def now_joined(self, session_id: str) -> None:
+        """The hub joined the socket to session_id (again: no change)."""
+        if session_id not in self.joined:
+            self.joined = (*self.joined, session_id)
+
+    def now_left(self, session_id: str) -> None:
+        """The socket no longer follows session_id (if it did)."""
+        if session_id in self.joined:
+            self.joined = tuple(joined for joined in self.joined if joined != session_id)
 
     def reply_error(self, ref: str | None, error: EdgeError, **extra: Any) -> None:
         self.send(error_frame(error, ref, **extra))
@@ -300,7 +315,11 @@ class Connection:
     ) -> None:
         self.hub.telemetry.refused(str(error.code), frame)  # a span with error.type = the code
         self.reply_error(ref, error)
-        if self._abuse.strike(now):
+        abuse = self._abuse
+        if abuse is None:
+            settings = self.hub.settings
+            abuse = self._abuse = AbuseCounter(settings.abuse_strikes, settings.abuse_window_s)
+        if abuse.strike(now):
             self.close(CloseCode.POLICY_VIOLATION, "too many rejected frames")
 
     def _dispatch(self, frame: ClientFrame, now: float) -> None:
@@ -312,14 +331,13 @@ class Connection:
             return
         claims = self._require_auth()
         if isinstance(frame, Join):
-            if not claims.may_join(frame.session_id):
+            session_id = claims.granted(frame.session_id)
+            if session_id is None:
                 raise EdgeError(
                     ErrorCode.FORBIDDEN, f"the token does not name session {frame.session_id!r}"
                 )
-            prefs = Preferences(
-                deltas=frame.deltas == "stream", tool_output=frame.tool_output == "stream"
-            )
-            self.hub.join(self, frame.session_id, frame.id, frame.after_seq, prefs)
+            prefs = _PREFERENCES[frame.deltas == "stream", frame.tool_output == "stream"]
+            self.hub.join(self, session_id, frame.id, frame.after_seq, prefs)
         elif isinstance(frame, Leave):
             if frame.session_id not in self.joined:
                 raise EdgeError(ErrorCode.NOT_JOINED, f"session {frame.session_id!r} not joined")
@@ -454,9 +472,16 @@ class Connection:
 
     # -- timers (checked by the app's sweeper) ------------------------------------------------
 
+    def peer_seen(self) -> None:
+        """Something came from the peer (a frame of any kind, a ping or a pong): it is alive."""
+        self._seen_at = self.hub.clock()
+        self._ping_sent_at = None
+
     def check_timers(self, now: float) -> None:
         settings = self.hub.settings
         if self.closing:
+            return
+        if self._heartbeat_due(now, settings.ping_interval_s):
             return
         if self.claims is None and now - self.opened_at > settings.auth_timeout_s:
             self.close(CloseCode.AUTH_TIMEOUT, "no auth frame in time")
@@ -464,3 +489,29 @@ class Connection:
             self.close(CloseCode.IDLE_TIMEOUT, "idle: no session joined and no frames")
         elif self.joined:
             self.token_expired()  # tell a socket whose sessions are quiet, too
+
+    def _heartbeat_due(self, now: float, interval_s: float) -> bool:
+        """The WebSocket heartbeat, checked by the sweeper rather than a timer per socket
+        (PERFORMANCE.md: memory per idle socket): a ping once the peer has been silent for
+        interval_s, and a close (4001) when its answer has not come interval_s / 2 later.
+        True when the socket is now closing."""
+        if interval_s <= 0:
+            return False
+        sent = self._ping_sent_at
+        if sent is not None:
+            if now - sent > interval_s / 2:
+                log.info("socket %s: no pong in %.1f s: closing", self.socket_id, now - sent)
+                self.close(
+                    CloseCode.HEARTBEAT_TIMEOUT, "no answer to the heartbeat ping", flush=False
+                )
+                return True
+        elif now - self._seen_at >= interval_s:
+            self._ping_sent_at = now
+            self.hub.spawn(self._ping())
+        return False
+
+    async def _ping(self) -> None:
+        try:
+            await self.ws.ping()
+        except (ConnectionError, RuntimeError) as exc:
+            log.debug("socket %s: ping failed: %s", self.socket_id, exc)

@@ -128,6 +128,11 @@ class HttpTracing:
             description="HTTP requests the edge answered, by method, route and status code.",
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS_S,
         )
+        # A WebSocket handshake's trace, by id(request), until its answer is prepared: a
+        # key in the request itself would give every open socket's request a dict table
+        # of its own, kept after the key is gone (320 B, PERFORMANCE.md: memory per idle
+        # socket). on_response_prepare or handshake_failed takes it out.
+        self.upgrading: dict[int, HttpTrace] = {}
 
     def start(self, request: web.Request) -> HttpTrace:
         method = request.method if request.method in KNOWN_METHODS else "_OTHER"
@@ -161,13 +166,14 @@ class HttpTracing:
     @web.middleware
     def middleware(self, request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]:
         traced = self.start(request)
-        request[TRACE_KEY] = traced
         if request.headers.get(hdrs.UPGRADE, "").lower() == "websocket":
             # The socket outlives its handshake, so its frames must not become children of
             # it, and nothing of this middleware should live as long as the socket (memory
             # per idle socket): the handler's own awaitable goes back as it is. The span
             # ends at the 101 or the refusal (on_response_prepare), or in handshake_failed.
+            self.upgrading[id(request)] = traced
             return handler(request)
+        request[TRACE_KEY] = traced
         return self._traced(request, handler, traced)
 
     async def _traced(
@@ -188,21 +194,25 @@ class HttpTracing:
             otel_context.detach(token)
 
     async def on_response_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
-        traced = request.pop(TRACE_KEY, None)  # a socket's request lives on: let the trace go
-        if traced is not None:
+        traced = request.pop(TRACE_KEY, None) or self.upgrading.pop(id(request), None)
+        if traced is not None:  # a socket's request lives on: the trace goes
             traced.finish(response.status)
+
+
+HTTP_TRACING = web.AppKey("agent_relay_http_tracing", HttpTracing)
 
 
 def handshake_failed(request: web.Request, error: BaseException) -> None:
     """A WebSocket handshake ended in `error` before its answer went out: end its span as
     the middleware ends a plain request's (a 500, or no answer when cancelled)."""
-    traced = request.pop(TRACE_KEY, None)
+    tracing = request.app.get(HTTP_TRACING)
+    traced = tracing.upgrading.pop(id(request), None) if tracing is not None else None
     if traced is not None:
         traced.finish(None if isinstance(error, asyncio.CancelledError) else 500, error)
 
 
 def install_http_tracing(app: web.Application, telemetry: EdgeTelemetry) -> None:
     """Trace every HTTP request of `app` (call before the app starts)."""
-    tracing = HttpTracing(telemetry)
+    tracing = app[HTTP_TRACING] = HttpTracing(telemetry)
     app.middlewares.append(tracing.middleware)
     app.on_response_prepare.append(tracing.on_response_prepare)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import defaultdict
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
@@ -47,11 +46,23 @@ log = logging.getLogger(__name__)
 
 
 class _RoomTimers:
+    """A room's armed timers; kept only while one is armed (an idle room has none)."""
+
     __slots__ = ("expire", "flush")
 
     def __init__(self) -> None:
         self.flush: asyncio.TimerHandle | None = None
         self.expire: asyncio.TimerHandle | None = None
+
+
+class _User:
+    """One user's open sockets (counted) and the frame limiter they share."""
+
+    __slots__ = ("connections", "limiter")
+
+    def __init__(self, limiter: FrameLimiter) -> None:
+        self.connections = 0
+        self.limiter = limiter
 
 
 class Hub:
@@ -70,12 +81,19 @@ class Hub:
         self.clock = clock or self._loop.time
         self.rooms: dict[str, Room] = {}
         self._room_slots: dict[str, UpstreamSlot] = {}  # the slot each room is subscribed on
-        self._timers: dict[str, _RoomTimers] = {}
+        self._timers: dict[str, _RoomTimers] = {}  # rooms with a timer armed
         self.connections: dict[str, Connection] = {}
-        self._members: dict[str, set[str]] = defaultdict(set)  # session id -> socket ids
-        self._user_conns: dict[str, set[str]] = defaultdict(set)
-        self._user_limiters: dict[str, FrameLimiter] = {}
+        # A room's members are its subscribers (Room.socket_ids): no set per session here,
+        # and a count per user rather than a set (memory per idle socket, PERFORMANCE.md).
+        self._users: dict[str, _User] = {}
         self.runs = RunLimiter(settings.max_runs_per_user)
+        # The budgets every socket's and every user's limiter refer to.
+        self.connection_budget = FrameBudget(
+            settings.conn_frames_per_s,
+            settings.conn_frames_burst,
+            settings.conn_bytes_per_s,
+            settings.conn_bytes_burst,
+        )
         self.user_budget = FrameBudget(
             settings.user_frames_per_s,
             settings.user_frames_burst,
@@ -85,6 +103,7 @@ class Hub:
         self.upstream = UpstreamPool(
             settings, on_up=self._slot_up, on_down=self._slot_down, on_response=self._slot_response
         )
+        self._batch_window_s = settings.batch_ms / 1000.0  # one float for all rooms
         self._tasks: set[asyncio.Task[Any]] = set()
         self.draining = False
         self.all_closed = asyncio.Event()  # set while no socket is open
@@ -124,29 +143,32 @@ class Hub:
         self.all_closed.clear()
 
     def remove_connection(self, conn: Connection) -> None:
-        self.connections.pop(conn.socket_id, None)
+        """The socket is gone (once or more: only the first call counts)."""
+        if self.connections.pop(conn.socket_id, None) is None:
+            return
         if not self.connections:
             self.all_closed.set()
         for session_id in list(conn.joined):
             self.leave(conn, session_id)
-        if conn.user_id is not None:
-            users = self._user_conns.get(conn.user_id)
-            if users is not None:
-                users.discard(conn.socket_id)
-                if not users:
-                    del self._user_conns[conn.user_id]
-                    self._user_limiters.pop(conn.user_id, None)
+        if conn.user_id is not None:  # registered by register_user at its first auth
+            user = self._users.get(conn.user_id)
+            if user is not None:
+                user.connections -= 1
+                if user.connections <= 0:
+                    del self._users[conn.user_id]
 
     def user_connection_count(self, user_id: str) -> int:
-        return len(self._user_conns.get(user_id, ()))
+        user = self._users.get(user_id)
+        return user.connections if user is not None else 0
 
     def register_user(self, conn: Connection, user_id: str) -> FrameLimiter:
-        """Count the socket against its user; returns the user's shared frame limiter."""
-        self._user_conns[user_id].add(conn.socket_id)
-        limiter = self._user_limiters.get(user_id)
-        if limiter is None:
-            limiter = self._user_limiters[user_id] = FrameLimiter(self.user_budget, self.clock())
-        return limiter
+        """Count the socket against its user (once, at its first auth: the user of a
+        socket never changes); returns the user's shared frame limiter."""
+        user = self._users.get(user_id)
+        if user is None:
+            user = self._users[user_id] = _User(FrameLimiter(self.user_budget, self.clock()))
+        user.connections += 1
+        return user.limiter
 
     # -- rooms -----------------------------------------------------------------------------
 
@@ -157,20 +179,15 @@ class Hub:
         if room is None:
             room = self.rooms[session_id] = Room(
                 session_id,
-                batch_window_s=self.settings.batch_ms / 1000.0,
+                batch_window_s=self._batch_window_s,
                 grace_s=self.settings.room_grace_s,
                 buffer_events=self.settings.room_buffer_events,
             )
-            self._timers[session_id] = _RoomTimers()
-        conn.joined[session_id] = prefs
-        self._members[session_id].add(conn.socket_id)
+        conn.now_joined(session_id)
         self._apply(room, room.join(conn.socket_id, ref, after_seq, prefs, self.clock()))
 
     def leave(self, conn: Connection, session_id: str) -> None:
-        conn.joined.pop(session_id, None)
-        members = self._members.get(session_id)
-        if members is not None:
-            members.discard(conn.socket_id)
+        conn.now_left(session_id)
         room = self.rooms.get(session_id)
         if room is not None:
             self._apply(room, room.leave(conn.socket_id, self.clock()))
@@ -188,7 +205,7 @@ class Hub:
                 if conn is not None:
                     conn.join_acked(room.session_id, effect.ref, effect.head_seq)
             elif isinstance(effect, RejectJoin):
-                self._drop_member(room.session_id, effect.socket_id)
+                self._drop_member(room.session_id, (effect.socket_id,))
                 conn = self.connections.get(effect.socket_id)
                 if conn is not None:
                     conn.reply_error(effect.ref, effect.error, session_id=room.session_id)
@@ -203,17 +220,16 @@ class Hub:
             elif isinstance(effect, RunFinished):
                 self.runs.finish(effect.run_id)
             elif isinstance(effect, RoomClosed):
-                self._close_room(room)
+                self._close_room(room, effect.socket_ids)
 
-    def _drop_member(self, session_id: str, socket_id: str) -> None:
-        members = self._members.get(session_id)
-        if members is not None:
-            members.discard(socket_id)
-        conn = self.connections.get(socket_id)
-        if conn is not None:
-            conn.joined.pop(session_id, None)
+    def _drop_member(self, session_id: str, socket_ids: tuple[str, ...]) -> None:
+        """The room dropped these sockets: they no longer count it as joined."""
+        for socket_id in socket_ids:
+            conn = self.connections.get(socket_id)
+            if conn is not None:
+                conn.now_left(session_id)
 
-    def _close_room(self, room: Room) -> None:
+    def _close_room(self, room: Room, dropped: tuple[str, ...]) -> None:
         session_id = room.session_id
         if self.rooms.get(session_id) is room:
             del self.rooms[session_id]
@@ -222,33 +238,49 @@ class Hub:
             for handle in (timers.flush, timers.expire):
                 if handle is not None:
                     handle.cancel()
-        for socket_id in self._members.pop(session_id, set()):
-            conn = self.connections.get(socket_id)
-            if conn is not None:
-                conn.joined.pop(session_id, None)
+        self._drop_member(session_id, dropped)
+
+    def _timers_of(self, session_id: str) -> _RoomTimers:
+        timers = self._timers.get(session_id)
+        if timers is None:
+            timers = self._timers[session_id] = _RoomTimers()
+        return timers
+
+    def _timer_done(self, session_id: str, timers: _RoomTimers) -> None:
+        """A timer of the room fired or was cancelled: forget the pair once both are."""
+        if (
+            timers.flush is None
+            and timers.expire is None
+            and self._timers.get(session_id) is timers
+        ):
+            del self._timers[session_id]
 
     def _arm_flush(self, room: Room, at: float) -> None:
-        timers = self._timers[room.session_id]
+        timers = self._timers_of(room.session_id)
         if timers.flush is not None:
             timers.flush.cancel()
 
         def fire() -> None:
             timers.flush = None
+            self._timer_done(room.session_id, timers)
             if self.rooms.get(room.session_id) is room:
                 self._apply(room, room.receive_flush_due(self.clock()))
 
         timers.flush = self._loop.call_at(at, fire)
 
     def _arm_expiry(self, room: Room, at: float | None) -> None:
-        timers = self._timers[room.session_id]
-        if timers.expire is not None:
+        timers = self._timers.get(room.session_id)
+        if timers is not None and timers.expire is not None:
             timers.expire.cancel()
             timers.expire = None
+            self._timer_done(room.session_id, timers)
         if at is None:
             return
+        timers = self._timers_of(room.session_id)
 
         def fire() -> None:
             timers.expire = None
+            self._timer_done(room.session_id, timers)
             if self.rooms.get(room.session_id) is room:
                 self._apply(room, room.receive_expired(self.clock()))
 
@@ -339,4 +371,5 @@ class Hub:
         return self._slot_of(session_id).stub
 
     def members(self, session_id: str) -> set[str]:
-        return self._members.get(session_id, set())
+        room = self.rooms.get(session_id)
+        return set(room.socket_ids) if room is not None else set()

@@ -13,6 +13,28 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 
+def _refilled(
+    tokens: float, updated_at: float, now: float, rate_per_s: float, burst: float
+) -> float:
+    """A bucket's tokens at `now` (never more than burst; a clock gone back adds none)."""
+    if now > updated_at:
+        return min(burst, tokens + (now - updated_at) * rate_per_s)
+    return tokens
+
+
+def _wait_ms(tokens: float, cost: float, rate_per_s: float, burst: float) -> int:
+    """0 if cost fits in tokens, else the ms until it will (a cost over burst never fits:
+    the wait is then the time to refill the whole bucket)."""
+    if cost <= tokens:
+        return 0
+    missing = min(cost, burst) - tokens
+    if missing <= 0:
+        missing = burst - tokens
+    if rate_per_s <= 0:
+        return 60_000
+    return max(1, math.ceil(missing / rate_per_s * 1000))
+
+
 @dataclass(slots=True)
 class TokenBucket:
     """`rate_per_s` tokens a second, holding at most `burst`; starts full."""
@@ -27,22 +49,14 @@ class TokenBucket:
             self.tokens = self.burst
 
     def _refill(self, now: float) -> None:
-        if now > self.updated_at:
-            self.tokens = min(self.burst, self.tokens + (now - self.updated_at) * self.rate_per_s)
+        self.tokens = _refilled(self.tokens, self.updated_at, now, self.rate_per_s, self.burst)
         self.updated_at = max(self.updated_at, now)
 
     def wait_ms(self, cost: float, now: float) -> int:
         """0 if cost fits now, else the ms until it will (a cost over burst never fits: the
         wait is then the time to refill the whole bucket)."""
         self._refill(now)
-        if cost <= self.tokens:
-            return 0
-        missing = min(cost, self.burst) - self.tokens
-        if missing <= 0:
-            missing = self.burst - self.tokens
-        if self.rate_per_s <= 0:
-            return 60_000
-        return max(1, math.ceil(missing / self.rate_per_s * 1000))
+        return _wait_ms(self.tokens, cost, self.rate_per_s, self.burst)
 
     def spend(self, cost: float, now: float) -> None:
         self._refill(now)
@@ -60,21 +74,40 @@ class FrameBudget:
 
 
 class FrameLimiter:
-    """Frames and bytes of one owner: both buckets must admit a frame, or neither is spent."""
+    """Frames and bytes of one owner: both buckets must admit a frame, or neither is spent.
 
-    __slots__ = ("_bytes", "_frames")
+    The two buckets are two numbers beside the shared budget, not two bucket objects:
+    every socket holds one limiter and its user another (PERFORMANCE.md: memory per idle
+    socket); the rule is TokenBucket's (`_refilled`, `_wait_ms`)."""
+
+    __slots__ = ("_budget", "_bytes", "_frames", "_updated_at")
 
     def __init__(self, budget: FrameBudget, now: float) -> None:
-        self._frames = TokenBucket(budget.frames_per_s, budget.frames_burst, updated_at=now)
-        self._bytes = TokenBucket(budget.bytes_per_s, budget.bytes_burst, updated_at=now)
+        self._budget = budget
+        self._frames = budget.frames_burst  # both start full
+        self._bytes = budget.bytes_burst
+        self._updated_at = now
+
+    def _refill(self, now: float) -> None:
+        budget, at = self._budget, self._updated_at
+        self._frames = _refilled(self._frames, at, now, budget.frames_per_s, budget.frames_burst)
+        self._bytes = _refilled(self._bytes, at, now, budget.bytes_per_s, budget.bytes_burst)
+        if now > at:
+            self._updated_at = now
 
     def wait_ms(self, size: int, now: float) -> int:
         """0 if a frame of size bytes fits now, else the ms until it will. Spends nothing."""
-        return max(self._frames.wait_ms(1, now), self._bytes.wait_ms(size, now))
+        self._refill(now)
+        budget = self._budget
+        return max(
+            _wait_ms(self._frames, 1, budget.frames_per_s, budget.frames_burst),
+            _wait_ms(self._bytes, size, budget.bytes_per_s, budget.bytes_burst),
+        )
 
     def spend(self, size: int, now: float) -> None:
-        self._frames.spend(1, now)
-        self._bytes.spend(size, now)
+        self._refill(now)
+        self._frames -= 1
+        self._bytes -= size
 
 
 def admit(limiters: list[FrameLimiter], size: int, now: float) -> int:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+from typing import Any
 
 
 def linger_on_close(transport: asyncio.BaseTransport | None, linger_s: float) -> None:
@@ -28,51 +29,75 @@ def linger_on_close(transport: asyncio.BaseTransport | None, linger_s: float) ->
         return
     if not transport.can_write_eof():
         return
-    lingering = _Lingering(transport, linger_s)
-    # Instance attributes: this one transport only; aiohttp and asyncio call them as usual.
-    transport.close = lingering.close  # type: ignore[method-assign]
-    transport.abort = lingering.abort  # type: ignore[method-assign]
+    # The transport becomes an instance of a subclass whose close and abort linger: the
+    # class holds linger_s, so an open socket carries nothing more. Instance attributes
+    # (bound methods, or a helper object) turned the transport's compact attribute values
+    # into a whole dict: about 1 KB per open socket (PERFORMANCE.md: memory per idle
+    # socket). A transport of a C type (uvloop's) cannot change class: it keeps its close.
+    with contextlib.suppress(TypeError):
+        transport.__class__ = _lingering_class(type(transport), linger_s)
 
 
-class _Lingering:
-    """The replacement close and abort of one transport. A slotted object rather than two
-    closures: every open socket holds one (a third of the memory, PERFORMANCE.md)."""
+# (transport class, linger_s) -> its lingering subclass; one or two per process.
+_CLASSES: dict[tuple[type[asyncio.Transport], float], type[asyncio.Transport]] = {}
 
-    __slots__ = ("_linger_s", "_scheduled", "_transport")
 
-    def __init__(self, transport: asyncio.Transport, linger_s: float) -> None:
-        self._transport = transport
-        self._linger_s = linger_s
-        self._scheduled: asyncio.TimerHandle | None = None
+def _lingering_class(base: type[asyncio.Transport], linger_s: float) -> type[asyncio.Transport]:
+    """The lingering subclass of one transport class, for one linger time."""
+    cls = _CLASSES.get((base, linger_s))
+    if cls is None:
+        cls = _CLASSES[base, linger_s] = _make_lingering_class(base, linger_s)
+    return cls
 
-    def _close_now(self) -> None:
-        type(self._transport).close(self._transport)  # the class's own close, not ours
 
-    def close(self) -> None:
-        transport = self._transport
-        if self._scheduled is not None:
-            # A close while lingering comes from asyncio's reader at the peer's FIN (or from
-            # the app again). At the FIN the linger is over: left as it is, the reader would
-            # find EOF again at every turn of the loop until the timer fired, a busy loop of
-            # linger_s per closed socket.
-            if _peer_finished(transport):
-                self._scheduled.cancel()
-                self._close_now()
-            return
-        if transport.is_closing():
-            return
-        try:
-            transport.write_eof()  # after the buffered bytes: the close frame, then FIN
-        except (OSError, RuntimeError):
-            self._close_now()
-            return
-        self._scheduled = asyncio.get_running_loop().call_later(self._linger_s, self._close_now)
+def _make_lingering_class(
+    base: type[asyncio.Transport], linger_s: float
+) -> type[asyncio.Transport]:
+    class Lingering(base):  # type: ignore[valid-type,misc]
+        __slots__ = ()  # the base's layout, so an instance can switch to this class
 
-    def abort(self) -> None:
-        if self._scheduled is not None:
-            self._scheduled.cancel()
-        with contextlib.suppress(Exception):
-            type(self._transport).abort(self._transport)
+        def close(self) -> None:
+            _close(self, base, linger_s)
+
+        def abort(self) -> None:
+            _abort(self, base)
+
+    Lingering.__name__ = Lingering.__qualname__ = f"Lingering{base.__name__}"
+    return Lingering
+
+
+# Set on a transport when its linger starts (a closed socket's memory matters no more).
+_SCHEDULED = "_agent_relay_linger"
+
+
+def _close(transport: Any, base: type[asyncio.Transport], linger_s: float) -> None:
+    scheduled: asyncio.TimerHandle | None = getattr(transport, _SCHEDULED, None)
+    if scheduled is not None:
+        # A close while lingering comes from asyncio's reader at the peer's FIN (or from
+        # the app again). At the FIN the linger is over: left as it is, the reader would
+        # find EOF again at every turn of the loop until the timer fired, a busy loop of
+        # linger_s per closed socket.
+        if _peer_finished(transport):
+            scheduled.cancel()
+            base.close(transport)
+        return
+    if transport.is_closing():
+        return
+    try:
+        transport.write_eof()  # after the buffered bytes: the close frame, then FIN
+    except (OSError, RuntimeError):
+        base.close(transport)
+        return
+    handle = asyncio.get_running_loop().call_later(linger_s, base.close, transport)
+    setattr(transport, _SCHEDULED, handle)
+
+
+def _abort(transport: Any, base: type[asyncio.Transport]) -> None:
+    scheduled: asyncio.TimerHandle | None = getattr(transport, _SCHEDULED, None)
+    if scheduled is not None:
+        scheduled.cancel()
+    with contextlib.suppress(Exception):
+        base.abort(transport)
 
 
 def _peer_finished(transport: asyncio.Transport) -> bool:

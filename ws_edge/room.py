@@ -143,6 +143,7 @@ class RunFinished:
 @dataclass(frozen=True)
 class RoomClosed:
     session_id: str
+    socket_ids: tuple[str, ...] = ()  # the sockets it still had, dropped with it
 
 
 Effect = (
@@ -240,7 +241,7 @@ class Room:
         self._base_seq = 0  # the buffer holds (base_seq, next_seq)
         self._head_seq = 0
         self._batch: _Batch | None = None
-        self._last_flush_at = float("-inf")
+        self._last_flush_at = _NEVER
         self._flush_scheduled = False
         # Runs accepted and not yet completed: while there are some, an empty room lingers
         # (up to max_linger_s) so their completion is seen and the run limit released.
@@ -368,13 +369,12 @@ class Room:
         if error.retryable and self._subs:
             self.state = RoomState.UPSTREAM_LOST
             return effects
-        if self._subs:
-            effects.append(
-                Deliver(self.socket_ids, error_frame(error, None, session_id=self.session_id))
-            )
+        dropped = self.socket_ids
+        if dropped:
+            effects.append(Deliver(dropped, error_frame(error, None, session_id=self.session_id)))
         self._subs.clear()
         self.state = RoomState.CLOSED
-        effects.append(RoomClosed(self.session_id))
+        effects.append(RoomClosed(self.session_id, dropped))
         return effects
 
     def receive_upstream_lost(self, now: float) -> list[Effect]:
@@ -579,6 +579,9 @@ class Room:
 
     def _lost_frame(self) -> OutFrame:
         return error_frame(_upstream_error(), None, session_id=self.session_id)
+
+
+_NEVER = float("-inf")  # one float for every room that has not flushed yet
 
 
 def _upstream_error() -> EdgeError:

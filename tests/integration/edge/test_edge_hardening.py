@@ -373,3 +373,30 @@ async def test_a_stalled_reader_holds_no_more_than_the_flags_allow(tmp_path: Pat
         if edge is not None:
             edge.stop()
         agent.stop()
+
+
+async def test_the_heartbeat_closes_a_socket_that_never_answers_its_ping(agent):
+    """The edge pings a silent socket every --ping-interval-s and closes it (4001) when the
+    pong does not come in half that time; a socket whose client answers stays open."""
+    import aiohttp
+
+    from agent_relay_client.wire import PROTOCOLS
+
+    edge = start_edge(agent.address, "--ping-interval-s", "0.5")
+    try:
+        answering = await EdgeClient.connect(edge.ws_url, ping_interval=None)
+        async with aiohttp.ClientSession() as session:
+            silent = await session.ws_connect(
+                edge.ws_url, protocols=[PROTOCOLS["json"]], autoping=False, heartbeat=None
+            )
+            kinds = []
+            while not silent.closed:
+                message = await asyncio.wait_for(silent.receive(), scaled(10))
+                kinds.append(message.type)
+            assert aiohttp.WSMsgType.PING in kinds  # pinged, never answered
+            assert silent.close_code == 4001  # heartbeat timeout: reconnect with backoff
+        await asyncio.sleep(scaled(1.5))  # three intervals: its pings were answered
+        assert (await answering.request({"type": "ping"}))["type"] == "pong"
+        await answering.ws.close()
+    finally:
+        edge.stop()

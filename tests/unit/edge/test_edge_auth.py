@@ -20,6 +20,15 @@ def test_an_issued_token_verifies_and_names_the_user_and_sessions(authority):
     assert claims.may_join("s_2") and not claims.may_join("s_3")
 
 
+def test_granted_hands_back_the_tokens_own_copy_of_a_named_session(authority):
+    token, _ = authority.issue("u_1", ["s_1", "s_2"], now=1000.0)
+    claims = authority.verify(token, now=1001.0)
+    asked = "".join(["s_", "2"])  # equal to the claim's id, another object
+    granted = claims.granted(asked)
+    assert granted == "s_2" and granted is claims.sessions[1]
+    assert claims.granted("s_3") is None
+
+
 def refusal(authority, token, now=1001.0) -> str:
     with pytest.raises(TokenError) as info:
         authority.verify(token, now=now)

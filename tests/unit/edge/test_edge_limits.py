@@ -47,6 +47,39 @@ def test_admit_spends_from_no_limiter_when_any_refuses():
     assert connection.wait_ms(1, now=0.0) == 0  # still 99 frames left
 
 
+def test_a_limiter_refills_to_its_burst_and_no_further():
+    limiter = FrameLimiter(budget(frames=10, frame_burst=2), now=0.0)
+    assert admit([limiter], 1, now=0.0) == admit([limiter], 1, now=0.0) == 0
+    assert admit([limiter], 1, now=0.0) == 100
+    assert admit([limiter], 1, now=0.1) == 0  # one frame back after 100 ms
+    assert admit([limiter], 1, now=50.0) == admit([limiter], 1, now=50.0) == 0
+    assert admit([limiter], 1, now=50.0) == 100  # a long pause refilled only the burst
+
+
+def test_a_limiter_decides_as_a_pair_of_token_buckets():
+    """The limiter keeps its two buckets as numbers; it must answer as two TokenBuckets."""
+    rng = random.Random(15)
+    for _ in range(50):
+        b = budget(
+            frames=rng.choice([0.0, 1.0, 5.0]),
+            frame_burst=rng.choice([1.0, 3.0]),
+            bytes_=rng.choice([10.0, 1000.0]),
+            bytes_burst=rng.choice([50.0, 500.0]),
+        )
+        limiter = FrameLimiter(b, now=0.0)
+        frames = TokenBucket(b.frames_per_s, b.frames_burst, updated_at=0.0)
+        bytes_ = TokenBucket(b.bytes_per_s, b.bytes_burst, updated_at=0.0)
+        now = 0.0
+        for _ in range(40):
+            now += rng.choice([0.0, 0.01, 0.3, 2.0, -0.5])  # a clock may step back
+            size = rng.choice([1, 20, 400, 900])
+            expected = max(frames.wait_ms(1, now), bytes_.wait_ms(size, now))
+            assert admit([limiter], size, now) == expected
+            if not expected:
+                frames.spend(1, now)
+                bytes_.spend(size, now)
+
+
 def test_runs_per_user_are_counted_until_their_completion():
     runs = RunLimiter(max_runs=2, retry_after_ms=700)
     runs.start("u", "r1", now=0.0)

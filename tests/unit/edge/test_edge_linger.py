@@ -88,3 +88,22 @@ async def test_a_second_close_before_the_fin_keeps_lingering() -> None:
         writer.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_an_open_lingering_socket_carries_no_state_of_its_own() -> None:
+    """Until it closes, the transport holds no per-socket linger state (memory per idle
+    socket): neither replacement methods nor a timer, only its lingering class."""
+    protocol, reader, writer, server = await _pair()
+    try:
+        transport = protocol.transport
+        assert transport is not None
+        assert not {"close", "abort"} & set(vars(transport))
+        assert not any("linger" in name for name in vars(transport))
+        assert isinstance(transport, asyncio.Transport)
+        transport.abort()  # abort still drops the connection at once
+        assert await asyncio.wait_for(reader.read(), 10) == b""
+        await asyncio.wait_for(protocol.lost.wait(), 20)
+    finally:
+        writer.close()
+        server.close()
+        await server.wait_closed()

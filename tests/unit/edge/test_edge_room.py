@@ -336,3 +336,14 @@ def test_a_join_that_waited_for_the_upstream_reply_is_checked_against_its_head()
     (reject,) = of(effects, RejectJoin)
     assert reject.socket_id == "b" and reject.error.code is ErrorCode.OUT_OF_RANGE
     assert room.socket_ids == ("a",)
+
+
+def test_a_room_closed_by_a_failed_resubscription_names_the_sockets_it_dropped():
+    room = make_room()
+    room.join("a", "j1", 0, STREAM, now=0.0)
+    room.receive_joined(0, now=0.1)
+    room.receive_upstream_lost(now=1.0)
+    room.receive_upstream_restored(now=2.0)
+    effects = room.receive_join_failed(EdgeError(ErrorCode.NOT_FOUND, "no such session"), 2.1)
+    assert of(effects, RoomClosed) == [RoomClosed(S, ("a",))]
+    assert room.socket_ids == ()
