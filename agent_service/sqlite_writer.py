@@ -108,6 +108,8 @@ class SqliteWriter:
     def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
         """On the loop: the queued writes as one batch, here or on the thread."""
         self._scheduled = False
+        if self._on_thread:
+            return  # the thread has the connection: _thread_done drains again
         jobs = [job for job in self._queued if not job.future.cancelled()]
         self._queued = []
         if not jobs:
@@ -158,9 +160,10 @@ class SqliteWriter:
         self, loop: asyncio.AbstractEventLoop, jobs: list[_Job], outcomes: list[tuple[bool, Any]]
     ) -> None:
         self._on_thread = False
-        _settle(jobs, outcomes)
-        self._committed(loop)
-        if self._queued and not self._scheduled:
+        if jobs:
+            _settle(jobs, outcomes)
+            self._committed(loop)  # may hand the connection to the thread again
+        if self._queued and not self._scheduled and not self._on_thread:
             self._scheduled = True
             loop.call_soon(self._drain, loop)
 
