@@ -172,7 +172,14 @@ class SqliteWriter:
         commit rolls back and fails them all."""
         db = self._db
         try:
-            outcomes = [_in_savepoint(db, job.fn) for job in jobs]
+            if len(jobs) == 1:  # alone, its failure is the transaction's: no savepoint
+                try:
+                    outcomes = [(True, jobs[0].fn(db))]
+                except Exception as exc:
+                    db.execute("ROLLBACK")
+                    return [(False, exc)]
+            else:
+                outcomes = [_in_savepoint(db, job.fn) for job in jobs]
             db.execute("COMMIT")
         except Exception as exc:
             if db.in_transaction:
