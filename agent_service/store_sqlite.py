@@ -1,12 +1,12 @@
 """The embedded conversation store: one SQLite file (WAL), zero set-up.
 
-One connection, owned by one worker thread (like the event log's, log_sqlite.py).
-Each operation is one function handed to that thread once: a message costs a few
-thread hand-offs, not one per statement (py-spy had those hand-offs, each a
-wake-up of the worker and then of the event loop, as the largest cost of a
-message's round trip). Writes are group-committed: the writes that arrive while
-the thread is busy go in one transaction, each in a savepoint of its own, so many
-sessions' messages at once cost one hand-off and one commit, not one each.
+Reads: one connection owned by the store's thread, each read one function handed
+to it once (aiosqlite's hand-off per statement, each a wake-up of the worker and
+then of the event loop, was the largest cost of a message's round trip). Writes:
+the file's SqliteWriter (sqlite_writer.py), shared with the event log on the same
+file: the writes queued together are one transaction, each in a savepoint of its
+own, a small batch committed on the event loop (cheaper than a hand-off) and a
+large one on the thread, so many sessions' messages at once cost one commit.
 """
 
 from __future__ import annotations
