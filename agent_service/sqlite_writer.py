@@ -3,9 +3,11 @@
 The store (store_sqlite.py) and the event log (log_sqlite.py) share the service's file;
 both hand their writes to one SqliteWriter, so a batch of events and the messages
 and runs stored beside them are one transaction, and the two never wait for each
-other's write lock. A write is a function of the connection; the writes queued in
-one turn of the event loop form a batch, one transaction, each write in a savepoint
-of its own (one that raises is undone alone and gets its exception).
+other's write lock. A write is a function of the connection. One that finds the
+writer idle (nothing queued, nothing on the thread) is a batch of its own at once,
+so its caller does not wait a turn of the loop; the writes queued behind a batch
+in one turn form the next batch: one transaction, each write in a savepoint of its
+own (one that raises is undone alone and gets its exception).
 
 Where a batch runs. A thread hand-off costs more CPU than a small commit: py-spy had
 the worker's wake-up and the loop's (sem_post, the self-pipe) as a fifth of the
@@ -83,6 +85,7 @@ class SqliteWriter:
         self._scheduled = False  # a drain is scheduled on the loop
         self._on_thread = False  # a batch runs on the thread
         self._commits = 0  # since the last checkpoint
+        self._first_of_turn = True  # no write committed at once in this turn of the loop
         self._inline_rate = inline_commits_per_s
         self._inline_tokens = float(INLINE_COMMITS_BURST)
         self._inline_at = time.monotonic()
@@ -93,17 +96,27 @@ class SqliteWriter:
             db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
     def write(self, fn: Write, weight: int = 1) -> asyncio.Future[Any]:
-        """Queue `fn(db)` for the next batch; the future gets its result or exception.
+        """Queue `fn(db)` for the next batch (run now when the writer is idle); the future
+        gets its result or exception.
         `weight`: about how many rows it writes (a batch past the inline bound goes to
         the thread). A write whose future is cancelled before its batch begins is
         skipped; one whose batch began lands (or is rolled back) whole."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._queued.append(_Job(fn, future, weight))
+        if self._first_of_turn and not self._scheduled and not self._on_thread:
+            if len(self._queued) == 1:  # alone and idle: now, the caller need not wait a turn
+                self._first_of_turn = False
+                loop.call_soon(self._next_turn)  # writes behind it in this turn batch
+                self._drain(loop)
+                return future
         if not self._scheduled and not self._on_thread:
             self._scheduled = True
             loop.call_soon(self._drain, loop)
         return future
+
+    def _next_turn(self) -> None:
+        self._first_of_turn = True
 
     def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
         """On the loop: the queued writes as one batch, here or on the thread."""

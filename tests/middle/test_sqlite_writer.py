@@ -64,11 +64,13 @@ async def test_a_failing_write_is_undone_alone(writer: SqliteWriter, tmp_path: P
 async def test_a_write_cancelled_before_its_batch_is_skipped(
     writer: SqliteWriter, tmp_path: Path
 ) -> None:
-    cancelled = writer.write(insert("gone"))
+    first = writer.write(insert("first"))  # the writer was idle: its own batch, at once
+    cancelled = writer.write(insert("gone"))  # these two wait for the next batch
     kept = writer.write(insert("kept"))
     cancelled.cancel()
+    await first
     await kept
-    assert keys(tmp_path / "w.sqlite3") == ["kept"]
+    assert keys(tmp_path / "w.sqlite3") == ["first", "kept"]
 
 
 @pytest.mark.parametrize("rows", [1, 1000])
