@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from agent_relay.v1 import agent_pb2 as pb
@@ -118,9 +119,11 @@ class EventLog(Protocol):
         ...
 
 
-def open_log(url: str, *, store_url: str = "") -> EventLog:
+def open_log(url: str, *, store_url: str = "", store: object = None) -> EventLog:
     """The log a URL names; an empty URL means the store's SQLite file (or memory:// when
-    the store is in memory). Raises ValueError for an unknown scheme."""
+    the store is in memory). A SQLite log in the file of `store` (an open SqliteStore)
+    writes through the store's writer: one connection, one transaction for both
+    (sqlite_writer.py). Raises ValueError for an unknown scheme."""
     if not url:
         in_memory = not store_url.startswith("sqlite://") or store_url.endswith(":memory:")
         url = "memory://" if in_memory else store_url
@@ -135,7 +138,11 @@ def open_log(url: str, *, store_url: str = "") -> EventLog:
 
             return MemoryLog()
         from agent_service.log_sqlite import SqliteLog
+        from agent_service.store_sqlite import SqliteStore
 
+        if isinstance(store, SqliteStore) and _same_file(store.path, path):
+            shared = store
+            return SqliteLog(path, writer=lambda: shared.writer)
         return SqliteLog(path)
     if url.startswith(("redis://", "rediss://", "unix://")):
         from agent_service.log_redis import RedisLog
@@ -144,3 +151,7 @@ def open_log(url: str, *, store_url: str = "") -> EventLog:
     raise ValueError(
         f"unsupported log URL {url!r}: expected memory://, sqlite:///PATH or redis://HOST:PORT"
     )
+
+
+def _same_file(a: str, b: str) -> bool:
+    return a != ":memory:" and Path(a).resolve() == Path(b).resolve()

@@ -1,9 +1,12 @@
 """The durable event log in SQLite (`sqlite:///PATH`), the zero-set-up default.
 
-It lives in the conversation store's file, on a connection of its own that one
-worker thread owns: a whole batch (the group commit of many sessions' events)
-is one hand-off to that thread and one transaction. WAL with synchronous=NORMAL:
-a committed batch survives kill -9 of the service (not a power cut mid-write).
+It lives in the conversation store's file. Reads run on a thread and a connection
+of its own; appends and trims go through the file's writer (sqlite_writer.py), the
+store's when the server hands it over (`writer`): a whole batch (the group commit
+of many sessions' events) is one job of one transaction, beside the store's writes
+of that moment, committed on the event loop when it is small and on the writer's
+thread when it is large. WAL with synchronous=NORMAL: a committed batch survives
+kill -9 of the service (not a power cut mid-write).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import TypeVar
 
 from agent_relay.v1 import agent_pb2 as pb
 from agent_service.log import Append, SeqConflict
+from agent_service.sqlite_writer import SqliteWriter
 
 T = TypeVar("T")
 
@@ -29,30 +33,51 @@ CREATE TABLE IF NOT EXISTS events (
 ) WITHOUT ROWID;
 """
 FOLLOW_POLL_S = 0.05  # a reader in another process polls; this process wakes its own
+TRIM_WEIGHT = 1 << 30  # a trim may delete many rows: the writer runs it on its thread
 
 
 class SqliteLog:
-    """EventLog on one SQLite file."""
+    """EventLog on one SQLite file. `writer`: the writer of another owner of the file
+    (the store's), opened before this log and closed after it; without one the log
+    has its own."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, writer: Callable[[], SqliteWriter] | None = None) -> None:
         self._path = path
         self._db: sqlite3.Connection | None = None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="event-log")
+        self._shared_writer = writer
+        self._writer: SqliteWriter | None = None
+        self._write_db: sqlite3.Connection | None = None
 
     async def _call(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
 
     async def open(self) -> None:
         await self._call(self._open)
+        if self._shared_writer is not None:
+            self._writer = self._shared_writer()
+        else:
+            self._write_db = await self._call(self._connect)
+            self._writer = SqliteWriter(self._write_db, self._thread, inline=True)
 
     def _open(self) -> None:
         Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+        db = self._connect()
+        db.executescript(SCHEMA)
+        self._db = db
+
+    def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA busy_timeout=10000")
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
-        db.executescript(SCHEMA)
-        self._db = db
+        return db
+
+    @property
+    def writer(self) -> SqliteWriter:
+        if self._writer is None:
+            raise RuntimeError("event log is not open")
+        return self._writer
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -61,6 +86,10 @@ class SqliteLog:
         return self._db
 
     async def close(self) -> None:
+        if self._write_db is not None:
+            await self._call(self._write_db.close)
+            self._write_db = None
+        self._writer = None
         if self._db is not None:
             await self._call(self.db.close)
             self._db = None
@@ -70,35 +99,11 @@ class SqliteLog:
         rows = [
             (a.session_id, a.expected_seq, [e.SerializeToString() for e in a.events]) for a in batch
         ]
-        await self._call(self._append, rows)
-
-    def _append(self, rows: list[tuple[str, int, list[bytes]]]) -> None:
-        db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            for session_id, expected, bodies in rows:
-                head = self._head(session_id)
-                if expected != head + 1:
-                    raise SeqConflict(
-                        f"session {session_id}: expected seq {expected}, head is {head}"
-                    )
-                db.executemany(
-                    "INSERT INTO events (session_id, seq, body) VALUES (?, ?, ?)",
-                    [(session_id, expected + i, body) for i, body in enumerate(bodies)],
-                )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-
-    def _head(self, session_id: str) -> int:
-        row = self.db.execute(
-            "SELECT MAX(seq) FROM events WHERE session_id = ?", (session_id,)
-        ).fetchone()
-        return int(row[0] or 0)
+        weight = sum(len(bodies) for _, _, bodies in rows)
+        await self.writer.write(lambda db: _append(db, rows), weight)
 
     async def head(self, session_id: str) -> int:
-        return await self._call(self._head, session_id)
+        return await self._call(_head, self.db, session_id)
 
     async def read_after(
         self, session_id: str, after_seq: int, limit: int
@@ -131,13 +136,32 @@ class SqliteLog:
                 await asyncio.sleep(FOLLOW_POLL_S)
 
     async def trim(self, session_id: str, keep_after_seq: int) -> int:
-        return await self._call(self._trim, session_id, keep_after_seq)
+        def trim(db: sqlite3.Connection) -> int:
+            cursor = db.execute(
+                "DELETE FROM events WHERE session_id = ? AND seq <= ?", (session_id, keep_after_seq)
+            )
+            return cursor.rowcount
 
-    def _trim(self, session_id: str, keep_after_seq: int) -> int:
-        cursor = self.db.execute(
-            "DELETE FROM events WHERE session_id = ? AND seq <= ?", (session_id, keep_after_seq)
-        )
-        return cursor.rowcount
+        # it may delete many rows: never on the event loop
+        return int(await self.writer.write(trim, weight=TRIM_WEIGHT))
 
     async def ping(self) -> None:
         await self._call(lambda: self.db.execute("SELECT 1").fetchone())
+
+
+def _append(db: sqlite3.Connection, rows: list[tuple[str, int, list[bytes]]]) -> None:
+    """In the writer's transaction: each session's events continue its log, or none is
+    written (SeqConflict)."""
+    for session_id, expected, bodies in rows:
+        head = _head(db, session_id)
+        if expected != head + 1:
+            raise SeqConflict(f"session {session_id}: expected seq {expected}, head is {head}")
+        db.executemany(
+            "INSERT INTO events (session_id, seq, body) VALUES (?, ?, ?)",
+            [(session_id, expected + i, body) for i, body in enumerate(bodies)],
+        )
+
+
+def _head(db: sqlite3.Connection, session_id: str) -> int:
+    row = db.execute("SELECT MAX(seq) FROM events WHERE session_id = ?", (session_id,)).fetchone()
+    return int(row[0] or 0)

@@ -177,7 +177,7 @@ async def create_server(
         raise InsecureListen(refusal)
     store = open_store(settings.store_url)
     await store.open()
-    event_log = open_log(settings.log_url, store_url=settings.store_url)
+    event_log = open_log(settings.log_url, store_url=settings.store_url, store=store)
     await event_log.open()
     provider = make_provider(settings)
     agent_telemetry = AgentTelemetry(telemetry)

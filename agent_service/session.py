@@ -133,10 +133,11 @@ class Session:
         return self.log.retained_after(seq)
 
     def receive_durable(self, seq: int) -> None:
-        """The log writer made events through `seq` durable: publish, wake, resolve."""
+        """The log writer made events through `seq` durable: publish, resolve, wake. The
+        waiters go first: a command that waited for its event (an acceptance) queues its
+        reply before the subscribers' streams collect, so reply and event share one
+        response."""
         self.log.publish_through(seq)
-        for subscriber in self.subscribers:
-            subscriber.notify(self.session_id)
         if self._durable_waiters:
             still = []
             for upto, future in self._durable_waiters:
@@ -146,6 +147,8 @@ class Session:
                 else:
                     still.append((upto, future))
             self._durable_waiters = still
+        for subscriber in self.subscribers:
+            subscriber.notify(self.session_id)
 
     def receive_refused(self, error: Exception) -> None:
         """The log refused this session's appends: this replica is no longer its writer."""

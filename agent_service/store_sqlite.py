@@ -1,24 +1,24 @@
 """The embedded conversation store: one SQLite file (WAL), zero set-up.
 
-One connection, owned by one worker thread (like the event log's, log_sqlite.py).
-Each operation is one function handed to that thread once: a message costs a few
-thread hand-offs, not one per statement (py-spy had those hand-offs, each a
-wake-up of the worker and then of the event loop, as the largest cost of a
-message's round trip). Writes are group-committed: the writes that arrive while
-the thread is busy go in one transaction, each in a savepoint of its own, so many
-sessions' messages at once cost one hand-off and one commit, not one each.
+Reads: one connection owned by the store's thread, each read one function handed
+to it once (aiosqlite's hand-off per statement, each a wake-up of the worker and
+then of the event loop, was the largest cost of a message's round trip). Writes:
+the file's SqliteWriter (sqlite_writer.py), shared with the event log on the same
+file: the writes queued together are one transaction, each in a savepoint of its
+own, a small batch committed on the event loop (cheaper than a hand-off) and a
+large one on the thread, so many sessions' messages at once cost one commit.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
-import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import TypeVar, cast
 
+from agent_service.sqlite_writer import SqliteWriter
 from agent_service.store import (
     MESSAGE_COLUMNS,
     DuplicateMessage,
@@ -95,28 +95,39 @@ INSERT_NEW_MESSAGE = INSERT_MESSAGE + " ON CONFLICT (session_id, message_id) DO 
 class SqliteStore:
     """ConversationStore on one SQLite file. `path` may be ':memory:'.
 
-    Writes are `BEGIN IMMEDIATE` transactions: one takes the file's write lock when
-    it begins, so it waits (busy_timeout) for the event log's commits instead of
-    failing on a stale snapshot. A read is one statement fetched whole. An operation
-    whose caller is cancelled still runs to its end in the thread: it is committed
-    or rolled back whole, never left open. Writes are group-committed (`_writing`):
-    a write whose caller was cancelled before its batch began is skipped (that check
-    runs on the store's thread and may miss a cancel a moment old: such a write lands,
-    as one whose caller is cancelled while it runs does)."""
+    Reads run on the store's thread, on a connection of their own; writes go through
+    the file's SqliteWriter (sqlite_writer.py), on a second connection that the event
+    log on the same file shares (`writer`): the writes queued in one turn of the loop
+    are one transaction, each in a savepoint of its own, small batches committed on
+    the loop and large ones on the thread. Writes are `BEGIN IMMEDIATE` transactions.
+    A read is one statement fetched whole. An operation whose batch began runs to its
+    end even when its caller is cancelled: it is committed or rolled back whole, never
+    left open; a write whose caller was cancelled before its batch began is skipped.
+    In memory there is one connection, and every operation runs on the thread."""
 
     def __init__(self, path: str) -> None:
         self._path = path
         self._db: sqlite3.Connection | None = None
+        self._write_db: sqlite3.Connection | None = None
         self._thread: ThreadPoolExecutor | None = None
-        self._queue_lock = threading.Lock()  # the loop appends, the store's thread takes
-        self._queued: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
-        self._drain_queued = False  # a _drain is submitted and has not taken the queue yet
+        self._writer: SqliteWriter | None = None
 
     @property
     def db(self) -> sqlite3.Connection:
         if self._db is None:
             raise RuntimeError("store is not open")
         return self._db
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    @property
+    def writer(self) -> SqliteWriter:
+        """The writer of the store's file (an event log on the same file shares it)."""
+        if self._writer is None:
+            raise RuntimeError("store is not open")
+        return self._writer
 
     async def _call(self, fn: Callable[..., T], *args: object) -> T:
         """Run fn(*args) on the store's thread (one hand-off)."""
@@ -125,7 +136,7 @@ class SqliteStore:
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
 
     def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """fn in one write transaction, on the store's thread."""
+        """fn in one write transaction, on the store's thread (at open)."""
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -137,58 +148,8 @@ class SqliteStore:
         return result
 
     async def _writing(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """fn in a write transaction on the store's thread, with the writes queued beside it
-        (group commit: one hand-off and one commit for all the writes that arrive while
-        the thread is busy, as when many sessions' messages arrive at once)."""
-        if self._thread is None:
-            raise RuntimeError("store is not open")
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        with self._queue_lock:
-            self._queued.append((fn, future))
-            start = not self._drain_queued
-            self._drain_queued = True
-        if start:
-            self._thread.submit(self._drain, loop)
-        return cast(T, await future)
-
-    def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
-        """On the store's thread: every queued write in one transaction, each in a savepoint
-        of its own (one that raises is undone alone and gets its exception)."""
-        with self._queue_lock:
-            queued, self._queued = self._queued, []
-            self._drain_queued = False
-        queued = [(fn, f) for fn, f in queued if not f.cancelled()]  # a benign race: see the class
-        if not queued:
-            return
-        outcomes: list[tuple[bool, Any]] = []
-        db = self.db
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                for fn, _ in queued:
-                    outcomes.append(self._in_savepoint(db, fn))
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-        except Exception as exc:  # the transaction failed: nothing of it is stored
-            outcomes = [(False, exc)] * len(queued)
-        loop.call_soon_threadsafe(_settle, [f for _, f in queued], outcomes)
-
-    @staticmethod
-    def _in_savepoint(
-        db: sqlite3.Connection, fn: Callable[[sqlite3.Connection], Any]
-    ) -> tuple[bool, Any]:
-        db.execute("SAVEPOINT one_write")
-        try:
-            result = fn(db)
-        except Exception as exc:
-            db.execute("ROLLBACK TO one_write")
-            db.execute("RELEASE one_write")
-            return False, exc
-        db.execute("RELEASE one_write")
-        return True, result
+        """fn in a write transaction with the writes queued beside it (group commit)."""
+        return cast(T, await self.writer.write(fn))
 
     async def _rows(self, sql: str, params: tuple[object, ...] = ()) -> list[sqlite3.Row]:
         return await self._call(lambda: self.db.execute(sql, params).fetchall())
@@ -198,16 +159,25 @@ class SqliteStore:
         await self._call(self._open)
 
     def _open(self) -> None:
-        if self._path != ":memory:":
+        in_memory = self._path == ":memory:"
+        if not in_memory:
             Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+        db = self._connect()
+        self._db = db
+        self._write(self._create_schema)
+        assert self._thread is not None
+        writes = db if in_memory else self._connect()
+        self._write_db = writes
+        self._writer = SqliteWriter(writes, self._thread, inline=not in_memory)
+
+    def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
         db.row_factory = sqlite3.Row
-        db.execute("PRAGMA busy_timeout=10000")  # the event log shares the file
+        db.execute("PRAGMA busy_timeout=10000")  # another process may hold the file's lock
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA foreign_keys=ON")
-        self._db = db
-        self._write(self._create_schema)
+        return db
 
     @staticmethod
     def _create_schema(db: sqlite3.Connection) -> None:
@@ -269,8 +239,11 @@ class SqliteStore:
 
     async def close(self) -> None:
         if self._db is not None:
+            writes = self._write_db
+            if writes is not None and writes is not self._db:
+                await self._call(writes.close)
             await self._call(self._db.close)
-            self._db = None
+            self._db = self._write_db = self._writer = None
         if self._thread is not None:
             self._thread.shutdown(wait=True)
             self._thread = None
@@ -376,14 +349,3 @@ class SqliteStore:
         extra = "AND r.run_order <= (SELECT run_order FROM runs WHERE run_id = ?)"
         rows = await self._rows(ORDERED_MESSAGES.format(extra=extra), (session_id, run_id))
         return [message_from_row(row) for row in rows]
-
-
-def _settle(futures: list[asyncio.Future[Any]], outcomes: list[tuple[bool, Any]]) -> None:
-    """On the event loop: each queued write's caller gets its result or its exception."""
-    for future, (ok, value) in zip(futures, outcomes, strict=True):
-        if future.done():
-            continue
-        if ok:
-            future.set_result(value)
-        else:
-            future.set_exception(value)

@@ -1,0 +1,133 @@
+"""The SQLite file's one writer (agent_service/sqlite_writer.py), on a real file.
+
+What the store and the log rely on: the writes queued together are one transaction in
+which a failing write is undone alone; a write cancelled before its batch is skipped;
+a file another connection locks never blocks the event loop (the batch waits on the
+writer's thread and lands once the lock is gone); and a log in the store's file writes
+through the store's writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from agent_relay.v1 import agent_pb2 as pb
+from agent_service.log import Append, SeqConflict, open_log
+from agent_service.log_sqlite import SqliteLog
+from agent_service.sqlite_writer import SqliteWriter
+from agent_service.store import SessionRecord
+from agent_service.store_sqlite import SqliteStore
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("CREATE TABLE IF NOT EXISTS t (k TEXT PRIMARY KEY)")
+    return db
+
+
+def insert(key: str):  # type: ignore[no-untyped-def]
+    return lambda db: db.execute("INSERT INTO t (k) VALUES (?)", (key,)).rowcount
+
+
+def keys(path: Path) -> list[str]:
+    with sqlite3.connect(path) as db:
+        return [row[0] for row in db.execute("SELECT k FROM t ORDER BY k")]
+
+
+@pytest.fixture
+def writer(tmp_path: Path):  # type: ignore[no-untyped-def]
+    db = connect(tmp_path / "w.sqlite3")
+    thread = ThreadPoolExecutor(max_workers=1)
+    yield SqliteWriter(db, thread, inline=True)
+    thread.shutdown(wait=True)
+    db.close()
+
+
+async def test_a_failing_write_is_undone_alone(writer: SqliteWriter, tmp_path: Path) -> None:
+    first = writer.write(insert("a"))
+    taken = writer.write(insert("a"))  # the same key: fails in its savepoint
+    other = writer.write(insert("b"))
+    assert await first == 1
+    with pytest.raises(sqlite3.IntegrityError):
+        await taken
+    assert await other == 1
+    assert keys(tmp_path / "w.sqlite3") == ["a", "b"]
+
+
+async def test_a_write_cancelled_before_its_batch_is_skipped(
+    writer: SqliteWriter, tmp_path: Path
+) -> None:
+    first = writer.write(insert("first"))  # the writer was idle: its own batch, at once
+    cancelled = writer.write(insert("gone"))  # these two wait for the next batch
+    kept = writer.write(insert("kept"))
+    cancelled.cancel()
+    await first
+    await kept
+    assert keys(tmp_path / "w.sqlite3") == ["first", "kept"]
+
+
+@pytest.mark.parametrize("rows", [1, 1000])
+async def test_a_locked_file_never_blocks_the_loop(
+    writer: SqliteWriter, tmp_path: Path, rows: int
+) -> None:
+    """Another connection holds the write lock until told; the write (small: it would
+    commit on the loop; large: on the thread) lands after, and the loop runs meanwhile."""
+    path = tmp_path / "w.sqlite3"
+    locked, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        other = connect(path)
+        other.execute("BEGIN IMMEDIATE")
+        locked.set()
+        release.wait(30)
+        other.execute("COMMIT")
+        other.close()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    await asyncio.to_thread(locked.wait, 30)
+    ran_on: list[str] = []
+
+    def after_the_lock(db: sqlite3.Connection) -> int:
+        ran_on.append(threading.current_thread().name)
+        return int(insert("after the lock")(db))
+
+    write = writer.write(after_the_lock, weight=rows)
+    ticks = 0
+    while ticks < 5:  # the loop goes on while the write waits for the lock
+        await asyncio.sleep(0.01)
+        ticks += 1
+    assert not write.done()
+    release.set()
+    assert await write == 1
+    await asyncio.to_thread(holder.join, 30)
+    assert keys(path) == ["after the lock"]
+    assert ran_on != [threading.current_thread().name]  # waited on the writer's thread
+
+
+async def test_the_log_in_the_stores_file_shares_its_writer(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/relay.sqlite3"
+    store = SqliteStore(f"{tmp_path}/relay.sqlite3")
+    await store.open()
+    log = open_log("", store_url=url, store=store)
+    assert isinstance(log, SqliteLog)
+    await log.open()
+    try:
+        assert log.writer is store.writer
+        await store.create_session(SessionRecord("s1", "u", "t", 1))
+        event = pb.SessionEvent(session_id="s1", seq=1, run_id="r")
+        await log.append([Append("s1", [event])])
+        with pytest.raises(SeqConflict):  # a log batch is still all or nothing
+            await log.append([Append("s1", [event])])
+        assert await log.head("s1") == 1
+        assert (await store.get_session("s1")) is not None
+    finally:
+        await log.close()
+        await store.close()
