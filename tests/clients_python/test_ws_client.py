@@ -123,6 +123,7 @@ async def test_a_reply_streams_and_assembles(edge: EdgeProcess, wire) -> None:
         rec = Recorder(client)
         session = await client.create_session(title="ws")
         conv = await client.follow(session)
+        await eventually(lambda: client.link is not None)  # follow does not wait for the socket
         assert client.link is not None
         assert client.link.welcome.protocol == PROTOCOLS[wire]
         await client.send(session, "hello through the edge")
