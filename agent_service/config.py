@@ -161,11 +161,10 @@ class ServiceSettings:
         "the port may do anything",
     )
     merge_delta_chars: int = field(
-        0,
+        4096,
         "a model delta made while its step's previous delta waits for the log joins that "
-        "event, up to this many characters (0: every delta is its own event). Off by "
-        "default: a resume's catch-up then outruns a reader with a small send queue at the "
-        "edge (tests/integration/edge/test_edge_faults.py closes it 1013)",
+        "event, up to this many characters (0: every delta is its own event): the busier "
+        "the log writer, the more words per event",
     )
     event_loop: str = field(
         "uvloop", "the event loop: uvloop (libuv's, in C: cheaper per callback) or asyncio"

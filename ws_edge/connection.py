@@ -80,6 +80,7 @@ class Connection:
         "_abuse",
         "_authority",
         "_closer",
+        "_drain_waiters",
         "_expiry_told",
         "_limiter",
         "_ping_sent_at",
@@ -136,6 +137,7 @@ class Connection:
             wire=wire,
         )
         self._writer: asyncio.Task[None] | None = None
+        self._drain_waiters: list[str] | None = None  # sessions catching up, made at first use
         self._closer: asyncio.Task[None] | None = None
         self.closing = False
         self.close_code: int | None = None
@@ -171,20 +173,53 @@ class Connection:
                 self.queue.bytes,
                 held,
             )
-            self.close(
-                CloseCode.TRY_AGAIN_LATER,
-                "send queue full: reconnect later and resume from your last seq",
-                flush=False,
-            )
+            self.close_slow()
             return
         if self._writer is None:
             self._writer = asyncio.get_running_loop().create_task(self._write())
+
+    def close_slow(self) -> None:
+        """Close 1013: the socket fell behind; it resumes from its last seq."""
+        self.close(
+            CloseCode.TRY_AGAIN_LATER,
+            "send queue full: reconnect later and resume from your last seq",
+            flush=False,
+        )
+
+    def when_drained(self, session_id: str) -> None:
+        """Tell the hub (`Hub.drained`) once everything queued now is written: the socket's
+        catch-up of that session goes on then (ws_edge/room.py)."""
+        waiters = self._drain_waiters
+        if waiters is None:
+            waiters = self._drain_waiters = []
+        waiters.append(session_id)
+        if self._writer is None and not self.closing:
+            self._writer = asyncio.get_running_loop().create_task(self._write())
+
+    def _held_bytes(self) -> int:
+        transport = self._transport
+        if isinstance(transport, asyncio.WriteTransport):
+            return transport.get_write_buffer_size()
+        return 0
 
     async def _write(self) -> None:
         try:
             sent = self.hub.telemetry.sent
             kind = WSMsgType.BINARY if self.wire is Wire.PROTO else WSMsgType.TEXT
-            while (data := self.queue.pop()) is not None:
+            while True:
+                data = self.queue.pop()
+                if data is None:
+                    waiters = self._drain_waiters
+                    if not waiters or self.closing:
+                        break
+                    # Drained (send_frame waited for the transport): the catch-ups go on,
+                    # each with what the queue's bound leaves, and the loop writes them.
+                    self._drain_waiters = None
+                    room = self.hub.settings.send_queue_max_bytes - self._held_bytes()
+                    budget = max(room // (2 * len(waiters)), 1024)
+                    for session_id in waiters:
+                        self.hub.drained(self, session_id, budget)
+                    continue
                 await self.ws.send_frame(data, kind)
                 sent(len(data))
         except (ConnectionError, RuntimeError) as exc:

@@ -21,6 +21,8 @@ from ws_edge.errors import EdgeError
 from ws_edge.limits import FrameBudget, FrameLimiter, RunLimiter
 from ws_edge.room import (
     AckJoin,
+    CatchUpWhenDrained,
+    CloseSlow,
     Deliver,
     Effect,
     ExpireAt,
@@ -182,6 +184,7 @@ class Hub:
                 batch_window_s=self._batch_window_s,
                 grace_s=self.settings.room_grace_s,
                 buffer_events=self.settings.room_buffer_events,
+                catch_up_bytes=min(32_768, self.settings.send_queue_max_bytes // 2),
             )
         conn.now_joined(session_id)
         self._apply(room, room.join(conn.socket_id, ref, after_seq, prefs, self.clock()))
@@ -219,8 +222,28 @@ class Hub:
                 self._arm_expiry(room, effect.at)
             elif isinstance(effect, RunFinished):
                 self.runs.finish(effect.run_id)
+            elif isinstance(effect, CatchUpWhenDrained):
+                conn = self.connections.get(effect.socket_id)
+                if conn is not None:
+                    conn.when_drained(room.session_id)
+            elif isinstance(effect, CloseSlow):
+                conn = self.connections.get(effect.socket_id)
+                if conn is not None:
+                    log.warning(
+                        "socket %s: fell behind the room of %s while catching up: closing 1013",
+                        effect.socket_id,
+                        room.session_id,
+                    )
+                    self._drop_member(room.session_id, (effect.socket_id,))
+                    conn.close_slow()
             elif isinstance(effect, RoomClosed):
                 self._close_room(room, effect.socket_ids)
+
+    def drained(self, conn: Connection, session_id: str, budget_bytes: int) -> None:
+        """A socket sent what it had queued: its catch-up of the session goes on."""
+        room = self.rooms.get(session_id)
+        if room is not None and session_id in conn.joined:
+            self._apply(room, room.receive_drained(conn.socket_id, budget_bytes, self.clock()))
 
     def _drop_member(self, session_id: str, socket_ids: tuple[str, ...]) -> None:
         """The room dropped these sockets: they no longer count it as joined."""

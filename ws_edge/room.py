@@ -12,6 +12,9 @@ returns a list of effects for the I/O layer to carry out, in order:
 - `FlushAt(at)`: call `receive_flush_due` at that time (the delta batch window);
 - `ExpireAt(at)`: call `receive_expired` at that time (None: cancel); the grace period;
 - `RunFinished(run_id)`: a run ended (the per-user run limiter listens);
+- `CatchUpWhenDrained(socket_id)`: call `receive_drained` once that socket has sent
+  what it has queued (its catch-up goes on);
+- `CloseSlow(socket_id)`: close the socket 1013: it fell behind what the room keeps;
 - `RoomClosed`: forget the room.
 
 Delivery rules. The room accepts an upstream event only if its seq is the next
@@ -33,6 +36,7 @@ frame (`from_seq`..`seq`).
 from __future__ import annotations
 
 import enum
+import itertools
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -41,6 +45,8 @@ from ws_edge.errors import EdgeError, ErrorCode
 from ws_edge.events import FINAL_TOOL_STATUSES, delta_frame, encode_event, event_kind, tool_status
 from ws_edge.frames import error_frame, upstream_frame
 from ws_edge.wire import FieldsFrame, OutFrame
+
+_FRAME_OVERHEAD_BYTES = 160  # about what a frame's fields add to its text, in JSON
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +147,16 @@ class RunFinished:
 
 
 @dataclass(frozen=True)
+class CatchUpWhenDrained:
+    socket_id: str
+
+
+@dataclass(frozen=True)
+class CloseSlow:
+    socket_id: str
+
+
+@dataclass(frozen=True)
 class RoomClosed:
     session_id: str
     socket_ids: tuple[str, ...] = ()  # the sockets it still had, dropped with it
@@ -155,6 +171,8 @@ Effect = (
     | FlushAt
     | ExpireAt
     | RunFinished
+    | CatchUpWhenDrained
+    | CloseSlow
     | RoomClosed
 )
 
@@ -171,6 +189,8 @@ class RoomState(enum.Enum):
 class _Subscriber:
     after_seq: int
     prefs: Preferences
+    catching_up: bool = False  # fed from the buffer as it drains, not by live fan-out
+    draining: bool = False  # a chunk is out: the next when the socket drains
 
 
 @dataclass(slots=True)
@@ -204,6 +224,8 @@ class Room:
         "_batch_window_s",
         "_buffer",
         "_buffer_events",
+        "_catch_up_bytes",
+        "_catching_up",
         "_empty_since",
         "_flush_scheduled",
         "_grace_s",
@@ -227,6 +249,7 @@ class Room:
         grace_s: float,
         buffer_events: int,
         max_linger_s: float = 900.0,
+        catch_up_bytes: int = 32_768,
     ) -> None:
         self.session_id = session_id
         self.state = RoomState.NEW
@@ -234,6 +257,8 @@ class Room:
         self._grace_s = grace_s
         self._buffer_events = buffer_events
         self._buffer: deque[_Buffered] | None = None
+        self._catch_up_bytes = catch_up_bytes  # about this much in a join's first chunk
+        self._catching_up = 0  # subscribers fed from the buffer as they drain
         self._subs: dict[str, _Subscriber] = {}
         self._waiting: dict[str, str | None] = {}  # socket id -> join ref awaiting the reply
         self._told_lost = False  # sockets were told the upstream is gone: tell them it is back
@@ -278,7 +303,9 @@ class Room:
             # refuses it (OUT_OF_RANGE); a previous join of the socket is dropped.
             rejected = RejectJoin(socket_id, ref, self._beyond_head(after_seq))
             return [rejected, *self.leave(socket_id, now)]
-        self._subs.pop(socket_id, None)
+        replaced = self._subs.pop(socket_id, None)
+        if replaced is not None and replaced.catching_up:
+            self._catching_up -= 1
         effects: list[Effect] = [ExpireAt(None)]
         if self.state is RoomState.NEW:
             self.state = RoomState.SUBSCRIBING
@@ -290,10 +317,13 @@ class Room:
         sub = _Subscriber(after_seq, prefs)
         replay: list[Effect] = []
         if after_seq < last and after_seq >= self._base_seq:
-            replay = self._replay(socket_id, sub, after_seq)
-            sub.after_seq = last
+            sub.catching_up = True
+            self._catching_up += 1
+            replay = self._catch_up(socket_id, sub, self._catch_up_bytes)
         elif after_seq < last:
             self._rewind(after_seq, effects)
+            sub.catching_up = True  # the replay comes into the buffer, and out as it drains
+            self._catching_up += 1
         self._subs[socket_id] = sub
         if self.state is RoomState.LIVE:
             effects.append(AckJoin(socket_id, ref, self._head_seq))
@@ -309,8 +339,11 @@ class Room:
 
     def leave(self, socket_id: str, now: float) -> list[Effect]:
         """A socket stops following; the last one out starts the grace period."""
-        if self._subs.pop(socket_id, None) is None:
+        sub = self._subs.pop(socket_id, None)
+        if sub is None:
             return []
+        if sub.catching_up:
+            self._catching_up -= 1
         self._waiting.pop(socket_id, None)
         if self._subs or self.state is RoomState.CLOSED:
             return []
@@ -351,6 +384,8 @@ class Room:
         if self._told_lost and self._subs:
             effects.append(Deliver(self.socket_ids, upstream_frame(self.session_id, "available")))
         self._told_lost = False
+        if self._catching_up:
+            self._wake_catch_ups(effects)
         if not self._subs and len(effects) > 0:
             self._empty_since = now
             effects.append(ExpireAt(now + self._grace_s))
@@ -430,7 +465,38 @@ class Room:
             elif not self._flush_scheduled:
                 self._flush_scheduled = True
                 effects.append(FlushAt(self._last_flush_at + self._batch_window_s))
+        if self._catching_up:
+            self._wake_catch_ups(effects)
         return effects
+
+    def receive_drained(self, socket_id: str, budget_bytes: int, now: float) -> list[Effect]:
+        """A catching-up socket sent what it had queued: its next chunk, of about
+        `budget_bytes` (what its send queue has room for)."""
+        sub = self._subs.get(socket_id)
+        if sub is None or not sub.catching_up:
+            return []
+        sub.draining = False
+        effects: list[Effect] = []
+        self._continue_catch_up(socket_id, sub, budget_bytes, effects)
+        return effects
+
+    def _continue_catch_up(
+        self, socket_id: str, sub: _Subscriber, budget_bytes: int, effects: list[Effect]
+    ) -> None:
+        if sub.after_seq < self._base_seq:
+            # The buffer dropped events the socket has yet to get (the upstream replay
+            # outran it): fetch them again from its after_seq; the others skip the overlap.
+            self._rewind(sub.after_seq, effects)
+        else:
+            effects.extend(self._catch_up(socket_id, sub, budget_bytes))
+
+    def _wake_catch_ups(self, effects: list[Effect], before_seq: int | None = None) -> None:
+        """Catching-up sockets that waited for the buffer to reach past them go on (only
+        those still short of `before_seq`, when given)."""
+        for sid, sub in list(self._subs.items()):
+            if sub.catching_up and not sub.draining:
+                if before_seq is None or sub.after_seq < before_seq:
+                    self._continue_catch_up(sid, sub, self._catch_up_bytes, effects)
 
     def receive_flush_due(self, now: float) -> list[Effect]:
         """The batch window of the pending deltas ended."""
@@ -451,6 +517,8 @@ class Room:
         if buffer is None:
             buffer = self._buffer = deque(maxlen=self._buffer_events)
         elif len(buffer) == buffer.maxlen:
+            if self._catching_up:  # a waiting catch-up takes its next chunk before the drop
+                self._wake_catch_ups(effects, before_seq=buffer[0].event.seq)
             self._base_seq = buffer[0].event.seq
         buffer.append(buffered)
         if kind == "response_delta":
@@ -465,7 +533,11 @@ class Room:
             batch.time_unix_ms = event.time_unix_ms
             return
         self._flush(now, effects)
-        targets = [sid for sid, sub in self._subs.items() if sub.after_seq < event.seq]
+        targets = [
+            sid
+            for sid, sub in self._subs.items()
+            if sub.after_seq < event.seq and not sub.catching_up
+        ]
         wanted = tuple(sid for sid in targets if _wants(self._subs[sid].prefs, event))
         if wanted:
             effects.append(Deliver(wanted, buffered.frame()))
@@ -488,7 +560,7 @@ class Room:
         last = batch.parts[-1][0]
         whole: list[str] = []
         for sid, sub in self._subs.items():
-            if sub.after_seq >= last:
+            if sub.after_seq >= last or sub.catching_up:
                 continue
             if sub.prefs.deltas:
                 if sub.after_seq < batch.parts[0][0]:
@@ -513,37 +585,66 @@ class Room:
             "".join(text for _, text in parts),
         )
 
-    def _replay(self, socket_id: str, sub: _Subscriber, after_seq: int) -> list[Effect]:
-        """Frames of the buffered events after after_seq, for one socket, deltas batched."""
+    def _catch_up(self, socket_id: str, sub: _Subscriber, budget_bytes: int) -> list[Effect]:
+        """Frames of the buffered events after the socket's after_seq, deltas of a step
+        batched, until about `budget_bytes` are out; then wait for the socket to drain,
+        or, at the newest event, the socket is live again."""
         effects: list[Effect] = []
         batch: _Batch | None = None
+        batch_chars = 0
+        spent = 0
 
         def flush_replay() -> None:
             if batch is not None and sub.prefs.deltas:
                 info = self._delta_info(batch, -1)
                 effects.append(Deliver((socket_id,), info.encode(), info))
 
-        for item in self._buffer or ():
+        buffer = self._buffer or ()
+        first = sub.after_seq + 1 - buffer[0].event.seq if buffer else 0
+        for item in itertools.islice(buffer, max(first, 0), None):
+            if spent + batch_chars >= budget_bytes:
+                break
             event = item.event
-            if event.seq <= after_seq:
-                continue
             if event_kind(event) == "response_delta":
                 step = event.response_delta.step
                 if batch is None or (batch.run_id, batch.step) != (event.run_id, step):
                     flush_replay()
-                    batch = _Batch(event.run_id, step)
-                batch.parts.append((event.seq, event.response_delta.text))
+                    spent += batch_chars + _FRAME_OVERHEAD_BYTES
+                    batch, batch_chars = _Batch(event.run_id, step), 0
+                text = event.response_delta.text
+                batch.parts.append((event.seq, text))
                 batch.time_unix_ms = event.time_unix_ms
-                continue
-            flush_replay()
-            batch = None
-            if _wants(sub.prefs, event):
-                effects.append(Deliver((socket_id,), item.frame()))
+                batch_chars += len(text)
+            else:
+                flush_replay()
+                spent += batch_chars
+                batch, batch_chars = None, 0
+                if _wants(sub.prefs, event):
+                    effects.append(Deliver((socket_id,), item.frame()))
+                    spent += event.ByteSize() + _FRAME_OVERHEAD_BYTES
+            sub.after_seq = event.seq
         flush_replay()
+        caught_up = sub.after_seq >= self.last_seq and sub.after_seq >= self._head_seq
+        if caught_up and self.state is RoomState.LIVE:
+            sub.catching_up = False  # live from here on
+            self._catching_up -= 1
+        elif effects:
+            sub.draining = True
+            effects.append(CatchUpWhenDrained(socket_id))
+        # else: nothing buffered past it yet (a replay on its way): receive_events wakes it
         return effects
 
+    def _close_catching_up(self, now: float, effects: list[Effect]) -> None:
+        """Close 1013 the catching-up sockets (a gap would skip what they have yet to get
+        from the buffer): they resume by seq."""
+        slow = [sid for sid, sub in self._subs.items() if sub.catching_up]
+        for sid in slow:
+            effects.append(CloseSlow(sid))
+            effects.extend(self.leave(sid, now))
+
     def _rewind(self, after_seq: int, effects: list[Effect]) -> None:
-        """Resubscribe upstream from an older seq; sockets ahead of it skip the overlap."""
+        """Resubscribe upstream from an older seq; sockets ahead of it skip the overlap
+        (catching-up ones go on from the buffer as the replay refills it)."""
         self._buffer = None
         self._next_seq = after_seq + 1
         self._base_seq = after_seq
@@ -554,6 +655,8 @@ class Room:
     def _gap(self, event: pb.SessionEvent, now: float, effects: list[Effect]) -> None:
         first_seq = event.replay_gap.first_seq
         self._flush(now, effects)
+        if self._catching_up:  # the gap would skip what they have yet to get from the buffer
+            self._close_catching_up(now, effects)
         for sid, sub in self._subs.items():
             if sub.after_seq < first_seq - 1:
                 frame = {

@@ -123,6 +123,7 @@ async def test_a_reply_streams_and_assembles(edge: EdgeProcess, wire) -> None:
         rec = Recorder(client)
         session = await client.create_session(title="ws")
         conv = await client.follow(session)
+        await eventually(lambda: client.link is not None)  # follow does not wait for the socket
         assert client.link is not None
         assert client.link.welcome.protocol == PROTOCOLS[wire]
         await client.send(session, "hello through the edge")
@@ -270,8 +271,11 @@ async def finish_run(rec: Recorder, client: EdgeClient, session: str, text: str)
 
 
 async def test_a_gap_reloads_history_and_resumes_after_it(tmp_path: Path) -> None:
+    # One event per word (no merging), so the 60-word reply overruns the 10 retained events.
     small = start_agent_service(
-        tmp_path, "--demo-tokens-per-s", "0", "--demo-reply-words", "60", "--retention-events", "10"
+        tmp_path,
+        *("--demo-tokens-per-s", "0", "--demo-reply-words", "60", "--retention-events", "10"),
+        *("--merge-delta-chars", "0"),
     )
     front = start_edge(small.address)
     other = start_edge(small.address)  # a fresh node: its room has none of the old events

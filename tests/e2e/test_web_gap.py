@@ -29,7 +29,9 @@ from tests.support.service import ServiceProcess, start_agent_service
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
     proc = start_agent_service(
-        tmp_path_factory.mktemp("e2e-gap"), *SERVICE_ARGS, "--retention-events", "10"
+        tmp_path_factory.mktemp("e2e-gap"),
+        *SERVICE_ARGS,
+        *("--retention-events", "10", "--merge-delta-chars", "0"),  # one event per word
     )
     yield proc
     proc.stop()

@@ -353,7 +353,8 @@ async def test_an_idle_session_is_unloaded_and_a_later_resume_continues_with_no_
 
 
 async def test_a_resume_older_than_the_retained_events_is_told_of_the_gap(tmp_path: Path):
-    service = start_agent_service(tmp_path, "--retention-events", "5")
+    # one event per word (no merging): the reply overruns the 5 retained events
+    service = start_agent_service(tmp_path, "--retention-events", "5", "--merge-delta-chars", "0")
     try:
         async with grpc.aio.insecure_channel(service.address) as channel:
             stub = agent_pb2_grpc.AgentServiceStub(channel)

@@ -6,6 +6,7 @@ from agent_relay.v1 import agent_pb2 as pb
 from ws_edge.errors import EdgeError, ErrorCode
 from ws_edge.room import (
     AckJoin,
+    CatchUpWhenDrained,
     Deliver,
     ExpireAt,
     FlushAt,
@@ -135,8 +136,25 @@ def test_a_join_older_than_the_buffer_rewinds_upstream_and_others_skip_the_overl
         [accepted(1), completed(2), accepted(3, "r_2"), completed(4, "r_2"), accepted(5, "r_3")],
         now=2.2,
     )
-    assert [f["seq"] for f in frames_for(replay, "b")] == [1, 2, 3, 4, 5]
+    # b catches up from the buffer as it drains: what the buffer held before it filled
+    # went out; what it dropped meanwhile is fetched again when b has drained
+    assert [f["seq"] for f in frames_for(replay, "b")] == [1, 2]
     assert [f["seq"] for f in frames_for(replay, "a")] == [5]
+    assert of(replay, CatchUpWhenDrained) == [CatchUpWhenDrained("b")]
+    again = room.receive_drained("b", 65_536, now=2.3)
+    assert of(again, SubscribeUpstream) == [SubscribeUpstream(S, 2)]
+    early = room.receive_events([completed(4, "r_2"), accepted(5, "r_3")], now=2.4)
+    assert early == []  # the old subscription's events, past the rewind: never skip ahead
+    rest = room.receive_events(
+        [accepted(3, "r_2"), completed(4, "r_2"), accepted(5, "r_3")], now=2.4
+    )
+    assert [f["seq"] for f in frames_for(rest, "b")] == [3, 4]
+    assert [f["seq"] for f in frames_for(room.receive_drained("b", 65_536, now=2.5), "b")] == [5]
+    room.receive_joined(5, now=2.6)
+    assert room.receive_drained("b", 65_536, now=2.7) == []  # caught up: live from here on
+    live = room.receive_events([completed(6, "r_3")], now=2.8)
+    assert [f["seq"] for f in frames_for(live, "a")] == [6]
+    assert [f["seq"] for f in frames_for(live, "b")] == [6]
 
 
 def test_deltas_within_the_window_share_one_frame_and_the_first_is_not_delayed():
@@ -281,9 +299,8 @@ def test_after_a_rewind_a_socket_ahead_gets_only_the_part_of_a_batch_it_lacks():
     room.receive_joined(3, now=2.0)
     replay = room.receive_events([delta(1, "a"), delta(2, "b"), delta(3, "c")], now=3.0)
     replay += room.receive_flush_due(now=3.1)
-    assert [(f["from_seq"], f["seq"], f["text"]) for f in frames_for(replay, "b")] == [
-        (1, 3, "abc")
-    ]
+    # b catches up as it drains (a buffer of one event: one event now)
+    assert [(f["from_seq"], f["seq"], f["text"]) for f in frames_for(replay, "b")] == [(1, 1, "a")]
     assert [(f["from_seq"], f["seq"], f["text"]) for f in frames_for(replay, "a")] == [(3, 3, "c")]
 
 
@@ -347,3 +364,33 @@ def test_a_room_closed_by_a_failed_resubscription_names_the_sockets_it_dropped()
     effects = room.receive_join_failed(EdgeError(ErrorCode.NOT_FOUND, "no such session"), 2.1)
     assert of(effects, RoomClosed) == [RoomClosed(S, ("a",))]
     assert room.socket_ids == ()
+
+
+def test_a_catch_up_from_the_buffer_goes_out_in_chunks_as_the_socket_drains():
+    room = make_room(catch_up_bytes=1000)
+    room.join("a", "ja", 0, STREAM, now=0.0)
+    room.receive_joined(0, now=0.0)
+    words = [f"{i:0>400}" for i in range(2, 8)]  # 400 characters per event
+    room.receive_events([accepted(1)] + [delta(i, w) for i, w in enumerate(words, 2)], 1.0)
+    room.receive_flush_due(now=1.1)
+    first = room.join("b", "jb", 0, STREAM, now=2.0)
+    assert of(first, CatchUpWhenDrained) == [CatchUpWhenDrained("b")]
+    got = frames_for(first, "b")
+    assert [f["seq"] for f in got] == [1, 3]  # the accepted event, then deltas 2-3 in one frame
+    # live events wait in the buffer while b catches up: "a" gets them, b does not yet
+    live = room.receive_events([completed(8)], now=2.1)
+    assert [f["seq"] for f in frames_for(live, "a")] == [8]
+    assert frames_for(live, "b") == []
+    while True:
+        more = room.receive_drained("b", 1000, now=2.2)
+        got += frames_for(more, "b")
+        if not of(more, CatchUpWhenDrained):
+            break
+    assert [n for f in got for n in range(f.get("from_seq", f["seq"]), f["seq"] + 1)] == list(
+        range(1, 9)
+    )
+    assert "".join(f["text"] for f in got if f["type"] == "chat:response") == "".join(words)
+    # live again: the next event reaches both, once
+    after = room.receive_events([accepted(9, "r_2")], now=3.0)
+    assert [f["seq"] for f in frames_for(after, "b")] == [9]
+    assert [f["seq"] for f in frames_for(after, "a")] == [9]
