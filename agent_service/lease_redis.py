@@ -49,6 +49,7 @@ import redis.asyncio as aioredis
 from agent_service.errors import Unavailable
 from agent_service.lease import FenceSource, Holder, LostCallback, default_replica_id
 from agent_service.log_redis import SOCKET_TIMEOUT_S, lease_key
+from agent_service.redis_client import command_client
 
 log = logging.getLogger(__name__)
 
@@ -158,11 +159,8 @@ class RedisLease:
     async def open(self) -> None:
         if " " in self.replica_id or not self.replica_id:
             raise ValueError("replica_id must be non-empty and contain no space")
-        self._redis = aioredis.Redis.from_url(
-            self._url,
-            decode_responses=False,
-            socket_timeout=SOCKET_TIMEOUT_S,
-            socket_connect_timeout=SOCKET_TIMEOUT_S,
+        self._redis = command_client(
+            self._url, socket_timeout_s=SOCKET_TIMEOUT_S, connect_timeout_s=SOCKET_TIMEOUT_S
         )
         await self._redis.set(self._sentinel, b"1", nx=True)
         for name, body in (("acquire", ACQUIRE), ("renew", RENEW), ("release", RELEASE)):

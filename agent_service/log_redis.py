@@ -36,6 +36,7 @@ from redis.exceptions import ResponseError
 
 from agent_relay.v1 import agent_pb2 as pb
 from agent_service.log import Append, Fenced, LeaseMissing, LogBehind, SeqConflict
+from agent_service.redis_client import command_client
 
 # KEYS: stream1, head1, lease1, stream2, head2, lease2, ...; ARGV: n, then per session:
 # expected, count, fence, reseed, then every body of every session in order. A fence of
@@ -135,11 +136,10 @@ class RedisLog:
     async def open(self) -> None:
         # bounded waits: a Redis that stops answering fails a call (and the writer retries)
         # instead of hanging it; blocking reads add their block time to the timeout
-        self._redis = aioredis.Redis.from_url(
+        self._redis = command_client(
             self._url,
-            decode_responses=False,
-            socket_timeout=FOLLOW_BLOCK_MS / 1000 + SOCKET_TIMEOUT_S,
-            socket_connect_timeout=SOCKET_TIMEOUT_S,
+            socket_timeout_s=FOLLOW_BLOCK_MS / 1000 + SOCKET_TIMEOUT_S,
+            connect_timeout_s=SOCKET_TIMEOUT_S,
         )
         await self._redis.ping()
         self._append = self._redis.register_script(APPEND)

@@ -148,3 +148,21 @@ def test_the_default_log_is_the_store_file_or_memory() -> None:
     assert isinstance(open_log("", store_url="sqlite:///:memory:"), MemoryLog)
     with pytest.raises(ValueError, match="unsupported log URL"):
         open_log("kafka://nope")
+
+
+async def test_redis_answers_more_calls_at_once_than_its_connections() -> None:
+    """A replica that loads hundreds of sessions at once makes that many calls at once;
+    with redis-py's default pool (100 connections, no waiting) the 101st failed "Too many
+    connections" (`make bench`'s 200-session service bench on the Redis log)."""
+    async with redis_prefix() as (url, prefix):
+        log = open_log(f"{url}?prefix={prefix}")
+        await log.open()
+        try:
+            sessions = [f"s{i}" for i in range(400)]
+            await log.append([Append(sid, events(sid, 1, 2)) for sid in sessions])
+            tails = await asyncio.gather(*(log.read_tail(sid, 10) for sid in sessions))
+            heads = await asyncio.gather(*(log.head(sid) for sid in sessions))
+            assert [[e.seq for e in tail] for tail in tails] == [[1, 2]] * len(sessions)
+            assert heads == [2] * len(sessions)
+        finally:
+            await log.close()
