@@ -62,6 +62,7 @@ from bench.relay_client import (
     create_sessions,
     decode,
     encode,
+    fill_history,
     start_process,
     start_relay,
 )
@@ -278,33 +279,8 @@ async def rtt_relay_history(b: Bench) -> Metrics:
 async def build_history(b: Bench, count: int, budget_s: float) -> None:
     """One session with `count` messages (and their runs) behind it, a few in flight at once."""
     sock = (await b.relay_socks(b.fast, 1))[0]
-    completed = 0
-    progress = asyncio.Event()
-
-    def on_frame(frame: dict[str, Any]) -> None:
-        nonlocal completed
-        if frame.get("type") == "chat:complete":
-            completed += 1
-            progress.set()
-
-    sock.on_frame = on_frame
-    sent = 0
-    deadline = time.monotonic() + budget_s
-    while completed < count and time.monotonic() < deadline:
-        while sent < count and sent - completed < 8:
-            await sock.say(f"history {sent}")
-            sent += 1
-        progress.clear()
-        try:
-            await asyncio.wait_for(progress.wait(), 30)
-        except TimeoutError:
-            break
-    while completed < sent and time.monotonic() < deadline + 30:
-        progress.clear()
-        await asyncio.wait_for(progress.wait(), 30)
-    sock.on_frame = None
+    b.history_messages = await fill_history(sock, count, budget_s)
     b.history_sock = sock
-    b.history_messages = completed
 
 
 async def rtt_ws(b: Bench) -> Metrics:

@@ -40,6 +40,7 @@ from bench.relay_client import (
     RelaySocket,
     RunWatch,
     create_sessions,
+    fill_history,
     start_process,
 )
 
@@ -132,27 +133,6 @@ async def burst(pair: RelayPair, all_socks: list[RelaySocket]) -> Metrics:
     }
 
 
-async def build_history(sock: RelaySocket, count: int) -> None:
-    done = 0
-    progress = asyncio.Event()
-
-    def on_frame(frame: dict[str, object]) -> None:
-        nonlocal done
-        if frame.get("type") == "chat:complete":
-            done += 1
-            progress.set()
-
-    sock.on_frame = on_frame
-    sent = 0
-    while done < count:
-        while sent < count and sent - done < 8:
-            await sock.say(f"history {sent}")
-            sent += 1
-        progress.clear()
-        await asyncio.wait_for(progress.wait(), 30)
-    sock.on_frame = None
-
-
 def show(results: dict[str, dict[str, list[Metrics]]]) -> None:
     for scenario, systems in results.items():
         print(f"\n{scenario}")
@@ -181,7 +161,7 @@ async def main_async(args: argparse.Namespace, sources: dict[str, Path]) -> None
                 for name, pair in pairs.items():
                     if "history" in args.scenarios:
                         history[name] = (await socks(http, pair, 1))[0]
-                        await build_history(history[name], args.history)
+                        await fill_history(history[name], args.history, budget_s=600)
                     if "burst" in args.scenarios:
                         bursts[name] = await socks(http, pair, args.burst_sessions)
                 results: dict[str, dict[str, list[Metrics]]] = {}

@@ -342,3 +342,34 @@ class RunWatch:
             self.latencies_ms.append(now * 1000 - frame["time_unix_ms"])
         elif kind == "chat:complete":
             self.done.set()
+
+
+async def fill_history(sock: RelaySocket, count: int, budget_s: float) -> int:
+    """Put `count` messages (and their runs) behind the socket's session, 8 in flight at
+    once, within about budget_s (fewer when it runs out); returns how many completed."""
+    completed = 0
+    progress = asyncio.Event()
+
+    def on_frame(frame: dict[str, Any]) -> None:
+        nonlocal completed
+        if frame.get("type") == "chat:complete":
+            completed += 1
+            progress.set()
+
+    sock.on_frame = on_frame
+    sent = 0
+    deadline = time.monotonic() + budget_s
+    while completed < count and time.monotonic() < deadline:
+        while sent < count and sent - completed < 8:
+            await sock.say(f"history {sent}")
+            sent += 1
+        progress.clear()
+        try:
+            await asyncio.wait_for(progress.wait(), 30)
+        except TimeoutError:
+            break
+    while completed < sent and time.monotonic() < deadline + 30:
+        progress.clear()
+        await asyncio.wait_for(progress.wait(), 30)
+    sock.on_frame = None
+    return completed
