@@ -6,6 +6,7 @@ with tokens minted as `agent-relay token` mints them.
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import time
@@ -140,11 +141,21 @@ async def test_execute_tool_needs_the_tools_scope(service: ServiceProcess) -> No
     start = pb.ExecuteToolRequest(
         start=pb.StartTool(tool_name="calculator", arguments_json='{"expression": "6*7"}')
     )
+    refused = asyncio.Event()
+
+    async def after_the_refusal():
+        # The service refuses on the call's metadata, before it reads a request. A write
+        # that grpc.aio makes after the refusal arrived replaces the service's status with
+        # INTERNAL "Failed execute_batch" (grpc/grpc#36066), so nothing is written until then.
+        await asyncio.wait_for(refused.wait(), 30)
+        yield start
+
     async with channel(service, token("alice", "read chat admin")) as ch:
-        call = agent_pb2_grpc.AgentServiceStub(ch).ExecuteTool(iter([start]))
+        call = agent_pb2_grpc.AgentServiceStub(ch).ExecuteTool(after_the_refusal())
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             async for _ in call:
                 pass
+        refused.set()
     assert refusal(caught.value)[1:] == (
         "MISSING_SCOPE",
         {"required_scope": "tools", "granted_scopes": "admin chat read"},
