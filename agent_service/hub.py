@@ -185,6 +185,9 @@ class Hub:
         session_id = record.session_id
         capacity = self.settings.retention_events
         head = await self.event_log.head(session_id)
+        tail = await self.event_log.read_tail(session_id, capacity) if head else []
+        if tail and tail[-1].seq > head:
+            head = tail[-1].seq  # the owner appended between the two reads (a follower's)
         # an owner whose log has none of the session's events (new, or lost with its Redis)
         # continues after the store's reservation: never at a seq a client may have seen.
         # A follower starts at the log's head: the owner may have reserved seqs it has not
@@ -196,8 +199,7 @@ class Hub:
             durable_head=start,
             merge_delta_chars=self.settings.merge_delta_chars,
         )
-        if head:
-            window.restore(await self.event_log.read_tail(session_id, capacity))
+        window.restore(tail)
         session = Session(
             record, window, self.writer, owner=owner, fence=fence, on_refused=self._fenced
         )

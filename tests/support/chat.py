@@ -76,7 +76,15 @@ class ChatClient:
                     raise AssertionError("the Chat stream ended")
                 await self._changed.wait()
 
-        return await asyncio.wait_for(scan(), scaled(timeout_s))
+        try:
+            return await asyncio.wait_for(scan(), scaled(timeout_s))
+        except TimeoutError:
+            seen = self.events[session_id]
+            kinds = [(e.seq, e.WhichOneof("kind")) for e in seen[-5:]]
+            raise AssertionError(
+                f"no matching event of {session_id} in {scaled(timeout_s):.0f} s: "
+                f"{len(seen)} events came, the last {kinds}"
+            ) from None
 
     async def wait_completed(
         self, session_id: str, run_id: str = "", timeout_s: float = 15
