@@ -4,8 +4,8 @@ Sessions stamp events synchronously (a model delta costs no await) and call
 `submit()`. The writer takes every session's stamped events that wait, appends
 them to the durable log in one batch, and only then publishes them: the session
 wakes its subscribers. While one batch commits the next one gathers, so an idle
-service commits an event after two turns of the loop (what the tasks woken with it
-stamp joins it) and a busy one commits many per transaction.
+service commits an event after IDLE_GATHER_TURNS turns of the loop (what the tasks
+woken with it stamp joins it) and a busy one commits many per transaction.
 
 A session whose append is refused (SeqConflict, or Fenced: this replica lost
 the session's lease) is told so through `receive_refused()` and its events are
@@ -51,7 +51,11 @@ log = logging.getLogger(__name__)
 RETRY_FIRST_S = 0.05
 RETRY_MAX_S = 2.0
 RESERVE_AHEAD = 10_000  # seqs a session reserves in the store at a time
-IDLE_GATHER_TURNS = 2  # loop turns an idle writer lets pass before it takes its batch
+# Loop turns an idle writer lets pass before it takes its batch. A message's acceptance
+# (turn 0), its run's start (1), first delta (2, after the model's first wait) and, for a
+# short reply, the stored reply and the completion (4) then share one commit and one
+# response; with 2 the completion took a commit and a response of its own.
+IDLE_GATHER_TURNS = 4
 
 Reserve = Callable[[Sequence[tuple[str, int]]], Awaitable[None]]
 """Raise sessions' seq reservations (store.ConversationStore.reserve_seq)."""
@@ -160,8 +164,8 @@ class LogWriter:
             if not self._wake.is_set():
                 await self._wake.wait()
                 # Woken from idle: let the tasks woken with it run first (IDLE_GATHER_TURNS
-                # turns of the loop), so a message's acceptance, its run's start and
-                # first delta share one commit and one response, not one each. A busy
+                # turns of the loop), so a message's acceptance, its run's start, first
+                # delta (and a short reply's end) share one commit and one response. A busy
                 # writer (events waiting when its batch ends) goes on at once.
                 for _ in range(IDLE_GATHER_TURNS):
                     await asyncio.sleep(0)
