@@ -32,6 +32,12 @@ the writer does not wait for the store; only events past the reservation (a new
 session's first, or a store that has not answered for a while) are held back
 until it is stored, and only their session's.
 
+On a log in the store's file (SQLite, `joins_store_writes`) a session may hand store
+writes that must not land before some of its events (a run's end after its
+RunCompleted, agent.py): they commit in the same transaction, after the events. One
+that is dropped (a refused or parked append) or fails is not retried here: its owner
+sees it did not happen and writes it itself.
+
 Retention runs beside it: every `trim_interval_s` the sessions that grew are
 trimmed to their newest `retention_events`.
 """
@@ -44,7 +50,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 from agent_relay.v1 import agent_pb2 as pb
-from agent_service.log import Append, EventLog, LeaseMissing, LogBehind, SeqConflict
+from agent_service.log import (
+    Append,
+    EventLog,
+    LeaseMissing,
+    LogBehind,
+    SeqConflict,
+    StoreWrite,
+)
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +107,11 @@ class LogTail(Protocol):
         """The log refused its events (another writer owns the session): they are gone."""
         ...
 
+    def take_joined_writes(self, through_seq: int) -> list[StoreWrite]:
+        """Store writes to commit with the events through `through_seq` (only asked of a
+        log that joins store writes, Append.then)."""
+        ...
+
 
 class LogWriter:
     """Owns the writing task. `start()` on the loop; `submit()` from anywhere on it."""
@@ -107,6 +125,8 @@ class LogWriter:
         reserve: Reserve | None = None,
     ):
         self.log = event_log
+        # the log is in the store's file: a session's store writes may join its append
+        self.joins_store_writes = bool(getattr(event_log, "joins_store_writes", False))
         self.reserve = reserve
         self._parked: dict[str, float] = {}  # session -> its next wait for a lease back
         self._to_reserve: dict[str, tuple[LogTail, int]] = {}  # session -> its newest seq
@@ -178,7 +198,8 @@ class LogWriter:
         for tail in tails.values():
             events = tail.take_unsubmitted()
             if events and not self._needs_reservation(tail, events):
-                batch.append((tail, Append(tail.session_id, events, tail.fence)))
+                joined = tail.take_joined_writes(events[-1].seq) if self.joins_store_writes else ()
+                batch.append((tail, Append(tail.session_id, events, tail.fence, then=joined)))
         if batch:
             try:
                 await self._append_until_done([a for _, a in batch])
@@ -227,7 +248,9 @@ class LogWriter:
             first,
             f" (events {head + 1}-{first - 1} are gone)" if first > head + 1 else "",
         )
-        return Append(tail.session_id, [*again, *item.events], item.fence, reseed=True)
+        return Append(
+            tail.session_id, [*again, *item.events], item.fence, reseed=True, then=item.then
+        )
 
     def _park(self, tail: LogTail, item: Append) -> None:
         """The session's lease is missing for now: hand its events back, submit it later."""
