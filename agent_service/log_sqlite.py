@@ -63,7 +63,9 @@ class SqliteLog:
             self._writer = self._shared_writer()
         else:
             self._write_db = await self._call(self._connect)
-            self._writer = SqliteWriter(self._write_db, self._thread, inline=True)
+            self._writer = SqliteWriter(
+                self._write_db, self._thread, inline=True, checkpoint_db=self._db
+            )
 
     def _open(self) -> None:
         Path(self._path).parent.mkdir(parents=True, exist_ok=True)

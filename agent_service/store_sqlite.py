@@ -168,7 +168,9 @@ class SqliteStore:
         assert self._thread is not None
         writes = db if in_memory else self._connect()
         self._write_db = writes
-        self._writer = SqliteWriter(writes, self._thread, inline=not in_memory)
+        self._writer = SqliteWriter(
+            writes, self._thread, inline=not in_memory, checkpoint_db=None if in_memory else db
+        )
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)

@@ -186,3 +186,24 @@ async def test_a_log_in_a_file_of_its_own_takes_no_store_writes(tmp_path: Path) 
         assert await log.head("s1") == 0
     finally:
         await log.close()
+
+
+async def test_a_checkpoint_beside_the_writes_holds_none_of_them_up(tmp_path: Path) -> None:
+    """With a connection of its own for checkpoints, the writes go on committing on the
+    loop while a checkpoint waits for (or runs on) the writer's thread."""
+    path = tmp_path / "w.sqlite3"
+    db, reads = connect(path), connect(path)
+    thread = ThreadPoolExecutor(max_workers=1)
+    writer = SqliteWriter(db, thread, inline=True, checkpoint_every=2, checkpoint_db=reads)
+    busy, release = threading.Event(), threading.Event()
+    thread.submit(lambda: (busy.set(), release.wait(30)))  # a long read holds the thread
+    try:
+        await asyncio.to_thread(busy.wait, 30)
+        for key in "abcdef":  # past checkpoint_every: checkpoints are asked for meanwhile
+            assert await asyncio.wait_for(writer.write(insert(key)), 10) == 1
+        assert keys(path) == list("abcdef")
+    finally:
+        release.set()
+        thread.shutdown(wait=True)
+        db.close()
+        reads.close()
