@@ -17,8 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -100,6 +101,7 @@ class RunExecution:
         self.first_message_id = f"{run.run_id}.0"
         self.unanswered: list[ToolCallRequested] = []  # stored calls with no stored result
         self.completion: pb.SessionEvent | None = None  # the RunCompleted, once emitted
+        self.joined_end: _JoinedWrite | None = None  # the run's end, joined to its commit
 
     def emit(self, **kind: object) -> pb.SessionEvent:
         """Append an event of this run to the session's log."""
@@ -334,11 +336,12 @@ class RunExecution:
 
     async def _finish(self, reason: str, error: pb.RunError | None) -> None:
         """Store what the model must remember, announce the outcome (RunError if any, then
-        RunCompleted), and only once the RunCompleted is durable mark the run ended in the
-        store. A crash before that leaves the run `running` in the store, so the next
-        start's recovery, which appends only what the log lacks, settles it without a
-        second RunCompleted; marking it ended first lost the RunCompleted for good when
-        the process died before the log's commit (recovery skips ended runs). A store
+        RunCompleted), and only once the RunCompleted is durable (or in the transaction
+        that makes it durable: _join_run_end) mark the run ended in the store. A crash
+        before that leaves the run `running` in the store, so the next start's recovery,
+        which appends only what the log lacks, settles it without a second RunCompleted;
+        marking it ended first lost the RunCompleted for good when the process died
+        before the log's commit (recovery skips ended runs). A store
         that fails here does not keep the completion out of the log. A fenced session (its
         lease was lost) writes nothing: the new owner ends the run."""
         if self.rt.fenced:
@@ -362,6 +365,19 @@ class RunExecution:
             )
         )
         self.completion = completed
+        self._join_run_end(completed.seq, reason)
+
+    def _join_run_end(self, seq: int, reason: str) -> None:
+        """With the log in the store's file, the run's end goes in the transaction that
+        makes its RunCompleted durable (log.Append.then): one commit, not two, and never
+        before the RunCompleted. Else (or when that write did not land) _store_run_ended
+        writes it once the RunCompleted is durable."""
+        make = getattr(self.store, "run_update_write", None)
+        if make is None:
+            return
+        write = _JoinedWrite(make(self._ended_record(reason)))
+        if self.rt.join_commit(seq, write):
+            self.joined_end = write
 
     async def _store_run_ended(self, reason: str) -> None:
         """Once the RunCompleted is durable, mark the run ended in the store (see _finish)."""
@@ -371,8 +387,10 @@ class RunExecution:
             await self.rt.durable(self.completion.seq)
         except Unavailable:
             return  # the lease was lost meanwhile: the new owner settles the run
+        if self.joined_end is not None and self.joined_end.ran:
+            return  # it committed with the RunCompleted
         try:
-            await self._store_run_record_ended(reason)
+            await self.store.update_run(self._ended_record(reason))
         except Exception:
             log.exception("could not store the end of run %s", self.run.run_id)
 
@@ -388,20 +406,34 @@ class RunExecution:
                 call, unfinished_call_result(reason), PARTIAL_STATUS.get(reason, "failed")
             )
 
-    async def _store_run_record_ended(self, reason: str) -> None:
-        await self.store.update_run(
-            RunRecord(
-                self.run.run_id,
-                self.rt.session_id,
-                self.run.user_message_id,
-                "ended",
-                finish_reason=reason,
-                input_tokens=self.input_tokens,
-                output_tokens=self.output_tokens,
-                started_ms=self.started_ms,
-                ended_ms=now_ms(),
-            )
+    def _ended_record(self, reason: str) -> RunRecord:
+        return RunRecord(
+            self.run.run_id,
+            self.rt.session_id,
+            self.run.user_message_id,
+            "ended",
+            finish_reason=reason,
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+            started_ms=self.started_ms,
+            ended_ms=now_ms(),
         )
+
+
+class _JoinedWrite:
+    """A store write joined to the log's commit; `ran`: it succeeded in the last
+    transaction it ran in (the one that committed, once its events are durable)."""
+
+    __slots__ = ("ran", "write")
+
+    def __init__(self, write: Callable[[sqlite3.Connection], None]) -> None:
+        self.write = write
+        self.ran = False
+
+    def __call__(self, db: sqlite3.Connection) -> None:
+        self.ran = False  # a retried append runs it again
+        self.write(db)
+        self.ran = True
 
 
 def _uncancel() -> None:

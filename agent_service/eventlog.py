@@ -74,6 +74,11 @@ class SessionLog:
         return self._next_seq
 
     @property
+    def submitted_seq(self) -> int:
+        """The newest seq handed to the log writer (take_unsubmitted)."""
+        return self._submitted
+
+    @property
     def first_retained_seq(self) -> int:
         """The oldest seq still retained (== head_seq + 1 when none is)."""
         return self._base_seq

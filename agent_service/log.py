@@ -14,6 +14,10 @@ for a log that may live outside the process (the Redis backend to come):
   this process the session wakes its subscribers itself.
 - `trim()` drops events older than the retention window.
 
+A log in the conversation store's SQLite file writes through the store's writer
+(`joins_store_writes`): an append may then carry store writes (`Append.then`) that
+commit in the same transaction, after its events; other logs never get any.
+
 Backends: `memory://` (in-process, gone at exit: for tests),
 `sqlite:///PATH` (the default, in the conversation store's file) and
 `redis://HOST:PORT/DB` (Redis Streams, for several replicas).
@@ -21,12 +25,16 @@ Backends: `memory://` (in-process, gone at exit: for tests),
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from agent_relay.v1 import agent_pb2 as pb
+
+StoreWrite = Callable[[sqlite3.Connection], None]
+"""A write to the store's SQLite file that joins an append's transaction (Append.then)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +52,10 @@ class Append:
     # owner, writes them again from its window; events[0].seq may then be beyond the
     # log's head + 1 (what the window no longer holds is a gap). Needs a fence.
     reseed: bool = False
+    # store writes that commit in the same transaction, after the events (only for a log
+    # whose `joins_store_writes` is true). Each runs in a savepoint of its own: one that
+    # raises is undone alone, and the events are written all the same.
+    then: Sequence[StoreWrite] = ()
 
     @property
     def expected_seq(self) -> int:

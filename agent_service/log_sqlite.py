@@ -5,13 +5,16 @@ of its own; appends and trims go through the file's writer (sqlite_writer.py), t
 store's when the server hands it over (`writer`): a whole batch (the group commit
 of many sessions' events) is one job of one transaction, beside the store's writes
 of that moment, committed on the event loop when it is small and on the writer's
-thread when it is large. WAL with synchronous=NORMAL: a committed batch survives
-kill -9 of the service (not a power cut mid-write).
+thread when it is large; the store writes an append carries (Append.then, with the
+store's writer only) go in the same job, after the events. WAL with
+synchronous=NORMAL: a committed batch survives kill -9 of the service (not a power
+cut mid-write).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -19,8 +22,10 @@ from pathlib import Path
 from typing import TypeVar
 
 from agent_relay.v1 import agent_pb2 as pb
-from agent_service.log import Append, SeqConflict
+from agent_service.log import Append, SeqConflict, StoreWrite
 from agent_service.sqlite_writer import SqliteWriter
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -58,7 +63,9 @@ class SqliteLog:
             self._writer = self._shared_writer()
         else:
             self._write_db = await self._call(self._connect)
-            self._writer = SqliteWriter(self._write_db, self._thread, inline=True)
+            self._writer = SqliteWriter(
+                self._write_db, self._thread, inline=True, checkpoint_db=self._db
+            )
 
     def _open(self) -> None:
         Path(self._path).parent.mkdir(parents=True, exist_ok=True)
@@ -95,12 +102,27 @@ class SqliteLog:
             self._db = None
         self._thread.shutdown(wait=True)
 
+    @property
+    def joins_store_writes(self) -> bool:
+        """Whether an append may carry store writes (Append.then): the log writes through
+        the store's writer, on the store's file."""
+        return self._shared_writer is not None
+
     async def append(self, batch: Sequence[Append]) -> None:
         rows = [
             (a.session_id, a.expected_seq, [e.SerializeToString() for e in a.events]) for a in batch
         ]
         weight = sum(len(bodies) for _, _, bodies in rows)
-        await self.writer.write(lambda db: _append(db, rows), weight)
+        then = [write for a in batch for write in a.then]
+        if then and not self.joins_store_writes:
+            raise ValueError("this log is not in the store's file: it takes no store writes")
+
+        def append(db: sqlite3.Connection) -> None:
+            _append(db, rows)
+            for write in then:
+                _in_savepoint(db, write)
+
+        await self.writer.write(append, weight + len(then))
 
     async def head(self, session_id: str) -> int:
         return await self._call(_head, self.db, session_id)
@@ -160,6 +182,18 @@ def _append(db: sqlite3.Connection, rows: list[tuple[str, int, list[bytes]]]) ->
             "INSERT INTO events (session_id, seq, body) VALUES (?, ?, ?)",
             [(session_id, expected + i, body) for i, body in enumerate(bodies)],
         )
+
+
+def _in_savepoint(db: sqlite3.Connection, write: StoreWrite) -> None:
+    """A store write after the events, in the same transaction: one that raises is undone
+    alone (its caller sees it did not happen, log_writer.py) and the events still land."""
+    db.execute("SAVEPOINT store_write")
+    try:
+        write(db)
+    except Exception:
+        db.execute("ROLLBACK TO store_write")
+        log.warning("a store write joined to the log's commit failed", exc_info=True)
+    db.execute("RELEASE store_write")
 
 
 def _head(db: sqlite3.Connection, session_id: str) -> int:

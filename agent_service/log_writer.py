@@ -4,8 +4,8 @@ Sessions stamp events synchronously (a model delta costs no await) and call
 `submit()`. The writer takes every session's stamped events that wait, appends
 them to the durable log in one batch, and only then publishes them: the session
 wakes its subscribers. While one batch commits the next one gathers, so an idle
-service commits an event after two turns of the loop (what the tasks woken with it
-stamp joins it) and a busy one commits many per transaction.
+service commits an event after IDLE_GATHER_TURNS turns of the loop (what the tasks
+woken with it stamp joins it) and a busy one commits many per transaction.
 
 A session whose append is refused (SeqConflict, or Fenced: this replica lost
 the session's lease) is told so through `receive_refused()` and its events are
@@ -32,6 +32,12 @@ the writer does not wait for the store; only events past the reservation (a new
 session's first, or a store that has not answered for a while) are held back
 until it is stored, and only their session's.
 
+On a log in the store's file (SQLite, `joins_store_writes`) a session may hand store
+writes that must not land before some of its events (a run's end after its
+RunCompleted, agent.py): they commit in the same transaction, after the events. One
+that is dropped (a refused or parked append) or fails is not retried here: its owner
+sees it did not happen and writes it itself.
+
 Retention runs beside it: every `trim_interval_s` the sessions that grew are
 trimmed to their newest `retention_events`.
 """
@@ -44,14 +50,25 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 from agent_relay.v1 import agent_pb2 as pb
-from agent_service.log import Append, EventLog, LeaseMissing, LogBehind, SeqConflict
+from agent_service.log import (
+    Append,
+    EventLog,
+    LeaseMissing,
+    LogBehind,
+    SeqConflict,
+    StoreWrite,
+)
 
 log = logging.getLogger(__name__)
 
 RETRY_FIRST_S = 0.05
 RETRY_MAX_S = 2.0
 RESERVE_AHEAD = 10_000  # seqs a session reserves in the store at a time
-IDLE_GATHER_TURNS = 2  # loop turns an idle writer lets pass before it takes its batch
+# Loop turns an idle writer lets pass before it takes its batch. A message's acceptance
+# (turn 0), its run's start (1), first delta (2, after the model's first wait) and, for a
+# short reply, the stored reply and the completion (4) then share one commit and one
+# response; with 2 the completion took a commit and a response of its own.
+IDLE_GATHER_TURNS = 4
 
 Reserve = Callable[[Sequence[tuple[str, int]]], Awaitable[None]]
 """Raise sessions' seq reservations (store.ConversationStore.reserve_seq)."""
@@ -90,6 +107,11 @@ class LogTail(Protocol):
         """The log refused its events (another writer owns the session): they are gone."""
         ...
 
+    def take_joined_writes(self, through_seq: int) -> list[StoreWrite]:
+        """Store writes to commit with the events through `through_seq` (only asked of a
+        log that joins store writes, Append.then)."""
+        ...
+
 
 class LogWriter:
     """Owns the writing task. `start()` on the loop; `submit()` from anywhere on it."""
@@ -103,6 +125,8 @@ class LogWriter:
         reserve: Reserve | None = None,
     ):
         self.log = event_log
+        # the log is in the store's file: a session's store writes may join its append
+        self.joins_store_writes = bool(getattr(event_log, "joins_store_writes", False))
         self.reserve = reserve
         self._parked: dict[str, float] = {}  # session -> its next wait for a lease back
         self._to_reserve: dict[str, tuple[LogTail, int]] = {}  # session -> its newest seq
@@ -160,8 +184,8 @@ class LogWriter:
             if not self._wake.is_set():
                 await self._wake.wait()
                 # Woken from idle: let the tasks woken with it run first (IDLE_GATHER_TURNS
-                # turns of the loop), so a message's acceptance, its run's start and
-                # first delta share one commit and one response, not one each. A busy
+                # turns of the loop), so a message's acceptance, its run's start, first
+                # delta (and a short reply's end) share one commit and one response. A busy
                 # writer (events waiting when its batch ends) goes on at once.
                 for _ in range(IDLE_GATHER_TURNS):
                     await asyncio.sleep(0)
@@ -174,7 +198,8 @@ class LogWriter:
         for tail in tails.values():
             events = tail.take_unsubmitted()
             if events and not self._needs_reservation(tail, events):
-                batch.append((tail, Append(tail.session_id, events, tail.fence)))
+                joined = tail.take_joined_writes(events[-1].seq) if self.joins_store_writes else ()
+                batch.append((tail, Append(tail.session_id, events, tail.fence, then=joined)))
         if batch:
             try:
                 await self._append_until_done([a for _, a in batch])
@@ -223,7 +248,9 @@ class LogWriter:
             first,
             f" (events {head + 1}-{first - 1} are gone)" if first > head + 1 else "",
         )
-        return Append(tail.session_id, [*again, *item.events], item.fence, reseed=True)
+        return Append(
+            tail.session_id, [*again, *item.events], item.fence, reseed=True, then=item.then
+        )
 
     def _park(self, tail: LogTail, item: Append) -> None:
         """The session's lease is missing for now: hand its events back, submit it later."""

@@ -26,6 +26,7 @@ from agent_service.context import SessionContext
 from agent_service.errors import Unavailable
 from agent_service.eventlog import SessionLog
 from agent_service.ids import now_ms
+from agent_service.log import StoreWrite
 from agent_service.log_writer import LogWriter
 from agent_service.run_supervisor import LiveReply, RunHandle
 from agent_service.session_state import SessionState
@@ -78,6 +79,7 @@ class Session:
         self.idle_since: float | None = None  # monotonic time it was first seen idle
         self._writer = writer
         self._durable_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._joined: list[tuple[int, StoreWrite]] = []  # store writes for the log's commit
 
     @property
     def session_id(self) -> str:
@@ -120,6 +122,25 @@ class Session:
         return self.append(
             pb.SessionEvent(run_id=run_id, response_delta={"text": text, "step": step})
         )
+
+    def join_commit(self, seq: int, write: StoreWrite) -> bool:
+        """Have `write` commit in the transaction that makes the event `seq` durable, after
+        it (log_writer.py). False when the log cannot join store writes, or `seq` was
+        already taken by the writer: then nothing is queued. A write that was queued may
+        still be dropped or fail (its caller checks that it ran, and writes it itself)."""
+        if not self._writer.joins_store_writes or self.fenced or not self.owner:
+            return False
+        if seq <= self.log.head_seq or self.log.submitted_seq >= seq:
+            return False
+        self._joined.append((seq, write))
+        return True
+
+    def take_joined_writes(self, through_seq: int) -> list[StoreWrite]:
+        if not self._joined:
+            return []
+        taken = [write for seq, write in self._joined if seq <= through_seq]
+        self._joined = [(seq, write) for seq, write in self._joined if seq > through_seq]
+        return taken
 
     def take_unsubmitted(self) -> list[pb.SessionEvent]:
         if self.fenced:

@@ -28,7 +28,11 @@ Nothing that may wait runs on the loop: its connection's busy timeout is 0 there
 and a batch that finds the file locked by another process goes to the thread,
 which waits up to `busy_timeout_ms`. Checkpoints (which fsync) never run on the loop
 either: the connection's automatic checkpoint is off and the writer asks for a
-passive one on its thread every `checkpoint_every` commits.
+passive one on its thread every `checkpoint_every` commits. Given a `checkpoint_db`
+(another connection to the file, the owner's reads'), the checkpoint runs there and
+writes go on meanwhile, on the loop (a passive checkpoint waits for no writer);
+without one it holds the connection, and the writes that come queue behind it (a
+fresh session's first delta waited for its fsync at the round trip's p99).
 
 With `inline=False` (an in-memory database, which has no second connection to read
 with) every batch runs on the thread, serialized with the owner's reads there.
@@ -73,9 +77,11 @@ class SqliteWriter:
         inline_max_weight: int = INLINE_MAX_WEIGHT,
         inline_commits_per_s: float = INLINE_COMMITS_PER_S,
         checkpoint_every: int = CHECKPOINT_EVERY,
+        checkpoint_db: sqlite3.Connection | None = None,
     ) -> None:
         """`db` must be opened with isolation_level=None and check_same_thread=False;
-        `thread` is a one-worker executor (it may run the owner's reads too)."""
+        `thread` is a one-worker executor (it may run the owner's reads too);
+        `checkpoint_db`, a connection to the same file used only on `thread`."""
         self._db = db
         self._thread = thread
         self._inline = inline
@@ -85,6 +91,8 @@ class SqliteWriter:
         self._scheduled = False  # a drain is scheduled on the loop
         self._on_thread = False  # a batch runs on the thread
         self._commits = 0  # since the last checkpoint
+        self._checkpoint_db = checkpoint_db
+        self._checkpointing = False  # a checkpoint runs on checkpoint_db
         self._first_of_turn = True  # no write committed at once in this turn of the loop
         self._inline_rate = inline_commits_per_s
         self._inline_tokens = float(INLINE_COMMITS_BURST)
@@ -205,10 +213,27 @@ class SqliteWriter:
         if not self._inline:
             return
         self._commits += 1
-        if self._commits >= self._checkpoint_every and not self._on_thread:
+        if self._commits < self._checkpoint_every:
+            return
+        if self._checkpoint_db is not None:
+            if not self._checkpointing:  # beside the writes: the connection stays free
+                self._commits = 0
+                self._checkpointing = True
+                self._thread.submit(self._checkpoint_beside, loop, self._checkpoint_db)
+        elif not self._on_thread:
             self._commits = 0
             self._on_thread = True
             self._thread.submit(self._checkpoint_on_thread, loop)
+
+    def _checkpoint_beside(self, loop: asyncio.AbstractEventLoop, db: sqlite3.Connection) -> None:
+        try:
+            db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error:
+            pass  # the next one tries again; SQLite checkpoints at close too
+        loop.call_soon_threadsafe(self._checkpoint_done)
+
+    def _checkpoint_done(self) -> None:
+        self._checkpointing = False
 
     def _checkpoint_on_thread(self, loop: asyncio.AbstractEventLoop) -> None:
         try:

@@ -168,7 +168,9 @@ class SqliteStore:
         assert self._thread is not None
         writes = db if in_memory else self._connect()
         self._write_db = writes
-        self._writer = SqliteWriter(writes, self._thread, inline=not in_memory)
+        self._writer = SqliteWriter(
+            writes, self._thread, inline=not in_memory, checkpoint_db=None if in_memory else db
+        )
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
@@ -315,6 +317,15 @@ class SqliteStore:
         await self._writing(lambda db: db.execute(UPSERT_MESSAGE, values))
 
     async def update_run(self, run: RunRecord, *, user_message_status: str = "") -> None:
+        await self._writing(self.run_update_write(run, user_message_status=user_message_status))
+
+    @staticmethod
+    def run_update_write(
+        run: RunRecord, *, user_message_status: str = ""
+    ) -> Callable[[sqlite3.Connection], None]:
+        """update_run as a write on this file's connection, for a transaction of the
+        file's writer (the event log's commit: log.Append.then)."""
+
         def update(db: sqlite3.Connection) -> None:
             if user_message_status:
                 db.execute(
@@ -336,7 +347,7 @@ class SqliteStore:
                 ),
             )
 
-        await self._writing(update)
+        return update
 
     async def list_messages(
         self, session_id: str, limit: int, after_position: int

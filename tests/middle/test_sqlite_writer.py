@@ -131,3 +131,79 @@ async def test_the_log_in_the_stores_file_shares_its_writer(tmp_path: Path) -> N
     finally:
         await log.close()
         await store.close()
+
+
+async def test_store_writes_joined_to_an_append_commit_after_its_events(tmp_path: Path) -> None:
+    """Append.then: each store write lands in the append's transaction, after its events;
+    one that fails is undone alone and the events still land; a refused append takes its
+    store writes with it."""
+    url = f"sqlite:///{tmp_path}/relay.sqlite3"
+    store = SqliteStore(f"{tmp_path}/relay.sqlite3")
+    await store.open()
+    log = open_log("", store_url=url, store=store)
+    assert isinstance(log, SqliteLog)
+    await log.open()
+    seen: list[int] = []
+
+    def title(text: str):  # type: ignore[no-untyped-def]
+        def write(db: sqlite3.Connection) -> None:
+            # inside the transaction the events before it are already there
+            seen.append(db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+            db.execute("UPDATE sessions SET title = ? WHERE session_id = 's1'", (text,))
+
+        return write
+
+    def failing(db: sqlite3.Connection) -> None:
+        db.execute("UPDATE sessions SET title = 'half' WHERE session_id = 's1'")
+        raise RuntimeError("a store write that fails")
+
+    try:
+        assert log.joins_store_writes
+        await store.create_session(SessionRecord("s1", "u", "t", 1))
+        events = [pb.SessionEvent(session_id="s1", seq=seq, run_id="r") for seq in (1, 2)]
+        await log.append([Append("s1", events, then=[title("joined"), failing])])
+        assert seen == [2]
+        assert await log.head("s1") == 2
+        record = await store.get_session("s1")
+        assert record is not None and record.title == "joined"  # not "half"
+        with pytest.raises(SeqConflict):
+            await log.append([Append("s1", events[:1], then=[title("refused")])])
+        record = await store.get_session("s1")
+        assert record is not None and record.title == "joined"
+    finally:
+        await log.close()
+        await store.close()
+
+
+async def test_a_log_in_a_file_of_its_own_takes_no_store_writes(tmp_path: Path) -> None:
+    log = SqliteLog(f"{tmp_path}/log.sqlite3")
+    await log.open()
+    try:
+        assert not log.joins_store_writes
+        event = pb.SessionEvent(session_id="s1", seq=1, run_id="r")
+        with pytest.raises(ValueError):
+            await log.append([Append("s1", [event], then=[lambda db: None])])
+        assert await log.head("s1") == 0
+    finally:
+        await log.close()
+
+
+async def test_a_checkpoint_beside_the_writes_holds_none_of_them_up(tmp_path: Path) -> None:
+    """With a connection of its own for checkpoints, the writes go on committing on the
+    loop while a checkpoint waits for (or runs on) the writer's thread."""
+    path = tmp_path / "w.sqlite3"
+    db, reads = connect(path), connect(path)
+    thread = ThreadPoolExecutor(max_workers=1)
+    writer = SqliteWriter(db, thread, inline=True, checkpoint_every=2, checkpoint_db=reads)
+    busy, release = threading.Event(), threading.Event()
+    thread.submit(lambda: (busy.set(), release.wait(30)))  # a long read holds the thread
+    try:
+        await asyncio.to_thread(busy.wait, 30)
+        for key in "abcdef":  # past checkpoint_every: checkpoints are asked for meanwhile
+            assert await asyncio.wait_for(writer.write(insert(key)), 10) == 1
+        assert keys(path) == list("abcdef")
+    finally:
+        release.set()
+        thread.shutdown(wait=True)
+        db.close()
+        reads.close()
