@@ -39,6 +39,7 @@ from ws_edge.events import message_to_dict
 from ws_edge.frames import PROTOCOL, welcome_frame
 from ws_edge.http_tracing import handshake_failed, install_http_tracing
 from ws_edge.hub import Hub
+from ws_edge.layouts import prime_instance_layouts
 from ws_edge.limits import AddressBuckets
 from ws_edge.linger import linger_on_close
 from ws_edge.upstream import unary
@@ -86,6 +87,7 @@ def create_app(*, settings: EdgeSettings, telemetry: Telemetry | None = None) ->
     """The edge's application. Nothing starts until the app runs (cleanup_ctx). With
     `telemetry`, chat:message frames get spans and /metrics shows OpenTelemetry's
     instruments (relay_shared.edge_telemetry)."""
+    prime_instance_layouts()  # before the first request: ws_edge/layouts.py
     app = web.Application(
         client_max_size=64 * 1024,
         handler_args={"keepalive_timeout": settings.http_request_timeout_s},
