@@ -158,6 +158,7 @@ async def _sweep(hub: Hub) -> None:
         now = hub.clock()
         for conn in list(hub.connections.values()):
             conn.check_timers(now)
+        hub.drop_full_limiters(now)
 
 
 async def _drain(app: web.Application) -> None:
