@@ -39,6 +39,7 @@ from ws_edge.events import message_to_dict
 from ws_edge.frames import PROTOCOL, welcome_frame
 from ws_edge.http_tracing import handshake_failed, install_http_tracing
 from ws_edge.hub import Hub
+from ws_edge.layouts import prime_instance_layouts
 from ws_edge.limits import AddressBuckets
 from ws_edge.linger import linger_on_close
 from ws_edge.upstream import unary
@@ -86,15 +87,18 @@ def create_app(*, settings: EdgeSettings, telemetry: Telemetry | None = None) ->
     """The edge's application. Nothing starts until the app runs (cleanup_ctx). With
     `telemetry`, chat:message frames get spans and /metrics shows OpenTelemetry's
     instruments (relay_shared.edge_telemetry)."""
+    prime_instance_layouts()  # before the first request: ws_edge/layouts.py
     app = web.Application(
         client_max_size=64 * 1024,
         handler_args={"keepalive_timeout": settings.http_request_timeout_s},
-        middlewares=[_api_errors_as_json],
     )
     app[SETTINGS] = settings
     app[ANON_BUCKETS] = AddressBuckets(settings.anon_sessions_per_s, settings.anon_sessions_burst)
     app[TELEMETRY] = EdgeTelemetry(telemetry)
-    install_http_tracing(app, app[TELEMETRY])  # a span, a metric, a log line per request
+    # A span, a metric, a log line per request. Route wrappers, not middlewares: with any
+    # middleware aiohttp keeps a frame of its own suspended around every handler, a
+    # WebSocket's for the socket's life (PERFORMANCE.md: memory per idle socket).
+    traced = install_http_tracing(app, app[TELEMETRY]).wrap
     secret = settings.jwt_secret
     if not secret:
         log.warning("no jwt_secret set: using a random one; tokens die with this process")
@@ -102,14 +106,16 @@ def create_app(*, settings: EdgeSettings, telemetry: Telemetry | None = None) ->
     app[AUTHORITY] = TokenAuthority(secret, settings.token_ttl_s)
     app.cleanup_ctx.append(_hub_context)
     app.on_shutdown.append(_drain)
-    app.router.add_get("/ws", websocket_handler)
-    app.router.add_post("/api/sessions", create_session)
-    app.router.add_get("/api/sessions", list_sessions)
-    app.router.add_post("/api/token", refresh_token)
-    app.router.add_get("/api/sessions/{session_id}/messages", list_messages)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/ws", websocket_handler)  # traced at its 101 (http_tracing.py)
+    app.router.add_post("/api/sessions", _api_errors_as_json(traced(create_session)))
+    app.router.add_get("/api/sessions", _api_errors_as_json(traced(list_sessions)))
+    app.router.add_post("/api/token", _api_errors_as_json(traced(refresh_token)))
+    app.router.add_get(
+        "/api/sessions/{session_id}/messages", _api_errors_as_json(traced(list_messages))
+    )
+    app.router.add_get("/healthz", traced(healthz))
+    app.router.add_get("/readyz", traced(readyz))
+    app.router.add_get("/metrics", traced(metrics))
     static = settings.static_dir
     if static.is_dir() and (static / "index.html").is_file():
         index = static / "index.html"
@@ -117,7 +123,7 @@ def create_app(*, settings: EdgeSettings, telemetry: Telemetry | None = None) ->
         async def serve_index(request: web.Request) -> web.FileResponse:
             return web.FileResponse(index)
 
-        app.router.add_get("/", serve_index)
+        app.router.add_get("/", traced(serve_index))
         app.router.add_static("/", static)
     return app
 
@@ -152,6 +158,7 @@ async def _sweep(hub: Hub) -> None:
         now = hub.clock()
         for conn in list(hub.connections.values()):
             conn.check_timers(now)
+        hub.drop_full_limiters(now)
 
 
 async def _drain(app: web.Application) -> None:
@@ -257,30 +264,22 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
 # -- the HTTP API ----------------------------------------------------------------------------
 
 
-@web.middleware
 def _api_errors_as_json(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> Awaitable[web.StreamResponse]:
-    """Under /api/, a fault is a JSON 500 `internal` like every other API error.
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """An /api/ route's handler whose fault is a JSON 500 `internal` like every other API
+    error."""
 
-    Not a coroutine itself: outside /api/ it hands back the handler's own awaitable, so a
-    WebSocket (whose handler runs as long as the socket) holds no frame of this middleware
-    (PERFORMANCE.md: memory per idle socket)."""
-    if not request.path.startswith("/api/"):
-        return handler(request)
-    return _api_call(request, handler)
+    async def api_handler(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except web.HTTPException:
+            raise
+        except Exception:
+            log.exception("%s %s failed", request.method, request.path)
+            return _error_response(EdgeError(ErrorCode.INTERNAL, "the edge failed", 1000))
 
-
-async def _api_call(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except web.HTTPException:
-        raise
-    except Exception:
-        log.exception("%s %s failed", request.method, request.path)
-        return _error_response(EdgeError(ErrorCode.INTERNAL, "the edge failed", 1000))
+    return api_handler
 
 
 def _error_response(error: EdgeError, status: int | None = None) -> web.Response:

@@ -86,7 +86,6 @@ class Connection:
         "_ping_sent_at",
         "_seen_at",
         "_transport",
-        "_user_limiter",
         "_wall",
         "_writer",
         "claims",
@@ -127,8 +126,9 @@ class Connection:
         # The sessions joined, in join order: a tuple (a dict of one entry costs 230 B; the
         # room keeps the socket's preferences).
         self.joined: tuple[str, ...] = ()
-        self._limiter = FrameLimiter(hub.connection_budget, self.opened_at)
-        self._user_limiter: FrameLimiter | None = None
+        # Made at a frame, let go by the sweeper once full again (FrameLimiter.full): an
+        # idle socket holds none. Its user's is the hub's (Hub.user_limiter).
+        self._limiter: FrameLimiter | None = None
         self._abuse: AbuseCounter | None = None  # made at the first refused frame
         self.queue = SendQueue(
             max_bytes=settings.send_queue_max_bytes,
@@ -323,8 +323,12 @@ class Connection:
         self.last_frame_at = now
         size = frame_size(data)
         self.hub.telemetry.received(size)
+        limiter = self._limiter
+        if limiter is None:
+            limiter = self._limiter = FrameLimiter(self.hub.connection_budget, now)
+        claims = self.claims  # set once the socket counts against its user (_auth)
         limiters = (
-            [self._limiter] if self._user_limiter is None else [self._limiter, self._user_limiter]
+            [limiter] if claims is None else [limiter, self.hub.user_limiter(claims.user_id, now)]
         )
         wait_ms = admit(limiters, size, now)
         if wait_ms:
@@ -443,7 +447,7 @@ class Connection:
                 )
                 self.close(CloseCode.TOO_MANY_CONNECTIONS, "too many connections for this user")
                 return
-            self._user_limiter = self.hub.register_user(self, claims.user_id)
+            self.hub.register_user(self, claims.user_id)
         self.claims = claims
         self._expiry_told = False
         for session_id in list(self.joined):
@@ -516,6 +520,9 @@ class Connection:
         settings = self.hub.settings
         if self.closing:
             return
+        limiter = self._limiter
+        if limiter is not None and limiter.full(now):
+            self._limiter = None  # the same as a new one: made again at the next frame
         if self._heartbeat_due(now, settings.ping_interval_s):
             return
         if self.claims is None and now - self.opened_at > settings.auth_timeout_s:

@@ -1,7 +1,12 @@
 """A span, a metric and an access log line for every HTTP request the edge answers.
 
-`install_http_tracing(app, telemetry)` adds a middleware and an
-`on_response_prepare` hook; the handlers stay untouched.
+`install_http_tracing(app, telemetry)` adds an `on_response_prepare` hook and
+returns the app's `HttpTracing`, whose `wrap(handler)` each route's handler is
+registered with; the handlers stay untouched. A request no wrapped handler ran
+for (a path no route matched, a static file, the WebSocket upgrade) is traced
+when its answer goes out. No middleware: with any, aiohttp keeps a frame of its
+own suspended around every handler, a WebSocket's for the socket's life
+(PERFORMANCE.md: memory per idle socket).
 
 - Span (OpenTelemetry's HTTP server conventions): kind SERVER, named
   `{method} {route}` (`POST /api/sessions`; just the method when no route
@@ -14,9 +19,9 @@
   carry it to the agent and its log lines carry its ids. With tracing off the
   caller's `traceparent` is made current instead, so the same holds for the
   caller's ids.
-- A WebSocket upgrade (`/ws`) gets its span for the handshake only, ended when
-  the 101 (or the refusal) is sent, and its context is not made current: the
-  socket lives for hours and each frame makes its own trace.
+- A WebSocket upgrade (`/ws`, registered unwrapped) gets its span for the
+  handshake only, made when the 101 (or the refusal) is sent, and its context is
+  not made current: the socket lives for hours and each frame makes its own trace.
 - Metric: `http.server.request.duration` (seconds) by method, route, status
   code and error.type, recorded in the span's context (its exemplar links to it).
 - Log: one line per request, INFO (DEBUG for the probes `/healthz`, `/readyz`
@@ -128,13 +133,12 @@ class HttpTracing:
             description="HTTP requests the edge answered, by method, route and status code.",
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS_S,
         )
-        # A WebSocket handshake's trace, by id(request), until its answer is prepared: a
-        # key in the request itself would give every open socket's request a dict table
-        # of its own, kept after the key is gone (320 B, PERFORMANCE.md: memory per idle
-        # socket). on_response_prepare or handshake_failed takes it out.
-        self.upgrading: dict[int, HttpTrace] = {}
 
     def start(self, request: web.Request) -> HttpTrace:
+        # rel_url.path, not request.path: each of the request's cached properties takes a
+        # slot in a dict the request keeps, a WebSocket's for the socket's life, and a sixth
+        # one doubles its table (208 B, PERFORMANCE.md: memory per idle socket).
+        path = request.rel_url.path
         method = request.method if request.method in KNOWN_METHODS else "_OTHER"
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else ""
@@ -143,10 +147,10 @@ class HttpTracing:
             attributes["http.route"] = route
         parent = propagate.extract(request.headers)
         if not self.tracing:
-            return HttpTrace(self, None, parent, attributes, request.path)
+            return HttpTrace(self, None, parent, attributes, path)
         span_attributes: dict[str, str] = {
             **attributes,
-            "url.path": request.path,
+            "url.path": path,
             "url.scheme": request.scheme,
             "network.peer.address": request.remote or "",
         }
@@ -161,24 +165,19 @@ class HttpTracing:
             record_exception=False,
             set_status_on_exception=False,
         )
-        return HttpTrace(self, span, trace.set_span_in_context(span), attributes, request.path)
+        return HttpTrace(self, span, trace.set_span_in_context(span), attributes, path)
 
-    @web.middleware
-    def middleware(self, request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]:
-        traced = self.start(request)
-        if request.headers.get(hdrs.UPGRADE, "").lower() == "websocket":
-            # The socket outlives its handshake, so its frames must not become children of
-            # it, and nothing of this middleware should live as long as the socket (memory
-            # per idle socket): the handler's own awaitable goes back as it is. The span
-            # ends at the 101 or the refusal (on_response_prepare), or in handshake_failed.
-            self.upgrading[id(request)] = traced
-            return handler(request)
-        request[TRACE_KEY] = traced
-        return self._traced(request, handler, traced)
+    def wrap(self, handler: Handler) -> Handler:
+        """`handler` traced, its span's context current while it runs: what a route is
+        registered with. Not for a WebSocket's handler (see the module docstring)."""
 
-    async def _traced(
-        self, request: web.Request, handler: Handler, traced: HttpTrace
-    ) -> web.StreamResponse:
+        async def traced_handler(request: web.Request) -> web.StreamResponse:
+            return await self._traced(request, handler)
+
+        return traced_handler
+
+    async def _traced(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        traced = request[TRACE_KEY] = self.start(request)
         token = otel_context.attach(traced.context)
         try:
             return await handler(request)
@@ -194,9 +193,9 @@ class HttpTracing:
             otel_context.detach(token)
 
     async def on_response_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
-        traced = request.pop(TRACE_KEY, None) or self.upgrading.pop(id(request), None)
-        if traced is not None:  # a socket's request lives on: the trace goes
-            traced.finish(response.status)
+        # A socket's request lives on: its trace goes now.
+        traced = request.pop(TRACE_KEY, None) or self.start(request)
+        traced.finish(response.status)
 
 
 HTTP_TRACING = web.AppKey("agent_relay_http_tracing", HttpTracing)
@@ -206,13 +205,14 @@ def handshake_failed(request: web.Request, error: BaseException) -> None:
     """A WebSocket handshake ended in `error` before its answer went out: end its span as
     the middleware ends a plain request's (a 500, or no answer when cancelled)."""
     tracing = request.app.get(HTTP_TRACING)
-    traced = tracing.upgrading.pop(id(request), None) if tracing is not None else None
-    if traced is not None:
-        traced.finish(None if isinstance(error, asyncio.CancelledError) else 500, error)
+    if tracing is not None:
+        status = None if isinstance(error, asyncio.CancelledError) else 500
+        tracing.start(request).finish(status, error)
 
 
-def install_http_tracing(app: web.Application, telemetry: EdgeTelemetry) -> None:
-    """Trace every HTTP request of `app` (call before the app starts)."""
+def install_http_tracing(app: web.Application, telemetry: EdgeTelemetry) -> HttpTracing:
+    """Trace every HTTP request of `app` (call before the app starts); register each
+    route's handler (but a WebSocket's) as `tracing.wrap(handler)`."""
     tracing = app[HTTP_TRACING] = HttpTracing(telemetry)
-    app.middlewares.append(tracing.middleware)
     app.on_response_prepare.append(tracing.on_response_prepare)
+    return tracing

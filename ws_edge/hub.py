@@ -58,13 +58,14 @@ class _RoomTimers:
 
 
 class _User:
-    """One user's open sockets (counted) and the frame limiter they share."""
+    """One user's open sockets (counted) and the frame limiter they share (None while it
+    would be full: made at the user's next frame, Hub.user_limiter)."""
 
     __slots__ = ("connections", "limiter")
 
-    def __init__(self, limiter: FrameLimiter) -> None:
+    def __init__(self) -> None:
         self.connections = 0
-        self.limiter = limiter
+        self.limiter: FrameLimiter | None = None
 
 
 class Hub:
@@ -163,14 +164,31 @@ class Hub:
         user = self._users.get(user_id)
         return user.connections if user is not None else 0
 
-    def register_user(self, conn: Connection, user_id: str) -> FrameLimiter:
+    def register_user(self, conn: Connection, user_id: str) -> None:
         """Count the socket against its user (once, at its first auth: the user of a
-        socket never changes); returns the user's shared frame limiter."""
+        socket never changes)."""
         user = self._users.get(user_id)
         if user is None:
-            user = self._users[user_id] = _User(FrameLimiter(self.user_budget, self.clock()))
+            user = self._users[user_id] = _User()
         user.connections += 1
-        return user.limiter
+
+    def user_limiter(self, user_id: str, now: float) -> FrameLimiter:
+        """The frame limiter a registered user's sockets share."""
+        user = self._users.get(user_id)
+        if user is None:  # not registered (any more): a limiter of its own, kept by no one
+            return FrameLimiter(self.user_budget, now)
+        limiter = user.limiter
+        if limiter is None:
+            limiter = user.limiter = FrameLimiter(self.user_budget, now)
+        return limiter
+
+    def drop_full_limiters(self, now: float) -> None:
+        """Let go of the users' limiters that are full again (FrameLimiter.full); called by
+        the sweeper, as each socket's own limiter is by Connection.check_timers."""
+        for user in self._users.values():
+            limiter = user.limiter
+            if limiter is not None and limiter.full(now):
+                user.limiter = None
 
     # -- rooms -----------------------------------------------------------------------------
 

@@ -109,6 +109,14 @@ class FrameLimiter:
         self._frames -= 1
         self._bytes -= size
 
+    def full(self, now: float) -> bool:
+        """Whether both buckets are full at `now`. A full limiter admits exactly what a new
+        one (which starts full) would, so its owner may let it go until its next frame: an
+        idle socket then holds none (PERFORMANCE.md: memory per idle socket)."""
+        self._refill(now)
+        budget = self._budget
+        return self._frames >= budget.frames_burst and self._bytes >= budget.bytes_burst
+
 
 def admit(limiters: list[FrameLimiter], size: int, now: float) -> int:
     """Admit a frame against several limiters (the connection's and the user's): 0 and spend

@@ -33,7 +33,7 @@ def make_app(exporter: InMemorySpanExporter) -> tuple[web.Application, Telemetry
     telemetry = Telemetry("edge-test", meter_provider, registry, tracer_provider)
     edge = EdgeTelemetry(telemetry)
     app = web.Application()
-    install_http_tracing(app, edge)
+    traced = install_http_tracing(app, edge).wrap
 
     async def ok(request: web.Request) -> web.Response:
         context = trace.get_current_span().get_span_context()
@@ -51,9 +51,9 @@ def make_app(exporter: InMemorySpanExporter) -> tuple[web.Application, Telemetry
             await ws.send_str("done")
         return ws
 
-    app.router.add_get("/items/{item_id}", ok)
-    app.router.add_get("/crash", crash)
-    app.router.add_get("/ws", socket)
+    app.router.add_get("/items/{item_id}", traced(ok))
+    app.router.add_get("/crash", traced(crash))
+    app.router.add_get("/ws", socket)  # a WebSocket's handler is not wrapped
     return app, telemetry
 
 
@@ -100,13 +100,13 @@ async def test_routes_crashes_unmatched_paths_and_websocket_handshakes_get_their
 
 async def test_with_tracing_off_the_callers_traceparent_is_current_in_the_handler():
     app = web.Application()
-    install_http_tracing(app, EdgeTelemetry(None))
+    traced = install_http_tracing(app, EdgeTelemetry(None)).wrap
 
     async def ok(request: web.Request) -> web.Response:
         context = trace.get_current_span().get_span_context()
         return web.json_response({"trace": format(context.trace_id, "032x")})
 
-    app.router.add_get("/", ok)
+    app.router.add_get("/", traced(ok))
     async with TestClient(TestServer(app, host="127.0.0.1", port=0)) as client:
         reply = await client.get("/", headers={"traceparent": TRACEPARENT})
         assert (await reply.json())["trace"] == TRACEPARENT.split("-")[1]

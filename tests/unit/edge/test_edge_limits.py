@@ -56,6 +56,19 @@ def test_a_limiter_refills_to_its_burst_and_no_further():
     assert admit([limiter], 1, now=50.0) == 100  # a long pause refilled only the burst
 
 
+def test_a_limiter_is_full_again_once_both_buckets_refilled():
+    """Full, it may be let go (an idle socket holds none): a new one must then decide alike."""
+    limiter = FrameLimiter(budget(frames=10, frame_burst=2, bytes_=100, bytes_burst=100), 0.0)
+    assert limiter.full(0.0)
+    assert admit([limiter], 50, now=0.0) == 0
+    assert not limiter.full(0.1)  # the frame is back, 40 of the 50 bytes are not
+    assert not limiter.full(0.49)
+    assert limiter.full(0.5)
+    fresh = FrameLimiter(budget(frames=10, frame_burst=2, bytes_=100, bytes_burst=100), 0.5)
+    for size in (60, 30, 20, 1):
+        assert admit([limiter], size, now=0.5) == admit([fresh], size, now=0.5)
+
+
 def test_a_limiter_decides_as_a_pair_of_token_buckets():
     """The limiter keeps its two buckets as numbers; it must answer as two TokenBuckets."""
     rng = random.Random(15)
