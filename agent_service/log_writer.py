@@ -40,7 +40,8 @@ the wire. So when the batches carry many deltas (the load: an average of the mod
 deltas appended per batch, merged or not), a new delta that continues its step's
 stream, and whose previous delta came at most `hold_s` before, is stamped but held
 back, not taken, for `hold_s` (0 when idle, growing with the load up to `hold_max_s`):
-the step's words made meanwhile join it. A stream slower than the window is not held
+the step's words made meanwhile join it; it goes once a word joined it and the next is
+not due before the window ends (`joined()`). A stream slower than the window is not held
 (its next word would not come in time: the wait would buy nothing). A run's first
 delta is never held, nor any other event: one appended (a run's end, a tool
 call) submits its session, and the held delta goes first with it, in order. `flush()`
@@ -54,6 +55,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
@@ -125,7 +127,8 @@ class LogWriter:
         self.hold_s = 0.0  # how long a continuing delta is held now (see the module doc)
         self.deltas = 0  # model deltas appended since the last batch (Session.append_delta)
         self._load = 0.0  # deltas per batch, averaged
-        self._held: dict[str, tuple[LogTail, asyncio.TimerHandle]] = {}
+        # session -> (it, its release, when that is due: time.monotonic())
+        self._held: dict[str, tuple[LogTail, asyncio.TimerHandle, float]] = {}
         self.reserve = reserve
         self._parked: dict[str, float] = {}  # session -> its next wait for a lease back
         self._to_reserve: dict[str, tuple[LogTail, int]] = {}  # session -> its newest seq
@@ -169,8 +172,20 @@ class LogWriter:
         if sid in self._waiting or sid in self._held:
             return  # it goes with what is already coming
         handle = asyncio.get_running_loop().call_later(delay_s, self._release, sid)
-        self._held[sid] = (tail, handle)
+        self._held[sid] = (tail, handle, time.monotonic() + delay_s)
         self._idle.clear()
+
+    def joined(self, tail: LogTail, next_due: float) -> None:
+        """A word joined `tail`'s held delta and the stream's next is due at `next_due`
+        (time.monotonic()): past the hold's end, the delta goes now, not idle till then."""
+        held = self._held.get(tail.session_id)
+        if held is not None and next_due > held[2]:
+            self.submit(tail)  # which cancels the release
+
+    @property
+    def holding(self) -> bool:
+        """Some session's delta is held."""
+        return bool(self._held)
 
     def _release(self, session_id: str) -> None:
         held = self._held.pop(session_id, None)
@@ -179,7 +194,7 @@ class LogWriter:
 
     def _release_all(self) -> None:
         held, self._held = self._held, {}
-        for tail, handle in held.values():
+        for tail, handle, _ in held.values():
             handle.cancel()
             self.submit(tail)
 

@@ -123,6 +123,8 @@ class Session:
             log = self.log
             merged = log.extend_unsubmitted_delta(run_id, step, text)
             if merged is not None:
+                if writer.holding:
+                    writer.joined(self, now + gap)
                 return merged
             hold_s = writer.hold_s
             if (
