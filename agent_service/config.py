@@ -166,6 +166,12 @@ class ServiceSettings:
         "event, up to this many characters (0: every delta is its own event): the busier "
         "the log writer, the more words per event",
     )
+    delta_hold_ms: float = field(
+        25.0,
+        "under load, a model delta that continues its step's stream waits up to this long "
+        "for the next words to join its event (the wait grows with the log writer's load "
+        "from 0 when idle; a run's first delta and every other event never wait; 0: off)",
+    )
     event_loop: str = field(
         "uvloop", "the event loop: uvloop (libuv's, in C: cheaper per callback) or asyncio"
     )
@@ -197,6 +203,8 @@ class ServiceSettings:
             raise ValueError("replica_id must contain no space")
         if self.merge_delta_chars < 0:
             raise ValueError("merge_delta_chars must be 0 (off) or more")
+        if self.delta_hold_ms < 0:
+            raise ValueError("delta_hold_ms must be 0 (off) or more")
         if self.retention_events < 1:
             raise ValueError("retention_events must be at least 1")
         if self.max_pending_accepts < 1:

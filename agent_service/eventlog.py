@@ -17,6 +17,9 @@ writer tells it what became durable; subscribers ask it what they have not seen.
 - `extend_unsubmitted_delta()` adds a model delta's text to the newest stamped
   event when that is a delta of the same run and step not yet handed to the log
   writer: under load several words share one event and one seq.
+- `continues_delta()` tells whether a new delta would continue the stream of the newest
+  stamped event (same run and step): the log writer may hold such a delta back a
+  moment under load (log_writer.py), never a run's first.
 - `receive()` adds events another process made durable (a follower replica's
   window, fed from the shared log): they are visible at once.
 """
@@ -145,6 +148,21 @@ class SessionLog:
             return None
         delta.text += text
         return last
+
+    def continues_delta(self, run_id: str, step: int) -> bool:
+        """Whether the newest stamped event (durable or not) is a response delta of this
+        run and step: a delta appended now continues a stream already under way."""
+        if self._pending:
+            last = self._pending[-1]
+        elif len(self):
+            last = self._buf[-1]
+        else:
+            return False
+        return bool(
+            last.run_id == run_id
+            and last.WhichOneof("kind") == "response_delta"
+            and last.response_delta.step == step
+        )
 
     def take_unsubmitted(self) -> list[pb.SessionEvent]:
         """Stamped events not yet handed to the log writer, oldest first; they count as

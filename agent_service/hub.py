@@ -116,6 +116,7 @@ class Hub:
             event_log,
             retention_events=settings.retention_events,
             reserve=store.reserve_seq if self.lease.shared else None,
+            hold_max_s=settings.delta_hold_ms / 1000,
         )
         self.supervisor = RunSupervisor()
         self.accepting = True

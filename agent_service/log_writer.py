@@ -38,6 +38,21 @@ RunCompleted, agent.py): they commit in the same transaction, after the events. 
 that is dropped (a refused or parked append) or fails is not retried here: its owner
 sees it did not happen and writes it itself.
 
+Under load the writer widens its window for deltas (`hold_max_s`, the service's
+--delta-hold-ms). A paced stream's next word comes after its previous one was taken, so
+the merge of deltas waiting for the writer (eventlog.extend_unsubmitted_delta) seldom
+joins paced words, and each word costs a whole event in the service, the edge and on
+the wire. So when the batches carry many deltas (the load: an average of the model
+deltas appended per batch, merged or not), a new delta that continues its step's
+stream, and whose previous delta came at most `hold_s` before, is stamped but held
+back, not taken, for `hold_s` (0 when idle, growing with the load up to `hold_max_s`):
+the step's words made meanwhile join it; it goes once a word joined it and the next is
+not due before the window ends (`joined()`). A stream slower than the window is not held
+(its next word would not come in time: the wait would buy nothing). A run's first
+delta is never held, nor any other event: one appended (a run's end, a tool
+call) submits its session, and the held delta goes first with it, in order. `flush()`
+(shutdown) takes the held ones too. A held delta is not durable and nobody has seen it.
+
 Retention runs beside it: every `trim_interval_s` the sessions that grew are
 trimmed to their newest `retention_events`.
 """
@@ -46,6 +61,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
@@ -69,6 +85,9 @@ RESERVE_AHEAD = 10_000  # seqs a session reserves in the store at a time
 # short reply, the stored reply and the completion (4) then share one commit and one
 # response; with 2 the completion took a commit and a response of its own.
 IDLE_GATHER_TURNS = 4
+LOAD_ALPHA = 1 / 16  # weight of a batch in the load (an average of deltas per batch)
+HOLD_LOAD_FROM = 2.0  # deltas per batch below which nothing is held
+HOLD_LOAD_FULL = 8.0  # deltas per batch from which a delta is held the whole hold_max_s
 
 Reserve = Callable[[Sequence[tuple[str, int]]], Awaitable[None]]
 """Raise sessions' seq reservations (store.ConversationStore.reserve_seq)."""
@@ -123,10 +142,17 @@ class LogWriter:
         retention_events: int,
         trim_interval_s: float = 5.0,
         reserve: Reserve | None = None,
+        hold_max_s: float = 0.0,
     ):
         self.log = event_log
         # the log is in the store's file: a session's store writes may join its append
         self.joins_store_writes = bool(getattr(event_log, "joins_store_writes", False))
+        self.hold_max_s = hold_max_s
+        self.hold_s = 0.0  # how long a continuing delta is held now (see the module doc)
+        self.deltas = 0  # model deltas appended since the last batch (Session.append_delta)
+        self._load = 0.0  # deltas per batch, averaged
+        # session -> (it, its release, when that is due: time.monotonic())
+        self._held: dict[str, tuple[LogTail, asyncio.TimerHandle, float]] = {}
         self.reserve = reserve
         self._parked: dict[str, float] = {}  # session -> its next wait for a lease back
         self._to_reserve: dict[str, tuple[LogTail, int]] = {}  # session -> its newest seq
@@ -155,13 +181,52 @@ class LogWriter:
 
     def submit(self, tail: LogTail) -> None:
         """`tail` has stamped events to write."""
+        if self._held:
+            held = self._held.pop(tail.session_id, None)
+            if held is not None:
+                held[1].cancel()
         self._waiting[tail.session_id] = tail
         self._idle.clear()
         self._wake.set()
 
+    def hold(self, tail: LogTail, delay_s: float) -> None:
+        """`tail` has a stamped delta to write within `delay_s`: it waits that long for
+        the words after it, unless the session is submitted (or flushed) first."""
+        sid = tail.session_id
+        if sid in self._waiting or sid in self._held:
+            return  # it goes with what is already coming
+        handle = asyncio.get_running_loop().call_later(delay_s, self._release, sid)
+        self._held[sid] = (tail, handle, time.monotonic() + delay_s)
+        self._idle.clear()
+
+    def joined(self, tail: LogTail, next_due: float) -> None:
+        """A word joined `tail`'s held delta and the stream's next is due at `next_due`
+        (time.monotonic()): past the hold's end, the delta goes now, not idle till then."""
+        held = self._held.get(tail.session_id)
+        if held is not None and next_due > held[2]:
+            self.submit(tail)  # which cancels the release
+
+    @property
+    def holding(self) -> bool:
+        """Some session's delta is held."""
+        return bool(self._held)
+
+    def _release(self, session_id: str) -> None:
+        held = self._held.pop(session_id, None)
+        if held is not None:
+            self.submit(held[0])
+
+    def _release_all(self) -> None:
+        held, self._held = self._held, {}
+        for tail, handle, _ in held.values():
+            handle.cancel()
+            self.submit(tail)
+
     async def flush(self) -> None:
         """Return once everything submitted so far is durable and published."""
-        while self._waiting or self._held_back or not self._idle.is_set():
+        while self._waiting or self._held_back or self._held or not self._idle.is_set():
+            if self._held:
+                self._release_all()
             if not self._tasks:
                 if self._to_reserve and not await self._reserve_once():
                     await asyncio.sleep(RETRY_FIRST_S)
@@ -194,6 +259,8 @@ class LogWriter:
 
     async def _write_once(self) -> None:
         tails, self._waiting = self._waiting, {}
+        if self.hold_max_s:
+            self._follow_load()
         batch: list[tuple[LogTail, Append]] = []
         for tail in tails.values():
             events = tail.take_unsubmitted()
@@ -208,8 +275,15 @@ class LogWriter:
             else:
                 for tail, item in batch:
                     self._written(tail, item)
-        if not self._waiting:
+        if not self._waiting and not self._held:
             self._idle.set()
+
+    def _follow_load(self) -> None:
+        """Fold the deltas appended since the last batch into the load; set hold_s."""
+        deltas, self.deltas = self.deltas, 0
+        self._load += (deltas - self._load) * LOAD_ALPHA
+        share = (self._load - HOLD_LOAD_FROM) / (HOLD_LOAD_FULL - HOLD_LOAD_FROM)
+        self.hold_s = self.hold_max_s * min(max(share, 0.0), 1.0)
 
     def _written(self, tail: LogTail, item: Append) -> None:
         head = item.events[-1].seq

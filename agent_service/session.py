@@ -19,6 +19,7 @@ UNAVAILABLE, and the hub replaces it by a follower.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterable
 
 from agent_relay.v1 import agent_pb2 as pb
@@ -80,6 +81,7 @@ class Session:
         self._writer = writer
         self._durable_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._joined: list[tuple[int, StoreWrite]] = []  # store writes for the log's commit
+        self._delta_at = 0.0  # monotonic time of its newest model delta (append_delta)
 
     @property
     def session_id(self) -> str:
@@ -112,11 +114,35 @@ class Session:
     def append_delta(self, run_id: str, step: int, text: str) -> pb.SessionEvent:
         """A model delta of `run_id`'s `step`: added to the newest event when that is a delta
         of the same step the log writer has not taken yet (SessionLog), else appended as a
-        new event. Either way the returned event carries the text, under its seq."""
+        new event, which a loaded writer holds back a moment when it continues the step's
+        stream and the previous delta came within the window (LogWriter.hold_s). Either
+        way the returned event carries the text, under its seq."""
         if self.owner and not self.fenced:
-            merged = self.log.extend_unsubmitted_delta(run_id, step, text)
+            writer = self._writer
+            writer.deltas += 1
+            now = time.monotonic()
+            gap, self._delta_at = now - self._delta_at, now
+            log = self.log
+            merged = log.extend_unsubmitted_delta(run_id, step, text)
             if merged is not None:
+                if writer.holding:
+                    writer.joined(self, now + gap)
                 return merged
+            hold_s = writer.hold_s
+            if (
+                hold_s
+                and gap <= hold_s
+                and log.merge_delta_chars
+                and log.continues_delta(run_id, step)
+            ):
+                # the writer is loaded and the stream's next word is due within its window:
+                # this delta waits for it unsubmitted (LogWriter.hold). A run's first never
+                # waits, nor one of a stream slower than the window (it would wait alone)
+                event = pb.SessionEvent(run_id=run_id, response_delta={"text": text, "step": step})
+                event.time_unix_ms = now_ms()
+                log.stamp(event)
+                writer.hold(self, hold_s)
+                return event
         # the delta's fields as a mapping: protobuf builds it in place, a third of the cost
         # of building a ResponseDelta and copying it in
         return self.append(

@@ -153,3 +153,19 @@ def test_a_delta_does_not_join_another_run_step_kind_or_a_full_event() -> None:
     off = SessionLog("s3", capacity=10)  # the default: every delta is its own event
     off.stamp(run_delta("a"))
     assert off.extend_unsubmitted_delta("r1", 0, "b") is None
+
+
+def test_a_delta_continues_the_newest_event_of_its_run_and_step_durable_or_not() -> None:
+    log = SessionLog("s1", capacity=10, merge_delta_chars=64)
+    assert not log.continues_delta("r1", 0)  # nothing yet: a run's first delta
+    log.stamp(pb.SessionEvent(run_id="r1", run_started=pb.RunStarted()))
+    assert not log.continues_delta("r1", 0)
+    log.stamp(run_delta("a "))
+    assert log.continues_delta("r1", 0)  # stamped, not yet durable
+    assert not log.continues_delta("r1", 1)  # a new step
+    assert not log.continues_delta("r2", 0)  # another run
+    log.take_unsubmitted()
+    log.publish_through(2)
+    assert log.continues_delta("r1", 0)  # durable: still the newest
+    log.stamp(pb.SessionEvent(run_id="r1", run_completed=pb.RunCompleted()))
+    assert not log.continues_delta("r1", 0)
