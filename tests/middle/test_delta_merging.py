@@ -12,8 +12,6 @@ from pathlib import Path
 import pytest
 
 from agent_relay.v1 import agent_pb2 as pb
-from agent_service.agent import AgentLoop
-from agent_service.config import ServiceSettings, load
 from agent_service.eventlog import SessionLog
 from agent_service.hub import Hub
 from agent_service.log import Append
@@ -22,9 +20,7 @@ from agent_service.log_writer import LogWriter
 from agent_service.providers.demo import DemoModel
 from agent_service.session import Session
 from agent_service.store import SessionRecord
-from agent_service.store_sqlite import SqliteStore
-from agent_service.tools.builtins import build_registry
-from relay_shared.agent_telemetry import AgentTelemetry
+from tests.middle.hubs import running_hub
 
 WORDS = 300
 
@@ -48,28 +44,10 @@ class SlowLog(MemoryLog):
 
 @pytest.fixture
 async def hub(tmp_path: Path) -> AsyncIterator[Hub]:
-    settings: ServiceSettings = load(
-        [
-            *("--workspace-dir", str(tmp_path / "ws"), "--store-url", "sqlite:///:memory:"),
-            *("--merge-delta-chars", "64"),
-        ],
-        env={},
-    )
-    store = SqliteStore(":memory:")
-    await store.open()
-    tools = build_registry(settings)
     model = DemoModel(tokens_per_s=0, reply_words=WORDS)
-    running = Hub(
-        settings,
-        store,
-        SlowLog(),
-        tools,
-        AgentLoop(settings, store, model, tools, AgentTelemetry(None)),
-    )
-    running.start()
-    yield running
-    await running.shutdown(1.0)
-    await store.close()
+    args = ("--merge-delta-chars", "64")
+    async with running_hub(tmp_path, args=args, event_log=SlowLog(), model=model) as running:
+        yield running
 
 
 async def test_a_busy_log_carries_several_words_per_delta_and_loses_none(hub: Hub) -> None:
@@ -192,28 +170,10 @@ async def test_flush_and_stop_take_a_held_delta() -> None:
 
 @pytest.fixture
 async def paced_hub(tmp_path: Path) -> AsyncIterator[Hub]:
-    settings: ServiceSettings = load(
-        [
-            *("--workspace-dir", str(tmp_path / "ws"), "--store-url", "sqlite:///:memory:"),
-            *("--delta-hold-ms", str(HOLD_S * 1000)),
-        ],
-        env={},
-    )
-    store = SqliteStore(":memory:")
-    await store.open()
-    tools = build_registry(settings)
     model = DemoModel(tokens_per_s=50, reply_words=WORDS)
-    running = Hub(
-        settings,
-        store,
-        MemoryLog(),
-        tools,
-        AgentLoop(settings, store, model, tools, AgentTelemetry(None)),
-    )
-    running.start()
-    yield running
-    await running.shutdown(1.0)
-    await store.close()
+    args = ("--delta-hold-ms", str(HOLD_S * 1000))
+    async with running_hub(tmp_path, args=args, model=model) as running:
+        yield running
 
 
 async def test_a_run_cancelled_with_a_held_delta_ends_after_it(paced_hub: Hub) -> None:

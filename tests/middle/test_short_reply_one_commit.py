@@ -11,15 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from agent_service.agent import AgentLoop
-from agent_service.config import ServiceSettings, load
 from agent_service.hub import Hub
 from agent_service.log import Append
 from agent_service.log_memory import MemoryLog
 from agent_service.providers.demo import DemoModel
 from agent_service.store_sqlite import SqliteStore
-from agent_service.tools.builtins import build_registry
-from relay_shared.agent_telemetry import AgentTelemetry
+from tests.middle.hubs import running_hub
 
 
 class CountingLog(MemoryLog):
@@ -36,24 +33,10 @@ class CountingLog(MemoryLog):
 
 @pytest.fixture
 async def hub(tmp_path: Path) -> AsyncIterator[Hub]:
-    settings: ServiceSettings = load(
-        ["--workspace-dir", str(tmp_path / "ws"), "--store-url", "sqlite:///:memory:"], env={}
-    )
     store = SqliteStore(str(tmp_path / "store.sqlite3"))  # a file: its commits are inline
-    await store.open()
-    tools = build_registry(settings)
     model = DemoModel(tokens_per_s=0, reply_words=1)
-    running = Hub(
-        settings,
-        store,
-        CountingLog(),
-        tools,
-        AgentLoop(settings, store, model, tools, AgentTelemetry(None)),
-    )
-    running.start()
-    yield running
-    await running.shutdown(1.0)
-    await store.close()
+    async with running_hub(tmp_path, store, event_log=CountingLog(), model=model) as running:
+        yield running
 
 
 async def test_a_short_reply_is_one_append_from_acceptance_to_completion(hub: Hub) -> None:
