@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from agent_relay.v1 import agent_pb2 as pb
-from agent_service.log import Append, SeqConflict, StoreWrite
-from agent_service.sqlite_writer import SqliteWriter
+from agent_service.log import Append, SeqConflict
+from agent_service.sqlite_writer import SqliteWriter, in_savepoint
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +119,10 @@ class SqliteLog:
 
         def append(db: sqlite3.Connection) -> None:
             _append(db, rows)
-            for write in then:
-                _in_savepoint(db, write)
+            for write in then:  # one that fails is undone alone, and the events land
+                ok, error = in_savepoint(db, write)
+                if not ok:
+                    log.warning("a store write joined to the log's commit failed", exc_info=error)
 
         await self.writer.write(append, weight + len(then))
 
@@ -182,18 +184,6 @@ def _append(db: sqlite3.Connection, rows: list[tuple[str, int, list[bytes]]]) ->
             "INSERT INTO events (session_id, seq, body) VALUES (?, ?, ?)",
             [(session_id, expected + i, body) for i, body in enumerate(bodies)],
         )
-
-
-def _in_savepoint(db: sqlite3.Connection, write: StoreWrite) -> None:
-    """A store write after the events, in the same transaction: one that raises is undone
-    alone (its caller sees it did not happen, log_writer.py) and the events still land."""
-    db.execute("SAVEPOINT store_write")
-    try:
-        write(db)
-    except Exception:
-        db.execute("ROLLBACK TO store_write")
-        log.warning("a store write joined to the log's commit failed", exc_info=True)
-    db.execute("RELEASE store_write")
 
 
 def _head(db: sqlite3.Connection, session_id: str) -> int:

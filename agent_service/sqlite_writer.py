@@ -200,7 +200,7 @@ class SqliteWriter:
                     db.execute("ROLLBACK")
                     return [(False, exc)]
             else:
-                outcomes = [_in_savepoint(db, job.fn) for job in jobs]
+                outcomes = [in_savepoint(db, job.fn) for job in jobs]
             db.execute("COMMIT")
         except Exception as exc:
             if db.in_transaction:
@@ -226,24 +226,28 @@ class SqliteWriter:
             self._thread.submit(self._checkpoint_on_thread, loop)
 
     def _checkpoint_beside(self, loop: asyncio.AbstractEventLoop, db: sqlite3.Connection) -> None:
-        try:
-            db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-        except sqlite3.Error:
-            pass  # the next one tries again; SQLite checkpoints at close too
+        _passive_checkpoint(db)
         loop.call_soon_threadsafe(self._checkpoint_done)
 
     def _checkpoint_done(self) -> None:
         self._checkpointing = False
 
     def _checkpoint_on_thread(self, loop: asyncio.AbstractEventLoop) -> None:
-        try:
-            self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-        except sqlite3.Error:
-            pass  # the next one tries again; SQLite checkpoints at close too
+        _passive_checkpoint(self._db)
         loop.call_soon_threadsafe(self._thread_done, loop, [], [])
 
 
-def _in_savepoint(db: sqlite3.Connection, fn: Write) -> tuple[bool, Any]:
+def _passive_checkpoint(db: sqlite3.Connection) -> None:
+    try:
+        db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    except sqlite3.Error:
+        pass  # the next one tries again; SQLite checkpoints at close too
+
+
+def in_savepoint(db: sqlite3.Connection, fn: Write) -> tuple[bool, Any]:
+    """Run `fn` in a savepoint of the open transaction: (True, its result), or (False,
+    its exception) with what it did undone and the transaction still open. Savepoints
+    nest, so `fn` may call this again."""
     db.execute("SAVEPOINT one_write")
     try:
         result = fn(db)

@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -39,6 +41,21 @@ def insert(key: str):  # type: ignore[no-untyped-def]
 def keys(path: Path) -> list[str]:
     with sqlite3.connect(path) as db:
         return [row[0] for row in db.execute("SELECT k FROM t ORDER BY k")]
+
+
+@asynccontextmanager
+async def store_and_log(tmp_path: Path) -> AsyncIterator[tuple[SqliteStore, SqliteLog]]:
+    """The service's default: the store on a file, and the event log in that file."""
+    store = SqliteStore(f"{tmp_path}/relay.sqlite3")
+    await store.open()
+    log = open_log("", store_url=f"sqlite:///{tmp_path}/relay.sqlite3", store=store)
+    assert isinstance(log, SqliteLog)
+    await log.open()
+    try:
+        yield store, log
+    finally:
+        await log.close()
+        await store.close()
 
 
 @pytest.fixture
@@ -113,13 +130,7 @@ async def test_a_locked_file_never_blocks_the_loop(
 
 
 async def test_the_log_in_the_stores_file_shares_its_writer(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/relay.sqlite3"
-    store = SqliteStore(f"{tmp_path}/relay.sqlite3")
-    await store.open()
-    log = open_log("", store_url=url, store=store)
-    assert isinstance(log, SqliteLog)
-    await log.open()
-    try:
+    async with store_and_log(tmp_path) as (store, log):
         assert log.writer is store.writer
         await store.create_session(SessionRecord("s1", "u", "t", 1))
         event = pb.SessionEvent(session_id="s1", seq=1, run_id="r")
@@ -128,21 +139,12 @@ async def test_the_log_in_the_stores_file_shares_its_writer(tmp_path: Path) -> N
             await log.append([Append("s1", [event])])
         assert await log.head("s1") == 1
         assert (await store.get_session("s1")) is not None
-    finally:
-        await log.close()
-        await store.close()
 
 
 async def test_store_writes_joined_to_an_append_commit_after_its_events(tmp_path: Path) -> None:
     """Append.then: each store write lands in the append's transaction, after its events;
     one that fails is undone alone and the events still land; a refused append takes its
     store writes with it."""
-    url = f"sqlite:///{tmp_path}/relay.sqlite3"
-    store = SqliteStore(f"{tmp_path}/relay.sqlite3")
-    await store.open()
-    log = open_log("", store_url=url, store=store)
-    assert isinstance(log, SqliteLog)
-    await log.open()
     seen: list[int] = []
 
     def title(text: str):  # type: ignore[no-untyped-def]
@@ -157,7 +159,7 @@ async def test_store_writes_joined_to_an_append_commit_after_its_events(tmp_path
         db.execute("UPDATE sessions SET title = 'half' WHERE session_id = 's1'")
         raise RuntimeError("a store write that fails")
 
-    try:
+    async with store_and_log(tmp_path) as (store, log):
         assert log.joins_store_writes
         await store.create_session(SessionRecord("s1", "u", "t", 1))
         events = [pb.SessionEvent(session_id="s1", seq=seq, run_id="r") for seq in (1, 2)]
@@ -170,9 +172,6 @@ async def test_store_writes_joined_to_an_append_commit_after_its_events(tmp_path
             await log.append([Append("s1", events[:1], then=[title("refused")])])
         record = await store.get_session("s1")
         assert record is not None and record.title == "joined"
-    finally:
-        await log.close()
-        await store.close()
 
 
 async def test_a_log_in_a_file_of_its_own_takes_no_store_writes(tmp_path: Path) -> None:
