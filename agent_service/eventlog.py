@@ -16,7 +16,10 @@ writer tells it what became durable; subscribers ask it what they have not seen.
 - `restore()` refills the window from the durable log when a session loads.
 - `extend_unsubmitted_delta()` adds a model delta's text to the newest stamped
   event when that is a delta of the same run and step not yet handed to the log
-  writer: under load several words share one event and one seq.
+  writer: under load several words share one event and one seq. The words gather
+  in a list and become the event's text when the writer takes it
+  (`take_unsubmitted()`): `delta.text += word` copied the whole text out of the
+  message and back per word (quadratic in the words of an event).
 - `continues_delta()` tells whether a new delta would continue the stream of the newest
   stamped event (same run and step): the log writer may hold such a delta back a
   moment under load (log_writer.py), never a run's first.
@@ -65,6 +68,12 @@ class SessionLog:
         self._pending: deque[pb.SessionEvent] = deque()  # stamped, not yet durable
         self._next_seq = durable_head + 1
         self._submitted = durable_head  # the newest seq handed to the log writer
+        # the newest stamped delta that words joined, its (run_id, step), its text's pieces
+        # and their length; its text is set from the pieces when the writer takes it
+        self._open: pb.SessionEvent | None = None
+        self._open_key: tuple[str, int] = ("", 0)
+        self._open_pieces: list[str] = []
+        self._open_chars = 0
 
     @property
     def head_seq(self) -> int:
@@ -136,18 +145,39 @@ class SessionLog:
         nobody has seen it, and no seq is spent) and holds under `merge_delta_chars`
         characters; None otherwise (always, with merge_delta_chars 0). The deltas a
         session makes while a commit is in flight so travel as one event: the busier the
-        writer, the more words per event, at no extra wait."""
+        writer, the more words per event, at no extra wait. The returned event's text
+        holds the added words once the writer has taken it (take_unsubmitted)."""
         pending = self._pending
         if not self.merge_delta_chars or not pending or self._submitted >= self._next_seq - 1:
             return None
         last = pending[-1]
-        if last.run_id != run_id or last.WhichOneof("kind") != "response_delta":
+        if last is self._open:
+            if self._open_key != (run_id, step):
+                return None
+        else:
+            if last.run_id != run_id or last.WhichOneof("kind") != "response_delta":
+                return None
+            delta = last.response_delta
+            if delta.step != step:
+                return None
+            self._close_open()
+            first = delta.text
+            self._open, self._open_key = last, (run_id, step)
+            self._open_pieces, self._open_chars = [first], len(first)
+        if self._open_chars >= self.merge_delta_chars:
             return None
-        delta = last.response_delta
-        if delta.step != step or len(delta.text) >= self.merge_delta_chars:
-            return None
-        delta.text += text
+        self._open_pieces.append(text)
+        self._open_chars += len(text)
         return last
+
+    def _close_open(self) -> None:
+        """The open delta's words become its text; no more join it here."""
+        event = self._open
+        if event is not None:
+            self._open = None
+            if len(self._open_pieces) > 1:
+                event.response_delta.text = "".join(self._open_pieces)
+            self._open_pieces = []
 
     def continues_delta(self, run_id: str, step: int) -> bool:
         """Whether the newest stamped event (durable or not) is a response delta of this
@@ -171,6 +201,7 @@ class SessionLog:
         if count <= 0:
             return []
         self._submitted = self._next_seq - 1
+        self._close_open()
         pending = self._pending
         return [pending[i] for i in range(len(pending) - count, len(pending))]
 

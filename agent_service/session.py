@@ -116,7 +116,8 @@ class Session:
         of the same step the log writer has not taken yet (SessionLog), else appended as a
         new event, which a loaded writer holds back a moment when it continues the step's
         stream and the previous delta came within the window (LogWriter.hold_s). Either
-        way the returned event carries the text, under its seq."""
+        way the text is under the returned event's seq (a merged word is in its text once
+        the log writer has taken it: SessionLog.extend_unsubmitted_delta)."""
         if self.owner and not self.fenced:
             writer = self._writer
             writer.deltas += 1

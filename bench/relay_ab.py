@@ -9,7 +9,12 @@ measures both in interleaved rounds, the order alternating, in one run on one ma
   p50 / p99 and each process's CPU per message;
 - rtt history: the same on one session with `--history` messages behind it;
 - burst: `--burst-sessions` sessions, each on its own socket, send one message at once:
-  first delta p50 / p99, and the service's CPU per message.
+  first delta p50 / p99, and the service's CPU per message;
+- full: `--full-sessions` sessions at once, each a `--full-words`-word reply at full demo
+  speed (a pair of its own): words delivered per second, each process's CPU per word;
+- paced: `--paced-n` sessions at once, each a 200-word reply at 50 words/s (a pair of
+  its own): delta latency p50 / p99 (the client's clock minus the frame's
+  `time_unix_ms`), words dropped, each process's CPU per word.
 
     .venv/bin/python bench/relay_ab.py --base var/base [--rounds 5]
 
@@ -47,8 +52,11 @@ from bench.relay_client import (
 Metrics = dict[str, float]
 
 
-def start_pair(tmp: Path, name: str, source: Path) -> RelayPair:
-    """A service run from `source` (its packages first on the path) and this tree's edge."""
+def start_pair(
+    tmp: Path, name: str, source: Path, tokens_per_s: float = 0, words: int = 1
+) -> RelayPair:
+    """A service run from `source` (its packages first on the path) and this tree's edge;
+    its demo model streams `words`-word replies at `tokens_per_s` (0: full speed)."""
     py = sys.executable
     # -c, not -m: -m puts the working directory (this tree) first on the path
     env = {"PYTHONPATH": f"{source}{os.pathsep}{source / 'gen' / 'python'}"}
@@ -59,7 +67,7 @@ def start_pair(tmp: Path, name: str, source: Path) -> RelayPair:
             "from agent_service.server import main; sys.exit(main())",
             "--listen", "127.0.0.1:0",
             "--store-url", f"sqlite:///{tmp}/{name}.sqlite3",
-            "--demo-tokens-per-s", "0", "--demo-reply-words", "1",
+            "--demo-tokens-per-s", str(tokens_per_s), "--demo-reply-words", str(words),
             "--retention-events", "10000000", "--log-level", "WARNING",
         ],
         "agent_service listening on",
@@ -133,6 +141,40 @@ async def burst(pair: RelayPair, all_socks: list[RelaySocket]) -> Metrics:
     }
 
 
+async def streams(pair: RelayPair, all_socks: list[RelaySocket], timeout_s: float) -> Metrics:
+    """Every socket's session streams one reply at once: words per second delivered,
+    delta latencies, words per frame, each process's CPU per word."""
+    watches = []
+    for sock in all_socks:
+        watch = RunWatch()
+        sock.on_frame = watch
+        watches.append(watch)
+    cpu = meter(pair)
+    start = time.perf_counter()
+    for sock, watch in zip(all_socks, watches, strict=True):
+        watch.message_id = await sock.say("stream")
+    try:
+        await asyncio.wait_for(asyncio.gather(*(w.done.wait() for w in watches)), timeout_s)
+    except TimeoutError:
+        pass
+    elapsed = time.perf_counter() - start
+    used = cpu.stop()
+    for sock in all_socks:
+        sock.on_frame = None
+    words = sum(w.deltas for w in watches)
+    frames = sum(w.frames for w in watches)
+    latencies = [x for w in watches for x in w.latencies_ms]
+    return {
+        "words_per_s": words / elapsed,
+        "words": words,
+        "words_per_frame": words / max(1, frames),
+        "p50_ms": percentile(latencies, 0.5),
+        "p99_ms": percentile(latencies, 0.99),
+        "service_us_per_word": used["service"] / max(1, words) * 1e6,
+        "edge_us_per_word": used["edge"] / max(1, words) * 1e6,
+    }
+
+
 def show(results: dict[str, dict[str, list[Metrics]]]) -> None:
     for scenario, systems in results.items():
         print(f"\n{scenario}")
@@ -149,15 +191,30 @@ def show(results: dict[str, dict[str, list[Metrics]]]) -> None:
 
 async def main_async(args: argparse.Namespace, sources: dict[str, Path]) -> None:
     with tempfile.TemporaryDirectory() as folder:
-        pairs = {name: start_pair(Path(folder), name, src) for name, src in sources.items()}
+        tmp = Path(folder)
+        pairs = {name: start_pair(tmp, name, src) for name, src in sources.items()}
+        full_pairs: dict[str, RelayPair] = {}
+        paced_pairs: dict[str, RelayPair] = {}
         try:
+            for name, src in sources.items():
+                if "full" in args.scenarios:
+                    full_pairs[name] = start_pair(tmp, f"{name}-full", src, 0, args.full_words)
+                if "paced" in args.scenarios:
+                    paced_pairs[name] = start_pair(tmp, f"{name}-paced", src, 50, 200)
             if args.pids:
-                for name, pair in pairs.items():
-                    print(f"{name}: service pid {pair.service.pid}, edge pid {pair.edge.pid}")
+                for group in (pairs, full_pairs, paced_pairs):
+                    for name, pair in group.items():
+                        print(f"{name}: service pid {pair.service.pid}, edge pid {pair.edge.pid}")
                 await asyncio.get_running_loop().run_in_executor(None, input, "Enter to start: ")
             async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
                 history: dict[str, RelaySocket] = {}
                 bursts: dict[str, list[RelaySocket]] = {}
+                full_socks = {
+                    n: await socks(http, p, args.full_sessions) for n, p in full_pairs.items()
+                }
+                paced_socks = {
+                    n: await socks(http, p, args.paced_n) for n, p in paced_pairs.items()
+                }
                 for name, pair in pairs.items():
                     if "history" in args.scenarios:
                         history[name] = (await socks(http, pair, 1))[0]
@@ -182,11 +239,18 @@ async def main_async(args: argparse.Namespace, sources: dict[str, Path]) -> None
                         if "burst" in args.scenarios:
                             metrics = await burst(pair, bursts[name])
                             results.setdefault("burst", {}).setdefault(name, []).append(metrics)
+                        if name in full_socks:
+                            metrics = await streams(full_pairs[name], full_socks[name], 180)
+                            results.setdefault("full", {}).setdefault(name, []).append(metrics)
+                        if name in paced_socks:
+                            metrics = await streams(paced_pairs[name], paced_socks[name], 60)
+                            results.setdefault("paced", {}).setdefault(name, []).append(metrics)
                     print(f"  round {index + 1} done", flush=True)
                 show(results)
         finally:
-            for pair in pairs.values():
-                pair.stop()
+            for group in (pairs, full_pairs, paced_pairs):
+                for pair in group.values():
+                    pair.stop()
 
 
 def main() -> int:
@@ -197,7 +261,10 @@ def main() -> int:
     parser.add_argument("--rtt-count", type=int, default=100)
     parser.add_argument("--history", type=int, default=1000)
     parser.add_argument("--burst-sessions", type=int, default=100)
-    parser.add_argument("--scenarios", default="rtt,history,burst")
+    parser.add_argument("--full-sessions", type=int, default=100)
+    parser.add_argument("--full-words", type=int, default=1000)
+    parser.add_argument("--paced-n", type=int, default=300)
+    parser.add_argument("--scenarios", default="rtt,history,burst", help="and full, paced")
     parser.add_argument("--pids", action="store_true", help="wait for Enter after the start")
     args = parser.parse_args()
     args.scenarios = set(args.scenarios.split(","))

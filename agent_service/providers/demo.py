@@ -1,7 +1,8 @@
 """`demo`: a built-in scripted model. No network, no weights: it is a demo.
 
 It is deterministic: the same conversation gives the same reply. It streams one
-word at a time at `tokens_per_s` words per second (0: as fast as possible).
+word at a time at `tokens_per_s` words per second (0: as fast as possible, with a
+turn of the event loop every FULL_SPEED_WORDS_PER_TURN words).
 
 What it does with the last user message:
 
@@ -92,6 +93,7 @@ def requested_tools(text: str) -> list[tuple[str, dict[str, object]]]:
 
 
 PACE_TICK_S = 0.002  # the demo's words are due on this grid: streams due together share a timer
+FULL_SPEED_WORDS_PER_TURN = 16  # at full speed, words (one delta each) between loop turns
 
 
 class Pacer:
@@ -241,8 +243,11 @@ class DemoModel:
                 while end < count and due + delay_s <= now:
                     due += delay_s
                     end += 1
-            else:
-                await asyncio.sleep(0)  # let the stream's readers in between words
+            elif index % FULL_SPEED_WORDS_PER_TURN == 0:
+                # let the stream's readers in every few words, as a network stream's chunks
+                # come several to a read: a turn of the loop per word resumed the run's
+                # whole chain of coroutines per word
+                await asyncio.sleep(0)
             text = words[index] if end == index + 1 else " ".join(words[index:end])
             yield TextDelta(text if end == count else text + " ")
             index = end

@@ -14,7 +14,7 @@ from agent_service.providers.base import (
     TextDelta,
     ToolCallRequested,
 )
-from agent_service.providers.demo import DemoModel, Pacer
+from agent_service.providers.demo import FULL_SPEED_WORDS_PER_TURN, DemoModel, Pacer
 from agent_service.tools.base import ToolSpec
 
 
@@ -42,6 +42,27 @@ async def test_a_tool_step_streams_its_words_then_the_calls_then_its_end() -> No
     assert isinstance(call, ToolCallRequested) and call.name == "calculator"
     assert isinstance(items[-1], StepFinished) and items[-1].reason == "tool_calls"
     assert "".join(i.text for i in items if isinstance(i, TextDelta)) == "Calling calculator.\n\n"
+
+
+async def test_at_full_speed_the_loop_runs_others_every_few_words_one_delta_each() -> None:
+    turns = 0
+
+    async def ticker() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    words = 4 * FULL_SPEED_WORDS_PER_TURN
+    task = asyncio.create_task(ticker())
+    await asyncio.sleep(0)  # the ticker has started
+    turns = 0
+    items = await _read(DemoModel(tokens_per_s=0, reply_words=words), "hello")
+    task.cancel()
+    deltas = [i for i in items if isinstance(i, TextDelta)]
+    assert len(deltas) == words  # still one word per delta
+    # a turn before the first word and one every FULL_SPEED_WORDS_PER_TURN words, not per word
+    assert turns == 4
 
 
 async def test_fail_raises_a_model_error_when_read() -> None:

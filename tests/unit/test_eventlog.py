@@ -126,7 +126,7 @@ def test_a_delta_joins_the_newest_delta_of_its_step_until_the_writer_takes_it() 
     log = SessionLog("s1", capacity=10, merge_delta_chars=64)
     first = log.stamp(run_delta("a "))
     assert log.extend_unsubmitted_delta("r1", 0, "b ") is first
-    assert first.response_delta.text == "a b " and first.seq == 1
+    assert first.seq == 1
     assert [e.response_delta.text for e in log.take_unsubmitted()] == ["a b "]
     # handed to the writer: it may be being written, so it is never changed again
     assert log.extend_unsubmitted_delta("r1", 0, "c ") is None
@@ -134,6 +134,26 @@ def test_a_delta_joins_the_newest_delta_of_its_step_until_the_writer_takes_it() 
     assert log.stamp(run_delta("c ")).seq == 2  # seq stays dense
     log.publish_through(2)
     assert [e.response_delta.text for e in log.read_after(0).events] == ["a b ", "c "]
+
+
+def test_words_that_joined_an_event_followed_by_another_are_in_its_text_when_taken() -> None:
+    log = SessionLog("s1", capacity=10, merge_delta_chars=64)
+    first = log.stamp(run_delta("a ", step=0))
+    assert log.extend_unsubmitted_delta("r1", 0, "b ") is first
+    second = log.stamp(run_delta("c ", step=1))  # the next step's first delta
+    assert log.extend_unsubmitted_delta("r1", 1, "d") is second
+    assert log.extend_unsubmitted_delta("r1", 0, "x") is None  # no longer the newest
+    assert [e.response_delta.text for e in log.take_unsubmitted()] == ["a b ", "c d"]
+    log.untake(1)  # the writer gives them back: taken again, the same texts
+    assert [e.response_delta.text for e in log.take_unsubmitted()] == ["a b ", "c d"]
+
+
+def test_a_delta_joins_until_its_event_holds_merge_delta_chars() -> None:
+    log = SessionLog("s1", capacity=10, merge_delta_chars=4)
+    log.stamp(run_delta("ab"))
+    assert log.extend_unsubmitted_delta("r1", 0, "cd") is not None
+    assert log.extend_unsubmitted_delta("r1", 0, "e") is None  # 4 characters: full
+    assert [e.response_delta.text for e in log.take_unsubmitted()] == ["abcd"]
 
 
 def test_a_delta_does_not_join_another_run_step_kind_or_a_full_event() -> None:
