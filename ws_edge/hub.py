@@ -31,6 +31,7 @@ from ws_edge.room import (
     RejectJoin,
     Room,
     RoomClosed,
+    RoomSettings,
     RoomState,
     RunFinished,
     SubscribeUpstream,
@@ -98,7 +99,12 @@ class Hub:
         self.upstream = UpstreamPool(
             settings, on_up=self._slot_up, on_down=self._slot_down, on_response=self._slot_response
         )
-        self._batch_window_s = settings.batch_ms / 1000.0  # one float for all rooms
+        self._room_settings = RoomSettings(  # one for all rooms
+            batch_window_s=settings.batch_ms / 1000.0,
+            grace_s=settings.room_grace_s,
+            buffer_events=settings.room_buffer_events,
+            catch_up_bytes=min(32_768, settings.send_queue_max_bytes // 2),
+        )
         self._tasks: set[asyncio.Task[Any]] = set()
         self.draining = False
         self.all_closed = asyncio.Event()  # set while no socket is open
@@ -187,13 +193,7 @@ class Hub:
     ) -> None:
         room = self.rooms.get(session_id)
         if room is None:
-            room = self.rooms[session_id] = Room(
-                session_id,
-                batch_window_s=self._batch_window_s,
-                grace_s=self.settings.room_grace_s,
-                buffer_events=self.settings.room_buffer_events,
-                catch_up_bytes=min(32_768, self.settings.send_queue_max_bytes // 2),
-            )
+            room = self.rooms[session_id] = Room(session_id, self._room_settings)
         conn.now_joined(session_id)
         self._apply(room, room.join(conn.socket_id, ref, after_seq, prefs, self.clock()))
 
