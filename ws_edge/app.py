@@ -504,7 +504,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 def _register_gauges(telemetry: EdgeTelemetry, hub: Hub) -> None:
     def queues() -> list[int]:
-        return [len(conn.queue) for conn in hub.connections.values()]
+        return [conn.queued_frames for conn in hub.connections.values()]
 
     telemetry.gauge(
         "agent_relay.edge.connections", "Open WebSocket connections.", lambda: len(hub.connections)
@@ -525,7 +525,7 @@ def _register_gauges(telemetry: EdgeTelemetry, hub: Hub) -> None:
     telemetry.gauge(
         "agent_relay.edge.send_queue_bytes",
         "Bytes waiting in all send queues.",
-        lambda: sum(conn.queue.bytes for conn in hub.connections.values()),
+        lambda: sum(conn.queued_bytes for conn in hub.connections.values()),
         "By",
     )
     telemetry.gauge(
@@ -568,7 +568,8 @@ async def metrics(request: web.Request) -> web.Response:
         f"{sum(slot.sends.depth for slot in hub.upstream.slots)}",
         "# HELP agent_relay_edge_send_queue_frames Frames waiting in all send queues.",
         "# TYPE agent_relay_edge_send_queue_frames gauge",
-        f"agent_relay_edge_send_queue_frames {sum(len(c.queue) for c in hub.connections.values())}",
+        "agent_relay_edge_send_queue_frames "
+        f"{sum(c.queued_frames for c in hub.connections.values())}",
     ]
     return web.Response(
         text="\n".join(lines) + "\n",
