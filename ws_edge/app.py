@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import re
 import secrets
@@ -43,7 +44,7 @@ from ws_edge.layouts import prime_instance_layouts
 from ws_edge.limits import AddressBuckets
 from ws_edge.linger import linger_on_close
 from ws_edge.upstream import unary
-from ws_edge.wire import SUPPORTED_PROTOCOLS, parse_offer, select_protocol
+from ws_edge.wire import SUPPORTED_PROTOCOLS, Wire, parse_offer, select_protocol
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +189,18 @@ def origin_allowed(request: web.Request, allowed: tuple[str, ...]) -> bool:
     )
 
 
+# Each wire's subprotocol as the one-name tuple a WebSocketResponse keeps for its life: one
+# tuple per wire, not one per socket (48 B; PERFORMANCE.md: memory per idle socket).
+_CHOSEN = {wire: (wire.value,) for wire in Wire}
+
+
+@functools.cache
+def _low_water(high: int) -> int:
+    """asyncio's default low-water mark for a write buffer limit of `high` (a quarter), as
+    one int shared by every transport: computed per socket, each would hold its own (32 B)."""
+    return high // 4
+
+
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS]
     hub = request.app[HUB]
@@ -202,7 +215,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         )
     ws = web.WebSocketResponse(
         # only the one chosen: aiohttp then echoes exactly it (RFC 6455 4.2.2)
-        protocols=(wire.value,),
+        protocols=_CHOSEN[wire],
         # The heartbeat is the sweeper's (Connection.check_timers), not a timer per socket;
         # the handler answers pings itself, and every frame of the peer counts as alive.
         autoping=False,
@@ -221,7 +234,8 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     if isinstance(request.transport, asyncio.WriteTransport):
         # The transport's own buffer (64 KiB by default) would hold frames outside the send
         # queue's bound; Connection.send counts what it holds against that bound.
-        request.transport.set_write_buffer_limits(high=settings.socket_write_buffer_bytes)
+        high = settings.socket_write_buffer_bytes
+        request.transport.set_write_buffer_limits(high=high, low=_low_water(high))
     raw_socket = request.transport.get_extra_info("socket") if request.transport else None
     if raw_socket is not None and settings.socket_send_buffer_bytes > 0:
         raw_socket.setsockopt(
@@ -490,7 +504,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 def _register_gauges(telemetry: EdgeTelemetry, hub: Hub) -> None:
     def queues() -> list[int]:
-        return [len(conn.queue) for conn in hub.connections.values()]
+        return [conn.queued_frames for conn in hub.connections.values()]
 
     telemetry.gauge(
         "agent_relay.edge.connections", "Open WebSocket connections.", lambda: len(hub.connections)
@@ -511,7 +525,7 @@ def _register_gauges(telemetry: EdgeTelemetry, hub: Hub) -> None:
     telemetry.gauge(
         "agent_relay.edge.send_queue_bytes",
         "Bytes waiting in all send queues.",
-        lambda: sum(conn.queue.bytes for conn in hub.connections.values()),
+        lambda: sum(conn.queued_bytes for conn in hub.connections.values()),
         "By",
     )
     telemetry.gauge(
@@ -554,7 +568,8 @@ async def metrics(request: web.Request) -> web.Response:
         f"{sum(slot.sends.depth for slot in hub.upstream.slots)}",
         "# HELP agent_relay_edge_send_queue_frames Frames waiting in all send queues.",
         "# TYPE agent_relay_edge_send_queue_frames gauge",
-        f"agent_relay_edge_send_queue_frames {sum(len(c.queue) for c in hub.connections.values())}",
+        "agent_relay_edge_send_queue_frames "
+        f"{sum(c.queued_frames for c in hub.connections.values())}",
     ]
     return web.Response(
         text="\n".join(lines) + "\n",

@@ -111,7 +111,6 @@ class Connection:
         wall_clock: Callable[[], float] = time.time,
         wire: Wire = Wire.JSON,
     ) -> None:
-        settings = hub.settings
         self.wire = wire
         self.socket_id = f"w{next(_socket_ids)}"
         self.ws = ws
@@ -130,12 +129,9 @@ class Connection:
         # idle socket holds none. Its user's is the hub's (Hub.user_limiter).
         self._limiter: FrameLimiter | None = None
         self._abuse: AbuseCounter | None = None  # made at the first refused frame
-        self.queue = SendQueue(
-            max_bytes=settings.send_queue_max_bytes,
-            max_frames=settings.send_queue_max_frames,
-            coalesce_after_frames=settings.send_queue_coalesce_frames,
-            wire=wire,
-        )
+        # Made at the first frame out, let go by the sweeper once empty with no writer
+        # (check_timers): an idle socket holds none (96 B).
+        self.queue: SendQueue | None = None
         self._writer: asyncio.Task[None] | None = None
         self._drain_waiters: list[str] | None = None  # sessions catching up, made at first use
         self._closer: asyncio.Task[None] | None = None
@@ -145,6 +141,16 @@ class Connection:
     @property
     def user_id(self) -> str | None:
         return self.claims.user_id if self.claims is not None else None
+
+    @property
+    def queued_frames(self) -> int:
+        """Frames waiting in the send queue."""
+        return len(self.queue) if self.queue is not None else 0
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes waiting in the send queue."""
+        return self.queue.bytes if self.queue is not None else 0
 
     # -- out -------------------------------------------------------------------------------
 
@@ -164,13 +170,22 @@ class Connection:
             if isinstance(transport, asyncio.WriteTransport)
             else 0
         )
-        if not self.queue.push(frame, delta, session_id, held_bytes=held):
+        queue = self.queue
+        if queue is None:
+            settings = self.hub.settings
+            queue = self.queue = SendQueue(
+                max_bytes=settings.send_queue_max_bytes,
+                max_frames=settings.send_queue_max_frames,
+                coalesce_after_frames=settings.send_queue_coalesce_frames,
+                wire=self.wire,
+            )
+        if not queue.push(frame, delta, session_id, held_bytes=held):
             log.warning(
                 "socket %s: send queue over its bound (%d frames, %d bytes, %d in the transport):"
                 " closing 1013",
                 self.socket_id,
-                len(self.queue),
-                self.queue.bytes,
+                len(queue),
+                queue.bytes,
                 held,
             )
             self.close_slow()
@@ -207,7 +222,8 @@ class Connection:
             sent = self.hub.telemetry.sent
             kind = WSMsgType.BINARY if self.wire is Wire.PROTO else WSMsgType.TEXT
             while True:
-                data = self.queue.pop()
+                queue = self.queue
+                data = queue.pop() if queue is not None else None
                 if data is None:
                     waiters = self._drain_waiters
                     if not waiters or self.closing:
@@ -276,7 +292,7 @@ class Connection:
         self.close_code = int(code)
         writer = self._writer
         if not flush:
-            self.queue.clear()
+            self.queue = None
             self._writer = None
             if writer is not None:
                 writer.cancel()
@@ -296,7 +312,7 @@ class Connection:
     def detach(self) -> None:
         """The socket is gone: send nothing more."""
         self.closing = True
-        self.queue.clear()
+        self.queue = None
         writer, self._writer = self._writer, None
         if writer is not None:
             writer.cancel()
@@ -523,6 +539,9 @@ class Connection:
         limiter = self._limiter
         if limiter is not None and limiter.full(now):
             self._limiter = None  # the same as a new one: made again at the next frame
+        queue = self.queue
+        if queue is not None and self._writer is None and not len(queue):
+            self.queue = None  # the same as a new one: made again at the next frame out
         if self._heartbeat_due(now, settings.ping_interval_s):
             return
         if self.claims is None and now - self.opened_at > settings.auth_timeout_s:

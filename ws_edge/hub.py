@@ -31,6 +31,7 @@ from ws_edge.room import (
     RejectJoin,
     Room,
     RoomClosed,
+    RoomSettings,
     RoomState,
     RunFinished,
     SubscribeUpstream,
@@ -57,17 +58,6 @@ class _RoomTimers:
         self.expire: asyncio.TimerHandle | None = None
 
 
-class _User:
-    """One user's open sockets (counted) and the frame limiter they share (None while it
-    would be full: made at the user's next frame, Hub.user_limiter)."""
-
-    __slots__ = ("connections", "limiter")
-
-    def __init__(self) -> None:
-        self.connections = 0
-        self.limiter: FrameLimiter | None = None
-
-
 class Hub:
     """Rooms, connections and per-user budgets of one edge process."""
 
@@ -87,8 +77,11 @@ class Hub:
         self._timers: dict[str, _RoomTimers] = {}  # rooms with a timer armed
         self.connections: dict[str, Connection] = {}
         # A room's members are its subscribers (Room.socket_ids): no set per session here,
-        # and a count per user rather than a set (memory per idle socket, PERFORMANCE.md).
-        self._users: dict[str, _User] = {}
+        # and a count per user rather than a set (memory per idle socket, PERFORMANCE.md):
+        # the count is the dict's value itself (an object per user would cost 48 B), and a
+        # user's frame limiter is kept only while it is not full (Hub.user_limiter).
+        self._user_sockets: dict[str, int] = {}
+        self._user_limiters: dict[str, FrameLimiter] = {}
         self.runs = RunLimiter(settings.max_runs_per_user)
         # The budgets every socket's and every user's limiter refer to.
         self.connection_budget = FrameBudget(
@@ -106,7 +99,12 @@ class Hub:
         self.upstream = UpstreamPool(
             settings, on_up=self._slot_up, on_down=self._slot_down, on_response=self._slot_response
         )
-        self._batch_window_s = settings.batch_ms / 1000.0  # one float for all rooms
+        self._room_settings = RoomSettings(  # one for all rooms
+            batch_window_s=settings.batch_ms / 1000.0,
+            grace_s=settings.room_grace_s,
+            buffer_events=settings.room_buffer_events,
+            catch_up_bytes=min(32_768, settings.send_queue_max_bytes // 2),
+        )
         self._tasks: set[asyncio.Task[Any]] = set()
         self.draining = False
         self.all_closed = asyncio.Event()  # set while no socket is open
@@ -153,42 +151,40 @@ class Hub:
             self.all_closed.set()
         for session_id in list(conn.joined):
             self.leave(conn, session_id)
-        if conn.user_id is not None:  # registered by register_user at its first auth
-            user = self._users.get(conn.user_id)
-            if user is not None:
-                user.connections -= 1
-                if user.connections <= 0:
-                    del self._users[conn.user_id]
+        user_id = conn.user_id
+        if user_id is not None:  # registered by register_user at its first auth
+            count = self._user_sockets.get(user_id)
+            if count is not None:
+                if count > 1:
+                    self._user_sockets[user_id] = count - 1
+                else:
+                    del self._user_sockets[user_id]
+                    self._user_limiters.pop(user_id, None)
 
     def user_connection_count(self, user_id: str) -> int:
-        user = self._users.get(user_id)
-        return user.connections if user is not None else 0
+        return self._user_sockets.get(user_id, 0)
 
     def register_user(self, conn: Connection, user_id: str) -> None:
         """Count the socket against its user (once, at its first auth: the user of a
         socket never changes)."""
-        user = self._users.get(user_id)
-        if user is None:
-            user = self._users[user_id] = _User()
-        user.connections += 1
+        self._user_sockets[user_id] = self._user_sockets.get(user_id, 0) + 1
 
     def user_limiter(self, user_id: str, now: float) -> FrameLimiter:
-        """The frame limiter a registered user's sockets share."""
-        user = self._users.get(user_id)
-        if user is None:  # not registered (any more): a limiter of its own, kept by no one
-            return FrameLimiter(self.user_budget, now)
-        limiter = user.limiter
+        """The frame limiter a registered user's sockets share (made again, full, once the
+        sweeper let go of a full one: the same as keeping it)."""
+        limiter = self._user_limiters.get(user_id)
         if limiter is None:
-            limiter = user.limiter = FrameLimiter(self.user_budget, now)
+            limiter = FrameLimiter(self.user_budget, now)
+            if user_id in self._user_sockets:  # else not registered (any more): kept by no one
+                self._user_limiters[user_id] = limiter
         return limiter
 
     def drop_full_limiters(self, now: float) -> None:
         """Let go of the users' limiters that are full again (FrameLimiter.full); called by
         the sweeper, as each socket's own limiter is by Connection.check_timers."""
-        for user in self._users.values():
-            limiter = user.limiter
-            if limiter is not None and limiter.full(now):
-                user.limiter = None
+        full = [user for user, lim in self._user_limiters.items() if lim.full(now)]
+        for user_id in full:
+            del self._user_limiters[user_id]
 
     # -- rooms -----------------------------------------------------------------------------
 
@@ -197,13 +193,7 @@ class Hub:
     ) -> None:
         room = self.rooms.get(session_id)
         if room is None:
-            room = self.rooms[session_id] = Room(
-                session_id,
-                batch_window_s=self._batch_window_s,
-                grace_s=self.settings.room_grace_s,
-                buffer_events=self.settings.room_buffer_events,
-                catch_up_bytes=min(32_768, self.settings.send_queue_max_bytes // 2),
-            )
+            room = self.rooms[session_id] = Room(session_id, self._room_settings)
         conn.now_joined(session_id)
         self._apply(room, room.join(conn.socket_id, ref, after_seq, prefs, self.clock()))
 

@@ -50,6 +50,18 @@ _FRAME_OVERHEAD_BYTES = 160  # about what a frame's fields add to its text, in J
 
 
 @dataclass(frozen=True, slots=True)
+class RoomSettings:
+    """What every room of an edge is configured with: one object the rooms share (each
+    room holding these values itself would cost it four more slots)."""
+
+    batch_window_s: float  # deltas of a run within this long of the last delta frame share one
+    grace_s: float  # an empty room lingers this long
+    buffer_events: int  # recent events kept to replay a resuming socket
+    max_linger_s: float = 900.0  # at most this long after the last socket left, open runs or not
+    catch_up_bytes: int = 32_768  # about this much in a join's first chunk of catch-up
+
+
+@dataclass(frozen=True, slots=True)
 class Preferences:
     """What a socket wants live: every delta or only completions; every tool update or finals."""
 
@@ -215,25 +227,22 @@ class _Batch:
 class Room:
     """Sockets joined to one session on this node. Does no I/O; see the module docstring."""
 
-    # Slots, and the event buffer and open-run set made at first use: an edge holds one
-    # room per session its sockets follow, most of them idle (PERFORMANCE.md: memory per
-    # idle socket; an empty deque alone costs 600 bytes).
+    # Slots, shared settings, and the event buffer, open-run set and waiting joins made at
+    # first use: an edge holds one room per session its sockets follow, most of them idle
+    # (PERFORMANCE.md: memory per idle socket; an empty deque alone costs 600 bytes, an
+    # empty dict 64).
     __slots__ = (
         "_base_seq",
         "_batch",
-        "_batch_window_s",
         "_buffer",
-        "_buffer_events",
-        "_catch_up_bytes",
         "_catching_up",
         "_empty_since",
         "_flush_scheduled",
-        "_grace_s",
         "_head_seq",
         "_last_flush_at",
-        "_max_linger_s",
         "_next_seq",
         "_open_runs",
+        "_settings",
         "_subs",
         "_told_lost",
         "_waiting",
@@ -241,26 +250,15 @@ class Room:
         "state",
     )
 
-    def __init__(
-        self,
-        session_id: str,
-        *,
-        batch_window_s: float,
-        grace_s: float,
-        buffer_events: int,
-        max_linger_s: float = 900.0,
-        catch_up_bytes: int = 32_768,
-    ) -> None:
+    def __init__(self, session_id: str, settings: RoomSettings) -> None:
         self.session_id = session_id
         self.state = RoomState.NEW
-        self._batch_window_s = batch_window_s
-        self._grace_s = grace_s
-        self._buffer_events = buffer_events
+        self._settings = settings
         self._buffer: deque[_Buffered] | None = None
-        self._catch_up_bytes = catch_up_bytes  # about this much in a join's first chunk
         self._catching_up = 0  # subscribers fed from the buffer as they drain
         self._subs: dict[str, _Subscriber] = {}
-        self._waiting: dict[str, str | None] = {}  # socket id -> join ref awaiting the reply
+        # socket id -> join ref awaiting the upstream reply; None while none waits
+        self._waiting: dict[str, str | None] | None = None
         self._told_lost = False  # sockets were told the upstream is gone: tell them it is back
         self._next_seq = 1
         self._base_seq = 0  # the buffer holds (base_seq, next_seq)
@@ -271,7 +269,6 @@ class Room:
         # Runs accepted and not yet completed: while there are some, an empty room lingers
         # (up to max_linger_s) so their completion is seen and the run limit released.
         self._open_runs: set[str] | None = None
-        self._max_linger_s = max_linger_s
         self._empty_since: float | None = None
 
     # -- what the room knows -------------------------------------------------------------
@@ -319,7 +316,7 @@ class Room:
         if after_seq < last and after_seq >= self._base_seq:
             sub.catching_up = True
             self._catching_up += 1
-            replay = self._catch_up(socket_id, sub, self._catch_up_bytes)
+            replay = self._catch_up(socket_id, sub, self._settings.catch_up_bytes)
         elif after_seq < last:
             self._rewind(after_seq, effects)
             sub.catching_up = True  # the replay comes into the buffer, and out as it drains
@@ -333,7 +330,10 @@ class Room:
             effects.append(Deliver((socket_id,), upstream_frame(self.session_id, "unavailable")))
             self._told_lost = True
         else:
-            self._waiting[socket_id] = ref
+            waiting = self._waiting
+            if waiting is None:
+                waiting = self._waiting = {}
+            waiting[socket_id] = ref
         effects.extend(replay)
         return effects
 
@@ -344,11 +344,15 @@ class Room:
             return []
         if sub.catching_up:
             self._catching_up -= 1
-        self._waiting.pop(socket_id, None)
+        waiting = self._waiting
+        if waiting is not None:
+            waiting.pop(socket_id, None)
+            if not waiting:
+                self._waiting = None
         if self._subs or self.state is RoomState.CLOSED:
             return []
         self._empty_since = now
-        return [ExpireAt(now + self._grace_s)]
+        return [ExpireAt(now + self._settings.grace_s)]
 
     def receive_expired(self, now: float) -> list[Effect]:
         """The grace period ended: close unless a socket came back, or a run is still open
@@ -356,8 +360,9 @@ class Room:
         if self._subs or self.state is RoomState.CLOSED:
             return []
         since = now if self._empty_since is None else self._empty_since
-        if self._open_runs and now - since < self._max_linger_s:
-            return [ExpireAt(now + self._grace_s)]
+        settings = self._settings
+        if self._open_runs and now - since < settings.max_linger_s:
+            return [ExpireAt(now + settings.grace_s)]
         subscribed = self.state in (RoomState.SUBSCRIBING, RoomState.LIVE)
         self.state = RoomState.CLOSED
         effects: list[Effect] = [UnsubscribeUpstream(self.session_id)] if subscribed else []
@@ -372,7 +377,7 @@ class Room:
             return []
         self.state = RoomState.LIVE
         self._head_seq = max(self._head_seq, head_seq)
-        waiting, self._waiting = self._waiting, {}
+        waiting, self._waiting = self._waiting or {}, None
         effects: list[Effect] = []
         for sid, ref in waiting.items():
             sub = self._subs.get(sid)
@@ -388,7 +393,7 @@ class Room:
             self._wake_catch_ups(effects)
         if not self._subs and len(effects) > 0:
             self._empty_since = now
-            effects.append(ExpireAt(now + self._grace_s))
+            effects.append(ExpireAt(now + self._settings.grace_s))
         return effects
 
     def receive_join_failed(self, error: EdgeError, now: float) -> list[Effect]:
@@ -397,10 +402,10 @@ class Room:
         if self.state is not RoomState.SUBSCRIBING:
             return []
         effects: list[Effect] = []
-        for sid, ref in self._waiting.items():
+        for sid, ref in (self._waiting or {}).items():
             self._subs.pop(sid, None)
             effects.append(RejectJoin(sid, ref, error))
-        self._waiting = {}
+        self._waiting = None
         if error.retryable and self._subs:
             self.state = RoomState.UPSTREAM_LOST
             return effects
@@ -420,10 +425,10 @@ class Room:
         self._flush(now, effects)
         self.state = RoomState.UPSTREAM_LOST
         error = _upstream_error()
-        for sid, ref in self._waiting.items():
+        for sid, ref in (self._waiting or {}).items():
             self._subs.pop(sid, None)
             effects.append(RejectJoin(sid, ref, error))
-        self._waiting = {}
+        self._waiting = None
         if self._subs:
             effects.append(Deliver(self.socket_ids, self._lost_frame()))
             effects.append(Deliver(self.socket_ids, upstream_frame(self.session_id, "unavailable")))
@@ -460,11 +465,12 @@ class Room:
                 continue
             self._accept(event, kind, now, effects)
         if self._batch is not None:
-            if now - self._last_flush_at >= self._batch_window_s:
+            window_s = self._settings.batch_window_s
+            if now - self._last_flush_at >= window_s:
                 self._flush(now, effects)
             elif not self._flush_scheduled:
                 self._flush_scheduled = True
-                effects.append(FlushAt(self._last_flush_at + self._batch_window_s))
+                effects.append(FlushAt(self._last_flush_at + window_s))
         if self._catching_up:
             self._wake_catch_ups(effects)
         return effects
@@ -496,7 +502,7 @@ class Room:
         for sid, sub in list(self._subs.items()):
             if sub.catching_up and not sub.draining:
                 if before_seq is None or sub.after_seq < before_seq:
-                    self._continue_catch_up(sid, sub, self._catch_up_bytes, effects)
+                    self._continue_catch_up(sid, sub, self._settings.catch_up_bytes, effects)
 
     def receive_flush_due(self, now: float) -> list[Effect]:
         """The batch window of the pending deltas ended."""
@@ -515,7 +521,7 @@ class Room:
         buffered = _Buffered(event)
         buffer = self._buffer
         if buffer is None:
-            buffer = self._buffer = deque(maxlen=self._buffer_events)
+            buffer = self._buffer = deque(maxlen=self._settings.buffer_events)
         elif len(buffer) == buffer.maxlen:
             if self._catching_up:  # a waiting catch-up takes its next chunk before the drop
                 self._wake_catch_ups(effects, before_seq=buffer[0].event.seq)

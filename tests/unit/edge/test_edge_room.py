@@ -14,6 +14,7 @@ from ws_edge.room import (
     RejectJoin,
     Room,
     RoomClosed,
+    RoomSettings,
     RoomState,
     RunFinished,
     SubscribeUpstream,
@@ -27,7 +28,7 @@ FINALS = Preferences(deltas=False, tool_output=False)
 
 def make_room(**kw) -> Room:
     options = {"batch_window_s": 0.005, "grace_s": 30.0, "buffer_events": 100} | kw
-    return Room(S, **options)
+    return Room(S, RoomSettings(**options))
 
 
 def accepted(seq: int, run: str = "r_1") -> pb.SessionEvent:
@@ -89,6 +90,21 @@ def test_first_join_subscribes_upstream_and_is_acked_when_the_upstream_join_succ
     assert acks == [AckJoin("a", "j1", 9), AckJoin("b", "j2", 9)]
     assert room.state is RoomState.LIVE
     assert room.join("c", "j3", 9, STREAM, now=0.2)[-1] == AckJoin("c", "j3", 9)
+
+
+def test_an_idle_room_holds_no_table_of_waiting_joins_and_shares_its_settings():
+    """Memory per idle socket (PERFORMANCE.md): the table of joins awaiting the upstream
+    reply exists only while one waits; the settings are one object for every room."""
+    settings = RoomSettings(batch_window_s=0.005, grace_s=30.0, buffer_events=100)
+    room, other = Room(S, settings), Room("s_2", settings)
+    assert room._waiting is None
+    room.join("a", "j1", 0, STREAM, now=0.0)
+    room.join("b", "j2", 0, STREAM, now=0.0)
+    room.leave("b", now=0.0)
+    assert room._waiting == {"a": "j1"}
+    assert room.receive_joined(0, now=0.1) == [AckJoin("a", "j1", 0)]
+    assert room._waiting is None
+    assert room._settings is other._settings
 
 
 def test_an_event_is_encoded_once_and_the_same_bytes_go_to_every_socket():

@@ -5,13 +5,21 @@ so a client whose service lost its log would never see the new events (docs/prot
 """
 
 from ws_edge.errors import ErrorCode
-from ws_edge.room import AckJoin, ExpireAt, Preferences, RejectJoin, Room, RoomState
+from ws_edge.room import (
+    AckJoin,
+    ExpireAt,
+    Preferences,
+    RejectJoin,
+    Room,
+    RoomSettings,
+    RoomState,
+)
 
 S = "s_1"
 
 
 def live_room(head: int) -> Room:
-    room = Room(S, batch_window_s=0.005, grace_s=30.0, buffer_events=100)
+    room = Room(S, RoomSettings(batch_window_s=0.005, grace_s=30.0, buffer_events=100))
     room.join("a", "j0", after_seq=0, prefs=Preferences(), now=0.0)
     room.receive_joined(head, now=0.0)
     assert room.state is RoomState.LIVE
