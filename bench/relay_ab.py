@@ -117,12 +117,18 @@ async def round_trips(pair: RelayPair, sock: RelaySocket, count: int) -> Metrics
     }
 
 
-async def burst(pair: RelayPair, all_socks: list[RelaySocket]) -> Metrics:
+def watch_all(all_socks: list[RelaySocket]) -> list[RunWatch]:
+    """A RunWatch on each socket's frames, in the sockets' order."""
     watches = []
     for sock in all_socks:
         watch = RunWatch()
         sock.on_frame = watch
         watches.append(watch)
+    return watches
+
+
+async def burst(pair: RelayPair, all_socks: list[RelaySocket]) -> Metrics:
+    watches = watch_all(all_socks)
     cpu = meter(pair)
     start = time.perf_counter()
     ids = await asyncio.gather(*(sock.say("burst") for sock in all_socks))
@@ -144,11 +150,7 @@ async def burst(pair: RelayPair, all_socks: list[RelaySocket]) -> Metrics:
 async def streams(pair: RelayPair, all_socks: list[RelaySocket], timeout_s: float) -> Metrics:
     """Every socket's session streams one reply at once: words per second delivered,
     delta latencies, words per frame, each process's CPU per word."""
-    watches = []
-    for sock in all_socks:
-        watch = RunWatch()
-        sock.on_frame = watch
-        watches.append(watch)
+    watches = watch_all(all_socks)
     cpu = meter(pair)
     start = time.perf_counter()
     for sock, watch in zip(all_socks, watches, strict=True):
