@@ -169,6 +169,8 @@ class ConversationStore(Protocol):
 
 def encode_tool_calls(calls: Sequence[StoredToolCall]) -> str:
     """Tool calls as both stores keep them: a JSON list of [call_id, tool_name, arguments]."""
+    if not calls:  # most messages: json.dumps of an empty list was a tenth of storing one
+        return "[]"
     return json.dumps(
         [[c.call_id, c.tool_name, c.arguments_json] for c in calls], separators=(",", ":")
     )

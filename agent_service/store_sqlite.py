@@ -44,7 +44,7 @@ CREATE TABLE IF NOT EXISTS sessions (
 );
 CREATE INDEX IF NOT EXISTS sessions_by_user ON sessions (user_id, created_ms);
 CREATE TABLE IF NOT EXISTS runs (
-    run_order       INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_order       INTEGER PRIMARY KEY,
     run_id          TEXT NOT NULL UNIQUE,
     session_id      TEXT NOT NULL REFERENCES sessions (session_id),
     user_message_id TEXT NOT NULL,
@@ -57,7 +57,7 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status);
 CREATE TABLE IF NOT EXISTS messages (
-    position        INTEGER PRIMARY KEY AUTOINCREMENT,
+    position        INTEGER PRIMARY KEY,
     session_id      TEXT NOT NULL REFERENCES sessions (session_id),
     message_id      TEXT NOT NULL,
     role            TEXT NOT NULL,
@@ -71,8 +71,17 @@ CREATE TABLE IF NOT EXISTS messages (
     duration_ms     REAL NOT NULL DEFAULT 0,
     UNIQUE (session_id, message_id)
 );
-CREATE INDEX IF NOT EXISTS messages_by_run ON messages (run_id);
+DROP INDEX IF EXISTS messages_by_run;
 """
+# Every page a commit changes is one more WAL frame of 4 KiB written (two pwrite calls),
+# which made most of a commit's cost at a message's round trip (py-spy). So:
+# - no messages_by_run: no query here reads messages by run alone (history and context
+#   find a session's messages by their UNIQUE index, then each one's run); it was a
+#   frame per message stored, two for a 1-word reply. A file an older version wrote
+#   loses it at open.
+# - no AUTOINCREMENT: rows are never deleted, so a new row's key is the largest one
+#   plus one, the same order, without the sqlite_sequence row AUTOINCREMENT updates, a
+#   frame per transaction that inserts. A file an older version wrote keeps it.
 
 # History and model context: runs in the order they were accepted, and within a
 # run its user message first, then what the run wrote, in order.

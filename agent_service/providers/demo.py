@@ -30,8 +30,9 @@ import asyncio
 import hashlib
 import json
 import math
+import random
 import re
-import uuid
+import zlib
 from collections.abc import AsyncIterator, Sequence
 from typing import Literal
 
@@ -131,8 +132,9 @@ class Pacer:
 
 
 def _response_id() -> str:
-    """A fresh id for one step's response, as a remote model's API gives one."""
-    return f"demo-{uuid.uuid4().hex[:24]}"
+    """A fresh id for one step's response, as a remote model's API gives one. Not a
+    secret, so not from os.urandom: uuid4's system call was a third of a plain step."""
+    return f"demo-{random.getrandbits(96):024x}"
 
 
 class _InputWords:
@@ -265,7 +267,7 @@ def _plain_reply(text: str, length: int) -> list[str]:
     quoted = " ".join(text.split())
     if len(quoted) > 60:
         quoted = quoted[:57] + "..."
-    start = int(hashlib.sha256(text.encode()).hexdigest(), 16) % len(_WORDS)
+    start = zlib.crc32(text.encode()) % len(_WORDS)  # the same text, the same reply
     body = [_WORDS[(start + i) % len(_WORDS)] for i in range(max(0, length - 3))]
     return ["You", "said:", f"“{quoted}”.", *body]
 

@@ -251,3 +251,54 @@ async def test_replicas_that_start_at_once_apply_each_migration_exactly_once() -
 def test_an_unknown_store_url_is_refused() -> None:
     with pytest.raises(ValueError, match="unsupported store URL"):
         open_store("mysql://nope")
+
+
+async def test_a_sqlite_file_an_older_version_wrote_keeps_its_history_in_order(
+    tmp_path: Path,
+) -> None:
+    """Files from before the store dropped messages_by_run and AUTOINCREMENT open, lose the
+    index, and go on adding messages and runs after the old ones, in order."""
+    import sqlite3
+
+    from agent_service.store_sqlite import SCHEMA
+
+    path = tmp_path / "store.sqlite3"
+    old_schema = (
+        SCHEMA.replace("INTEGER PRIMARY KEY,", "INTEGER PRIMARY KEY AUTOINCREMENT,")
+        .replace("DROP INDEX IF EXISTS messages_by_run", "")
+        .rstrip()
+        + "\nCREATE INDEX messages_by_run ON messages (run_id);"
+    )
+    old = sqlite3.connect(path)
+    old.executescript(old_schema)
+    old.close()
+    store = open_store(f"sqlite:///{path}")
+    await store.open()
+    await store.create_session(SessionRecord("s", "u", "", 1, 0))
+    for index in (1, 2):
+        await store.accept_user_message(
+            user("s", f"m{index}", f"r{index}"),
+            RunRecord(f"r{index}", "s", f"m{index}", "running"),
+            title="hi",
+        )
+        await store.upsert_message(
+            MessageRecord("s", f"r{index}.0", "assistant", "ok", f"r{index}", "complete", 2)
+        )
+    await store.close()
+    history = [m.message_id for m in await _reopened_history(path)]
+    assert history == ["m1", "r1.0", "m2", "r2.0"]
+    check = sqlite3.connect(path)
+    indexes = {row[0] for row in check.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    keys = dict(check.execute("SELECT name, seq FROM sqlite_sequence").fetchall())
+    check.close()
+    assert "messages_by_run" not in indexes
+    assert keys == {"runs": 2, "messages": 4}  # the old file's keys still count
+
+
+async def _reopened_history(path: Path) -> list[MessageRecord]:
+    store = open_store(f"sqlite:///{path}")
+    await store.open()
+    try:
+        return list(await store.list_messages("s", 100, 0))
+    finally:
+        await store.close()
