@@ -180,6 +180,12 @@ class ServiceSettings:
         "after start-up: gc.freeze() and this gen0 collection threshold (objects); "
         "0: the interpreter's GC defaults",
     )
+    gil_switch_interval_ms: float = field(
+        1.0,
+        "how long a thread may hold the interpreter lock while another waits for it (the "
+        "interpreter's default is 5): the log writer's thread takes it back after each "
+        "SQLite step, and waited for the busy event loop's turn that long each time",
+    )
     log_level: str = field("INFO", "DEBUG, INFO, WARNING or ERROR")
     metrics_listen: str = field(
         "127.0.0.1:9464", "host:port of the Prometheus /metrics endpoint (port 0: any; empty: off)"
@@ -203,6 +209,8 @@ class ServiceSettings:
             raise ValueError("replica_id must contain no space")
         if self.merge_delta_chars < 0:
             raise ValueError("merge_delta_chars must be 0 (off) or more")
+        if self.gil_switch_interval_ms <= 0:
+            raise ValueError("gil_switch_interval_ms must be positive")
         if self.delta_hold_ms < 0:
             raise ValueError("delta_hold_ms must be 0 (off) or more")
         if self.retention_events < 1:

@@ -153,6 +153,7 @@ class LogWriter:
         self._load = 0.0  # deltas per batch, averaged
         # session -> (it, its release, when that is due: time.monotonic())
         self._held: dict[str, tuple[LogTail, asyncio.TimerHandle, float]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop it holds deltas on
         self.reserve = reserve
         self._parked: dict[str, float] = {}  # session -> its next wait for a lease back
         self._to_reserve: dict[str, tuple[LogTail, int]] = {}  # session -> its newest seq
@@ -195,7 +196,10 @@ class LogWriter:
         sid = tail.session_id
         if sid in self._waiting or sid in self._held:
             return  # it goes with what is already coming
-        handle = asyncio.get_running_loop().call_later(delay_s, self._release, sid)
+        loop = self._loop
+        if loop is None:  # asked once: get_running_loop() is a getpid() system call
+            loop = self._loop = asyncio.get_running_loop()
+        handle = loop.call_later(delay_s, self._release, sid)
         self._held[sid] = (tail, handle, time.monotonic() + delay_s)
         self._idle.clear()
 

@@ -261,6 +261,7 @@ async def serve(
     running = await create_server(settings, telemetry, tools=tools)
     await running.server.start()
     tune_gc(settings.gc_gen0_threshold)
+    sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
     host = settings.listen.rsplit(":", 1)[0]
     print(f"agent_service listening on {host}:{running.port}", flush=True)
     metrics_at = parse_listen(settings.metrics_listen)

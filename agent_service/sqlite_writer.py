@@ -94,6 +94,7 @@ class SqliteWriter:
         self._checkpoint_db = checkpoint_db
         self._checkpointing = False  # a checkpoint runs on checkpoint_db
         self._first_of_turn = True  # no write committed at once in this turn of the loop
+        self.rollbacks = 0  # transactions rolled back whole: what they wrote is not there
         self._inline_rate = inline_commits_per_s
         self._inline_tokens = float(INLINE_COMMITS_BURST)
         self._inline_at = time.monotonic()
@@ -197,12 +198,14 @@ class SqliteWriter:
                 try:
                     outcomes = [(True, jobs[0].fn(db))]
                 except Exception as exc:
+                    self.rollbacks += 1
                     db.execute("ROLLBACK")
                     return [(False, exc)]
             else:
                 outcomes = [in_savepoint(db, job.fn) for job in jobs]
             db.execute("COMMIT")
         except Exception as exc:
+            self.rollbacks += 1
             if db.in_transaction:
                 db.execute("ROLLBACK")
             return [(False, exc)] * len(jobs)

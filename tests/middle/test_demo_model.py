@@ -104,9 +104,9 @@ async def test_waiters_due_in_one_tick_share_it_and_a_cancel_stops_only_its_wait
     pacer = Pacer(0.05)
     loop = asyncio.get_running_loop()
     tick_start = (int(loop.time() / 0.05) + 2) * 0.05
-    cancelled = asyncio.ensure_future(pacer.until(tick_start + 0.01))
-    kept = asyncio.ensure_future(pacer.until(tick_start + 0.02))
-    other_tick = asyncio.ensure_future(pacer.until(tick_start + 0.07))
+    cancelled = asyncio.ensure_future(pacer.until(tick_start + 0.01, loop))
+    kept = asyncio.ensure_future(pacer.until(tick_start + 0.02, loop))
+    other_tick = asyncio.ensure_future(pacer.until(tick_start + 0.07, loop))
     await asyncio.sleep(0)
     cancelled.cancel()
     await kept
@@ -122,10 +122,10 @@ def test_a_pacer_used_on_a_new_loop_still_wakes() -> None:
 
     async def leave_a_waiter() -> None:  # its loop closes before the tick's timer fires
         target.append(asyncio.get_running_loop().time() + 0.3)
-        pacer.until(target[0])
+        pacer.until(target[0], asyncio.get_running_loop())
 
     async def wait_in_the_same_tick() -> None:
-        await asyncio.wait_for(pacer.until(target[0]), 5.0)
+        await asyncio.wait_for(pacer.until(target[0], asyncio.get_running_loop()), 5.0)
 
     asyncio.run(leave_a_waiter())
     asyncio.run(wait_in_the_same_tick())

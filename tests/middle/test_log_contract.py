@@ -166,3 +166,26 @@ async def test_redis_answers_more_calls_at_once_than_its_connections() -> None:
             assert heads == [2] * len(sessions)
         finally:
             await log.close()
+
+
+async def test_an_sqlite_append_after_another_writer_wrote_the_session_is_refused(
+    tmp_path: Path,
+) -> None:
+    """The heads a log remembers from its own appends do not outlive another writer's
+    commit: a replica that lost a session, whose new owner wrote past it and trimmed,
+    is still refused rather than fork the log."""
+    url = f"sqlite:///{tmp_path}/log.sqlite3"
+    stale, owner = open_log(url), open_log(url)
+    await stale.open()
+    await owner.open()
+    try:
+        await stale.append([Append("a", events("a", 1, 3))])
+        await owner.append([Append("a", events("a", 4, 10))])
+        await owner.trim("a", 8)  # seq 4 is free again in the table
+        with pytest.raises(SeqConflict):
+            await stale.append([Append("a", events("a", 4, 4))])
+        await stale.append([Append("b", events("b", 1, 1))])  # its other sessions go on
+        assert [e.seq for e in await owner.read_after("a", 0, 100)] == [9, 10]
+    finally:
+        await stale.close()
+        await owner.close()
