@@ -112,7 +112,8 @@ class Connection:
         wire: Wire = Wire.JSON,
     ) -> None:
         self.wire = wire
-        self.socket_id = f"w{next(_socket_ids)}"
+        # An int (28 B) rather than a name like "w12" (52 B): the hub and the rooms key by it.
+        self.socket_id = next(_socket_ids)
         self.ws = ws
         self._transport = transport
         self.hub = hub

@@ -114,21 +114,21 @@ class DeltaInfo:
 
 @dataclass(frozen=True)
 class Deliver:
-    socket_ids: tuple[str, ...]
+    socket_ids: tuple[int, ...]
     data: OutFrame
     delta: DeltaInfo | None = None
 
 
 @dataclass(frozen=True)
 class AckJoin:
-    socket_id: str
+    socket_id: int
     ref: str | None
     head_seq: int
 
 
 @dataclass(frozen=True)
 class RejectJoin:
-    socket_id: str
+    socket_id: int
     ref: str | None
     error: EdgeError
 
@@ -161,18 +161,18 @@ class RunFinished:
 
 @dataclass(frozen=True)
 class CatchUpWhenDrained:
-    socket_id: str
+    socket_id: int
 
 
 @dataclass(frozen=True)
 class CloseSlow:
-    socket_id: str
+    socket_id: int
 
 
 @dataclass(frozen=True)
 class RoomClosed:
     session_id: str
-    socket_ids: tuple[str, ...] = ()  # the sockets it still had, dropped with it
+    socket_ids: tuple[int, ...] = ()  # the sockets it still had, dropped with it
 
 
 Effect = (
@@ -200,7 +200,7 @@ class RoomState(enum.Enum):
 
 @dataclass(slots=True)
 class _Subscriber:
-    socket_id: str
+    socket_id: int
     after_seq: int
     prefs: Preferences
     catching_up: bool = False  # fed from the buffer as it drains, not by live fan-out
@@ -261,9 +261,9 @@ class Room:
         self._catching_up = 0  # subscribers fed from the buffer as they drain
         # The subscribers: None, the only one, or a dict by socket id of two or more (the
         # _members section below is all that reads or changes it).
-        self._subs: _Subscriber | dict[str, _Subscriber] | None = None
+        self._subs: _Subscriber | dict[int, _Subscriber] | None = None
         # socket id -> join ref awaiting the upstream reply; None while none waits
-        self._waiting: dict[str, str | None] | None = None
+        self._waiting: dict[int, str | None] | None = None
         self._told_lost = False  # sockets were told the upstream is gone: tell them it is back
         self._next_seq = 1
         self._base_seq = 0  # the buffer holds (base_seq, next_seq)
@@ -279,7 +279,7 @@ class Room:
     # -- what the room knows -------------------------------------------------------------
 
     @property
-    def socket_ids(self) -> tuple[str, ...]:
+    def socket_ids(self) -> tuple[int, ...]:
         return tuple(sub.socket_id for sub in self._members())
 
     @property
@@ -287,7 +287,7 @@ class Room:
         """The last seq accepted from upstream (the resume point for a resubscription)."""
         return self._next_seq - 1
 
-    def after_seq_of(self, socket_id: str) -> int:
+    def after_seq_of(self, socket_id: int) -> int:
         sub = self._member(socket_id)
         if sub is None:
             raise KeyError(socket_id)
@@ -302,7 +302,7 @@ class Room:
             return subs.values()
         return () if subs is None else (subs,)
 
-    def _member(self, socket_id: str) -> _Subscriber | None:
+    def _member(self, socket_id: int) -> _Subscriber | None:
         subs = self._subs
         if isinstance(subs, dict):
             return subs.get(socket_id)
@@ -318,7 +318,7 @@ class Room:
         else:
             self._subs = {subs.socket_id: subs, sub.socket_id: sub}
 
-    def _remove_member(self, socket_id: str) -> _Subscriber | None:
+    def _remove_member(self, socket_id: int) -> _Subscriber | None:
         """Remove the socket's subscriber and return it (None if it had none); the last one
         of a dict is kept inline again."""
         subs = self._subs
@@ -335,7 +335,7 @@ class Room:
     # -- sockets ---------------------------------------------------------------------------
 
     def join(
-        self, socket_id: str, ref: str | None, after_seq: int, prefs: Preferences, now: float
+        self, socket_id: int, ref: str | None, after_seq: int, prefs: Preferences, now: float
     ) -> list[Effect]:
         """A socket follows the session from after_seq on (a repeated join replaces the first)."""
         if self.state is RoomState.CLOSED:
@@ -384,7 +384,7 @@ class Room:
         effects.extend(replay)
         return effects
 
-    def leave(self, socket_id: str, now: float) -> list[Effect]:
+    def leave(self, socket_id: int, now: float) -> list[Effect]:
         """A socket stops following; the last one out starts the grace period."""
         sub = self._remove_member(socket_id)
         if sub is None:
@@ -522,7 +522,7 @@ class Room:
             self._wake_catch_ups(effects)
         return effects
 
-    def receive_drained(self, socket_id: str, budget_bytes: int, now: float) -> list[Effect]:
+    def receive_drained(self, socket_id: int, budget_bytes: int, now: float) -> list[Effect]:
         """A catching-up socket sent what it had queued: its next chunk, of about
         `budget_bytes` (what its send queue has room for)."""
         sub = self._member(socket_id)
@@ -609,7 +609,7 @@ class Room:
             return
         self._last_flush_at = now
         last = batch.parts[-1][0]
-        whole: list[str] = []
+        whole: list[int] = []
         for sub in self._members():
             if sub.after_seq >= last or sub.catching_up:
                 continue
