@@ -202,18 +202,68 @@ def _low_water(high: int) -> int:
 
 
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
-    settings = request.app[SETTINGS]
-    hub = request.app[HUB]
-    if hub.draining:
+    """One WebSocket, from its handshake to its close.
+
+    Its coroutine lives as long as the socket, with a slot per local and per level of its
+    stack: the setup and the handling of a frame are plain functions, so it keeps only what
+    the loop needs (memory per idle socket, PERFORMANCE.md)."""
+    wire = _admit(request)
+    ws = _response(request.app[SETTINGS], wire)
+    try:
+        await ws.prepare(request)
+    except web.HTTPException:
+        raise  # answered with its status: the response hook ends the span
+    except BaseException as exc:
+        handshake_failed(request, exc)
+        raise
+    conn = _connect(request, ws, wire)
+    try:
+        async for msg in ws:  # ends when either side closes (conn.close feeds the end in)
+            conn.peer_seen()
+            if msg.type is WSMsgType.TEXT or msg.type is WSMsgType.BINARY:
+                _receive(conn, msg.data)
+            elif msg.type is WSMsgType.PING:
+                await _pong(ws, msg.data)
+            # The loop's variable would keep the last frame (its message and its text) for
+            # as long as the socket then stays idle (memory per idle socket).
+            del msg
+    finally:
+        conn.hub.remove_connection(conn)
+        conn.detach()
+    await conn.wait_closed()
+    return ws
+
+
+def _receive(conn: Connection, data: str | bytes) -> None:
+    try:
+        conn.receive_frame(data)
+    except Exception:
+        # A fault in the edge, not the client's: the socket and its peers go on.
+        log.exception("socket %s: a frame could not be handled", conn.socket_id)
+        conn.reply_error(None, EdgeError(ErrorCode.INTERNAL, "the edge failed", 1000))
+
+
+async def _pong(ws: web.WebSocketResponse, data: bytes) -> None:
+    with contextlib.suppress(ConnectionError, RuntimeError):
+        await ws.pong(data)
+
+
+def _admit(request: web.Request) -> Wire:
+    """The wire of a handshake the edge accepts; raises the HTTP error of one it refuses."""
+    if request.app[HUB].draining:
         raise web.HTTPServiceUnavailable(text="edge draining")
-    if not origin_allowed(request, settings.allowed_origins):
+    if not origin_allowed(request, request.app[SETTINGS].allowed_origins):
         raise web.HTTPForbidden(text=f"origin {request.headers.get(hdrs.ORIGIN)!r} not allowed")
     wire = select_protocol(parse_offer(request.headers.get(hdrs.SEC_WEBSOCKET_PROTOCOL, "")))
     if wire is None:
         raise web.HTTPBadRequest(
             text=f"offer a WebSocket subprotocol this edge speaks: {', '.join(SUPPORTED_PROTOCOLS)}"
         )
-    ws = web.WebSocketResponse(
+    return wire
+
+
+def _response(settings: EdgeSettings, wire: Wire) -> web.WebSocketResponse:
+    return web.WebSocketResponse(
         # only the one chosen: aiohttp then echoes exactly it (RFC 6455 4.2.2)
         protocols=_CHOSEN[wire],
         # The heartbeat is the sweeper's (Connection.check_timers), not a timer per socket;
@@ -223,25 +273,26 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         max_msg_size=settings.hard_max_frame_bytes,
         writer_limit=settings.socket_write_buffer_bytes,
     )
-    try:
-        await ws.prepare(request)
-    except web.HTTPException:
-        raise  # answered with its status: the response hook ends the span
-    except BaseException as exc:
-        handshake_failed(request, exc)
-        raise
-    linger_on_close(request.transport, settings.close_linger_s)
-    if isinstance(request.transport, asyncio.WriteTransport):
+
+
+def _connect(request: web.Request, ws: web.WebSocketResponse, wire: Wire) -> Connection:
+    """The socket's Connection, once its handshake is done: its transport set up, the hub
+    told, the welcome frame queued."""
+    settings = request.app[SETTINGS]
+    hub = request.app[HUB]
+    transport = request.transport
+    linger_on_close(transport, settings.close_linger_s)
+    if isinstance(transport, asyncio.WriteTransport):
         # The transport's own buffer (64 KiB by default) would hold frames outside the send
         # queue's bound; Connection.send counts what it holds against that bound.
         high = settings.socket_write_buffer_bytes
-        request.transport.set_write_buffer_limits(high=high, low=_low_water(high))
-    raw_socket = request.transport.get_extra_info("socket") if request.transport else None
+        transport.set_write_buffer_limits(high=high, low=_low_water(high))
+    raw_socket = transport.get_extra_info("socket") if transport else None
     if raw_socket is not None and settings.socket_send_buffer_bytes > 0:
         raw_socket.setsockopt(
             socket.SOL_SOCKET, socket.SO_SNDBUF, settings.socket_send_buffer_bytes
         )
-    conn = Connection(ws, hub, request.app[AUTHORITY], transport=request.transport, wire=wire)
+    conn = Connection(ws, hub, request.app[AUTHORITY], transport=transport, wire=wire)
     hub.add_connection(conn)
     conn.send(
         welcome_frame(
@@ -252,27 +303,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
             wire=wire,
         )
     )
-    try:
-        async for msg in ws:  # ends when either side closes (conn.close feeds the end in)
-            conn.peer_seen()
-            try:
-                if msg.type is WSMsgType.TEXT or msg.type is WSMsgType.BINARY:
-                    conn.receive_frame(msg.data)
-                elif msg.type is WSMsgType.PING:
-                    with contextlib.suppress(ConnectionError, RuntimeError):
-                        await ws.pong(msg.data)
-            except Exception:
-                # A fault in the edge, not the client's: the socket and its peers go on.
-                log.exception("socket %s: a frame could not be handled", conn.socket_id)
-                conn.reply_error(None, EdgeError(ErrorCode.INTERNAL, "the edge failed", 1000))
-            # The loop's variable would keep the last frame (its message and its text) for
-            # as long as the socket then stays idle (memory per idle socket).
-            del msg
-    finally:
-        hub.remove_connection(conn)
-        conn.detach()
-    await conn.wait_closed()
-    return ws
+    return conn
 
 
 # -- the HTTP API ----------------------------------------------------------------------------

@@ -112,7 +112,8 @@ class Connection:
         wire: Wire = Wire.JSON,
     ) -> None:
         self.wire = wire
-        self.socket_id = f"w{next(_socket_ids)}"
+        # An int (28 B) rather than a name like "w12" (52 B): the hub and the rooms key by it.
+        self.socket_id = next(_socket_ids)
         self.ws = ws
         self._transport = transport
         self.hub = hub
@@ -269,7 +270,13 @@ class Connection:
     def now_joined(self, session_id: str) -> None:
         """The hub joined the socket to session_id (again: no change)."""
         if session_id not in self.joined:
-            self.joined = (*self.joined, session_id)
+            joined = (*self.joined, session_id)
+            claims = self.claims
+            # A socket that follows just what its token names (one session, most often)
+            # holds the token's tuple rather than a copy (48 B per socket).
+            self.joined = (
+                claims.sessions if claims is not None and claims.sessions == joined else joined
+            )
 
     def now_left(self, session_id: str) -> None:
         """The socket no longer follows session_id (if it did)."""
@@ -336,7 +343,8 @@ class Connection:
     def receive_frame(self, data: str | bytes) -> None:
         """One frame from the client: text (str) or binary (bytes)."""
         now = self.hub.clock()
-        self.last_frame_at = now
+        # A frame is also a sign of life: both times hold the one float (24 B per socket).
+        self.last_frame_at = self._seen_at = now
         size = frame_size(data)
         self.hub.telemetry.received(size)
         limiter = self._limiter

@@ -75,7 +75,7 @@ class Hub:
         self.rooms: dict[str, Room] = {}
         self._room_slots: dict[str, UpstreamSlot] = {}  # the slot each room is subscribed on
         self._timers: dict[str, _RoomTimers] = {}  # rooms with a timer armed
-        self.connections: dict[str, Connection] = {}
+        self.connections: dict[int, Connection] = {}
         # A room's members are its subscribers (Room.socket_ids): no set per session here,
         # and a count per user rather than a set (memory per idle socket, PERFORMANCE.md):
         # the count is the dict's value itself (an object per user would cost 48 B), and a
@@ -253,14 +253,14 @@ class Hub:
         if room is not None and session_id in conn.joined:
             self._apply(room, room.receive_drained(conn.socket_id, budget_bytes, self.clock()))
 
-    def _drop_member(self, session_id: str, socket_ids: tuple[str, ...]) -> None:
+    def _drop_member(self, session_id: str, socket_ids: tuple[int, ...]) -> None:
         """The room dropped these sockets: they no longer count it as joined."""
         for socket_id in socket_ids:
             conn = self.connections.get(socket_id)
             if conn is not None:
                 conn.now_left(session_id)
 
-    def _close_room(self, room: Room, dropped: tuple[str, ...]) -> None:
+    def _close_room(self, room: Room, dropped: tuple[int, ...]) -> None:
         session_id = room.session_id
         if self.rooms.get(session_id) is room:
             del self.rooms[session_id]
@@ -401,6 +401,6 @@ class Hub:
         """A stub for a unary call about a session: the replica its room is on."""
         return self._slot_of(session_id).stub
 
-    def members(self, session_id: str) -> set[str]:
+    def members(self, session_id: str) -> set[int]:
         room = self.rooms.get(session_id)
         return set(room.socket_ids) if room is not None else set()

@@ -38,6 +38,7 @@ from __future__ import annotations
 import enum
 import itertools
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from agent_relay.v1 import agent_pb2 as pb
@@ -113,21 +114,21 @@ class DeltaInfo:
 
 @dataclass(frozen=True)
 class Deliver:
-    socket_ids: tuple[str, ...]
+    socket_ids: tuple[int, ...]
     data: OutFrame
     delta: DeltaInfo | None = None
 
 
 @dataclass(frozen=True)
 class AckJoin:
-    socket_id: str
+    socket_id: int
     ref: str | None
     head_seq: int
 
 
 @dataclass(frozen=True)
 class RejectJoin:
-    socket_id: str
+    socket_id: int
     ref: str | None
     error: EdgeError
 
@@ -160,18 +161,18 @@ class RunFinished:
 
 @dataclass(frozen=True)
 class CatchUpWhenDrained:
-    socket_id: str
+    socket_id: int
 
 
 @dataclass(frozen=True)
 class CloseSlow:
-    socket_id: str
+    socket_id: int
 
 
 @dataclass(frozen=True)
 class RoomClosed:
     session_id: str
-    socket_ids: tuple[str, ...] = ()  # the sockets it still had, dropped with it
+    socket_ids: tuple[int, ...] = ()  # the sockets it still had, dropped with it
 
 
 Effect = (
@@ -199,6 +200,7 @@ class RoomState(enum.Enum):
 
 @dataclass(slots=True)
 class _Subscriber:
+    socket_id: int
     after_seq: int
     prefs: Preferences
     catching_up: bool = False  # fed from the buffer as it drains, not by live fan-out
@@ -230,7 +232,8 @@ class Room:
     # Slots, shared settings, and the event buffer, open-run set and waiting joins made at
     # first use: an edge holds one room per session its sockets follow, most of them idle
     # (PERFORMANCE.md: memory per idle socket; an empty deque alone costs 600 bytes, an
-    # empty dict 64).
+    # empty dict 64). Most rooms have one subscriber: it is kept as it is, and a dict of
+    # the subscribers made only when a second one joins (a dict of one costs 184 bytes).
     __slots__ = (
         "_base_seq",
         "_batch",
@@ -256,9 +259,11 @@ class Room:
         self._settings = settings
         self._buffer: deque[_Buffered] | None = None
         self._catching_up = 0  # subscribers fed from the buffer as they drain
-        self._subs: dict[str, _Subscriber] = {}
+        # The subscribers: None, the only one, or a dict by socket id of two or more (the
+        # _members section below is all that reads or changes it).
+        self._subs: _Subscriber | dict[int, _Subscriber] | None = None
         # socket id -> join ref awaiting the upstream reply; None while none waits
-        self._waiting: dict[str, str | None] | None = None
+        self._waiting: dict[int, str | None] | None = None
         self._told_lost = False  # sockets were told the upstream is gone: tell them it is back
         self._next_seq = 1
         self._base_seq = 0  # the buffer holds (base_seq, next_seq)
@@ -274,21 +279,63 @@ class Room:
     # -- what the room knows -------------------------------------------------------------
 
     @property
-    def socket_ids(self) -> tuple[str, ...]:
-        return tuple(self._subs)
+    def socket_ids(self) -> tuple[int, ...]:
+        return tuple(sub.socket_id for sub in self._members())
 
     @property
     def last_seq(self) -> int:
         """The last seq accepted from upstream (the resume point for a resubscription)."""
         return self._next_seq - 1
 
-    def after_seq_of(self, socket_id: str) -> int:
-        return self._subs[socket_id].after_seq
+    def after_seq_of(self, socket_id: int) -> int:
+        sub = self._member(socket_id)
+        if sub is None:
+            raise KeyError(socket_id)
+        return sub.after_seq
+
+    # -- the subscribers ---------------------------------------------------------------------
+
+    def _members(self) -> Iterable[_Subscriber]:
+        """The subscribers, in join order (do not join or leave while iterating)."""
+        subs = self._subs
+        if isinstance(subs, dict):
+            return subs.values()
+        return () if subs is None else (subs,)
+
+    def _member(self, socket_id: int) -> _Subscriber | None:
+        subs = self._subs
+        if isinstance(subs, dict):
+            return subs.get(socket_id)
+        return subs if subs is not None and subs.socket_id == socket_id else None
+
+    def _add_member(self, sub: _Subscriber) -> None:
+        """Add a subscriber whose socket is not one yet."""
+        subs = self._subs
+        if subs is None:
+            self._subs = sub
+        elif isinstance(subs, dict):
+            subs[sub.socket_id] = sub
+        else:
+            self._subs = {subs.socket_id: subs, sub.socket_id: sub}
+
+    def _remove_member(self, socket_id: int) -> _Subscriber | None:
+        """Remove the socket's subscriber and return it (None if it had none); the last one
+        of a dict is kept inline again."""
+        subs = self._subs
+        if isinstance(subs, dict):
+            sub = subs.pop(socket_id, None)
+            if len(subs) == 1:
+                (self._subs,) = subs.values()
+            return sub
+        if subs is not None and subs.socket_id == socket_id:
+            self._subs = None
+            return subs
+        return None
 
     # -- sockets ---------------------------------------------------------------------------
 
     def join(
-        self, socket_id: str, ref: str | None, after_seq: int, prefs: Preferences, now: float
+        self, socket_id: int, ref: str | None, after_seq: int, prefs: Preferences, now: float
     ) -> list[Effect]:
         """A socket follows the session from after_seq on (a repeated join replaces the first)."""
         if self.state is RoomState.CLOSED:
@@ -300,7 +347,7 @@ class Room:
             # refuses it (OUT_OF_RANGE); a previous join of the socket is dropped.
             rejected = RejectJoin(socket_id, ref, self._beyond_head(after_seq))
             return [rejected, *self.leave(socket_id, now)]
-        replaced = self._subs.pop(socket_id, None)
+        replaced = self._remove_member(socket_id)
         if replaced is not None and replaced.catching_up:
             self._catching_up -= 1
         effects: list[Effect] = [ExpireAt(None)]
@@ -311,17 +358,17 @@ class Room:
             effects.append(SubscribeUpstream(self.session_id, after_seq))
         self._flush(now, effects)
         last = self.last_seq
-        sub = _Subscriber(after_seq, prefs)
+        sub = _Subscriber(socket_id, after_seq, prefs)
         replay: list[Effect] = []
         if after_seq < last and after_seq >= self._base_seq:
             sub.catching_up = True
             self._catching_up += 1
-            replay = self._catch_up(socket_id, sub, self._settings.catch_up_bytes)
+            replay = self._catch_up(sub, self._settings.catch_up_bytes)
         elif after_seq < last:
             self._rewind(after_seq, effects)
             sub.catching_up = True  # the replay comes into the buffer, and out as it drains
             self._catching_up += 1
-        self._subs[socket_id] = sub
+        self._add_member(sub)
         if self.state is RoomState.LIVE:
             effects.append(AckJoin(socket_id, ref, self._head_seq))
         elif self.state is RoomState.UPSTREAM_LOST:
@@ -337,9 +384,9 @@ class Room:
         effects.extend(replay)
         return effects
 
-    def leave(self, socket_id: str, now: float) -> list[Effect]:
+    def leave(self, socket_id: int, now: float) -> list[Effect]:
         """A socket stops following; the last one out starts the grace period."""
-        sub = self._subs.pop(socket_id, None)
+        sub = self._remove_member(socket_id)
         if sub is None:
             return []
         if sub.catching_up:
@@ -349,7 +396,7 @@ class Room:
             waiting.pop(socket_id, None)
             if not waiting:
                 self._waiting = None
-        if self._subs or self.state is RoomState.CLOSED:
+        if self._subs is not None or self.state is RoomState.CLOSED:
             return []
         self._empty_since = now
         return [ExpireAt(now + self._settings.grace_s)]
@@ -357,7 +404,7 @@ class Room:
     def receive_expired(self, now: float) -> list[Effect]:
         """The grace period ended: close unless a socket came back, or a run is still open
         (then wait another grace period, up to max_linger_s after the last socket left)."""
-        if self._subs or self.state is RoomState.CLOSED:
+        if self._subs is not None or self.state is RoomState.CLOSED:
             return []
         since = now if self._empty_since is None else self._empty_since
         settings = self._settings
@@ -380,18 +427,18 @@ class Room:
         waiting, self._waiting = self._waiting or {}, None
         effects: list[Effect] = []
         for sid, ref in waiting.items():
-            sub = self._subs.get(sid)
+            sub = self._member(sid)
             if sub is not None and sub.after_seq > self._head_seq:
-                del self._subs[sid]  # joined while subscribing, claiming beyond the head
+                self._remove_member(sid)  # joined while subscribing, claiming beyond the head
                 effects.append(RejectJoin(sid, ref, self._beyond_head(sub.after_seq)))
             else:
                 effects.append(AckJoin(sid, ref, self._head_seq))
-        if self._told_lost and self._subs:
+        if self._told_lost and self._subs is not None:
             effects.append(Deliver(self.socket_ids, upstream_frame(self.session_id, "available")))
         self._told_lost = False
         if self._catching_up:
             self._wake_catch_ups(effects)
-        if not self._subs and len(effects) > 0:
+        if self._subs is None and len(effects) > 0:
             self._empty_since = now
             effects.append(ExpireAt(now + self._settings.grace_s))
         return effects
@@ -403,16 +450,16 @@ class Room:
             return []
         effects: list[Effect] = []
         for sid, ref in (self._waiting or {}).items():
-            self._subs.pop(sid, None)
+            self._remove_member(sid)
             effects.append(RejectJoin(sid, ref, error))
         self._waiting = None
-        if error.retryable and self._subs:
+        if error.retryable and self._subs is not None:
             self.state = RoomState.UPSTREAM_LOST
             return effects
         dropped = self.socket_ids
         if dropped:
             effects.append(Deliver(dropped, error_frame(error, None, session_id=self.session_id)))
-        self._subs.clear()
+        self._subs = None
         self.state = RoomState.CLOSED
         effects.append(RoomClosed(self.session_id, dropped))
         return effects
@@ -426,10 +473,10 @@ class Room:
         self.state = RoomState.UPSTREAM_LOST
         error = _upstream_error()
         for sid, ref in (self._waiting or {}).items():
-            self._subs.pop(sid, None)
+            self._remove_member(sid)
             effects.append(RejectJoin(sid, ref, error))
         self._waiting = None
-        if self._subs:
+        if self._subs is not None:
             effects.append(Deliver(self.socket_ids, self._lost_frame()))
             effects.append(Deliver(self.socket_ids, upstream_frame(self.session_id, "unavailable")))
             self._told_lost = True
@@ -475,34 +522,34 @@ class Room:
             self._wake_catch_ups(effects)
         return effects
 
-    def receive_drained(self, socket_id: str, budget_bytes: int, now: float) -> list[Effect]:
+    def receive_drained(self, socket_id: int, budget_bytes: int, now: float) -> list[Effect]:
         """A catching-up socket sent what it had queued: its next chunk, of about
         `budget_bytes` (what its send queue has room for)."""
-        sub = self._subs.get(socket_id)
+        sub = self._member(socket_id)
         if sub is None or not sub.catching_up:
             return []
         sub.draining = False
         effects: list[Effect] = []
-        self._continue_catch_up(socket_id, sub, budget_bytes, effects)
+        self._continue_catch_up(sub, budget_bytes, effects)
         return effects
 
     def _continue_catch_up(
-        self, socket_id: str, sub: _Subscriber, budget_bytes: int, effects: list[Effect]
+        self, sub: _Subscriber, budget_bytes: int, effects: list[Effect]
     ) -> None:
         if sub.after_seq < self._base_seq:
             # The buffer dropped events the socket has yet to get (the upstream replay
             # outran it): fetch them again from its after_seq; the others skip the overlap.
             self._rewind(sub.after_seq, effects)
         else:
-            effects.extend(self._catch_up(socket_id, sub, budget_bytes))
+            effects.extend(self._catch_up(sub, budget_bytes))
 
     def _wake_catch_ups(self, effects: list[Effect], before_seq: int | None = None) -> None:
         """Catching-up sockets that waited for the buffer to reach past them go on (only
         those still short of `before_seq`, when given)."""
-        for sid, sub in list(self._subs.items()):
+        for sub in list(self._members()):
             if sub.catching_up and not sub.draining:
                 if before_seq is None or sub.after_seq < before_seq:
-                    self._continue_catch_up(sid, sub, self._settings.catch_up_bytes, effects)
+                    self._continue_catch_up(sub, self._settings.catch_up_bytes, effects)
 
     def receive_flush_due(self, now: float) -> list[Effect]:
         """The batch window of the pending deltas ended."""
@@ -540,15 +587,13 @@ class Room:
             return
         self._flush(now, effects)
         targets = [
-            sid
-            for sid, sub in self._subs.items()
-            if sub.after_seq < event.seq and not sub.catching_up
+            sub for sub in self._members() if sub.after_seq < event.seq and not sub.catching_up
         ]
-        wanted = tuple(sid for sid in targets if _wants(self._subs[sid].prefs, event))
+        wanted = tuple(sub.socket_id for sub in targets if _wants(sub.prefs, event))
         if wanted:
             effects.append(Deliver(wanted, buffered.frame()))
-        for sid in targets:
-            self._subs[sid].after_seq = event.seq
+        for sub in targets:
+            sub.after_seq = event.seq
         if kind == "message_accepted" and event.run_id:
             if self._open_runs is None:
                 self._open_runs = set()
@@ -564,16 +609,16 @@ class Room:
             return
         self._last_flush_at = now
         last = batch.parts[-1][0]
-        whole: list[str] = []
-        for sid, sub in self._subs.items():
+        whole: list[int] = []
+        for sub in self._members():
             if sub.after_seq >= last or sub.catching_up:
                 continue
             if sub.prefs.deltas:
                 if sub.after_seq < batch.parts[0][0]:
-                    whole.append(sid)
+                    whole.append(sub.socket_id)
                 else:  # the socket has the head of this batch already (after a rewind)
                     info = self._delta_info(batch, sub.after_seq)
-                    effects.append(Deliver((sid,), info.encode(), info))
+                    effects.append(Deliver((sub.socket_id,), info.encode(), info))
             sub.after_seq = last
         if whole:
             info = self._delta_info(batch, -1)
@@ -591,10 +636,11 @@ class Room:
             "".join(text for _, text in parts),
         )
 
-    def _catch_up(self, socket_id: str, sub: _Subscriber, budget_bytes: int) -> list[Effect]:
+    def _catch_up(self, sub: _Subscriber, budget_bytes: int) -> list[Effect]:
         """Frames of the buffered events after the socket's after_seq, deltas of a step
         batched, until about `budget_bytes` are out; then wait for the socket to drain,
         or, at the newest event, the socket is live again."""
+        socket_id = sub.socket_id
         effects: list[Effect] = []
         batch: _Batch | None = None
         batch_chars = 0
@@ -643,7 +689,7 @@ class Room:
     def _close_catching_up(self, now: float, effects: list[Effect]) -> None:
         """Close 1013 the catching-up sockets (a gap would skip what they have yet to get
         from the buffer): they resume by seq."""
-        slow = [sid for sid, sub in self._subs.items() if sub.catching_up]
+        slow = [sub.socket_id for sub in self._members() if sub.catching_up]
         for sid in slow:
             effects.append(CloseSlow(sid))
             effects.extend(self.leave(sid, now))
@@ -663,7 +709,7 @@ class Room:
         self._flush(now, effects)
         if self._catching_up:  # the gap would skip what they have yet to get from the buffer
             self._close_catching_up(now, effects)
-        for sid, sub in self._subs.items():
+        for sub in self._members():
             if sub.after_seq < first_seq - 1:
                 frame = {
                     "type": "chat:gap",
@@ -673,7 +719,7 @@ class Room:
                     "after_seq": sub.after_seq,
                     "first_seq": first_seq,
                 }
-                effects.append(Deliver((sid,), FieldsFrame(frame)))
+                effects.append(Deliver((sub.socket_id,), FieldsFrame(frame)))
                 sub.after_seq = first_seq - 1
         if first_seq > self._next_seq:
             self._buffer = None

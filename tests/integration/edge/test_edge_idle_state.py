@@ -91,3 +91,27 @@ async def test_an_idle_socket_holds_no_send_queue_and_the_next_event_still_reach
     assert deltas and all(f["run_id"] == ack["run_id"] for f in deltas)
     await eventually(lambda: conn.queue is None, "the send queue let go again once drained")
     await client.close()
+
+
+async def test_a_socket_joined_to_what_its_token_names_shares_the_tokens_tuple(edge):
+    session = await edge.create_session()
+    sid = session["session_id"]
+    client = await EdgeClient.connect(edge.ws_url, token=session["token"])
+    assert (await client.join(sid))["type"] == "ack"
+    conn = edge.connection(session["user_id"])
+    assert conn.claims is not None
+    assert conn.joined == (sid,) and conn.joined is conn.claims.sessions
+
+    # Leaving and joining again still works, and the socket gets what it missed meanwhile.
+    left = await client.request({"type": "leave", "session_id": sid})
+    assert left["type"] == "ack" and conn.joined == ()
+    other = await EdgeClient.connect(edge.ws_url, token=session["token"])
+    assert (await other.join(sid))["type"] == "ack"
+    ack = await other.say(sid, "while the first socket was away")
+    await other.until_complete(sid, ack["run_id"])
+    assert (await client.join(sid, after_seq=0))["type"] == "ack"
+    assert conn.joined is conn.claims.sessions
+    done = await client.until_complete(sid, ack["run_id"])
+    assert done["seq"] > ack["seq"]
+    await other.close()
+    await client.close()

@@ -1,5 +1,6 @@
 """The room: membership, fan-out encoded once, resume, batching, grace, upstream loss."""
 
+import gc
 import json
 
 from agent_relay.v1 import agent_pb2 as pb
@@ -105,6 +106,39 @@ def test_an_idle_room_holds_no_table_of_waiting_joins_and_shares_its_settings():
     assert room.receive_joined(0, now=0.1) == [AckJoin("a", "j1", 0)]
     assert room._waiting is None
     assert room._settings is other._settings
+
+
+def holds_a_dict(room: Room) -> bool:
+    return any(type(ref) is dict for ref in gc.get_referents(room))
+
+
+def test_a_lone_subscriber_is_kept_without_a_dict_and_a_second_one_makes_one():
+    """Memory per idle socket (PERFORMANCE.md): most rooms have one socket, kept without a
+    dict of subscribers (184 bytes); the dict exists only while two or more follow, and
+    fan-out, batching and resume hold across the changes."""
+    room = live_room("a")
+    assert not holds_a_dict(room)
+    assert room.join("b", "j-b", 0, STREAM, now=1.0)[-1] == AckJoin("b", "j-b", 0)
+    assert holds_a_dict(room)
+    (deliver,) = of(room.receive_events([accepted(1)], now=1.0), Deliver)
+    assert deliver.socket_ids == ("a", "b")
+    effects = room.receive_events([delta(2, "x")], now=1.0)
+    assert [f["seq"] for f in frames_for(effects, "a")] == [2]
+    assert [f["seq"] for f in frames_for(effects, "b")] == [2]
+
+    assert room.leave("a", now=2.0) == []
+    assert not holds_a_dict(room) and room.socket_ids == ("b",)
+    effects = room.receive_events([completed(3)], now=2.0)
+    assert [f["seq"] for f in frames_for(effects, "b")] == [3]
+    assert not frames_for(effects, "a")
+    assert room.leave("b", now=3.0) == [ExpireAt(33.0)]
+    assert room.socket_ids == ()
+
+    effects = room.join("a", "j2", 1, STREAM, now=4.0)  # resumes from the buffer
+    assert [f["seq"] for f in frames_for(effects, "a")] == [2, 3]
+    assert room.join("a", "j3", 3, FINALS, now=4.0)[-1] == AckJoin("a", "j3", 3)  # replaces
+    assert room.socket_ids == ("a",) and not holds_a_dict(room)
+    assert room.after_seq_of("a") == 3
 
 
 def test_an_event_is_encoded_once_and_the_same_bytes_go_to_every_socket():
