@@ -120,6 +120,8 @@ class ToolResult:
         return self.status == "completed"
 
 
+_FINAL_TOOL_STATUSES = frozenset({"completed", "failed", "cancelled"})
+
 _BUSY = {
     "": pb.BUSY_POLICY_UNSPECIFIED,
     "queue": pb.BUSY_POLICY_QUEUE,
@@ -580,6 +582,11 @@ class ToolRun:
                 self.call_id = event.call_id or self.call_id
                 _fold(result, event)
                 yield event
+                if result.status in _FINAL_TOOL_STATUSES:
+                    # The service ends the call here. Stop reading rather than wait for its
+                    # status: a cancel written as the call ended fails on a finished call,
+                    # and grpc.aio would report that write as the call's INTERNAL error.
+                    break
         except grpc.aio.AioRpcError as exc:
             raise error_from_rpc(exc) from exc
         finally:
