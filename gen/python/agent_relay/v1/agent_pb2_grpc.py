@@ -95,7 +95,9 @@ class AgentServiceServicer:
     def ExecuteTool(self, request_iterator, context):
         """Run one tool directly, without the model: start it with the first request,
         watch its progress and output, cancel it with a later request on the same
-        stream. The stream ends after the call's final event.
+        stream. The stream ends after the call's final event: stop writing there,
+        since a cancel written after it reaches a finished call (grpc.aio's client
+        then reports the whole call as INTERNAL).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

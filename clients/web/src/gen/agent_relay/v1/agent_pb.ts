@@ -1885,7 +1885,9 @@ export const AgentService: GenService<{
   /**
    * Run one tool directly, without the model: start it with the first request,
    * watch its progress and output, cancel it with a later request on the same
-   * stream. The stream ends after the call's final event.
+   * stream. The stream ends after the call's final event: stop writing there,
+   * since a cancel written after it reaches a finished call (grpc.aio's client
+   * then reports the whole call as INTERNAL).
    *
    * @generated from rpc agent_relay.v1.AgentService.ExecuteTool
    */
