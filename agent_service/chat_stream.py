@@ -65,6 +65,8 @@ class ChatStream:
         self._last_of_session: dict[str, asyncio.Task[None]] = {}
         self._in_flight: set[asyncio.Task[None]] = set()
         self.caller = current_caller()  # read here, in the RPC's own task
+        # named once: asyncio.create_task() asks get_running_loop(), a getpid() system call
+        self._loop = asyncio.get_running_loop()
 
     async def read(self, requests: AsyncIterator[pb.ChatRequest]) -> None:
         """Carry out commands until the client half-closes its side and every command
@@ -86,7 +88,7 @@ class ChatStream:
         """Run the command after the previous command of its session."""
         key = _session_of(request)
         before = self._last_of_session.get(key)
-        task = asyncio.create_task(self._run_after(before, request))
+        task = self._loop.create_task(self._run_after(before, request))
         self._last_of_session[key] = task
         self._in_flight.add(task)
 

@@ -53,7 +53,7 @@ from agent_service.errors import (
 )
 from agent_service.eventlog import SessionLog
 from agent_service.forward import POLICIES, Forwarder
-from agent_service.ids import new_id, now_ms
+from agent_service.ids import new_id, new_run_id, now_ms
 from agent_service.lease import Holder, Lease, LocalLease
 from agent_service.log import EventLog, Fenced
 from agent_service.log_writer import LogWriter
@@ -534,7 +534,7 @@ class Hub:
                 raise Unavailable(
                     f"session {session_id} is owned elsewhere now; retry", reason="NOT_OWNER"
                 )
-            run_id = new_id("r")
+            run_id = new_run_id()
             policy = policy or BusyPolicy(self.settings.busy_policy)
             before = session.state.snapshot()
             # An id this process does not remember is looked up in the store only when the

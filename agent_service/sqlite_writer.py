@@ -94,6 +94,7 @@ class SqliteWriter:
         self._checkpoint_db = checkpoint_db
         self._checkpointing = False  # a checkpoint runs on checkpoint_db
         self._first_of_turn = True  # no write committed at once in this turn of the loop
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop its writes come from
         self.rollbacks = 0  # transactions rolled back whole: what they wrote is not there
         self._inline_rate = inline_commits_per_s
         self._inline_tokens = float(INLINE_COMMITS_BURST)
@@ -110,7 +111,9 @@ class SqliteWriter:
         `weight`: about how many rows it writes (a batch past the inline bound goes to
         the thread). A write whose future is cancelled before its batch begins is
         skipped; one whose batch began lands (or is rolled back) whole."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:  # asked once: get_running_loop() is a getpid() system call
+            loop = self._loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._queued.append(_Job(fn, future, weight))
         if self._first_of_turn and not self._scheduled and not self._on_thread:

@@ -189,6 +189,16 @@ def show(results: dict[str, dict[str, list[Metrics]]]) -> None:
                     f"{key} {statistics.median(values):.3g} ({min(values):.3g}-{max(values):.3g})"
                 )
             print(f"  {name:5}  " + "; ".join(cells))
+        if "base" in systems and "new" in systems:
+            # Each round runs both at about the same time: the median of the rounds' ratios
+            # is steadier on a shared machine than the ratio of the two medians.
+            rounds = list(zip(systems["base"], systems["new"], strict=True))
+            ratios = []
+            for key in keys:
+                each = [new[key] / base[key] for base, new in rounds if base[key]]
+                if each:
+                    ratios.append(f"{key} {statistics.median(each):.3f}")
+            print("  new/base per round, median: " + "; ".join(ratios))
 
 
 async def main_async(args: argparse.Namespace, sources: dict[str, Path]) -> None:
