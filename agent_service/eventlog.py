@@ -74,6 +74,11 @@ class SessionLog:
         self._open_key: tuple[str, int] = ("", 0)
         self._open_pieces: list[str] = []
         self._open_chars = 0
+        # the newest delta stamped by stamp_delta, its (run_id, step) and text: the next
+        # word's checks read these, not the event's protobuf fields (a C call each)
+        self._last_delta: pb.SessionEvent | None = None
+        self._last_key: tuple[str, int] = ("", 0)
+        self._last_text = ""
 
     @property
     def head_seq(self) -> int:
@@ -139,6 +144,11 @@ class SessionLog:
         self._pending.append(event)
         return event
 
+    def stamp_delta(self, event: pb.SessionEvent, run_id: str, step: int, text: str) -> None:
+        """stamp() a response delta whose run_id, step and text are these."""
+        self.stamp(event)
+        self._last_delta, self._last_key, self._last_text = event, (run_id, step), text
+
     def extend_unsubmitted_delta(self, run_id: str, step: int, text: str) -> pb.SessionEvent | None:
         """Add `text` to the newest stamped event and return it, when that event is a
         response delta of this run and step that the log writer has not taken yet (so
@@ -155,13 +165,18 @@ class SessionLog:
             if self._open_key != (run_id, step):
                 return None
         else:
-            if last.run_id != run_id or last.WhichOneof("kind") != "response_delta":
-                return None
-            delta = last.response_delta
-            if delta.step != step:
-                return None
+            if last is self._last_delta:
+                if self._last_key != (run_id, step):
+                    return None
+                first = self._last_text
+            else:
+                if last.run_id != run_id or last.WhichOneof("kind") != "response_delta":
+                    return None
+                delta = last.response_delta
+                if delta.step != step:
+                    return None
+                first = delta.text
             self._close_open()
-            first = delta.text
             self._open, self._open_key = last, (run_id, step)
             self._open_pieces, self._open_chars = [first], len(first)
         if self._open_chars >= self.merge_delta_chars:
@@ -176,7 +191,9 @@ class SessionLog:
         if event is not None:
             self._open = None
             if len(self._open_pieces) > 1:
-                event.response_delta.text = "".join(self._open_pieces)
+                text = event.response_delta.text = "".join(self._open_pieces)
+                if event is self._last_delta:
+                    self._last_text = text
             self._open_pieces = []
 
     def continues_delta(self, run_id: str, step: int) -> bool:
@@ -188,6 +205,8 @@ class SessionLog:
             last = self._buf[-1]
         else:
             return False
+        if last is self._last_delta:
+            return self._last_key == (run_id, step)
         return bool(
             last.run_id == run_id
             and last.WhichOneof("kind") == "response_delta"

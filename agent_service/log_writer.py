@@ -88,6 +88,7 @@ IDLE_GATHER_TURNS = 4
 LOAD_ALPHA = 1 / 16  # weight of a batch in the load (an average of deltas per batch)
 HOLD_LOAD_FROM = 2.0  # deltas per batch below which nothing is held
 HOLD_LOAD_FULL = 8.0  # deltas per batch from which a delta is held the whole hold_max_s
+HOLD_TICK_S = 0.001  # held deltas due in one tick of this grid share its timer
 
 Reserve = Callable[[Sequence[tuple[str, int]]], Awaitable[None]]
 """Raise sessions' seq reservations (store.ConversationStore.reserve_seq)."""
@@ -151,8 +152,9 @@ class LogWriter:
         self.hold_s = 0.0  # how long a continuing delta is held now (see the module doc)
         self.deltas = 0  # model deltas appended since the last batch (Session.append_delta)
         self._load = 0.0  # deltas per batch, averaged
-        # session -> (it, its release, when that is due: time.monotonic())
-        self._held: dict[str, tuple[LogTail, asyncio.TimerHandle, float]] = {}
+        # session -> (it, the tick of its release, when that is due: time.monotonic())
+        self._held: dict[str, tuple[LogTail, int, float]] = {}
+        self._hold_ticks: dict[int, list[str]] = {}  # tick -> the sessions it releases
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop it holds deltas on
         self.reserve = reserve
         self._parked: dict[str, float] = {}  # session -> its next wait for a lease back
@@ -183,9 +185,7 @@ class LogWriter:
     def submit(self, tail: LogTail) -> None:
         """`tail` has stamped events to write."""
         if self._held:
-            held = self._held.pop(tail.session_id, None)
-            if held is not None:
-                held[1].cancel()
+            self._held.pop(tail.session_id, None)  # its tick finds it gone
         self._waiting[tail.session_id] = tail
         self._idle.clear()
         self._wake.set()
@@ -199,8 +199,16 @@ class LogWriter:
         loop = self._loop
         if loop is None:  # asked once: get_running_loop() is a getpid() system call
             loop = self._loop = asyncio.get_running_loop()
-        handle = loop.call_later(delay_s, self._release, sid)
-        self._held[sid] = (tail, handle, time.monotonic() + delay_s)
+        # released on a grid of HOLD_TICK_S (at most a tick early), by one timer per tick:
+        # nearly every held delta goes before its release (a word joins it, `joined()`),
+        # and a timer of its own, armed and cancelled, was most of what a hold cost
+        tick = int((loop.time() + delay_s) / HOLD_TICK_S)
+        sids = self._hold_ticks.get(tick)
+        if sids is None:
+            sids = self._hold_ticks[tick] = []
+            loop.call_at(tick * HOLD_TICK_S, self._release_tick, tick)
+        sids.append(sid)
+        self._held[sid] = (tail, tick, time.monotonic() + delay_s)
         self._idle.clear()
 
     def joined(self, tail: LogTail, next_due: float) -> None:
@@ -215,15 +223,16 @@ class LogWriter:
         """Some session's delta is held."""
         return bool(self._held)
 
-    def _release(self, session_id: str) -> None:
-        held = self._held.pop(session_id, None)
-        if held is not None:
-            self.submit(held[0])
+    def _release_tick(self, tick: int) -> None:
+        held = self._held
+        for sid in self._hold_ticks.pop(tick, ()):
+            entry = held.get(sid)
+            if entry is not None and entry[1] == tick:  # not submitted, nor held again since
+                self.submit(entry[0])
 
     def _release_all(self) -> None:
         held, self._held = self._held, {}
-        for tail, handle, _ in held.values():
-            handle.cancel()
+        for tail, _, _ in held.values():
             self.submit(tail)
 
     async def flush(self) -> None:

@@ -141,11 +141,16 @@ class Session:
                 # waits, nor one of a stream slower than the window (it would wait alone)
                 event = pb.SessionEvent(run_id=run_id, response_delta={"text": text, "step": step})
                 event.time_unix_ms = now_ms()
-                log.stamp(event)
+                log.stamp_delta(event, run_id, step, text)
                 writer.hold(self, hold_s)
                 return event
-        # the delta's fields as a mapping: protobuf builds it in place, a third of the cost
-        # of building a ResponseDelta and copying it in
+            # the delta's fields as a mapping: protobuf builds it in place, a third of the
+            # cost of building a ResponseDelta and copying it in
+            event = pb.SessionEvent(run_id=run_id, response_delta={"text": text, "step": step})
+            event.time_unix_ms = now_ms()
+            log.stamp_delta(event, run_id, step, text)
+            writer.submit(self)
+            return event
         return self.append(
             pb.SessionEvent(run_id=run_id, response_delta={"text": text, "step": step})
         )

@@ -189,3 +189,23 @@ def test_a_delta_continues_the_newest_event_of_its_run_and_step_durable_or_not()
     assert log.continues_delta("r1", 0)  # durable: still the newest
     log.stamp(pb.SessionEvent(run_id="r1", run_completed=pb.RunCompleted()))
     assert not log.continues_delta("r1", 0)
+
+
+def test_a_delta_stamped_with_its_fields_joins_and_continues_as_one_read_from_the_event() -> None:
+    log = SessionLog("s1", capacity=10, merge_delta_chars=64)
+    first = run_delta("a ")
+    log.stamp_delta(first, "r1", 0, "a ")
+    assert log.continues_delta("r1", 0) and not log.continues_delta("r1", 1)
+    assert not log.continues_delta("r2", 0)
+    assert log.extend_unsubmitted_delta("r2", 0, "x") is None  # another run
+    assert log.extend_unsubmitted_delta("r1", 1, "x") is None  # another step
+    assert log.extend_unsubmitted_delta("r1", 0, "b ") is first
+    assert [e.response_delta.text for e in log.take_unsubmitted()] == ["a b "]
+    log.untake(1)  # given back: words that join it now follow every word it has
+    assert log.extend_unsubmitted_delta("r1", 0, "c") is first
+    assert [e.response_delta.text for e in log.take_unsubmitted()] == ["a b c"]
+    log.publish_through(1)
+    assert log.continues_delta("r1", 0)  # durable: still the newest
+    log.stamp(pb.SessionEvent(run_id="r1", run_completed=pb.RunCompleted()))
+    assert not log.continues_delta("r1", 0)
+    assert log.extend_unsubmitted_delta("r1", 0, "d") is None
