@@ -153,6 +153,13 @@ class ModelCall:
                 response_id=str(getattr(item, "response_id", "") or ""),
             )
 
+    def saw_text(self, text: str) -> None:
+        """saw() of a piece of text: the agent loop's path for every chunk."""
+        if self.first_chunk_s is None:
+            self.saw_output()
+        if self._capture:
+            self._text.append(text)
+
     def saw_output(self) -> None:
         """The first chunk of the response arrived (the first call sets time to first chunk)."""
         if self.first_chunk_s is None:
