@@ -129,27 +129,25 @@ class Session:
                 if writer.holding:
                     writer.joined(self, now + gap)
                 return merged
+            # the writer is loaded and the stream's next word is due within its window: this
+            # delta waits for it unsubmitted (LogWriter.hold). A run's first never waits, nor
+            # one of a stream slower than the window (it would wait alone)
             hold_s = writer.hold_s
-            if (
+            hold = bool(
                 hold_s
                 and gap <= hold_s
                 and log.merge_delta_chars
-                and log.continues_delta(run_id, step)
-            ):
-                # the writer is loaded and the stream's next word is due within its window:
-                # this delta waits for it unsubmitted (LogWriter.hold). A run's first never
-                # waits, nor one of a stream slower than the window (it would wait alone)
-                event = pb.SessionEvent(run_id=run_id, response_delta={"text": text, "step": step})
-                event.time_unix_ms = now_ms()
-                log.stamp_delta(event, run_id, step, text)
-                writer.hold(self, hold_s)
-                return event
+                and log.continues_delta(run_id, step)  # asked before this delta is stamped
+            )
             # the delta's fields as a mapping: protobuf builds it in place, a third of the
             # cost of building a ResponseDelta and copying it in
             event = pb.SessionEvent(run_id=run_id, response_delta={"text": text, "step": step})
             event.time_unix_ms = now_ms()
             log.stamp_delta(event, run_id, step, text)
-            writer.submit(self)
+            if hold:
+                writer.hold(self, hold_s)
+            else:
+                writer.submit(self)
             return event
         return self.append(
             pb.SessionEvent(run_id=run_id, response_delta={"text": text, "step": step})

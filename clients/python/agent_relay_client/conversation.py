@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from agent_relay_client.events import (
+    FINAL_TOOL_STATUSES,
     MessageAccepted,
     ReplayGap,
     ResponseDelta,
@@ -72,7 +73,7 @@ class ToolCallView:
     @property
     def finished(self) -> bool:
         """True once the call completed, failed or was cancelled."""
-        return self.status in ("completed", "failed", "cancelled")
+        return self.status in FINAL_TOOL_STATUSES
 
 
 @dataclass(slots=True)

@@ -16,6 +16,7 @@ import msgspec
 from agent_relay_client.errors import ProtocolError
 
 ToolStatus = Literal["started", "progress", "output", "completed", "failed", "cancelled"]
+FINAL_TOOL_STATUSES: frozenset[ToolStatus] = frozenset({"completed", "failed", "cancelled"})
 FinishReason = Literal["stop", "cancelled", "error", "interrupted", "max_steps", "unspecified"]
 
 

@@ -36,6 +36,7 @@ from agent_relay.v1 import agent_pb2_grpc
 from agent_relay_client import errors
 from agent_relay_client.conversation import Conversation, HistoryMessage
 from agent_relay_client.events import (
+    FINAL_TOOL_STATUSES,
     MessageAccepted,
     RunCompleted,
     SessionEvent,
@@ -119,8 +120,6 @@ class ToolResult:
         """True when the call completed."""
         return self.status == "completed"
 
-
-_FINAL_TOOL_STATUSES = frozenset({"completed", "failed", "cancelled"})
 
 _BUSY = {
     "": pb.BUSY_POLICY_UNSPECIFIED,
@@ -582,7 +581,7 @@ class ToolRun:
                 self.call_id = event.call_id or self.call_id
                 _fold(result, event)
                 yield event
-                if result.status in _FINAL_TOOL_STATUSES:
+                if result.status in FINAL_TOOL_STATUSES:
                     # The service ends the call here. Stop reading rather than wait for its
                     # status: a cancel written as the call ended fails on a finished call,
                     # and grpc.aio would report that write as the call's INTERNAL error.
