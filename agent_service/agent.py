@@ -198,15 +198,16 @@ class RunExecution:
         self, index: int, conversation: list[ChatMessage], specs: Sequence[object]
     ) -> _Step:
         """Stream one model step and store its assistant message."""
-        step = _Step(f"{self.run.run_id}.{index}", [], [])
-        self.step = step
+        message_id = f"{self.run.run_id}.{index}"
         reply = self.run.reply  # history reads the text so far from here
-        reply.begin(step.message_id)
+        pieces, seqs = reply.begin(message_id)
+        step = _Step(message_id, pieces, [])
+        self.step = step
         provider = self.provider
         stream = provider.stream(conversation, specs)  # type: ignore[arg-type]
         # what each chunk touches, named once: at full speed this runs for every word
-        run_id, pieces = self.run.run_id, step.text
-        append_delta, add = self.rt.append_delta, reply.add
+        run_id, add_piece, add_seq = self.run.run_id, pieces.append, seqs.append
+        append_delta = self.rt.append_delta
         with self.telemetry.model_call(
             provider=provider, step=index, conversation=conversation
         ) as call:
@@ -217,9 +218,9 @@ class RunExecution:
                         text = item.text
                         saw_text(text)
                         if text:
-                            pieces.append(text)
+                            add_piece(text)
                             # under load it may join the previous delta's event (Session)
-                            add(text, append_delta(run_id, index, text).seq)
+                            add_seq(append_delta(run_id, index, text).seq)
                         continue
                     call.saw(item)
                     if isinstance(item, ToolCallRequested):

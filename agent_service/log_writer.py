@@ -152,8 +152,10 @@ class LogWriter:
         self.hold_s = 0.0  # how long a continuing delta is held now (see the module doc)
         self.deltas = 0  # model deltas appended since the last batch (Session.append_delta)
         self._load = 0.0  # deltas per batch, averaged
-        # session -> (it, the tick of its release, when that is due: time.monotonic())
-        self._held: dict[str, tuple[LogTail, int, float]] = {}
+        # the sessions whose delta is held: session -> (it, the tick of its release, when
+        # that is due: time.monotonic()). Public so a session appending a word tests it
+        # for emptiness as a plain attribute (a property call was 3 % at full speed)
+        self.held: dict[str, tuple[LogTail, int, float]] = {}
         self._hold_ticks: dict[int, list[str]] = {}  # tick -> the sessions it releases
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop it holds deltas on
         self.reserve = reserve
@@ -184,8 +186,8 @@ class LogWriter:
 
     def submit(self, tail: LogTail) -> None:
         """`tail` has stamped events to write."""
-        if self._held:
-            self._held.pop(tail.session_id, None)  # its tick finds it gone
+        if self.held:
+            self.held.pop(tail.session_id, None)  # its tick finds it gone
         self._waiting[tail.session_id] = tail
         self._idle.clear()
         self._wake.set()
@@ -194,7 +196,7 @@ class LogWriter:
         """`tail` has a stamped delta to write within `delay_s`: it waits that long for
         the words after it, unless the session is submitted (or flushed) first."""
         sid = tail.session_id
-        if sid in self._waiting or sid in self._held:
+        if sid in self._waiting or sid in self.held:
             return  # it goes with what is already coming
         loop = self._loop
         if loop is None:  # asked once: get_running_loop() is a getpid() system call
@@ -208,37 +210,32 @@ class LogWriter:
             sids = self._hold_ticks[tick] = []
             loop.call_at(tick * HOLD_TICK_S, self._release_tick, tick)
         sids.append(sid)
-        self._held[sid] = (tail, tick, time.monotonic() + delay_s)
+        self.held[sid] = (tail, tick, time.monotonic() + delay_s)
         self._idle.clear()
 
     def joined(self, tail: LogTail, next_due: float) -> None:
         """A word joined `tail`'s held delta and the stream's next is due at `next_due`
         (time.monotonic()): past the hold's end, the delta goes now, not idle till then."""
-        held = self._held.get(tail.session_id)
+        held = self.held.get(tail.session_id)
         if held is not None and next_due > held[2]:
             self.submit(tail)  # which cancels the release
 
-    @property
-    def holding(self) -> bool:
-        """Some session's delta is held."""
-        return bool(self._held)
-
     def _release_tick(self, tick: int) -> None:
-        held = self._held
+        held = self.held
         for sid in self._hold_ticks.pop(tick, ()):
             entry = held.get(sid)
             if entry is not None and entry[1] == tick:  # not submitted, nor held again since
                 self.submit(entry[0])
 
     def _release_all(self) -> None:
-        held, self._held = self._held, {}
+        held, self.held = self.held, {}
         for tail, _, _ in held.values():
             self.submit(tail)
 
     async def flush(self) -> None:
         """Return once everything submitted so far is durable and published."""
-        while self._waiting or self._held_back or self._held or not self._idle.is_set():
-            if self._held:
+        while self._waiting or self._held_back or self.held or not self._idle.is_set():
+            if self.held:
                 self._release_all()
             if not self._tasks:
                 if self._to_reserve and not await self._reserve_once():
@@ -288,7 +285,7 @@ class LogWriter:
             else:
                 for tail, item in batch:
                     self._written(tail, item)
-        if not self._waiting and not self._held:
+        if not self._waiting and not self.held:
             self._idle.set()
 
     def _follow_load(self) -> None:

@@ -12,6 +12,7 @@ the run writes; everyone else reads it through `live_replies()`.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -26,28 +27,30 @@ class ReplyInProgress:
 
     Each piece keeps the seq of the delta event that carried it, so a reader can
     take the text as of a log position: history that says `as_of_seq` N holds
-    exactly the deltas through N, and a resume after N repeats none."""
+    exactly the deltas through N, and a resume after N repeats none. The pieces and
+    their seqs are two lists the run appends to (`begin` hands them out): at full
+    speed this runs for every word, and a call and a tuple per piece was 5 % of the
+    service's samples."""
 
     def __init__(self, run_id: str) -> None:
         self.run_id = run_id
         self.message_id = ""
-        self._pieces: list[tuple[int, str]] = []
+        self._pieces: list[str] = []
+        self._seqs: list[int] = []  # each piece's delta seq: they never decrease
 
-    def begin(self, message_id: str) -> None:
-        """A new model step starts writing `message_id`."""
-        self.message_id, self._pieces = message_id, []
-
-    def add(self, text: str, seq: int) -> None:
-        """The delta with `seq` added `text`."""
-        self._pieces.append((seq, text))
+    def begin(self, message_id: str) -> tuple[list[str], list[int]]:
+        """A new model step starts writing `message_id`: the lists its writer appends
+        each piece and then its delta's seq to, in step (nothing reads between the two)."""
+        self.message_id, self._pieces, self._seqs = message_id, [], []
+        return self._pieces, self._seqs
 
     def end(self) -> None:
         """The step's message is stored: nothing is in progress."""
-        self.message_id, self._pieces = "", []
+        self.message_id, self._pieces, self._seqs = "", [], []
 
     def text_through(self, seq: int) -> str:
         """The text of the deltas with seq <= `seq`."""
-        return "".join(text for at, text in self._pieces if at <= seq)
+        return "".join(self._pieces[: bisect.bisect_right(self._seqs, seq)])
 
 
 @dataclass(frozen=True, slots=True)

@@ -126,7 +126,7 @@ class Session:
             log = self.log
             merged = log.extend_unsubmitted_delta(run_id, step, text)
             if merged is not None:
-                if writer.holding:
+                if writer.held:
                     writer.joined(self, now + gap)
                 return merged
             # the writer is loaded and the stream's next word is due within its window: this

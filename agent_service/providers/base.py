@@ -38,9 +38,11 @@ class ChatMessage:
     name: str = ""  # for role "tool": the tool's name
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TextDelta:
-    """A piece of assistant text."""
+    """A piece of assistant text. Not frozen, unlike the other events: a model makes one
+    per chunk (at full speed, per word), and a frozen dataclass's __init__ (each field
+    set through object.__setattr__) costs twice a plain one's."""
 
     text: str
 

@@ -35,6 +35,25 @@ async def test_reply_assembled_from_deltas_equals_the_completed_message_in_histo
     await chat.close()
 
 
+async def test_history_mid_reply_holds_exactly_the_deltas_through_its_as_of_seq(stub):
+    session, chat = await joined_session(stub)
+    run_id = (await chat.send(session, "m1", "tell me a long story")).accepted.run_id
+    await chat.wait_for(session, lambda e: e.HasField("response_delta"))
+    mid_reply = 0
+    while True:
+        history = await stub.ListMessages(pb.ListMessagesRequest(session_id=session))
+        streaming = [m for m in history.messages if m.status == pb.MESSAGE_STATUS_STREAMING]
+        if not streaming:
+            break  # the run ended (its completion may be in the answer, or be next)
+        mid_reply += 1
+        await chat.wait_for(session, lambda e, at=history.as_of_seq: e.seq >= at)
+        through = [e for e in chat.events[session] if e.seq <= history.as_of_seq]
+        assert streaming[0].text == assembled_text(through, run_id)
+    assert mid_reply >= 2, "the reply ended before history was read twice while it streamed"
+    await chat.wait_completed(session, run_id)
+    await chat.close()
+
+
 async def test_events_are_numbered_without_gaps_and_batched(stub):
     session, chat = await joined_session(stub)
     await chat.send(session, "m1", "count for me")
