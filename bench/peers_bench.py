@@ -21,10 +21,10 @@ Scenarios (docs/performance.md says what each one compares):
   wire      full speed and fan-out again, JSON sockets beside agent-relay.v1+proto sockets
             of the same edge, interleaved: deltas/s and CPU per delta of each wire
 
-Bounded: `--budget-s` (default 540) stops starting new rounds once spent.
+Bounded: `--budget-s` (default 480) stops starting new rounds once spent.
 
     .venv/bin/python bench/peers_bench.py              # the default sizes (make bench)
-    .venv/bin/python bench/peers_bench.py --full       # N = 1,000 paced and 10,000 idle
+    .venv/bin/python bench/peers_bench.py --full       # 10,000 idle sockets (the issue's size)
     .venv/bin/python bench/peers_bench.py --gc-gen0-threshold 0   # the GC levers off
 """
 
@@ -1258,7 +1258,7 @@ def main() -> int:
     parser.add_argument(
         "--full",
         action="store_true",
-        help="the issue's full sizes: paced N up to 1,000, 10,000 idle",
+        help="the issue's full size of the idle scenario: 10,000 sockets",
     )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
@@ -1271,7 +1271,7 @@ def main() -> int:
     )
     parser.add_argument("--history-budget-s", type=float, default=90.0)
     parser.add_argument(
-        "--paced-n", default="100,300", help="session counts (--full: 100,300,1000)"
+        "--paced-n", default="100,300,1000", help="session counts"
     )
     parser.add_argument("--paced-rate", type=float, default=50.0, help="words/s per session")
     parser.add_argument("--paced-s", type=float, default=4.0, help="seconds each paced reply lasts")
@@ -1303,8 +1303,6 @@ def main() -> int:
     parser.add_argument("--json-dir", default=str(REPO / "var/bench"))
     args = parser.parse_args()
     if args.full:
-        if args.paced_n == "100,300":
-            args.paced_n = "100,300,1000"
         if args.idle == 2000:
             args.idle = 10_000
         args.budget_s = max(args.budget_s, 1200.0)
