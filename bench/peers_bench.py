@@ -1270,9 +1270,7 @@ def main() -> int:
         "--history", type=int, default=1000, help="messages behind the history session"
     )
     parser.add_argument("--history-budget-s", type=float, default=90.0)
-    parser.add_argument(
-        "--paced-n", default="100,300,1000", help="session counts"
-    )
+    parser.add_argument("--paced-n", default="100,300,1000", help="session counts")
     parser.add_argument("--paced-rate", type=float, default=50.0, help="words/s per session")
     parser.add_argument("--paced-s", type=float, default=4.0, help="seconds each paced reply lasts")
     parser.add_argument("--late-ms", type=float, default=50.0)
