@@ -87,8 +87,12 @@ async def test_a_slow_consumer_is_closed_1013_without_slowing_the_others(tmp_pat
     try:
         edge = start_edge(
             agent.address,
+            # the bound admits a frame while the backlog before it is under it, and at full
+            # speed a batch frame or the completion (the whole text) is tens to hundreds of KB:
+            # at 64 KB one such frame still in the fast socket's transport got it closed too
+            # (1 run in 6-12)
             "--send-queue-max-bytes",
-            "65536",
+            "196608",
             "--socket-send-buffer-bytes",
             "65536",
             "--socket-write-buffer-bytes",
