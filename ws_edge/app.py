@@ -40,7 +40,7 @@ from ws_edge.events import message_to_dict
 from ws_edge.frames import PROTOCOL, welcome_frame
 from ws_edge.http_tracing import handshake_failed, install_http_tracing
 from ws_edge.hub import Hub
-from ws_edge.layouts import prime_instance_layouts
+from ws_edge.layouts import prime_instance_layouts, release_request_parser
 from ws_edge.limits import AddressBuckets
 from ws_edge.linger import linger_on_close
 from ws_edge.upstream import unary
@@ -216,6 +216,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     except BaseException as exc:
         handshake_failed(request, exc)
         raise
+    release_request_parser(request.protocol)  # ws_edge/layouts.py: about 1.9 KB a socket
     conn = _connect(request, ws, wire)
     try:
         async for msg in ws:  # ends when either side closes (conn.close feeds the end in)

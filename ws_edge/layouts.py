@@ -84,3 +84,25 @@ def prime_instance_layouts(
             if hasattr(type(inspect.getattr_static(cls, name, None)), "__set__"):
                 continue  # a property or a slot: not stored in the instance's attributes
             object.__setattr__(bare, name, None)
+
+
+def release_request_parser(protocol: object) -> bool:
+    """Let go of the HTTP request parser of a connection upgraded to a WebSocket.
+
+    aiohttp's request handler keeps its `HttpRequestParser` (the parser, its llhttp state
+    and what it kept of the handshake's headers: about 1.9 KB) for the connection's life,
+    though once the upgrade is accepted every byte goes to the WebSocket's reader
+    (`_payload_parser`) and each of the handler's other uses of `_parser` is behind
+    `not self._upgraded` or `self._parser is not None` (aiohttp 3.14; it sets `_parser` to
+    None itself when the connection is lost). Call it after `ws.prepare()`. Does nothing,
+    and returns False, unless the handler is upgraded with a WebSocket reader in place: an
+    aiohttp that renames these attributes keeps the memory rather than failing.
+    """
+    if getattr(protocol, "_upgraded", False) is not True:
+        return False
+    if getattr(protocol, "_payload_parser", None) is None:
+        return False
+    if getattr(protocol, "_parser", None) is None:
+        return False
+    protocol._parser = None  # type: ignore[attr-defined]
+    return True
