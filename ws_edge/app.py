@@ -563,7 +563,7 @@ def _register_gauges(telemetry: EdgeTelemetry, hub: Hub) -> None:
     telemetry.gauge(
         "agent_relay.edge.upstream_messages_in_flight",
         "chat:message commands sent upstream, reply pending.",
-        lambda: sum(slot.sends.depth for slot in hub.upstream.slots),
+        lambda: hub.upstream.messages_in_flight,
     )
     telemetry.gauge(
         "agent_relay.edge.upstream_streams_up",
@@ -596,8 +596,7 @@ async def metrics(request: web.Request) -> web.Response:
         "# HELP agent_relay_edge_upstream_messages_in_flight chat:message commands sent "
         "upstream, reply pending.",
         "# TYPE agent_relay_edge_upstream_messages_in_flight gauge",
-        "agent_relay_edge_upstream_messages_in_flight "
-        f"{sum(slot.sends.depth for slot in hub.upstream.slots)}",
+        f"agent_relay_edge_upstream_messages_in_flight {hub.upstream.messages_in_flight}",
         "# HELP agent_relay_edge_send_queue_frames Frames waiting in all send queues.",
         "# TYPE agent_relay_edge_send_queue_frames gauge",
         "agent_relay_edge_send_queue_frames "

@@ -49,8 +49,9 @@ class EdgeSettings:
         "0: half of command_timeout_s",
     )
     upstream_max_in_flight: int = field(
-        512,
-        "chat:message commands one upstream stream carries at once; past it a new one is "
+        1024,
+        "chat:message commands the edge carries to one agent replica at once, over all its "
+        "channels (the service's own max_pending_accepts by default); past it a new one is "
         "refused at once with `overloaded` and a retry time",
     )
     upstream_tls_ca_file: Path | None = field(None, "PEM CA bundle: use TLS to the agent service")

@@ -24,7 +24,8 @@ passed, before storing anything. The edge waits for the reply `command_timeout_s
 longer than the deadline, so a sender told `overloaded` was truly refused, and an
 edge that hears nothing at all says the truth of that case: the outcome is
 unknown, send it again with the same message id (accepted once per session).
-Past `upstream_max_in_flight` messages waiting on one stream, a new one is
+Past `upstream_max_in_flight` messages waiting on one replica (its slots share
+the bound, so how its sessions hash over them does not matter), a new one is
 refused `overloaded` at once, with a retry time from relay_shared.admission.
 """
 
@@ -166,6 +167,7 @@ class UpstreamSlot:
         on_response: OnResponse,
         address: str = "",
         tls_name: str = "",
+        sends: Admission | None = None,
     ) -> None:
         self.index = index
         self.address = address or settings.upstream
@@ -183,7 +185,8 @@ class UpstreamSlot:
         self.up = False
         self.became_up = asyncio.Event()  # set while the stream is open
         self.responses = 0
-        self.sends = Admission(settings.upstream_max_in_flight)  # messages awaiting a reply
+        # messages awaiting a reply, on every slot of the replica
+        self.sends = sends or Admission(settings.upstream_max_in_flight)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"upstream-slot-{self.index}")
@@ -282,7 +285,7 @@ class UpstreamSlot:
         if wait_ms is not None:
             raise EdgeError(
                 ErrorCode.OVERLOADED,
-                f"{self.sends.depth} messages wait for the agent service on this link; "
+                f"{self.sends.depth} messages wait for this agent replica at the edge; "
                 f"nothing was sent: send it again in {wait_ms} ms",
                 wait_ms,
             )
@@ -339,16 +342,23 @@ class UpstreamPool:
     def slots(self) -> list[UpstreamSlot]:
         return [slot for slots in self._by_address.values() for slot in slots]
 
+    @property
+    def messages_in_flight(self) -> int:
+        """chat:message commands sent to some replica, reply pending."""
+        return sum(slots[0].sends.depth for slots in self._by_address.values())
+
     def _add(self, found: list[tuple[str, str]]) -> None:
         for address, tls_name in found:
             if address in self._by_address:
                 continue
+            sends = Admission(self._settings.upstream_max_in_flight)
             slots = [
                 UpstreamSlot(
                     next(self._indexes),
                     self._settings,
                     address=address,
                     tls_name=tls_name,
+                    sends=sends,
                     **self._callbacks,  # type: ignore[arg-type]
                 )
                 for _ in range(self._settings.upstream_channels)

@@ -244,6 +244,36 @@ async def test_past_the_edges_bound_on_one_link_messages_are_refused_at_once(
         edge.stop()
 
 
+async def test_the_edges_bound_is_per_replica_whatever_its_channels_carry(
+    agent: ServiceProcess,
+) -> None:
+    """The bound holds for the replica over all its channels: with room for half the
+    messages, exactly half are sent and acked, however the sessions hash over the two
+    channels (one bound per channel let each carry up to the bound, and refused at
+    once on a channel that drew more than its share while the other had room)."""
+    bound = SESSIONS // 2
+    edge = start_edge(
+        agent.address, "--upstream-max-in-flight", str(bound), "--upstream-channels", "2"
+    )
+    try:
+        async with sockets(edge, SESSIONS) as opened:
+            with stopped(agent):
+                tasks = await send_all(opened, "m")
+                await until_in_flight(edge, bound)
+                pending = set(tasks)
+                while len(pending) > bound:  # the edge answers the rest on its own
+                    _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                assert await in_flight_at_edge(edge) == bound
+            answers = [await t for t in tasks]
+            await settle(opened)
+            counts = await check_truth(edge, opened, answers, "m")
+            assert counts == {"ack": bound, "overloaded": SESSIONS - bound}, counts
+            refused = [a for a in answers if a.get("code") == "overloaded"]
+            assert all("wait for this agent replica at the edge" in a["message"] for a in refused)
+    finally:
+        edge.stop()
+
+
 def test_the_edge_refuses_an_acceptance_window_longer_than_its_command_timeout() -> None:
     from ws_edge.config import EdgeSettings
 
