@@ -63,6 +63,7 @@ from bench.relay_client import (
     decode,
     encode,
     fill_history,
+    say_until_acked,
     start_process,
     start_relay,
 )
@@ -396,9 +397,14 @@ async def paced_relay(b: Bench, n: int) -> Metrics:
         watches.append(watch)
     meter = CpuMeter({"service": b.paced.service.pid, "edge": b.paced.edge.pid})
     meter.start()
+    refusals: list[str] = []
     start = time.perf_counter()
+    sends = []
     for sock, watch in zip(socks, watches, strict=True):
-        watch.message_id = await sock.say("paced")
+        watch.message_id = uuid.uuid4().hex
+        sends.append(
+            asyncio.create_task(say_until_acked(sock, "paced", watch.message_id, refusals))
+        )
     timeout = b.args.paced_s * 4 + 30
     try:
         await asyncio.wait_for(asyncio.gather(*(w.done.wait() for w in watches)), timeout)
@@ -406,6 +412,12 @@ async def paced_relay(b: Bench, n: int) -> Metrics:
         pass
     end = time.perf_counter()
     cpu = meter.stop()
+    for task in sends:
+        task.cancel()
+    await asyncio.gather(*sends, return_exceptions=True)
+    if refusals:
+        codes = ", ".join(f"{c} {refusals.count(c)}" for c in sorted(set(refusals)))
+        print(f"  paced {n}: messages refused before their acceptance: {codes}", flush=True)
     for sock, watch in zip(socks, watches, strict=True):
         sock.on_frame = None
         state.latencies_ms.extend(watch.latencies_ms)
@@ -413,7 +425,7 @@ async def paced_relay(b: Bench, n: int) -> Metrics:
         if watch.first_delta_at is not None:
             state.firsts.append(watch.first_delta_at)
     # the demo's reply has `words` deltas, the first of which quotes the message
-    return state.metrics(start, end, cpu, b.args.late_ms)
+    return {**state.metrics(start, end, cpu, b.args.late_ms), "resent": len(refusals)}
 
 
 async def paced_ws(b: Bench, n: int) -> Metrics:

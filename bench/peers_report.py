@@ -107,9 +107,11 @@ def report(results: Results, args: argparse.Namespace) -> list[list[str]]:
         rows.append(
             [
                 f"{head}: deltas dropped of {fmt(v.med(s, 'relay', 'expected'))}; "
-                f"frames later than {args.late_ms:g} ms; ramp s (all sessions streaming)",
+                f"frames later than {args.late_ms:g} ms; ramp s (all sessions streaming); "
+                "messages resent after a retryable refusal",
                 f"dropped {v.cell(s, 'relay', 'dropped')}; late {v.cell(s, 'relay', 'late_frames')}"
-                f" of {v.cell(s, 'relay', 'frames')}; ramp {v.cell(s, 'relay', 'ramp_s')}",
+                f" of {v.cell(s, 'relay', 'frames')}; ramp {v.cell(s, 'relay', 'ramp_s')}; "
+                f"resent {v.cell(s, 'relay', 'resent')}",
                 "; ".join(
                     f"{p} dropped {v.cell(s, p, 'dropped')}, late {v.cell(s, p, 'late_frames')}, "
                     f"ramp {v.cell(s, p, 'ramp_s')}"

@@ -344,6 +344,26 @@ class RunWatch:
             self.done.set()
 
 
+RETRYABLE = frozenset({"overloaded", "upstream_unavailable"})
+
+
+async def say_until_acked(
+    sock: RelaySocket, text: str, message_id: str, refusals: list[str]
+) -> None:
+    """Send a chat:message and, as both clients do, send it again with the same id once
+    each retryable refusal's `retry_after_ms` (at least 500 ms) has passed, until it is
+    acked or refused for good; the code of every refusal is appended to `refusals`."""
+    frame = {"type": "chat:message", "session_id": sock.session_id, "message_id": message_id}
+    while True:
+        answer = await sock.request({**frame, "text": text}, timeout_s=300)
+        if answer["type"] == "ack":
+            return
+        refusals.append(str(answer.get("code")))
+        if answer.get("code") not in RETRYABLE:
+            return
+        await asyncio.sleep(max(500, answer.get("retry_after_ms", 1000)) / 1000)
+
+
 async def fill_history(sock: RelaySocket, count: int, budget_s: float) -> int:
     """Put `count` messages (and their runs) behind the socket's session, 8 in flight at
     once, within about budget_s (fewer when it runs out); returns how many completed."""
