@@ -99,11 +99,14 @@ class Hub:
         self.upstream = UpstreamPool(
             settings, on_up=self._slot_up, on_down=self._slot_down, on_response=self._slot_response
         )
+        # a chunk of catch-up, or a live delta frame, is at most half a send queue
+        chunk = min(32_768, settings.send_queue_max_bytes // 2)
         self._room_settings = RoomSettings(  # one for all rooms
             batch_window_s=settings.batch_ms / 1000.0,
             grace_s=settings.room_grace_s,
             buffer_events=settings.room_buffer_events,
-            catch_up_bytes=min(32_768, settings.send_queue_max_bytes // 2),
+            catch_up_bytes=chunk,
+            batch_max_chars=chunk,
         )
         self._tasks: set[asyncio.Task[Any]] = set()
         self.draining = False

@@ -30,7 +30,9 @@ the other sockets skip what they already have.
 
 Deltas of one run and step are batched: the first after a quiet window goes out
 at once, later ones within `batch_window_s` of the last delta frame share one
-frame (`from_seq`..`seq`).
+frame (`from_seq`..`seq`), up to `batch_max_chars` of text: a backlog the service
+sends at once (a fast reply, or the events after a stall) goes out as frames of a
+bounded size, never as one frame larger than a socket's send queue may hold.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class RoomSettings:
     buffer_events: int  # recent events kept to replay a resuming socket
     max_linger_s: float = 900.0  # at most this long after the last socket left, open runs or not
     catch_up_bytes: int = 32_768  # about this much in a join's first chunk of catch-up
+    batch_max_chars: int = 32_768  # a live delta frame goes out once its text holds this much
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +227,7 @@ class _Batch:
     step: int
     parts: list[tuple[int, str]] = field(default_factory=list)
     time_unix_ms: int = 0
+    chars: int = 0
 
 
 class Room:
@@ -584,6 +588,9 @@ class Room:
                 batch = self._batch = _Batch(event.run_id, delta.step)
             batch.parts.append((event.seq, delta.text))
             batch.time_unix_ms = event.time_unix_ms
+            batch.chars += len(delta.text)
+            if batch.chars >= self._settings.batch_max_chars:
+                self._flush(now, effects)
             return
         self._flush(now, effects)
         targets = [

@@ -186,7 +186,7 @@ class UpstreamSlot:
         self.became_up = asyncio.Event()  # set while the stream is open
         self.responses = 0
         # messages awaiting a reply, on every slot of the replica
-        self.sends = sends or Admission(settings.upstream_max_in_flight)
+        self.sends = sends if sends is not None else Admission(settings.upstream_max_in_flight)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"upstream-slot-{self.index}")

@@ -219,6 +219,23 @@ def test_deltas_within_the_window_share_one_frame_and_the_first_is_not_delayed()
     assert (frame["from_seq"], frame["seq"], frame["text"]) == (3, 5, "lo world")
 
 
+def test_a_backlog_of_deltas_arriving_at_once_goes_out_in_frames_of_a_bounded_size():
+    """The service may send many events in one response (a fast reply, a stall's backlog):
+    a live delta frame goes once its text reaches batch_max_chars, and nothing is lost."""
+    room = make_room(batch_max_chars=10)
+    room.join("a", "j-a", 0, STREAM, now=0.0)
+    room.receive_joined(0, now=0.0)
+    room.receive_events([delta(1, "x")], now=1.0)  # the first goes at once
+    effects = room.receive_events([delta(seq, "abcd") for seq in range(2, 10)], now=1.001)
+    effects += room.receive_flush_due(now=1.006)
+    frames = frames_for(effects, "a")
+    assert [(f["from_seq"], f["seq"], f["text"]) for f in frames] == [
+        (2, 4, "abcd" * 3),
+        (5, 7, "abcd" * 3),
+        (8, 9, "abcd" * 2),
+    ]
+
+
 def test_a_non_delta_event_flushes_pending_deltas_first_so_order_holds():
     room = live_room("a")
     room.receive_events([delta(1, "a")], now=1.0)
