@@ -156,10 +156,15 @@ class Connection:
     # -- out -------------------------------------------------------------------------------
 
     def send(
-        self, frame: OutFrame, delta: DeltaInfo | None = None, session_id: str | None = None
+        self,
+        frame: OutFrame,
+        delta: DeltaInfo | None = None,
+        session_id: str | None = None,
+        pass_id: int = 0,
     ) -> None:
         """Queue one frame. A queue past its bound (counting what the transport still holds)
-        closes the socket with 1013. A frame of a session (`session_id`) is dropped once the
+        closes the socket with 1013; the frames of one `pass_id` are judged as one
+        (ws_edge/send_queue.py). A frame of a session (`session_id`) is dropped once the
         token has expired."""
         if self.closing:
             return
@@ -180,7 +185,7 @@ class Connection:
                 coalesce_after_frames=settings.send_queue_coalesce_frames,
                 wire=self.wire,
             )
-        if not queue.push(frame, delta, session_id, held_bytes=held):
+        if not queue.push(frame, delta, session_id, held_bytes=held, pass_id=pass_id):
             log.warning(
                 "socket %s: send queue over its bound (%d frames, %d bytes, %d in the transport):"
                 " closing 1013",

@@ -109,6 +109,7 @@ class Hub:
             batch_max_chars=chunk,
         )
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._passes = 0  # _apply calls so far: each one's id
         self.draining = False
         self.all_closed = asyncio.Event()  # set while no socket is open
         self.all_closed.set()
@@ -207,13 +208,16 @@ class Hub:
             self._apply(room, room.leave(conn.socket_id, self.clock()))
 
     def _apply(self, room: Room, effects: list[Effect]) -> None:
-        """Carry out a room's effects, in order."""
+        """Carry out a room's effects, in order. The frames they give one socket are one
+        pass: its send queue admits them as one (ws_edge/send_queue.py)."""
+        self._passes += 1
+        pass_id = self._passes
         for effect in effects:
             if isinstance(effect, Deliver):
                 for socket_id in effect.socket_ids:
                     conn = self.connections.get(socket_id)
                     if conn is not None:
-                        conn.send(effect.data, effect.delta, room.session_id)
+                        conn.send(effect.data, effect.delta, room.session_id, pass_id)
             elif isinstance(effect, AckJoin):
                 conn = self.connections.get(effect.socket_id)
                 if conn is not None:

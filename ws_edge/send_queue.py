@@ -10,6 +10,14 @@ more than `max_bytes` before a push (so one large frame, such as a long
 False: the socket must be closed with 1013 and will resume by seq, so one slow
 consumer never holds back the room.
 
+The frames one pass of the edge gives a socket (`pass_id`: the frames a room made
+of one upstream response, which a live batch cuts at `batch_max_chars`) are
+admitted as one: each against the backlog before the first of them, as one large
+frame would be. The socket has had no chance to read any of them, so a fast
+reader is not closed for a backlog the service sent at once; and the frames past
+the first still wait here, not in the transport, so a reader that does stall
+gets no more than the bound (they are dropped with the queue at the close).
+
 The bound covers the bytes the socket's transport still holds, too (`held_bytes`,
 from `transport.get_write_buffer_size()`): a frame written to the transport has
 left the queue but not the process, and a peer that does not read must not get a
@@ -44,6 +52,8 @@ class SendQueue:
         "_last_of_session",
         "_max_bytes",
         "_max_frames",
+        "_pass_bytes",
+        "_pass_id",
         "_wire",
         "bytes",
         "coalesced",
@@ -67,6 +77,8 @@ class SendQueue:
         self._last_of_session: dict[str, QueuedFrame] | None = None
         self.bytes = 0
         self.coalesced = 0  # frames merged into earlier ones, for metrics and tests
+        self._pass_id = 0  # the pass the last push belonged to (0: none)
+        self._pass_bytes = 0  # what that pass has added to the queue
 
     def __len__(self) -> int:
         return len(self._frames) if self._frames is not None else 0
@@ -78,10 +90,18 @@ class SendQueue:
         session_id: str | None = None,
         *,
         held_bytes: int = 0,
+        pass_id: int = 0,
     ) -> bool:
         """Queue a frame. False: the queue (with the `held_bytes` its transport still holds)
-        is over its bound and the socket must close 1013."""
+        is over its bound and the socket must close 1013. Frames pushed with the same
+        nonzero `pass_id`, one after the other, are judged by the backlog before the first
+        of them."""
         session = delta.session_id if delta is not None else session_id
+        if pass_id and pass_id == self._pass_id:
+            earlier = self._pass_bytes
+        else:
+            self._pass_id, self._pass_bytes = pass_id, 0
+            earlier = 0
         frames = self._frames
         if frames is None:
             frames = self._frames = deque()
@@ -93,8 +113,10 @@ class SendQueue:
             if last is not None and last.delta is not None and last.delta.can_merge(delta):
                 merged = last.delta.merged(delta)
                 new_data = merged.encode().data(self._wire)
-                before = self.bytes + held_bytes
-                self.bytes += len(new_data) - len(last.data)
+                before = self.bytes + held_bytes - earlier
+                grown = len(new_data) - len(last.data)
+                self.bytes += grown
+                self._pass_bytes += grown
                 last.data, last.delta = new_data, merged
                 self.coalesced += 1
                 return before <= self._max_bytes
@@ -103,8 +125,9 @@ class SendQueue:
         frames.append(item)
         if session is not None:
             last_of_session[session] = item
-        before = self.bytes + held_bytes
+        before = self.bytes + held_bytes - earlier
         self.bytes += len(data)
+        self._pass_bytes += len(data)
         return before <= self._max_bytes and len(frames) <= self._max_frames
 
     def pop(self) -> bytes | None:
@@ -126,3 +149,4 @@ class SendQueue:
     def clear(self) -> None:
         self._frames = self._last_of_session = None
         self.bytes = 0
+        self._pass_id = self._pass_bytes = 0

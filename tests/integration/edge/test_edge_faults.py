@@ -71,17 +71,19 @@ async def test_resume_after_a_dropped_socket_is_gap_free_and_duplicate_free(slow
 
 
 async def test_a_slow_consumer_is_closed_1013_without_slowing_the_others(tmp_path: Path):
-    # A long reply as fast as the demo model goes (about 600 KB of text, twice what the
-    # kernel buffers hold), and a socket
-    # that stops reading: its kernel buffers fill, then its send queue, then it is closed.
+    # A long reply (about 1 MB of text, three times what the kernel buffers hold) at
+    # 40,000 words/s, and a socket that stops reading: its kernel buffers fill, then its
+    # send queue, then it is closed. The pace is the fast reader's margin: at full speed a
+    # loaded machine could pause the test's process longer than the bound lets a reader lag
+    # (CI once closed the fast socket too), and that is the slow-consumer policy working.
     agent = start_agent_service(
         tmp_path,
         "--demo-tokens-per-s",
-        "0",
+        "40000",
         "--demo-reply-words",
-        "90000",
+        "150000",
         "--retention-events",
-        "100000",
+        "200000",
     )
     edge = None
     try:

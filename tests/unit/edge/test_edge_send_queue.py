@@ -99,3 +99,31 @@ def test_a_coalesced_delta_counts_what_the_transport_holds_too():
     assert push(queue, delta(1, 1, "a"))
     merged = delta(2, 2, "b")
     assert not queue.push(merged.encode(), merged, held_bytes=5000)
+
+
+def test_the_frames_of_one_pass_are_admitted_as_one_large_frame_would_be():
+    # A room cuts one large upstream response into frames of a bounded size; the socket has
+    # read none of them when the next is pushed, so they are judged by the backlog before
+    # the first, and the bound closes it only if it is still behind at a later pass.
+    queue = SendQueue(max_bytes=100, max_frames=100, coalesce_after_frames=100)
+    assert all(queue.push(Raw(b"x" * 80), None, "s", pass_id=7) for _ in range(4))
+    assert not queue.push(Raw(b"y"), None, "s", pass_id=8)
+
+
+def test_a_pass_is_not_excused_what_was_queued_before_it():
+    queue = SendQueue(max_bytes=100, max_frames=100, coalesce_after_frames=100)
+    assert queue.push(Raw(b"x" * 150), None, "s", pass_id=1)
+    assert queue.pop() is not None  # written: the socket keeps up
+    assert queue.push(Raw(b"x" * 150), None, "s", pass_id=2)
+    assert not queue.push(Raw(b"x"), None, "s", pass_id=3)  # 150 still queued from pass 2
+    assert not queue.push(Raw(b"x"), None, "s")  # a frame of no pass (a reply) likewise
+
+
+def test_the_frames_of_one_pass_still_count_what_the_transport_holds():
+    queue = SendQueue(max_bytes=100, max_frames=100, coalesce_after_frames=1)
+    assert not queue.push(Raw(b"x" * 10), None, "s", held_bytes=101, pass_id=1)
+    fresh = SendQueue(max_bytes=100, max_frames=100, coalesce_after_frames=1)
+    assert fresh.push(delta(1, 1, "a" * 80).encode(), delta(1, 1, "a" * 80), pass_id=2)
+    merged = delta(2, 2, "b" * 80)  # merged into the first: same pass, judged with it
+    assert fresh.push(merged.encode(), merged, held_bytes=10, pass_id=2)
+    assert not fresh.push(merged.encode(), merged, held_bytes=10, pass_id=3)
