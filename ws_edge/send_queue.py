@@ -137,6 +137,7 @@ class SendQueue:
             return None
         item = frames.popleft()
         self.bytes -= len(item.data)
+        self._pass_id = 0  # what a pass excuses must still be queued: the next push starts one
         if not frames:  # every queued frame is out: nothing is the last of its session
             self._frames = self._last_of_session = None
         elif item.session_id is not None:

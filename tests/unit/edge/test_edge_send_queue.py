@@ -127,3 +127,11 @@ def test_the_frames_of_one_pass_still_count_what_the_transport_holds():
     merged = delta(2, 2, "b" * 80)  # merged into the first: same pass, judged with it
     assert fresh.push(merged.encode(), merged, held_bytes=10, pass_id=2)
     assert not fresh.push(merged.encode(), merged, held_bytes=10, pass_id=3)
+
+
+def test_a_frame_written_mid_pass_ends_what_the_pass_excuses():
+    queue = SendQueue(max_bytes=100, max_frames=100, coalesce_after_frames=100)
+    assert queue.push(Raw(b"x" * 150), None, "s", pass_id=4)
+    assert queue.push(Raw(b"x" * 150), None, "s", pass_id=4)
+    assert queue.pop() is not None  # written: the 150 left is a backlog like any other
+    assert not queue.push(Raw(b"x"), None, "s", pass_id=4)
