@@ -4,12 +4,14 @@ screen, pressing Ctrl-C and Ctrl-D; against the real edge and agent service."""
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import re
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import pexpect
 import pytest
@@ -173,6 +175,35 @@ def test_a_second_ctrl_c_quits_and_the_session_reopens_with_its_history(
         assert again.exitstatus == 0, again.before
     finally:
         again.close(force=True)
+
+
+async def test_a_ctrl_c_that_comes_as_the_reply_ends_counts_at_the_prompt() -> None:
+    # The test above once saw the chat sit at its prompt after the second Ctrl-C: the first
+    # one's cancel had landed, and the second came before the line editor had the terminal
+    # (a signal then, which only the reply's wait listened for). Here the editor waits for
+    # a line that never comes, and the interrupt is already pending, or comes while it waits.
+    from agent_relay_client.cli import ChatSession
+    from agent_relay_client.resilient import ResilientChat
+    from agent_relay_client.terminal import TerminalInput
+
+    class Editor:
+        given_back = 0
+
+        async def read_line(self, prompt: str) -> str | None:
+            try:
+                await asyncio.Event().wait()
+            finally:
+                self.given_back += 1
+            return None
+
+    editor = Editor()
+    chat = ChatSession(cast(ResilientChat, None), "s_test", io.StringIO())
+    chat.terminal = cast(TerminalInput, editor)
+    chat.interrupts.put_nowait(None)  # pressed as the reply ended
+    assert await asyncio.wait_for(chat._next_line(), scaled(5)) is None
+    asyncio.get_running_loop().call_later(0.05, chat.interrupts.put_nowait, None)
+    assert await asyncio.wait_for(chat._next_line(), scaled(5)) is None
+    assert editor.given_back == 2  # each time the editor let go of the terminal first
 
 
 @pytest.mark.parametrize("transport", ["edge", "grpc"])

@@ -30,7 +30,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from pathlib import Path
 from typing import TextIO, cast
 
@@ -398,16 +398,26 @@ class ChatSession:
             pump.cancel()
 
     async def _next_line(self) -> str | None:
-        """The next typed line; None for Ctrl-D or Ctrl-C at the prompt."""
+        """The next typed line; None for Ctrl-D or Ctrl-C at the prompt.
+
+        A Ctrl-C that came as the reply ended (between the reply's wait and the line
+        editor taking the terminal, where it is a signal or a key of the reply's, not the
+        editor's) waits in `interrupts`: it counts as pressed at the prompt, so a second
+        Ctrl-C quits whenever the first one's cancel landed."""
         if self.terminal is not None:
-            return await self.terminal.read_line(USER)
-        self.out.write(USER)
-        self.out.flush()
-        line_task = asyncio.ensure_future(self.inputs.get())
+            read: Awaitable[str | None] = self.terminal.read_line(USER)
+        else:
+            self.out.write(USER)
+            self.out.flush()
+            read = self.inputs.get()
+        line_task = asyncio.ensure_future(read)
         interrupt = asyncio.ensure_future(self.interrupts.get())
         done, _ = await asyncio.wait({line_task, interrupt}, return_when="FIRST_COMPLETED")
-        line_task.cancel()
         interrupt.cancel()
+        if line_task not in done:
+            line_task.cancel()  # the editor gives the terminal back before anything is printed
+            with contextlib.suppress(asyncio.CancelledError):
+                await line_task
         if interrupt in done:
             return None
         return line_task.result() if line_task in done else None
