@@ -52,7 +52,7 @@ class SendQueue:
         "_last_of_session",
         "_max_bytes",
         "_max_frames",
-        "_pass_bytes",
+        "_pass_backlog",
         "_pass_id",
         "_wire",
         "bytes",
@@ -78,7 +78,7 @@ class SendQueue:
         self.bytes = 0
         self.coalesced = 0  # frames merged into earlier ones, for metrics and tests
         self._pass_id = 0  # the pass the last push belonged to (0: none)
-        self._pass_bytes = 0  # what that pass has added to the queue
+        self._pass_backlog = 0  # the backlog (queue and transport) before that pass's first
 
     def __len__(self) -> int:
         return len(self._frames) if self._frames is not None else 0
@@ -97,11 +97,9 @@ class SendQueue:
         nonzero `pass_id`, one after the other, are judged by the backlog before the first
         of them."""
         session = delta.session_id if delta is not None else session_id
-        if pass_id and pass_id == self._pass_id:
-            earlier = self._pass_bytes
-        else:
-            self._pass_id, self._pass_bytes = pass_id, 0
-            earlier = 0
+        if not pass_id or pass_id != self._pass_id:
+            self._pass_id, self._pass_backlog = pass_id, self.bytes + held_bytes
+        before = self._pass_backlog
         frames = self._frames
         if frames is None:
             frames = self._frames = deque()
@@ -113,10 +111,7 @@ class SendQueue:
             if last is not None and last.delta is not None and last.delta.can_merge(delta):
                 merged = last.delta.merged(delta)
                 new_data = merged.encode().data(self._wire)
-                before = self.bytes + held_bytes - earlier
-                grown = len(new_data) - len(last.data)
-                self.bytes += grown
-                self._pass_bytes += grown
+                self.bytes += len(new_data) - len(last.data)
                 last.data, last.delta = new_data, merged
                 self.coalesced += 1
                 return before <= self._max_bytes
@@ -125,9 +120,7 @@ class SendQueue:
         frames.append(item)
         if session is not None:
             last_of_session[session] = item
-        before = self.bytes + held_bytes - earlier
         self.bytes += len(data)
-        self._pass_bytes += len(data)
         return before <= self._max_bytes and len(frames) <= self._max_frames
 
     def pop(self) -> bytes | None:
@@ -137,7 +130,7 @@ class SendQueue:
             return None
         item = frames.popleft()
         self.bytes -= len(item.data)
-        self._pass_id = 0  # what a pass excuses must still be queued: the next push starts one
+        self._pass_id = 0  # a write ends the pass: the next push measures the backlog anew
         if not frames:  # every queued frame is out: nothing is the last of its session
             self._frames = self._last_of_session = None
         elif item.session_id is not None:
@@ -150,4 +143,4 @@ class SendQueue:
     def clear(self) -> None:
         self._frames = self._last_of_session = None
         self.bytes = 0
-        self._pass_id = self._pass_bytes = 0
+        self._pass_id = self._pass_backlog = 0
