@@ -24,6 +24,7 @@ from tests.integration.telemetry.processes import start_traced_service
 from tests.integration.telemetry.prometheus import Samples, value
 from tests.integration.telemetry.prometheus import scrape as scrape_url
 from tests.support.chat import ChatClient, joined_session
+from tests.support.service import ServiceProcess
 from tests.support.timing import scaled
 
 SPAN_KIND_SERVER = 2
@@ -39,6 +40,19 @@ def new_traceparent() -> tuple[str, str, str]:
 
 def scrape(address: str) -> Samples:
     return scrape_url(f"http://{address}/metrics")
+
+
+async def run_log_lines(service: ServiceProcess, run_id: str) -> list[dict]:
+    """The service's JSON log lines about a run, once there is one: the line that says the
+    run ended is written after the client has seen its end, and read from the process's
+    output by a thread."""
+    deadline = time.monotonic() + scaled(10)
+    while True:
+        lines = [json.loads(line) for line in service.output if line.startswith("{")]
+        about = [e for e in lines if e.get("run_id") == run_id]
+        if about or time.monotonic() > deadline:
+            return about
+        await asyncio.sleep(0.02)
 
 
 async def run_message(address: str, text: str, trace_context: dict[str, str]) -> str:
@@ -131,8 +145,7 @@ async def test_one_trace_from_the_client_span_down_to_each_tool_call(
         assert not [s for s in receiver_grpc.store.spans if "Health" in s.name]
 
         # the service's JSON log line about the run carries the run span's ids
-        lines = [json.loads(line) for line in service.output if line.startswith("{")]
-        (ended,) = [e for e in lines if e.get("run_id") == run_id]
+        (ended,) = await run_log_lines(service, run_id)
         assert ended["message"] == f"run {run_id} ended: stop" and ended["level"] == "INFO"
         assert (ended["trace_id"], ended["span_id"]) == (trace_id, run.span_id)
 
@@ -223,8 +236,7 @@ async def test_with_nothing_set_nothing_is_exported_and_metrics_still_count(
         traceparent, trace_id, client_span = new_traceparent()
         run_id = await run_message(service.address, "calc 2 + 2", {"traceparent": traceparent})
         # with tracing off the log line still names the client's trace
-        lines = [json.loads(line) for line in service.output if line.startswith("{")]
-        (ended,) = [e for e in lines if e.get("run_id") == run_id]
+        (ended,) = await run_log_lines(service, run_id)
         assert (ended["trace_id"], ended["span_id"]) == (trace_id, client_span)
         samples = scrape(metrics_at)
         assert value(samples, "agent_relay_runs_total", outcome="stop") == 1
