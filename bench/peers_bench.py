@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import resource
 import sys
@@ -42,6 +43,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import grpc
@@ -171,25 +173,47 @@ async def gather_limited(
 
 
 @dataclass
-class Bench:
-    args: argparse.Namespace
-    http: aiohttp.ClientSession
+class Relay:
+    """agent-relay on one backend: its pairs, set for the scenarios' demo speeds, and the
+    sockets each scenario keeps open on them. `name` is its system in the results."""
+
+    name: str
     fast: RelayPair  # full demo speed, 1-word replies: round trips and bursts
     stream: RelayPair  # full demo speed, --full-words replies: full speed and fan-out
     paced: RelayPair  # --paced-rate words/s, paced_words replies
+    history_sock: RelaySocket | None = None
+    history_messages: int = 0
+    paced_socks: list[RelaySocket] = field(default_factory=list)
+    full_socks: list[RelaySocket] = field(default_factory=list)
+    burst_socks: list[RelaySocket] = field(default_factory=list)
+
+    @property
+    def pairs(self) -> tuple[RelayPair, ...]:
+        return (self.fast, self.stream, self.paced)
+
+    async def close_socks(self) -> None:
+        extra = [self.history_sock] if self.history_sock is not None else []
+        for sock in [*self.paced_socks, *self.full_socks, *self.burst_socks, *extra]:
+            await sock.close()
+
+
+@dataclass
+class Bench:
+    args: argparse.Namespace
+    http: aiohttp.ClientSession
+    relays: list[Relay]  # the durable default (SQLite) first, then the scale-out backends
     ws: Proc
     sio: Proc
     grpc: Proc
     channel: grpc.aio.Channel
     fresh_index: int = 0
-    history_sock: RelaySocket | None = None
-    history_messages: int = 0
-    paced_socks: list[RelaySocket] = field(default_factory=list)
-    full_socks: list[RelaySocket] = field(default_factory=list)
     fan_socks: list[RelaySocket] = field(default_factory=list)
-    burst_socks: list[RelaySocket] = field(default_factory=list)
     peer_socks: list[PeerSocket] = field(default_factory=list)
     sio_clients: list[SioClient] = field(default_factory=list)
+
+    @property
+    def sqlite(self) -> Relay:
+        return self.relays[0]
 
     @property
     def ws_url(self) -> str:
@@ -240,11 +264,11 @@ def latency_metrics(values_ms: list[float], prefix: str = "") -> Metrics:
 
 
 async def relay_round_trips(
-    b: Bench, sock: RelaySocket, count: int
+    pair: RelayPair, sock: RelaySocket, count: int
 ) -> tuple[list[float], dict[str, float]]:
     """`count` messages one after another: seconds to each one's first delta (each run
     ends before the next message goes), and the processes' CPU over them."""
-    meter = CpuMeter({"service": b.fast.service.pid, "edge": b.fast.edge.pid})
+    meter = CpuMeter({"service": pair.service.pid, "edge": pair.edge.pid})
     meter.start()
     out: list[float] = []
     for _ in range(count):
@@ -259,29 +283,29 @@ async def relay_round_trips(
     return out, meter.stop()
 
 
-async def rtt_relay_fresh(b: Bench) -> Metrics:
-    sock = (await b.relay_socks(b.fast, 1))[0]
-    values, cpu = await relay_round_trips(b, sock, b.args.rtt_count)
+async def rtt_relay_fresh(b: Bench, relay: Relay) -> Metrics:
+    sock = (await b.relay_socks(relay.fast, 1))[0]
+    values, cpu = await relay_round_trips(relay.fast, sock, b.args.rtt_count)
     await sock.close()
     return {**latency_metrics([v * 1e3 for v in values]), **per(cpu, len(values), 1e3, "cpu_ms")}
 
 
-async def rtt_relay_history(b: Bench) -> Metrics:
-    assert b.history_sock is not None
-    values, cpu = await relay_round_trips(b, b.history_sock, b.args.rtt_count)
-    b.history_messages += len(values)
+async def rtt_relay_history(b: Bench, relay: Relay) -> Metrics:
+    assert relay.history_sock is not None
+    values, cpu = await relay_round_trips(relay.fast, relay.history_sock, b.args.rtt_count)
+    relay.history_messages += len(values)
     return {
         **latency_metrics([v * 1e3 for v in values]),
         **per(cpu, len(values), 1e3, "cpu_ms"),
-        "history_messages": b.history_messages - len(values),
+        "history_messages": relay.history_messages - len(values),
     }
 
 
-async def build_history(b: Bench, count: int, budget_s: float) -> None:
+async def build_history(b: Bench, relay: Relay, count: int, budget_s: float) -> None:
     """One session with `count` messages (and their runs) behind it, a few in flight at once."""
-    sock = (await b.relay_socks(b.fast, 1))[0]
-    b.history_messages = await fill_history(sock, count, budget_s)
-    b.history_sock = sock
+    sock = (await b.relay_socks(relay.fast, 1))[0]
+    relay.history_messages = await fill_history(sock, count, budget_s)
+    relay.history_sock = sock
 
 
 async def rtt_ws(b: Bench) -> Metrics:
@@ -386,16 +410,16 @@ def paced_words(args: argparse.Namespace) -> int:
     return max(1, round(args.paced_rate * args.paced_s))
 
 
-async def paced_relay(b: Bench, n: int) -> Metrics:
+async def paced_relay(b: Bench, relay: Relay, n: int) -> Metrics:
     words = paced_words(b.args)
-    socks = b.paced_socks[:n]
+    socks = relay.paced_socks[:n]
     state = Paced(n, n * words)
     watches = []
     for sock in socks:
         watch = RunWatch()
         sock.on_frame = watch
         watches.append(watch)
-    meter = CpuMeter({"service": b.paced.service.pid, "edge": b.paced.edge.pid})
+    meter = CpuMeter({"service": relay.paced.service.pid, "edge": relay.paced.edge.pid})
     meter.start()
     refusals: list[str] = []
     start = time.perf_counter()
@@ -551,14 +575,14 @@ async def paced_grpc(b: Bench, n: int) -> Metrics:
 # ---------------------------------------------------------------- full speed
 
 
-async def full_relay(b: Bench, socks: list[RelaySocket] | None = None) -> Metrics:
-    socks = b.full_socks if socks is None else socks
+async def full_relay(b: Bench, relay: Relay, socks: list[RelaySocket] | None = None) -> Metrics:
+    socks = relay.full_socks if socks is None else socks
     watches = []
     for sock in socks:
         watch = RunWatch()
         sock.on_frame = watch
         watches.append(watch)
-    meter = CpuMeter({"service": b.stream.service.pid, "edge": b.stream.edge.pid})
+    meter = CpuMeter({"service": relay.stream.service.pid, "edge": relay.stream.edge.pid})
     meter.start()
     start = time.perf_counter()
     for sock, watch in zip(socks, watches, strict=True):
@@ -685,7 +709,8 @@ async def fan_relay(b: Bench, socks: list[RelaySocket] | None = None) -> Metrics
         watch = RunWatch(message_id)
         sock.on_frame = watch
         watches.append(watch)
-    meter = CpuMeter({"service": b.stream.service.pid, "edge": b.stream.edge.pid})
+    stream = b.sqlite.stream
+    meter = CpuMeter({"service": stream.service.pid, "edge": stream.edge.pid})
     meter.start()
     start = time.perf_counter()
     await socks[0].say("fanout", message_id)
@@ -883,8 +908,8 @@ async def overload_relay(b: Bench, tmp: Path) -> Metrics:
 # ---------------------------------------------------------------- burst
 
 
-async def burst_relay(b: Bench) -> Metrics:
-    socks = b.burst_socks
+async def burst_relay(b: Bench, relay: Relay) -> Metrics:
+    socks = relay.burst_socks
     watches = []
     for sock in socks:
         watch = RunWatch()
@@ -1021,7 +1046,7 @@ async def idle_sio(b: Bench, idle: Idle, step: int) -> Metrics:
 
 async def wire_rounds(b: Bench, results: Results, deadline: float) -> None:
     """Full speed and fan-out on the `stream` edge, JSON sockets beside proto sockets."""
-    stream, n, fan = b.stream, b.args.full_sessions, b.args.fanout_sockets
+    stream, n, fan = b.sqlite.stream, b.args.full_sessions, b.args.fanout_sockets
     socks: dict[str, list[RelaySocket]] = {}
     fans: dict[str, list[RelaySocket]] = {}
     for wire in ("json", "proto"):
@@ -1037,7 +1062,7 @@ async def wire_rounds(b: Bench, results: Results, deadline: float) -> None:
         b,
         results,
         "wire-full",
-        {w: lambda w=w: full_relay(b, socks[w]) for w in socks},
+        {w: lambda w=w: full_relay(b, b.sqlite, socks[w]) for w in socks},
         deadline,
     )
     await run_rounds(
@@ -1052,6 +1077,55 @@ async def wire_rounds(b: Bench, results: Results, deadline: float) -> None:
 
 
 # ---------------------------------------------------------------- orchestration
+
+
+SYSTEMS = {"sqlite": "relay", "redis": "relay redis"}  # backend -> its system in the results
+
+
+def scale_out_missing() -> list[tuple[str, str]]:
+    """The scale-out backends (the tests' PostgreSQL and Redis) that do not answer."""
+    from tests.support.backends import POSTGRES_URL, REDIS_URL, answers
+
+    out = []
+    for name, url in (("PostgreSQL", POSTGRES_URL), ("Redis", REDIS_URL)):
+        where = urlsplit(url)
+        if not answers(where.hostname or "127.0.0.1", where.port or 0):
+            out.append((name, f"{where.hostname}:{where.port}"))
+    return out
+
+
+async def start_backend(
+    args: argparse.Namespace,
+    tmp: Path,
+    backend: str,
+    gc_args: tuple[str, ...],
+    stack: contextlib.AsyncExitStack,
+) -> Relay:
+    """agent-relay's three pairs on `backend`: "sqlite", the durable default (a SQLite file
+    each), or "redis", the scale-out backends (a fresh PostgreSQL database as the store
+    and a fresh Redis key prefix as the log each, one replica; `stack` drops them)."""
+    from tests.support.backends import postgres_database, redis_prefix
+
+    pairs = []
+    try:
+        for role, rate, words in (
+            ("fast", 0.0, 1),
+            ("stream", 0.0, args.full_words),
+            ("paced", args.paced_rate, paced_words(args)),
+        ):
+            flags: tuple[str, ...] = ()
+            if backend == "redis":
+                store_url = await stack.enter_async_context(postgres_database())
+                redis_url, prefix = await stack.enter_async_context(redis_prefix())
+                flags = ("--store-url", store_url, "--log-url", f"{redis_url}?prefix={prefix}")
+            name = role if backend == "sqlite" else f"{role}-{backend}"
+            pairs.append(start_relay(tmp, name, rate, words, gc_args, flags))
+    except BaseException:
+        for pair in pairs:
+            pair.stop()
+        raise
+    fast, stream, paced = pairs
+    return Relay(SYSTEMS[backend], fast, stream, paced)
 
 
 async def run_rounds(
@@ -1088,13 +1162,18 @@ async def measure(args: argparse.Namespace, tmp: Path) -> tuple[Results, dict[st
     procs: list[Any] = []
     results: Results = {}
     info: dict[str, Any] = {}
+    backends = contextlib.AsyncExitStack()
     try:
-        fast = start_relay(tmp, "fast", 0, 1, gc_args)
-        procs.append(fast)
-        stream = start_relay(tmp, "stream", 0, args.full_words, gc_args)
-        procs.append(stream)
-        paced = start_relay(tmp, "paced", args.paced_rate, paced_words(args), gc_args)
-        procs.append(paced)
+        relays = [await start_backend(args, tmp, "sqlite", gc_args, backends)]
+        procs += relays[0].pairs
+        if "redis" in args.backends:
+            missing = [f"{name} on {where}" for name, where in scale_out_missing()]
+            if missing:
+                print(f"  no PostgreSQL + Redis rows: {', '.join(missing)} does not answer")
+                info["scale_out_missing"] = missing
+            else:
+                relays.append(await start_backend(args, tmp, "redis", gc_args, backends))
+                procs += relays[-1].pairs
         ws = start_process(
             "peer_ws", [py, str(REPO / "bench/peer_ws_server.py")], "peer_ws listening on"
         )
@@ -1112,22 +1191,31 @@ async def measure(args: argparse.Namespace, tmp: Path) -> tuple[Results, dict[st
             aiohttp.ClientSession(connector=connector) as http,
             grpc.aio.insecure_channel(grpc_peer.address) as channel,
         ):
-            b = Bench(args, http, fast, stream, paced, ws, sio, grpc_peer, channel)
+            b = Bench(args, http, relays, ws, sio, grpc_peer, channel)
+            stream = b.sqlite.stream
             if "rtt" in args.scenarios:
-                t0 = time.monotonic()
-                await build_history(b, args.history, args.history_budget_s)
-                info["history_build_s"] = time.monotonic() - t0
-                print(
-                    f"  history: {b.history_messages} messages in {info['history_build_s']:.1f} s",
-                    flush=True,
-                )
+                for relay in relays:
+                    t0 = time.monotonic()
+                    await build_history(b, relay, args.history, args.history_budget_s)
+                    seconds = info[f"history_build_s {relay.name}"] = time.monotonic() - t0
+                    print(
+                        f"  history ({relay.name}): {relay.history_messages} messages in "
+                        f"{seconds:.1f} s",
+                        flush=True,
+                    )
                 await run_rounds(
                     b,
                     results,
                     "rtt",
                     {
-                        "relay fresh": lambda: rtt_relay_fresh(b),
-                        "relay history": lambda: rtt_relay_history(b),
+                        **{
+                            f"{r.name} {kind}": lambda r=r, f=f: f(b, r)
+                            for r in relays
+                            for kind, f in (
+                                ("fresh", rtt_relay_fresh),
+                                ("history", rtt_relay_history),
+                            )
+                        },
                         "aiohttp ws": lambda: rtt_ws(b),
                         "grpc unary": lambda: rtt_grpc_unary(b),
                         "grpc bidi": lambda: rtt_grpc_bidi(b),
@@ -1136,28 +1224,29 @@ async def measure(args: argparse.Namespace, tmp: Path) -> tuple[Results, dict[st
                     deadline,
                 )
             if "burst" in args.scenarios:
-                b.burst_socks = await b.relay_socks(fast, args.burst_sessions)
+                for relay in relays:
+                    relay.burst_socks = await b.relay_socks(relay.fast, args.burst_sessions)
                 await run_rounds(
                     b,
                     results,
                     "burst",
                     {
-                        "relay": lambda: burst_relay(b),
+                        **{r.name: lambda r=r: burst_relay(b, r) for r in relays},
                         "aiohttp ws": lambda: burst_ws(b),
                         "grpc bidi": lambda: burst_grpc(b),
                         "socketio": lambda: burst_sio(b),
                     },
                     deadline,
                 )
-            if "full" in args.scenarios or "fanout" in args.scenarios:
-                b.full_socks = await b.relay_socks(stream, args.full_sessions)
             if "full" in args.scenarios:
+                for relay in relays:
+                    relay.full_socks = await b.relay_socks(relay.stream, args.full_sessions)
                 await run_rounds(
                     b,
                     results,
                     "full",
                     {
-                        "relay": lambda: full_relay(b),
+                        **{r.name: lambda r=r: full_relay(b, r) for r in relays},
                         "aiohttp ws": lambda: full_ws(b),
                         "socketio": lambda: full_sio(b),
                         "grpc bidi": lambda: full_grpc(b),
@@ -1192,14 +1281,15 @@ async def measure(args: argparse.Namespace, tmp: Path) -> tuple[Results, dict[st
             if "wire" in args.scenarios:
                 await wire_rounds(b, results, deadline)
             if "paced" in args.scenarios:
-                b.paced_socks = await b.relay_socks(paced, max(args.paced_n))
+                for relay in relays:
+                    relay.paced_socks = await b.relay_socks(relay.paced, max(args.paced_n))
                 for n in args.paced_n:
                     await run_rounds(
                         b,
                         results,
                         f"paced-{n}",
                         {
-                            "relay": lambda n=n: paced_relay(b, n),
+                            **{r.name: lambda r=r, n=n: paced_relay(b, r, n) for r in relays},
                             "aiohttp ws": lambda n=n: paced_ws(b, n),
                             "grpc bidi": lambda n=n: paced_grpc(b, n),
                             "socketio": lambda n=n: paced_sio(b, n),
@@ -1219,15 +1309,16 @@ async def measure(args: argparse.Namespace, tmp: Path) -> tuple[Results, dict[st
                     )
                 finally:
                     args.rounds = rounds
-            for sock in [*b.paced_socks, *b.full_socks, *b.burst_socks, *b.peer_socks]:
-                await sock.close()
-            if b.history_sock is not None:
-                await b.history_sock.close()
+            for relay in relays:
+                await relay.close_socks()
+            for peer in b.peer_socks:
+                await peer.close()
             for client in b.sio_clients:
                 await client.close()
             if "idle" in args.scenarios:
-                for pair in (fast, stream, paced):
-                    pair.stop()
+                for relay in relays:
+                    for pair in relay.pairs:
+                        pair.stop()
                 idle = Idle(
                     start_relay(tmp, "idle", 0, 1, gc_args),
                     start_process(
@@ -1261,6 +1352,7 @@ async def measure(args: argparse.Namespace, tmp: Path) -> tuple[Results, dict[st
     finally:
         for proc in reversed(procs):
             proc.stop()
+        await backends.aclose()  # the databases and key prefixes, once their services are gone
     info["seconds"] = time.monotonic() - started
     return results, info
 
@@ -1277,6 +1369,12 @@ def main() -> int:
         "--budget-s", type=float, default=480.0, help="no new round starts after this"
     )
     parser.add_argument("--scenarios", default="rtt,burst,full,fanout,wire,paced,overload,idle")
+    parser.add_argument(
+        "--backends", default="sqlite,redis",
+        help="agent-relay's backends: sqlite, the durable default; redis, also the scale-out "
+        "backends (PostgreSQL store, Redis Streams log) in the round trip, burst, full speed "
+        "and paced scenarios, when both answer",
+    )  # fmt: skip
     parser.add_argument("--rtt-count", type=int, default=100, help="messages per round trip round")
     parser.add_argument(
         "--history", type=int, default=1000, help="messages behind the history session"
@@ -1318,6 +1416,7 @@ def main() -> int:
         args.budget_s = max(args.budget_s, 1200.0)
     args.paced_n = [int(x) for x in str(args.paced_n).split(",") if x]
     args.scenarios = set(str(args.scenarios).split(","))
+    args.backends = set(str(args.backends).split(","))
     with tempfile.TemporaryDirectory() as tmp:
         results, info = asyncio.run(measure(args, Path(tmp)))
     rows = report(results, args)

@@ -10,6 +10,9 @@ Metrics = dict[str, float]
 Results = dict[str, dict[str, list[Metrics]]]  # scenario -> system -> one Metrics per round
 
 WS, UNARY, BIDI, SIO = "aiohttp ws", "grpc unary", "grpc bidi", "socketio"
+# agent-relay's systems in the results: the durable default (one SQLite file), then the
+# scale-out backends (PostgreSQL store, Redis Streams log, one replica) where measured
+RELAYS = (("relay", ""), ("relay redis", ", PostgreSQL + Redis"))
 
 
 def agg(runs: list[Metrics], key: str) -> tuple[float, float, float]:
@@ -42,6 +45,15 @@ class View:
     def runs(self, scenario: str, system: str) -> list[Metrics]:
         return self.r.get(scenario, {}).get(system, [])
 
+    def relays(self, scenario: str, suffix: str = "") -> list[tuple[str, str]]:
+        """(system, label) of each agent-relay backend measured in `scenario`; `suffix`
+        is the system's name after the backend's (rtt: "fresh", "history")."""
+        return [
+            (system, label)
+            for system, label in RELAYS
+            if self.runs(scenario, f"{system} {suffix}".strip())
+        ]
+
     def med(self, scenario: str, system: str, key: str) -> float:
         return agg(self.runs(scenario, system), key)[0]
 
@@ -63,90 +75,92 @@ def report(results: Results, args: argparse.Namespace) -> list[list[str]]:
     v = View(results)
     rows: list[list[str]] = []
     if "rtt" in results:
-        hist = fmt(v.med("rtt", "relay history", "history_messages"))
         peers = "; ".join(f"{p} {v.lat('rtt', p)}" for p in (WS, UNARY, BIDI, SIO))
-        rows.append(
-            [
-                "message -> first delta, fresh session: p50 / p99 ms",
-                v.lat("rtt", "relay fresh"),
-                peers,
-            ]
-        )
-        rows.append(
-            [
-                f"the same on a session with {hist}+ messages of history",
-                v.lat("rtt", "relay history"),
-                "-",
-            ]
-        )
         peer_cpu = "; ".join(
             f"{p} {v.cell('rtt', p, 'cpu_ms_server')}" for p in (WS, UNARY, BIDI, SIO)
         )
-        for system, label in (("relay fresh", "fresh"), ("relay history", "with history")):
+        for relay, on in v.relays("rtt", "fresh"):
+            fresh, history = f"{relay} fresh", f"{relay} history"
+            hist = fmt(v.med("rtt", history, "history_messages"))
             rows.append(
                 [
-                    f"CPU ms per message, {label}",
-                    f"service {v.cell('rtt', system, 'cpu_ms_service')}, "
-                    f"edge {v.cell('rtt', system, 'cpu_ms_edge')}",
-                    f"server: {peer_cpu}" if label == "fresh" else "-",
+                    f"message -> first delta, fresh session{on}: p50 / p99 ms",
+                    v.lat("rtt", fresh),
+                    peers if not on else "-",
                 ]
             )
+            rows.append(
+                [
+                    f"the same on a session with {hist}+ messages of history{on}",
+                    v.lat("rtt", history),
+                    "-",
+                ]
+            )
+            for system, label in ((fresh, "fresh"), (history, "with history")):
+                rows.append(
+                    [
+                        f"CPU ms per message, {label}{on}",
+                        f"service {v.cell('rtt', system, 'cpu_ms_service')}, "
+                        f"edge {v.cell('rtt', system, 'cpu_ms_edge')}",
+                        f"server: {peer_cpu}" if system == "relay fresh" else "-",
+                    ]
+                )
     for n in args.paced_n:
         s = f"paced-{n}"
-        if s not in results:
-            continue
-        head = f"{n} sessions x {args.paced_rate:g} words/s ({args.paced_s:g} s)"
-        keys = ("p50_ms", "p99_ms", "max_ms")
+        for relay, on in v.relays(s):
+            shown = (WS, BIDI, SIO) if not on else ()
+            head = f"{n} sessions x {args.paced_rate:g} words/s ({args.paced_s:g} s){on}"
+            keys = ("p50_ms", "p99_ms", "max_ms")
+            rows.append(
+                [
+                    f"{head}: delta latency p50 / p99 / max ms",
+                    v.lat(s, relay, keys),
+                    "; ".join(f"{p} {v.lat(s, p, keys)}" for p in shown) or "-",
+                ]
+            )
+            rows.append(
+                [
+                    f"{head}: deltas dropped of {fmt(v.med(s, relay, 'expected'))}; "
+                    f"frames later than {args.late_ms:g} ms; ramp s (all sessions streaming); "
+                    "messages resent after a retryable refusal",
+                    f"dropped {v.cell(s, relay, 'dropped')}; "
+                    f"late {v.cell(s, relay, 'late_frames')} of {v.cell(s, relay, 'frames')}; "
+                    f"ramp {v.cell(s, relay, 'ramp_s')}; resent {v.cell(s, relay, 'resent')}",
+                    "; ".join(
+                        f"{p} dropped {v.cell(s, p, 'dropped')}, "
+                        f"late {v.cell(s, p, 'late_frames')}, ramp {v.cell(s, p, 'ramp_s')}"
+                        for p in shown
+                    )
+                    or "-",
+                ]
+            )
+            rows.append(
+                [
+                    f"{head}: CPU us per delta",
+                    f"service {v.cell(s, relay, 'cpu_us_per_delta_service')}, "
+                    f"edge {v.cell(s, relay, 'cpu_us_per_delta_edge')}",
+                    "; ".join(f"{p} {v.cell(s, p, 'cpu_us_per_delta_server')}" for p in shown)
+                    or "-",
+                ]
+            )
+    for relay, on in v.relays("full"):
+        shown = (WS, SIO, BIDI) if not on else ()
         rows.append(
             [
-                f"{head}: delta latency p50 / p99 / max ms",
-                v.lat(s, "relay", keys),
-                "; ".join(f"{p} {v.lat(s, p, keys)}" for p in (WS, BIDI, SIO)),
-            ]
-        )
-        rows.append(
-            [
-                f"{head}: deltas dropped of {fmt(v.med(s, 'relay', 'expected'))}; "
-                f"frames later than {args.late_ms:g} ms; ramp s (all sessions streaming); "
-                "messages resent after a retryable refusal",
-                f"dropped {v.cell(s, 'relay', 'dropped')}; late {v.cell(s, 'relay', 'late_frames')}"
-                f" of {v.cell(s, 'relay', 'frames')}; ramp {v.cell(s, 'relay', 'ramp_s')}; "
-                f"resent {v.cell(s, 'relay', 'resent')}",
-                "; ".join(
-                    f"{p} dropped {v.cell(s, p, 'dropped')}, late {v.cell(s, p, 'late_frames')}, "
-                    f"ramp {v.cell(s, p, 'ramp_s')}"
-                    for p in (WS, BIDI, SIO)
-                ),
-            ]
-        )
-        rows.append(
-            [
-                f"{head}: CPU us per delta",
-                f"service {v.cell(s, 'relay', 'cpu_us_per_delta_service')}, "
-                f"edge {v.cell(s, 'relay', 'cpu_us_per_delta_edge')}",
-                "; ".join(
-                    f"{p} {v.cell(s, p, 'cpu_us_per_delta_server')}" for p in (WS, BIDI, SIO)
-                ),
-            ]
-        )
-    if "full" in results:
-        rows.append(
-            [
-                f"{args.full_sessions} sessions at full speed: deltas/s delivered "
+                f"{args.full_sessions} sessions at full speed{on}: deltas/s delivered "
                 "(peers: one frame or message per delta)",
-                f"{v.cell('full', 'relay', 'deltas_per_s')} "
-                f"(in {v.cell('full', 'relay', 'frames_per_s')} frames/s)",
-                "; ".join(f"{p} {v.cell('full', p, 'deltas_per_s')}" for p in (WS, SIO, BIDI)),
+                f"{v.cell('full', relay, 'deltas_per_s')} "
+                f"(in {v.cell('full', relay, 'frames_per_s')} frames/s)",
+                "; ".join(f"{p} {v.cell('full', p, 'deltas_per_s')}" for p in shown) or "-",
             ]
         )
         rows.append(
             [
-                "the same: CPU us per delta",
-                f"service {v.cell('full', 'relay', 'cpu_us_per_delta_service')}, "
-                f"edge {v.cell('full', 'relay', 'cpu_us_per_delta_edge')}",
-                "; ".join(
-                    f"{p} {v.cell('full', p, 'cpu_us_per_delta_server')}" for p in (WS, SIO, BIDI)
-                ),
+                f"the same{on}: CPU us per delta",
+                f"service {v.cell('full', relay, 'cpu_us_per_delta_service')}, "
+                f"edge {v.cell('full', relay, 'cpu_us_per_delta_edge')}",
+                "; ".join(f"{p} {v.cell('full', p, 'cpu_us_per_delta_server')}" for p in shown)
+                or "-",
             ]
         )
     if "fanout" in results:
@@ -178,12 +192,12 @@ def report(results: Results, args: argparse.Namespace) -> list[list[str]]:
                     "JSON and proto rows: one edge, rounds interleaved",
                 ]
             )
-    if "burst" in results:
+    for relay, on in v.relays("burst"):
         rows.append(
             [
-                f"{args.burst_sessions} sessions started at once: first delta p50 / p99 ms",
-                v.lat("burst", "relay"),
-                "; ".join(f"{p} {v.lat('burst', p)}" for p in (WS, BIDI, SIO)),
+                f"{args.burst_sessions} sessions started at once{on}: first delta p50 / p99 ms",
+                v.lat("burst", relay),
+                "; ".join(f"{p} {v.lat('burst', p)}" for p in (WS, BIDI, SIO)) if not on else "-",
             ]
         )
     if "overload" in results:
@@ -233,55 +247,51 @@ def targets(results: Results, args: argparse.Namespace) -> list[dict[str, Any]]:
             }
         )
 
-    if "rtt" in results:
+    for relay, on in v.relays("rtt", "fresh"):
         floor = v.med("rtt", WS, "p50_ms") + v.med("rtt", BIDI, "p50_ms")
-        p50 = v.med("rtt", "relay fresh", "p50_ms")
+        p50 = v.med("rtt", f"{relay} fresh", "p50_ms")
         judge(
-            "message -> first delta p50 <= 7 x (raw WS p50 + raw gRPC bidi p50)",
+            f"message -> first delta p50 <= 7 x (raw WS p50 + raw gRPC bidi p50){on}",
             p50, 7 * floor, p50 <= 7 * floor, f"ms, {p50 / floor:.1f} x",
         )  # fmt: skip
-        cpu = v.med("rtt", "relay fresh", "cpu_ms_service")
-        judge("service CPU per message <= 1 ms", cpu, 1.0, cpu <= 1.0, "ms, fresh session")
-        hist = v.med("rtt", "relay history", "p50_ms")
+        cpu = v.med("rtt", f"{relay} fresh", "cpu_ms_service")
+        judge(f"service CPU per message <= 1 ms{on}", cpu, 1.0, cpu <= 1.0, "ms, fresh session")
+        hist = v.med("rtt", f"{relay} history", "p50_ms")
         judge(
-            "first delta p50 with history <= 1.2 x fresh",
+            f"first delta p50 with history <= 1.2 x fresh{on}",
             hist, 1.2 * p50, hist <= 1.2 * p50, f"ms, {hist / p50:.2f} x",
         )  # fmt: skip
-        hcpu = v.med("rtt", "relay history", "cpu_ms_service")
+        hcpu = v.med("rtt", f"{relay} history", "cpu_ms_service")
         judge(
-            "service CPU per message with history <= 1.2 x fresh",
+            f"service CPU per message with history <= 1.2 x fresh{on}",
             hcpu, 1.2 * cpu, hcpu <= 1.2 * cpu, f"ms, {hcpu / cpu:.2f} x",
         )  # fmt: skip
     for n in args.paced_n:
         s = f"paced-{n}"
-        if s not in results:
-            continue
-        p99 = v.med(s, "relay", "p99_ms")
-        dropped = v.med(s, "relay", "dropped")
-        smaller = "" if n >= 1000 else "; the target names N = 1,000"
-        judge(
-            f"N = {n} x {args.paced_rate:g} words/s: delta p99 < 50 ms, nothing dropped",
-            p99, 50.0, p99 < 50.0 and dropped == 0, f"ms, dropped {fmt(dropped)}{smaller}",
-        )  # fmt: skip
-    if "full" in results:
-        relay = v.med("full", "relay", "deltas_per_s")
+        for relay, on in v.relays(s):
+            p99 = v.med(s, relay, "p99_ms")
+            dropped = v.med(s, relay, "dropped")
+            smaller = "" if n >= 1000 else "; the target names N = 1,000"
+            judge(
+                f"N = {n} x {args.paced_rate:g} words/s: delta p99 < 50 ms, nothing dropped{on}",
+                p99, 50.0, p99 < 50.0 and dropped == 0, f"ms, dropped {fmt(dropped)}{smaller}",
+            )  # fmt: skip
+    for relay, on in v.relays("full"):
+        rate = v.med("full", relay, "deltas_per_s")
         raw = v.med("full", WS, "deltas_per_s")
         sio = v.med("full", SIO, "deltas_per_s")
         judge(
-            "full speed deltas/s >= raw aiohttp push",
-            relay,
-            raw,
-            relay >= raw,
-            f"{relay / raw:.2f} x",
-        )
-        judge(
-            "full speed deltas/s >= 6 x python-socketio",
-            relay, 6 * sio, relay >= 6 * sio, f"{relay / sio:.1f} x",
+            f"full speed deltas/s >= raw aiohttp push{on}",
+            rate, raw, rate >= raw, f"{rate / raw:.2f} x",
         )  # fmt: skip
-    if "burst" in results:
-        p99 = v.med("burst", "relay", "p99_ms")
         judge(
-            f"first delta p99 <= 50 ms, {args.burst_sessions} sessions at once",
+            f"full speed deltas/s >= 6 x python-socketio{on}",
+            rate, 6 * sio, rate >= 6 * sio, f"{rate / sio:.1f} x",
+        )  # fmt: skip
+    for relay, on in v.relays("burst"):
+        p99 = v.med("burst", relay, "p99_ms")
+        judge(
+            f"first delta p99 <= 50 ms, {args.burst_sessions} sessions at once{on}",
             p99, 50.0, p99 <= 50.0, "ms",
         )  # fmt: skip
     if "overload" in results:
@@ -293,11 +303,11 @@ def targets(results: Results, args: argparse.Namespace) -> list[dict[str, Any]]:
             untrue + twice, 0.0, untrue + twice == 0, note,
         )  # fmt: skip
     if "idle" in results:
-        relay = v.med("idle", "relay", "kib_per_socket")
+        kib = v.med("idle", "relay", "kib_per_socket")
         raw = v.med("idle", WS, "kib_per_socket")
         judge(
             "memory per idle socket <= 1.1 x raw aiohttp",
-            relay, 1.1 * raw, relay <= 1.1 * raw, f"KiB, {relay / raw:.2f} x",
+            kib, 1.1 * raw, kib <= 1.1 * raw, f"KiB, {kib / raw:.2f} x",
         )  # fmt: skip
     return out
 

@@ -18,6 +18,9 @@ measures both in interleaved rounds, the order alternating, in one run on one ma
 
     .venv/bin/python bench/relay_ab.py --base var/base [--rounds 5]
 
+`--backend redis` runs both on the scale-out backends (a PostgreSQL database and a Redis
+key prefix of their own each) instead of SQLite.
+
 `--pids` prints the services' pids and waits for Enter, to attach a profiler first.
 """
 
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 import sys
@@ -53,10 +57,16 @@ Metrics = dict[str, float]
 
 
 def start_pair(
-    tmp: Path, name: str, source: Path, tokens_per_s: float = 0, words: int = 1
+    tmp: Path,
+    name: str,
+    source: Path,
+    tokens_per_s: float = 0,
+    words: int = 1,
+    backend: tuple[str, ...] = (),
 ) -> RelayPair:
     """A service run from `source` (its packages first on the path) and this tree's edge;
-    its demo model streams `words`-word replies at `tokens_per_s` (0: full speed)."""
+    its demo model streams `words`-word replies at `tokens_per_s` (0: full speed). Its
+    store and log: `backend` (their flags), else one SQLite file in `tmp`."""
     py = sys.executable
     # -c, not -m: -m puts the working directory (this tree) first on the path
     env = {"PYTHONPATH": f"{source}{os.pathsep}{source / 'gen' / 'python'}"}
@@ -66,7 +76,7 @@ def start_pair(
             py, "-c", f"import sys; sys.path.insert(0, {str(source)!r}); "
             "from agent_service.server import main; sys.exit(main())",
             "--listen", "127.0.0.1:0",
-            "--store-url", f"sqlite:///{tmp}/{name}.sqlite3",
+            *(backend or ("--store-url", f"sqlite:///{tmp}/{name}.sqlite3")),
             "--demo-tokens-per-s", str(tokens_per_s), "--demo-reply-words", str(words),
             "--retention-events", "10000000", "--log-level", "WARNING",
         ],
@@ -201,18 +211,45 @@ def show(results: dict[str, dict[str, list[Metrics]]]) -> None:
             print("  new/base per round, median: " + "; ".join(ratios))
 
 
+async def backend_flags(
+    args: argparse.Namespace, stack: contextlib.AsyncExitStack
+) -> tuple[str, ...]:
+    """A pair's store and log flags: none for SQLite (start_pair's default); for `--backend
+    redis` a fresh PostgreSQL database and Redis key prefix, which `stack` drops."""
+    if args.backend == "sqlite":
+        return ()
+    from tests.support.backends import postgres_database, redis_prefix
+
+    store_url = await stack.enter_async_context(postgres_database())
+    redis_url, prefix = await stack.enter_async_context(redis_prefix())
+    return ("--store-url", store_url, "--log-url", f"{redis_url}?prefix={prefix}")
+
+
 async def main_async(args: argparse.Namespace, sources: dict[str, Path]) -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        await measure_all(args, sources, stack)
+
+
+async def measure_all(
+    args: argparse.Namespace, sources: dict[str, Path], stack: contextlib.AsyncExitStack
+) -> None:
     with tempfile.TemporaryDirectory() as folder:
         tmp = Path(folder)
-        pairs = {name: start_pair(tmp, name, src) for name, src in sources.items()}
+        pairs: dict[str, RelayPair] = {}
         full_pairs: dict[str, RelayPair] = {}
         paced_pairs: dict[str, RelayPair] = {}
         try:
             for name, src in sources.items():
+                pairs[name] = start_pair(tmp, name, src, backend=await backend_flags(args, stack))
                 if "full" in args.scenarios:
-                    full_pairs[name] = start_pair(tmp, f"{name}-full", src, 0, args.full_words)
+                    full_pairs[name] = start_pair(
+                        tmp, f"{name}-full", src, 0, args.full_words,
+                        await backend_flags(args, stack),
+                    )  # fmt: skip
                 if "paced" in args.scenarios:
-                    paced_pairs[name] = start_pair(tmp, f"{name}-paced", src, 50, 200)
+                    paced_pairs[name] = start_pair(
+                        tmp, f"{name}-paced", src, 50, 200, await backend_flags(args, stack)
+                    )
             if args.pids:
                 for group in (pairs, full_pairs, paced_pairs):
                     for name, pair in group.items():
@@ -278,6 +315,11 @@ def main() -> int:
     parser.add_argument("--paced-n", type=int, default=300)
     parser.add_argument("--scenarios", default="rtt,history,burst", help="and full, paced")
     parser.add_argument("--pids", action="store_true", help="wait for Enter after the start")
+    parser.add_argument(
+        "--backend", choices=("sqlite", "redis"), default="sqlite",
+        help="the services' store and log: one SQLite file (the durable default), or the "
+        "scale-out backends (PostgreSQL on 127.0.0.1:5432, Redis on 127.0.0.1:6379)",
+    )  # fmt: skip
     args = parser.parse_args()
     args.scenarios = set(args.scenarios.split(","))
     here = Path(args.new).resolve() if args.new else Path(__file__).resolve().parents[1]

@@ -170,16 +170,23 @@ class RelayPair:
 
 
 def start_relay(
-    tmp: Path, name: str, tokens_per_s: float, words: int, gc_args: tuple[str, ...]
+    tmp: Path,
+    name: str,
+    tokens_per_s: float,
+    words: int,
+    gc_args: tuple[str, ...],
+    backend: tuple[str, ...] = (),
 ) -> RelayPair:
-    """`python -m agent_service` (demo model, durable SQLite store and log) and `python -m
-    ws_edge` in front of it, both at log level WARNING."""
+    """`python -m agent_service` (demo model) and `python -m ws_edge` in front of it, both
+    at log level WARNING. The service's store and log: `backend` (its flags, e.g.
+    `--store-url postgresql://... --log-url redis://...`), else the durable default, one
+    SQLite file in `tmp`."""
     py = sys.executable
     service = start_process(
         f"{name}-service",
         [
             py, "-m", "agent_service", "--listen", "127.0.0.1:0",
-            "--store-url", f"sqlite:///{tmp}/{name}.sqlite3",
+            *(backend or ("--store-url", f"sqlite:///{tmp}/{name}.sqlite3")),
             "--demo-tokens-per-s", str(tokens_per_s), "--demo-reply-words", str(words),
             "--retention-events", "10000000", "--log-level", "WARNING", *gc_args,
         ],

@@ -22,7 +22,7 @@ POSTGRES_URL = os.environ.get(
 )
 
 
-def _answers(host: str, port: int) -> bool:
+def answers(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=1.0):
             return True
@@ -32,7 +32,7 @@ def _answers(host: str, port: int) -> bool:
 
 def require(service: str, host: str, port: int, start: str) -> None:
     """Skip (or, under CI, fail) when host:port does not answer."""
-    if _answers(host, port):
+    if answers(host, port):
         return
     message = f"{service} does not answer on {host}:{port}; start it with: {start}"
     if os.environ.get("CI"):
