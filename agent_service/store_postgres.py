@@ -126,11 +126,15 @@ class PostgresStore:
         return self._pool
 
     async def open(self) -> None:
-        self._pool = await asyncpg.create_pool(
-            self._dsn, min_size=self._sizes[0], max_size=self._sizes[1]
-        )
-        async with self.pool.acquire() as db:
+        # on a connection of its own, closed after: its advisory lock cannot outlive it
+        db = await asyncpg.connect(self._dsn)
+        try:
             await migrate(db)
+        finally:
+            await db.close()
+        self._pool = await asyncpg.create_pool(
+            self._dsn, min_size=self._sizes[0], max_size=self._sizes[1], reset=_keep_session
+        )
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -259,6 +263,15 @@ class PostgresStore:
         extra = "AND r.run_order <= (SELECT run_order FROM runs WHERE run_id = $2)"
         rows = await self.pool.fetch(ORDERED_MESSAGES.format(extra=extra), session_id, run_id)
         return [message_from_row(row) for row in rows]
+
+
+async def _keep_session(db: asyncpg.Connection) -> None:
+    """The pool's reset of a connection it takes back: nothing to do. The store sets no
+    session state (no SET, LISTEN, cursor or advisory lock outside `migrate`, which has a
+    connection of its own), and asyncpg rolls back a transaction left open before this
+    runs, so its default reset (`pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET
+    ALL`) would only add a round trip to the server after every call: two per store
+    write instead of one."""
 
 
 async def migrate(db: Any) -> list[int]:
