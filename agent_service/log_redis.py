@@ -36,7 +36,7 @@ from redis.exceptions import ResponseError
 
 from agent_relay.v1 import agent_pb2 as pb
 from agent_service.log import Append, Fenced, LeaseMissing, LogBehind, SeqConflict
-from agent_service.redis_client import command_client
+from agent_service.redis_client import LIB_VERSION, command_client
 
 # KEYS: stream1, head1, lease1, stream2, head2, lease2, ...; ARGV: n, then per session:
 # expected, count, fence, reseed, then every body of every session in order. A fence of
@@ -149,6 +149,7 @@ class RedisLog:
             socket_timeout=FOLLOW_BLOCK_MS / 1000 + SOCKET_TIMEOUT_S,
             socket_connect_timeout=SOCKET_TIMEOUT_S,
             max_connections=MAX_FOLLOWERS,
+            lib_version=LIB_VERSION,
         )
 
     async def close(self) -> None:
