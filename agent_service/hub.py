@@ -321,7 +321,7 @@ class Hub:
     async def _take_over(self, session: Session) -> None:
         """Runs the last owner left in flight in this session: a started one ends
         interrupted (recovery.end_run, idempotent); queued ones go on here, in order."""
-        runs = [r for r in await self.store.runs_in_flight() if r.session_id == session.session_id]
+        runs = await self.store.runs_in_flight(session.session_id)
         for run in runs:
             if run.status == "running":
                 await end_run(self.store, session, run)

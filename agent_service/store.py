@@ -87,9 +87,9 @@ class ConversationStore(Protocol):
         """Create or migrate the schema."""
         ...
 
-    async def runs_in_flight(self) -> list[RunRecord]:
+    async def runs_in_flight(self, session_id: str | None = None) -> list[RunRecord]:
         """Runs stored as queued or running, in the order they were accepted (at start-up:
-        the runs a process that stopped left behind)."""
+        the runs a process that stopped left behind); only `session_id`'s when given."""
         ...
 
     async def close(self) -> None:

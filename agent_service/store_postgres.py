@@ -167,10 +167,14 @@ class PostgresStore:
             [n for _, n in reservations],
         )
 
-    async def runs_in_flight(self) -> list[RunRecord]:
-        rows = await self.pool.fetch(
-            "SELECT * FROM runs WHERE status IN ('queued', 'running') ORDER BY run_order"
-        )
+    async def runs_in_flight(self, session_id: str | None = None) -> list[RunRecord]:
+        query = "SELECT * FROM runs WHERE status IN ('queued', 'running')"
+        if session_id is None:
+            rows = await self.pool.fetch(query + " ORDER BY run_order")
+        else:
+            rows = await self.pool.fetch(
+                query + " AND session_id = $1 ORDER BY run_order", session_id
+            )
         return [run_from_row(row) for row in rows]
 
     async def create_session(self, record: SessionRecord) -> None:

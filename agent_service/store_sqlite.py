@@ -242,10 +242,12 @@ class SqliteStore:
             )
         )
 
-    async def runs_in_flight(self) -> list[RunRecord]:
-        rows = await self._rows(
-            "SELECT * FROM runs WHERE status IN ('queued', 'running') ORDER BY run_order"
-        )
+    async def runs_in_flight(self, session_id: str | None = None) -> list[RunRecord]:
+        query = "SELECT * FROM runs WHERE status IN ('queued', 'running')"
+        if session_id is None:
+            rows = await self._rows(query + " ORDER BY run_order")
+        else:
+            rows = await self._rows(query + " AND session_id = ? ORDER BY run_order", (session_id,))
         return [run_from_row(row) for row in rows]
 
     async def close(self) -> None:

@@ -218,6 +218,24 @@ async def test_runs_in_flight_are_found_after_a_reopen_until_they_are_ended(
     await second.close()
 
 
+async def test_runs_in_flight_of_one_session_are_its_own_in_order(
+    store: ConversationStore,
+) -> None:
+    for session in ("a", "b"):
+        await store.create_session(SessionRecord(session, "u", "", 1))
+    for index, session in enumerate("abab"):
+        run = f"r{index}"
+        status = "running" if index < 2 else "queued"
+        await store.accept_user_message(
+            user(session, f"m{index}", run), RunRecord(run, session, f"m{index}", status), title=""
+        )
+    await store.update_run(RunRecord("r0", "a", "m0", "ended", finish_reason="stop"))
+    assert [r.run_id for r in await store.runs_in_flight("a")] == ["r2"]
+    assert [r.run_id for r in await store.runs_in_flight("b")] == ["r1", "r3"]
+    assert await store.runs_in_flight("nobody") == []
+    assert [r.run_id for r in await store.runs_in_flight()] == ["r1", "r2", "r3"]
+
+
 async def test_a_run_start_marks_its_queued_message_complete(store: ConversationStore) -> None:
     await store.create_session(SessionRecord("s", "u", "", 1))
     queued = MessageRecord("s", "m1", "user", "hi", "r1", "queued", 1)
