@@ -48,3 +48,32 @@ def test_targets_are_ratios_to_the_peers_of_the_same_run() -> None:
     assert judged["N = 100 x 50 words/s: delta p99 < 50 ms, nothing dropped"] is False
     rows = report(results, args())
     assert any("1,000+ messages of history" in row[0] for row in rows)
+
+
+def test_the_scale_out_backends_get_rows_and_targets_of_their_own() -> None:
+    results = {
+        "rtt": {
+            "relay fresh": [{"p50_ms": 2.0, "cpu_ms_service": 0.8}],
+            "relay history": [{"p50_ms": 2.1, "cpu_ms_service": 0.8, "history_messages": 1000}],
+            "relay redis fresh": [{"p50_ms": 4.0, "cpu_ms_service": 2.5}],
+            "relay redis history": [
+                {"p50_ms": 4.1, "cpu_ms_service": 2.6, "history_messages": 1000}
+            ],
+            "aiohttp ws": [{"p50_ms": 0.1}],
+            "grpc bidi": [{"p50_ms": 0.2}],
+        },
+        "burst": {"relay": [{"p99_ms": 40.0}], "relay redis": [{"p99_ms": 200.0}]},
+    }
+    judged = {t["target"]: t["met"] for t in targets(results, args())}
+    assert judged["service CPU per message <= 1 ms"] is True
+    assert judged["service CPU per message <= 1 ms, PostgreSQL + Redis"] is False
+    assert judged["first delta p99 <= 50 ms, 100 sessions at once"] is True
+    assert judged["first delta p99 <= 50 ms, 100 sessions at once, PostgreSQL + Redis"] is False
+    rows = {row[0]: row[1] for row in report(results, args())}
+    assert rows["CPU ms per message, fresh, PostgreSQL + Redis"] == "service 2.50, edge -"
+    assert rows["100 sessions started at once, PostgreSQL + Redis: first delta p50 / p99 ms"] == (
+        "- / 200"
+    )
+    # without them (the backends did not answer), no row names them
+    del results["rtt"]["relay redis fresh"], results["burst"]["relay redis"]
+    assert not [row for row in report(results, args()) if "Redis" in row[0]]
