@@ -21,7 +21,7 @@ Scenarios (docs/performance.md says what each one compares):
   wire      full speed and fan-out again, JSON sockets beside agent-relay.v1+proto sockets
             of the same edge, interleaved: deltas/s and CPU per delta of each wire
 
-Bounded: `--budget-s` (default 480) stops starting new rounds once spent.
+Bounded: `--budget-s` (default 450) stops starting new rounds once spent.
 
     .venv/bin/python bench/peers_bench.py              # the default sizes (make bench)
     .venv/bin/python bench/peers_bench.py --full       # 10,000 idle sockets (the size)
@@ -1366,7 +1366,7 @@ def main() -> int:
     )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
-        "--budget-s", type=float, default=480.0, help="no new round starts after this"
+        "--budget-s", type=float, default=450.0, help="no new round starts after this"
     )
     parser.add_argument("--scenarios", default="rtt,burst,full,fanout,wire,paced,overload,idle")
     parser.add_argument(
