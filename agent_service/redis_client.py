@@ -7,8 +7,8 @@ busy waits for one, as long as a call may take, and fails only then.
 
 Every client here names redis-py's version itself (LIB_VERSION): without it, each new
 connection reads it from the package's metadata (importlib.metadata parses the METADATA
-file every time), about 1.1 of the 3.3 ms a connection took here, and a replica opens one per
-session it follows.
+file every time), about 1.1 of the 3.3 ms a connection took here, and a replica opens
+one per session it follows.
 """
 
 from __future__ import annotations

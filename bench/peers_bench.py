@@ -66,6 +66,7 @@ from bench.relay_client import (
     encode,
     fill_history,
     say_until_acked,
+    scale_out_flags,
     start_process,
     start_relay,
 )
@@ -1104,8 +1105,6 @@ async def start_backend(
     """agent-relay's three pairs on `backend`: "sqlite", the durable default (a SQLite file
     each), or "redis", the scale-out backends (a fresh PostgreSQL database as the store
     and a fresh Redis key prefix as the log each, one replica; `stack` drops them)."""
-    from tests.support.backends import postgres_database, redis_prefix
-
     pairs = []
     try:
         for role, rate, words in (
@@ -1113,11 +1112,7 @@ async def start_backend(
             ("stream", 0.0, args.full_words),
             ("paced", args.paced_rate, paced_words(args)),
         ):
-            flags: tuple[str, ...] = ()
-            if backend == "redis":
-                store_url = await stack.enter_async_context(postgres_database())
-                redis_url, prefix = await stack.enter_async_context(redis_prefix())
-                flags = ("--store-url", store_url, "--log-url", f"{redis_url}?prefix={prefix}")
+            flags = await scale_out_flags(stack) if backend == "redis" else ()
             name = role if backend == "sqlite" else f"{role}-{backend}"
             pairs.append(start_relay(tmp, name, rate, words, gc_args, flags))
     except BaseException:

@@ -50,6 +50,7 @@ from bench.relay_client import (
     RunWatch,
     create_sessions,
     fill_history,
+    scale_out_flags,
     start_process,
 )
 
@@ -216,13 +217,7 @@ async def backend_flags(
 ) -> tuple[str, ...]:
     """A pair's store and log flags: none for SQLite (start_pair's default); for `--backend
     redis` a fresh PostgreSQL database and Redis key prefix, which `stack` drops."""
-    if args.backend == "sqlite":
-        return ()
-    from tests.support.backends import postgres_database, redis_prefix
-
-    store_url = await stack.enter_async_context(postgres_database())
-    redis_url, prefix = await stack.enter_async_context(redis_prefix())
-    return ("--store-url", store_url, "--log-url", f"{redis_url}?prefix={prefix}")
+    return () if args.backend == "sqlite" else await scale_out_flags(stack)
 
 
 async def main_async(args: argparse.Namespace, sources: dict[str, Path]) -> None:

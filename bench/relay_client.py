@@ -10,6 +10,7 @@ whatever `on_frame` callback the current scenario set.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -206,6 +207,17 @@ def start_relay(
         service.stop()
         raise
     return RelayPair(service, edge)
+
+
+async def scale_out_flags(stack: contextlib.AsyncExitStack) -> tuple[str, ...]:
+    """A service's flags for the scale-out backends: a fresh database of the tests'
+    PostgreSQL as its store and a fresh key prefix of their Redis as its log; `stack`
+    drops both when it closes."""
+    from tests.support.backends import postgres_database, redis_prefix
+
+    store_url = await stack.enter_async_context(postgres_database())
+    redis_url, prefix = await stack.enter_async_context(redis_prefix())
+    return ("--store-url", store_url, "--log-url", f"{redis_url}?prefix={prefix}")
 
 
 async def create_sessions(
